@@ -1,0 +1,268 @@
+//! What a mapping means, independent of where it runs.
+//!
+//! A mapping `VIRTUAL -> REAL` says: the host applications know as VIRTUAL is really
+//! reached at REAL. On an attached interface, egress packets have VIRTUAL replaced by
+//! REAL (in the destination, and in the source when VIRTUAL is this host's own
+//! address), and ingress packets have REAL replaced by VIRTUAL (in the source, and in
+//! the destination when REAL is this host's own address). So each direction does two
+//! lookups in one table: egress in VIRTUAL -> REAL, ingress in REAL -> VIRTUAL.
+//!
+//! For that to be reversible, the table must be a bijection between disjoint sets:
+//! every REAL belongs to one VIRTUAL, and no address is both a VIRTUAL and a REAL.
+//! [`plan_add`] enforces it.
+
+use core::net::Ipv4Addr;
+
+use crate::maps::{Ipv4Key, Ipv4Value};
+
+/// The addresses a packet gets after the rewrite; `None` leaves the field alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AddressRewrite {
+    pub new_src: Option<[u8; 4]>,
+    pub new_dst: Option<[u8; 4]>,
+}
+
+impl AddressRewrite {
+    #[inline(always)]
+    pub const fn is_empty(&self) -> bool {
+        self.new_src.is_none() && self.new_dst.is_none()
+    }
+}
+
+/// Looks up both addresses of a packet in the table of its direction (forward on
+/// egress, reverse on ingress). The two lookups are independent: a packet between
+/// two mapped hosts has both rewritten.
+#[inline(always)]
+pub fn plan_rewrite<F>(src: [u8; 4], dst: [u8; 4], lookup: F) -> AddressRewrite
+where
+    F: Fn(&Ipv4Key) -> Option<Ipv4Value>,
+{
+    AddressRewrite {
+        new_src: lookup(&Ipv4Key { addr: src }).map(|value| value.addr),
+        new_dst: lookup(&Ipv4Key { addr: dst }).map(|value| value.addr),
+    }
+}
+
+/// Read access to the live (or a modelled) mapping table, for validation.
+pub trait MappingView {
+    /// The REAL address of `virtual_addr`, if it is mapped.
+    fn real_of(&self, virtual_addr: Ipv4Addr) -> Option<Ipv4Addr>;
+    /// The VIRTUAL address whose REAL is `real_addr`, if any.
+    fn virtual_of(&self, real_addr: Ipv4Addr) -> Option<Ipv4Addr>;
+}
+
+/// Why a mapping cannot be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MappingConflict {
+    #[error("VIRTUAL and REAL are the same address ({0}): a mapping must change the address")]
+    SameAddress(Ipv4Addr),
+    #[error("{addr} is {reason} and cannot be used in a mapping")]
+    UnusableAddress { addr: Ipv4Addr, reason: &'static str },
+    #[error(
+        "REAL {real} is already the target of {existing_virtual} -> {real}: ingress packets \
+         from {real} could not tell which VIRTUAL to restore; delete that mapping first"
+    )]
+    RealTaken { real: Ipv4Addr, existing_virtual: Ipv4Addr },
+    #[error(
+        "VIRTUAL {virtual_addr} is the REAL address of mapping {other_virtual} -> {virtual_addr}: \
+         an address cannot be both a VIRTUAL and a REAL"
+    )]
+    VirtualIsReal { virtual_addr: Ipv4Addr, other_virtual: Ipv4Addr },
+    #[error(
+        "REAL {real} is itself a VIRTUAL address (mapping {real} -> {its_real}): an address \
+         cannot be both a VIRTUAL and a REAL"
+    )]
+    RealIsVirtual { real: Ipv4Addr, its_real: Ipv4Addr },
+}
+
+/// What adding a mapping does to the table, once it is known to be valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddPlan {
+    /// The same mapping is already there.
+    Unchanged,
+    /// VIRTUAL is new.
+    Insert,
+    /// VIRTUAL was mapped to `old_real`, which is released.
+    Replace { old_real: Ipv4Addr },
+}
+
+/// Addresses that can never be a host's unicast address on a wire.
+fn unusable_reason(addr: Ipv4Addr) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("the unspecified address")
+    } else if addr.is_broadcast() {
+        Some("the broadcast address")
+    } else if addr.is_multicast() {
+        Some("a multicast address")
+    } else if addr.is_loopback() {
+        Some("a loopback address (loopback traffic never crosses an attached interface)")
+    } else {
+        None
+    }
+}
+
+/// Checks that `virtual_addr -> real_addr` keeps the table a bijection between
+/// disjoint sets, and says what adding it changes.
+pub fn plan_add(
+    table: &impl MappingView,
+    virtual_addr: Ipv4Addr,
+    real_addr: Ipv4Addr,
+) -> Result<AddPlan, MappingConflict> {
+    for addr in [virtual_addr, real_addr] {
+        if let Some(reason) = unusable_reason(addr) {
+            return Err(MappingConflict::UnusableAddress { addr, reason });
+        }
+    }
+    if virtual_addr == real_addr {
+        return Err(MappingConflict::SameAddress(virtual_addr));
+    }
+    if let Some(other_virtual) = table.virtual_of(virtual_addr) {
+        return Err(MappingConflict::VirtualIsReal { virtual_addr, other_virtual });
+    }
+    if let Some(its_real) = table.real_of(real_addr) {
+        return Err(MappingConflict::RealIsVirtual { real: real_addr, its_real });
+    }
+    let current_real = table.real_of(virtual_addr);
+    if current_real == Some(real_addr) {
+        return Ok(AddPlan::Unchanged);
+    }
+    if let Some(existing_virtual) = table.virtual_of(real_addr) {
+        return Err(MappingConflict::RealTaken { real: real_addr, existing_virtual });
+    }
+    Ok(match current_real {
+        Some(old_real) => AddPlan::Replace { old_real },
+        None => AddPlan::Insert,
+    })
+}
+
+/// An in-memory table with the same rules as the live maps: the reference the tests
+/// compare the kernel against, and what userspace validates a batch against.
+#[cfg(feature = "user")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelTable {
+    forward: std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>,
+    reverse: std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>,
+}
+
+#[cfg(feature = "user")]
+impl ModelTable {
+    pub fn add(&mut self, virtual_addr: Ipv4Addr, real_addr: Ipv4Addr) -> Result<AddPlan, MappingConflict> {
+        let plan = plan_add(self, virtual_addr, real_addr)?;
+        if let AddPlan::Replace { old_real } = plan {
+            self.reverse.remove(&old_real);
+        }
+        self.forward.insert(virtual_addr, real_addr);
+        self.reverse.insert(real_addr, virtual_addr);
+        Ok(plan)
+    }
+
+    /// Removes the mapping of `virtual_addr` and returns its REAL, if it was mapped.
+    pub fn remove(&mut self, virtual_addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        let real = self.forward.remove(&virtual_addr)?;
+        self.reverse.remove(&real);
+        Some(real)
+    }
+
+    /// Mappings as (VIRTUAL, REAL), ordered by VIRTUAL.
+    pub fn iter(&self) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + '_ {
+        self.forward.iter().map(|(v, r)| (*v, *r))
+    }
+
+    /// Where the reference model says a packet's addresses end up, for `direction`.
+    pub fn rewrite(&self, direction: crate::counters::Direction, src: [u8; 4], dst: [u8; 4]) -> AddressRewrite {
+        let table = match direction {
+            crate::counters::Direction::Egress => &self.forward,
+            crate::counters::Direction::Ingress => &self.reverse,
+        };
+        plan_rewrite(src, dst, |key| table.get(&Ipv4Addr::from(key.addr)).map(|addr| Ipv4Value { addr: addr.octets() }))
+    }
+}
+
+#[cfg(feature = "user")]
+impl MappingView for ModelTable {
+    fn real_of(&self, virtual_addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.forward.get(&virtual_addr).copied()
+    }
+    fn virtual_of(&self, real_addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        self.reverse.get(&real_addr).copied()
+    }
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+    use crate::counters::Direction;
+
+    fn ip(text: &str) -> Ipv4Addr {
+        text.parse().expect("test address parses")
+    }
+
+    #[test]
+    fn egress_rewrites_virtual_destination_and_own_virtual_source() {
+        let mut table = ModelTable::default();
+        table.add(ip("10.200.0.2"), ip("10.100.0.2")).expect("valid mapping");
+        table.add(ip("10.200.0.1"), ip("10.100.0.1")).expect("valid mapping");
+        let out = table.rewrite(Direction::Egress, ip("10.200.0.1").octets(), ip("10.200.0.2").octets());
+        assert_eq!(out.new_src, Some(ip("10.100.0.1").octets()));
+        assert_eq!(out.new_dst, Some(ip("10.100.0.2").octets()));
+        // Egress never looks at REAL addresses.
+        let out = table.rewrite(Direction::Egress, ip("10.100.0.1").octets(), ip("10.100.0.2").octets());
+        assert!(out.is_empty(), "egress must not touch REAL addresses: {out:?}");
+    }
+
+    #[test]
+    fn ingress_restores_virtual_for_real_source_and_own_real_destination() {
+        let mut table = ModelTable::default();
+        table.add(ip("10.200.0.2"), ip("10.100.0.2")).expect("valid mapping");
+        let out = table.rewrite(Direction::Ingress, ip("10.100.0.2").octets(), ip("10.100.0.9").octets());
+        assert_eq!(out, AddressRewrite { new_src: Some(ip("10.200.0.2").octets()), new_dst: None });
+        let out = table.rewrite(Direction::Ingress, ip("10.100.0.9").octets(), ip("10.100.0.2").octets());
+        assert_eq!(out, AddressRewrite { new_src: None, new_dst: Some(ip("10.200.0.2").octets()) });
+        let out = table.rewrite(Direction::Ingress, ip("10.200.0.2").octets(), ip("10.100.0.9").octets());
+        assert!(out.is_empty(), "ingress must not touch VIRTUAL addresses: {out:?}");
+    }
+
+    #[test]
+    fn add_rejects_conflicts_with_the_conflicting_mapping_named() {
+        let mut table = ModelTable::default();
+        table.add(ip("10.200.0.2"), ip("10.100.0.2")).expect("valid mapping");
+        assert_eq!(
+            table.add(ip("10.200.0.3"), ip("10.100.0.2")),
+            Err(MappingConflict::RealTaken { real: ip("10.100.0.2"), existing_virtual: ip("10.200.0.2") })
+        );
+        assert_eq!(
+            table.add(ip("10.100.0.2"), ip("10.100.0.7")),
+            Err(MappingConflict::VirtualIsReal { virtual_addr: ip("10.100.0.2"), other_virtual: ip("10.200.0.2") })
+        );
+        assert_eq!(
+            table.add(ip("10.200.0.9"), ip("10.200.0.2")),
+            Err(MappingConflict::RealIsVirtual { real: ip("10.200.0.2"), its_real: ip("10.100.0.2") })
+        );
+        assert_eq!(table.add(ip("10.1.1.1"), ip("10.1.1.1")), Err(MappingConflict::SameAddress(ip("10.1.1.1"))));
+        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1"] {
+            assert!(
+                matches!(table.add(ip(bad), ip("10.9.9.9")), Err(MappingConflict::UnusableAddress { .. })),
+                "{bad} must be rejected as VIRTUAL"
+            );
+            assert!(
+                matches!(table.add(ip("10.9.9.9"), ip(bad)), Err(MappingConflict::UnusableAddress { .. })),
+                "{bad} must be rejected as REAL"
+            );
+        }
+        // Nothing of the rejected adds reached the table.
+        assert_eq!(table.iter().collect::<Vec<_>>(), vec![(ip("10.200.0.2"), ip("10.100.0.2"))]);
+    }
+
+    #[test]
+    fn re_adding_is_unchanged_and_retargeting_releases_the_old_real() {
+        let mut table = ModelTable::default();
+        assert_eq!(table.add(ip("10.200.0.2"), ip("10.100.0.2")), Ok(AddPlan::Insert));
+        assert_eq!(table.add(ip("10.200.0.2"), ip("10.100.0.2")), Ok(AddPlan::Unchanged));
+        assert_eq!(table.add(ip("10.200.0.2"), ip("10.100.0.3")), Ok(AddPlan::Replace { old_real: ip("10.100.0.2") }));
+        assert_eq!(table.virtual_of(ip("10.100.0.2")), None, "the old REAL must be released");
+        // ... so another VIRTUAL may now take it.
+        assert_eq!(table.add(ip("10.200.0.4"), ip("10.100.0.2")), Ok(AddPlan::Insert));
+        assert_eq!(table.remove(ip("10.200.0.2")), Some(ip("10.100.0.3")));
+        assert_eq!(table.virtual_of(ip("10.100.0.3")), None);
+    }
+}

@@ -1,0 +1,69 @@
+//! The dataplane: an XDP ingress program, a TC ingress program and a TC egress program
+//! that rewrite IPv4 addresses through the mapping maps (see `rewrite_common::mapping`
+//! for what a mapping means). The entry points only pick the packet access method and
+//! the direction; everything else is shared, so XDP and TC cannot drift apart.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod packet;
+mod parse;
+mod rewrite;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use rewrite_common::counters::{EGRESS, INGRESS};
+
+use crate::{
+    packet::{TcPacket, XdpPacket},
+    rewrite::rewrite_and_count,
+};
+
+/// Ingress on devices whose packets come from a wire: runs before the skb exists.
+#[xdp]
+pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
+    try_rewrite_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS)
+}
+
+fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
+    rewrite_and_count(&mut XdpPacket::new(ctx), INGRESS)?;
+    Ok(xdp_action::XDP_PASS)
+}
+
+/// Ingress where XDP cannot see partial checksums (veth and other virtual devices).
+#[classifier]
+pub fn rewrite_tc_ingress(ctx: TcContext) -> i32 {
+    try_rewrite_tc(ctx, INGRESS).unwrap_or(TC_ACT_OK as i32)
+}
+
+/// Egress on every attached device.
+#[classifier]
+pub fn rewrite_tc_egress(ctx: TcContext) -> i32 {
+    try_rewrite_tc(ctx, EGRESS).unwrap_or(TC_ACT_OK as i32)
+}
+
+fn try_rewrite_tc(mut ctx: TcContext, direction: u32) -> Result<i32, ()> {
+    rewrite_and_count(&mut TcPacket::new(&mut ctx), direction)?;
+    Ok(TC_ACT_OK as i32)
+}
+
+/// An XDP program that does nothing: the baseline that benchmarks subtract from the
+/// rewrite programs' BPF_PROG_TEST_RUN cost. The loader never attaches it.
+#[xdp]
+pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

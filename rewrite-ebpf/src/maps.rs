@@ -1,0 +1,39 @@
+//! The maps, pinned by name so that every program instance on the host (one per
+//! attached interface) and every later CLI process share one table.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use rewrite_common::{
+    counters,
+    maps::{BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Ipv4Key, Ipv4Value},
+};
+
+/// VIRTUAL -> REAL, looked up on egress. Userspace may resize it at first load.
+#[map(name = "V4_FORWARD")]
+pub static V4_FORWARD: HashMap<Ipv4Key, Ipv4Value> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// REAL -> VIRTUAL, looked up on ingress.
+#[map(name = "V4_REVERSE")]
+pub static V4_REVERSE: HashMap<Ipv4Key, Ipv4Value> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// Outcome counters, see `rewrite_common::counters`. Per CPU so that counting costs no
+/// atomic operation and no cache line bouncing.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::SLOTS, 0);
+
+/// The table a direction looks addresses up in.
+#[inline(always)]
+pub fn table(direction: u32) -> &'static HashMap<Ipv4Key, Ipv4Value> {
+    if direction == counters::EGRESS { &V4_FORWARD } else { &V4_REVERSE }
+}
+
+#[inline(always)]
+pub fn count(direction: u32, outcome: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counters::slot(direction, outcome)) {
+        // SAFETY: the pointer is this CPU's slot of a per-CPU array; nothing else runs
+        // on this CPU while the program does, so the increment cannot race.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,185 @@
+//! Two ways to reach a packet's bytes, behind one trait so that parsing and the
+//! rewrite are written once.
+//!
+//! * XDP sees a flat buffer and must patch checksums itself (RFC 1624 arithmetic from
+//!   `rewrite_common::checksum`). That is only correct for packets whose checksums are
+//!   complete, which is why XDP is used on wire devices only.
+//! * TC uses the kernel's `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which also know
+//!   the skb's checksum state (CHECKSUM_PARTIAL from a local socket or a veth peer,
+//!   CHECKSUM_COMPLETE from a NIC) and keep it consistent.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use rewrite_common::checksum;
+
+/// Which transport checksum covers the IPv4 addresses (through the pseudo-header).
+#[derive(Clone, Copy)]
+pub enum L4Checksum {
+    /// ICMP (no pseudo-header), or a non-first fragment (no transport header).
+    NotCovered,
+    /// TCP, with the checksum field at this offset from the start of the packet.
+    Tcp(usize),
+    /// UDP, likewise. Zero means "no checksum" and must stay zero.
+    Udp(usize),
+}
+
+pub trait Packet {
+    /// Length of the whole packet in bytes.
+    fn len(&self) -> usize;
+
+    /// Reads a `T` (a plain byte-array header) at `offset`, or `None` if the packet is
+    /// shorter than `offset + size_of::<T>()`.
+    fn read<T: Copy>(&self, offset: usize) -> Option<T>;
+
+    /// Replaces the IPv4 address at `address_offset` by `new`, and updates the IPv4
+    /// header checksum at `ip_check_offset` and the transport checksum `l4`.
+    fn replace_ipv4_address(
+        &mut self,
+        address_offset: usize,
+        ip_check_offset: usize,
+        l4: L4Checksum,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), ()>;
+}
+
+pub struct XdpPacket<'a> {
+    ctx: &'a XdpContext,
+}
+
+impl<'a> XdpPacket<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a XdpContext) -> Self {
+        Self { ctx }
+    }
+
+    /// A pointer to `size_of::<T>()` bytes at `offset`, bounds-checked in the form the
+    /// verifier tracks (packet pointer plus bounded offset compared to data_end).
+    #[inline(always)]
+    fn pointer<T>(&self, offset: usize) -> Option<*mut T> {
+        let start = self.ctx.data();
+        let end = self.ctx.data_end();
+        if start + offset + core::mem::size_of::<T>() > end {
+            return None;
+        }
+        Some((start + offset) as *mut T)
+    }
+
+    #[inline(always)]
+    fn write<T: Copy>(&mut self, offset: usize, value: T) -> Result<(), ()> {
+        let pointer = self.pointer::<T>(offset).ok_or(())?;
+        // SAFETY: `pointer` was bounds-checked against data_end; the packet buffer is
+        // writable in XDP and T is a byte array, so alignment does not matter.
+        unsafe { pointer.write_unaligned(value) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn read_u16(&self, offset: usize) -> Option<u16> {
+        self.read::<[u8; 2]>(offset).map(u16::from_be_bytes)
+    }
+}
+
+impl Packet for XdpPacket<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.ctx.data_end() - self.ctx.data()
+    }
+
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        let pointer = self.pointer::<T>(offset)?;
+        // SAFETY: bounds-checked above; T is a byte array, so any bits are valid.
+        Some(unsafe { pointer.read_unaligned() })
+    }
+
+    #[inline(always)]
+    fn replace_ipv4_address(
+        &mut self,
+        address_offset: usize,
+        ip_check_offset: usize,
+        l4: L4Checksum,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), ()> {
+        let old_word = u32::from_be_bytes(old);
+        let new_word = u32::from_be_bytes(new);
+        // Read every field before writing any, so that a short packet is left whole.
+        let ip_check = self.read_u16(ip_check_offset).ok_or(())?;
+        let l4_update = match l4 {
+            L4Checksum::NotCovered => None,
+            L4Checksum::Tcp(offset) => {
+                let check = self.read_u16(offset).ok_or(())?;
+                Some((offset, checksum::replace_u32(check, old_word, new_word)))
+            }
+            L4Checksum::Udp(offset) => {
+                let check = self.read_u16(offset).ok_or(())?;
+                Some((offset, checksum::replace_udp_u32(check, old_word, new_word)))
+            }
+        };
+        self.write(address_offset, new)?;
+        self.write(ip_check_offset, checksum::replace_u32(ip_check, old_word, new_word).to_be_bytes())?;
+        if let Some((offset, check)) = l4_update {
+            self.write(offset, check.to_be_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+pub struct TcPacket<'a> {
+    ctx: &'a mut TcContext,
+}
+
+impl<'a> TcPacket<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a mut TcContext) -> Self {
+        Self { ctx }
+    }
+}
+
+impl Packet for TcPacket<'_> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.ctx.len() as usize
+    }
+
+    #[inline(always)]
+    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+        // bpf_skb_load_bytes also reads headers that sit in paged fragments.
+        self.ctx.load::<T>(offset).ok()
+    }
+
+    #[inline(always)]
+    fn replace_ipv4_address(
+        &mut self,
+        address_offset: usize,
+        ip_check_offset: usize,
+        l4: L4Checksum,
+        old: [u8; 4],
+        new: [u8; 4],
+    ) -> Result<(), ()> {
+        // The helpers take the old and new values as they sit in memory (__be32).
+        let old_raw = u64::from(u32::from_ne_bytes(old));
+        let new_raw = u64::from(u32::from_ne_bytes(new));
+        // Address deltas go into the transport checksum through the pseudo-header
+        // flag, which also keeps a CHECKSUM_PARTIAL seed and a CHECKSUM_COMPLETE sum
+        // right; the low bits of `flags` give the size of the changed field.
+        let l4_flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
+        match l4 {
+            L4Checksum::NotCovered => {}
+            L4Checksum::Tcp(offset) => {
+                self.ctx.l4_csum_replace(offset, old_raw, new_raw, l4_flags).map_err(|_| ())?;
+            }
+            L4Checksum::Udp(offset) => {
+                // MARK_MANGLED_0 leaves a zero (absent) UDP checksum alone and sends a
+                // computed zero as 0xffff.
+                let flags = l4_flags | u64::from(BPF_F_MARK_MANGLED_0);
+                self.ctx.l4_csum_replace(offset, old_raw, new_raw, flags).map_err(|_| ())?;
+            }
+        }
+        self.ctx.l3_csum_replace(ip_check_offset, old_raw, new_raw, 4).map_err(|_| ())?;
+        self.ctx.store(address_offset, &new, 0).map_err(|_| ())
+    }
+}

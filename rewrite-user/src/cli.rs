@@ -1,0 +1,170 @@
+//! Command-line interface. Every command is a short-lived process: the dataplane lives
+//! in pinned BPF objects, so no daemon is needed and any later process sees the same
+//! state.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use rewrite_common::{
+    counters::{DIRECTION_NAMES, OUTCOME_NAMES},
+    mapping::AddPlan,
+};
+
+use crate::{
+    iface,
+    loader::{self, IngressMode},
+    maps::{Counters, MappingTable},
+    pins::{DEFAULT_PIN_DIR, PinLayout},
+};
+
+/// Stateless eBPF address rewriting for moving live servers between networks.
+///
+/// A mapping VIRTUAL -> REAL says: the host applications know as VIRTUAL is really
+/// reached at REAL. On attached interfaces, egress packets to (or from) VIRTUAL are
+/// sent to (or from) REAL, and ingress packets from (or to) REAL are restored to
+/// VIRTUAL.
+#[derive(Debug, Parser)]
+#[command(name = "rewrite", version)]
+pub struct Cli {
+    /// bpffs directory that holds the pinned maps, programs and links. Use one per
+    /// network namespace.
+    #[arg(long, global = true, env = "REWRITE_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the programs, attach them to an interface and pin them.
+    Attach {
+        /// The interface to attach to.
+        #[arg(long)]
+        iface: String,
+        /// Where ingress packets are rewritten. `auto` picks native XDP on devices
+        /// whose packets come from a wire and TC on veth and other virtual devices,
+        /// where XDP cannot see partially computed checksums.
+        #[arg(long, value_enum, default_value_t = IngressMode::Auto)]
+        ingress: IngressMode,
+    },
+    /// Detach from an interface. The mapping table stays.
+    Detach {
+        #[arg(long)]
+        iface: String,
+    },
+    /// Edit or show the mapping table.
+    #[command(subcommand)]
+    Map(MapCommand),
+    /// Show attached interfaces.
+    Status,
+    /// Show the outcome counters of the programs, summed over CPUs.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MapCommand {
+    /// Add a mapping, or retarget VIRTUAL to a new REAL. Takes effect for the next packet.
+    Add {
+        /// The address applications use.
+        #[arg(value_name = "VIRTUAL")]
+        virtual_addr: Ipv4Addr,
+        /// The address the host is really reached at.
+        #[arg(value_name = "REAL")]
+        real_addr: Ipv4Addr,
+    },
+    /// Delete the mapping of VIRTUAL.
+    Del {
+        #[arg(value_name = "VIRTUAL")]
+        virtual_addr: Ipv4Addr,
+    },
+    /// List the mappings.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let pins = PinLayout::new(cli.pin_dir);
+    match cli.command {
+        Command::Attach { iface, ingress } => {
+            let attachment =
+                loader::attach(&pins, &iface, ingress).with_context(|| format!("cannot attach to {iface}"))?;
+            println!("attached to {} (ingress: {}, egress: tc)", attachment.iface, attachment.ingress);
+        }
+        Command::Detach { iface } => {
+            loader::detach(&pins, &iface).with_context(|| format!("cannot detach from {iface}"))?;
+            println!("detached from {iface}");
+        }
+        Command::Map(command) => run_map(&pins, command)?,
+        Command::Status => {
+            for attachment in loader::attached(&pins)? {
+                println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
+            }
+        }
+        Command::Stats { json } => {
+            let counters = Counters::read(&pins)?;
+            if json {
+                println!("{}", counters.to_json());
+            } else {
+                println!("{:<10}{}", "", OUTCOME_NAMES.map(|name| format!("{name:>14}")).concat());
+                for (direction, row) in counters.values.iter().enumerate() {
+                    let cells: String = row.iter().map(|value| format!("{value:>14}")).collect();
+                    println!("{:<10}{cells}", DIRECTION_NAMES[direction]);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
+    let mut table = MappingTable::open(pins)?;
+    match command {
+        MapCommand::Add { virtual_addr, real_addr } => {
+            let plan = table.add(virtual_addr, real_addr)?;
+            match plan {
+                AddPlan::Unchanged => println!("unchanged {virtual_addr} -> {real_addr}"),
+                AddPlan::Insert => println!("added {virtual_addr} -> {real_addr}"),
+                AddPlan::Replace { old_real } => println!("changed {virtual_addr} -> {real_addr} (was {old_real})"),
+            }
+            warn_if_own_virtual_missing(virtual_addr, real_addr);
+        }
+        MapCommand::Del { virtual_addr } => {
+            let real_addr = table.remove_mapping(virtual_addr)?;
+            println!("deleted {virtual_addr} -> {real_addr}");
+        }
+        MapCommand::List { json } => {
+            let mappings = table.list()?;
+            if json {
+                println!("{}", serde_json::to_string(&mappings)?);
+            } else {
+                for mapping in mappings {
+                    println!("{} -> {}", mapping.virtual_addr, mapping.real_addr);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When REAL is this host, ingress packets to REAL are delivered to VIRTUAL, which the
+/// stack drops unless VIRTUAL is a local address too.
+fn warn_if_own_virtual_missing(virtual_addr: Ipv4Addr, real_addr: Ipv4Addr) {
+    let Ok(local) = iface::local_ipv4_addresses() else {
+        eprintln!("warning: could not list local addresses to check {real_addr}");
+        return;
+    };
+    if local.contains(&real_addr) && !local.contains(&virtual_addr) {
+        eprintln!(
+            "warning: REAL {real_addr} is an address of this host, but VIRTUAL {virtual_addr} is not \
+             configured on any local interface: ingress packets to {real_addr} will be delivered to \
+             {virtual_addr} and dropped. Add it, for example: ip addr add {virtual_addr}/32 dev lo"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! Errors of the userspace library. Each variant says what went wrong and where, in
+//! words an operator can act on; the CLI prints them as they are.
+
+use std::{io, net::Ipv4Addr, path::PathBuf};
+
+use rewrite_common::mapping::MappingConflict;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface {name:?} does not exist in this network namespace")]
+    NoSuchInterface { name: String },
+
+    #[error("interface {name} is not an Ethernet device (link type {link_type}); rewrite parses Ethernet frames only")]
+    NotEthernet { name: String, link_type: u16 },
+
+    #[error(
+        "interface {name} is already attached by rewrite (pins in {}); run `rewrite detach --iface {name}` first",
+        dir.display()
+    )]
+    AlreadyAttached { name: String, dir: PathBuf },
+
+    #[error(
+        "interface {name} already has an XDP program that rewrite did not attach; remove it \
+         (`ip link set dev {name} xdp off`) or attach with `--ingress tc`"
+    )]
+    ForeignXdp { name: String },
+
+    #[error("interface {name} is not attached by rewrite (no pins in {})", dir.display())]
+    NotAttached { name: String, dir: PathBuf },
+
+    #[error(
+        "{} is not on a BPF filesystem; mount one with `mount -t bpf bpf /sys/fs/bpf` or choose \
+         another --pin-dir",
+        dir.display()
+    )]
+    NotBpffs { dir: PathBuf },
+
+    #[error(
+        "the dataplane is not loaded: {} is missing; run `rewrite attach --iface IF` first",
+        path.display()
+    )]
+    NotLoaded { path: PathBuf },
+
+    #[error(
+        "map {map} pinned at {} has key size {key_size} and value size {value_size}, but this \
+         version of rewrite expects {expected_key_size} and {expected_value_size}; it was created by \
+         an incompatible version",
+        path.display()
+    )]
+    IncompatibleMap {
+        map: &'static str,
+        path: PathBuf,
+        key_size: u32,
+        value_size: u32,
+        expected_key_size: u32,
+        expected_value_size: u32,
+    },
+
+    #[error("the mapping table is full ({capacity} mappings); delete mappings before adding more")]
+    TableFull { capacity: u32 },
+
+    #[error("invalid mapping {virtual_addr} -> {real_addr}: {conflict}")]
+    Conflict { virtual_addr: Ipv4Addr, real_addr: Ipv4Addr, conflict: MappingConflict },
+
+    #[error("no mapping for VIRTUAL {virtual_addr}")]
+    NoSuchMapping { virtual_addr: Ipv4Addr },
+
+    #[error("loading the eBPF object failed")]
+    Load(#[source] Box<aya::EbpfError>),
+
+    #[error("{action} of program {program} on {iface} failed")]
+    Program {
+        action: &'static str,
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+
+    #[error("program {program} on {iface} is not attached through a pinnable bpf link ({why})")]
+    Link {
+        why: &'static str,
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: Box<aya::programs::links::LinkError>,
+    },
+
+    #[error("operation on map {map} failed")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+
+    #[error("pinning {} failed", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+
+    #[error("{action} {} failed", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{what} for interface {iface} failed")]
+    Netdevice {
+        what: &'static str,
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn map(map: &'static str, source: aya::maps::MapError) -> Self {
+        Self::Map { map, source: Box::new(source) }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io { action, path: path.into(), source }
+    }
+}

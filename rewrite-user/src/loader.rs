@@ -1,0 +1,281 @@
+//! Loading the eBPF object, attaching its programs to an interface and pinning them,
+//! and detaching. The maps are pinned by name under `<pin dir>/maps`, so every load
+//! (one per attached interface) reuses the one table that is already there.
+
+use std::{fmt, io, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::Map,
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
+};
+use rewrite_common::maps::{Ipv4Key, Ipv4Value, MAP_COUNTERS, MAP_V4_FORWARD, MAP_V4_REVERSE};
+
+use crate::{Error, iface, pins::PinLayout};
+
+/// The compiled eBPF object, built by this crate's build script.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rewrite-ebpf"));
+
+pub const PROG_XDP_INGRESS: &str = "rewrite_xdp_ingress";
+pub const PROG_TC_INGRESS: &str = "rewrite_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "rewrite_tc_egress";
+/// An XDP program that only returns XDP_PASS: the baseline for benchmarks.
+pub const PROG_BENCH_XDP_PASS: &str = "bench_xdp_pass";
+
+/// Where ingress packets are rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IngressMode {
+    /// XDP on devices whose packets come from a wire, TC on virtual devices.
+    Auto,
+    /// Native (driver) XDP.
+    Xdp,
+    /// Generic XDP, run by the stack after the skb is built.
+    XdpSkb,
+    /// A TC (tcx) ingress program.
+    Tc,
+}
+
+/// The attachment that `auto` resolved to, as recorded in the pins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngressHook {
+    XdpDriver,
+    XdpGeneric,
+    Tc,
+}
+
+impl IngressHook {
+    /// The program that runs at this hook.
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::XdpDriver | Self::XdpGeneric => PROG_XDP_INGRESS,
+            Self::Tc => PROG_TC_INGRESS,
+        }
+    }
+
+    /// The pin file names of the program and its link; they also record the mode.
+    const fn pin_names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::XdpDriver => ("ingress_xdp_prog", "ingress_xdp_link"),
+            Self::XdpGeneric => ("ingress_xdp_skb_prog", "ingress_xdp_skb_link"),
+            Self::Tc => ("ingress_tc_prog", "ingress_tc_link"),
+        }
+    }
+
+    const ALL: [Self; 3] = [Self::XdpDriver, Self::XdpGeneric, Self::Tc];
+}
+
+impl fmt::Display for IngressHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::XdpDriver => "xdp",
+            Self::XdpGeneric => "xdp-skb",
+            Self::Tc => "tc",
+        })
+    }
+}
+
+const EGRESS_PIN_NAMES: (&str, &str) = ("egress_tc_prog", "egress_tc_link");
+
+impl IngressMode {
+    /// Picks the hook for `iface`. `auto` uses XDP only where packets come from a wire:
+    /// on a veth or other virtual device a packet can arrive with CHECKSUM_PARTIAL
+    /// (only the pseudo-header sum in the checksum field), which XDP cannot see, and
+    /// patching it as if it were complete corrupts packets that are forwarded on.
+    pub fn resolve(self, iface: &str) -> Result<IngressHook, Error> {
+        Ok(match self {
+            Self::Auto if iface::is_wire_device(iface)? => IngressHook::XdpDriver,
+            Self::Auto | Self::Tc => IngressHook::Tc,
+            Self::Xdp => IngressHook::XdpDriver,
+            Self::XdpSkb => IngressHook::XdpGeneric,
+        })
+    }
+}
+
+/// Loads the object with its maps pinned in (or reused from) `maps_dir`, and checks
+/// that reused maps have the layout this build expects. Programs are not loaded into
+/// the kernel yet: callers load only those they attach or test.
+pub fn load(maps_dir: &Path) -> Result<Ebpf, Error> {
+    let ebpf = EbpfLoader::new()
+        .default_map_pin_directory(maps_dir)
+        .load(EBPF_OBJECT)
+        .map_err(|error| Error::Load(Box::new(error)))?;
+    check_map_layout(&ebpf, maps_dir, MAP_V4_FORWARD, size_of::<Ipv4Key>(), size_of::<Ipv4Value>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_V4_REVERSE, size_of::<Ipv4Key>(), size_of::<Ipv4Value>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
+    Ok(ebpf)
+}
+
+fn check_map_layout(ebpf: &Ebpf, maps_dir: &Path, name: &'static str, key: usize, value: usize) -> Result<(), Error> {
+    let map = ebpf.map(name).ok_or_else(|| Error::NotLoaded { path: maps_dir.join(name) })?;
+    let info = map_data(map).info().map_err(|source| Error::map(name, source))?;
+    let size = |bytes: usize| u32::try_from(bytes).unwrap_or(u32::MAX);
+    let (expected_key_size, expected_value_size) = (size(key), size(value));
+    if info.key_size() != expected_key_size || info.value_size() != expected_value_size {
+        return Err(Error::IncompatibleMap {
+            map: name,
+            path: maps_dir.join(name),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            expected_key_size,
+            expected_value_size,
+        });
+    }
+    Ok(())
+}
+
+fn map_data(map: &Map) -> &aya::maps::MapData {
+    match map {
+        Map::HashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::Array(data)
+        | Map::PerCpuHashMap(data)
+        | Map::LpmTrie(data) => data,
+        other => unreachable!("rewrite's object declares no map of type {other:?}"),
+    }
+}
+
+/// What [`attach`] did.
+#[derive(Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub ingress: IngressHook,
+}
+
+/// Loads the programs, attaches egress (TC) and ingress (`mode`) to `iface`, and pins
+/// programs and links under the interface's pin directory. Either everything is
+/// attached and pinned, or nothing is: links that were not pinned detach when the
+/// object is dropped, and a partly written pin directory is removed.
+pub fn attach(pins: &PinLayout, iface_name: &str, mode: IngressMode) -> Result<Attachment, Error> {
+    iface::ensure_ethernet(iface_name)?;
+    let iface_dir = pins.iface_dir(iface_name);
+    if iface_dir.exists() {
+        return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
+    }
+    let ingress = mode.resolve(iface_name)?;
+    pins.create_dir(&pins.maps_dir())?;
+    let mut ebpf = load(&pins.maps_dir())?;
+
+    let egress_link = attach_tc(&mut ebpf, PROG_TC_EGRESS, iface_name, TcAttachType::Egress)?;
+    let ingress_link = match ingress {
+        IngressHook::XdpDriver => attach_xdp(&mut ebpf, iface_name, XdpMode::Driver)?,
+        IngressHook::XdpGeneric => attach_xdp(&mut ebpf, iface_name, XdpMode::Skb)?,
+        IngressHook::Tc => attach_tc(&mut ebpf, PROG_TC_INGRESS, iface_name, TcAttachType::Ingress)?,
+    };
+
+    pins.create_dir(&iface_dir)?;
+    let pinned =
+        pin_program_and_link(&mut ebpf, &iface_dir, PROG_TC_EGRESS, EGRESS_PIN_NAMES, egress_link).and_then(|()| {
+            pin_program_and_link(&mut ebpf, &iface_dir, ingress.program(), ingress.pin_names(), ingress_link)
+        });
+    if let Err(error) = pinned {
+        // Unpinning the links that did get pinned detaches them again.
+        let _ = std::fs::remove_dir_all(&iface_dir);
+        return Err(error);
+    }
+    Ok(Attachment { iface: iface_name.to_owned(), ingress })
+}
+
+fn program_error(
+    action: &'static str,
+    program: &'static str,
+    iface: &str,
+    source: aya::programs::ProgramError,
+) -> Error {
+    Error::Program { action, program, iface: iface.to_owned(), source: Box::new(source) }
+}
+
+fn attach_tc(ebpf: &mut Ebpf, program: &'static str, iface: &str, hook: TcAttachType) -> Result<FdLink, Error> {
+    let classifier: &mut SchedClassifier = ebpf
+        .program_mut(program)
+        .ok_or_else(|| program_error("finding", program, iface, aya::programs::ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(|source| program_error("loading", program, iface, source))?;
+    classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
+    let link_id =
+        classifier.attach(iface, hook).map_err(|source| program_error("attaching", program, iface, source))?;
+    let link =
+        classifier.take_link(link_id).map_err(|source| program_error("taking the link", program, iface, source))?;
+    FdLink::try_from(link).map_err(|source| Error::Link {
+        why: "tcx links need Linux 6.6",
+        program,
+        iface: iface.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, Error> {
+    let program = PROG_XDP_INGRESS;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program)
+        .ok_or_else(|| program_error("finding", program, iface, aya::programs::ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(|source| program_error("loading", program, iface, source))?;
+    xdp.load().map_err(|source| program_error("loading", program, iface, source))?;
+    let link_id = xdp.attach(iface, mode).map_err(|source| match &source {
+        // The kernel refuses a second XDP program on a device: EBUSY when one is
+        // attached through a link, EEXIST when one was set through netlink.
+        aya::programs::ProgramError::SyscallError(syscall)
+            if matches!(syscall.io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) =>
+        {
+            Error::ForeignXdp { name: iface.to_owned() }
+        }
+        _ => program_error("attaching", program, iface, source),
+    })?;
+    let link = xdp.take_link(link_id).map_err(|source| program_error("taking the link", program, iface, source))?;
+    FdLink::try_from(link).map_err(|source| Error::Link {
+        why: "the kernel fell back to netlink attachment, which cannot be pinned",
+        program,
+        iface: iface.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn pin_program_and_link(
+    ebpf: &mut Ebpf,
+    iface_dir: &Path,
+    program: &'static str,
+    (prog_pin, link_pin): (&str, &str),
+    link: FdLink,
+) -> Result<(), Error> {
+    let prog_path = iface_dir.join(prog_pin);
+    let loaded = ebpf.program_mut(program).ok_or(Error::NotLoaded { path: prog_path.clone() })?;
+    loaded.pin(&prog_path).map_err(|source| Error::Pin { path: prog_path, source: Box::new(source) })?;
+    let link_path = iface_dir.join(link_pin);
+    link.pin(&link_path).map_err(|source| Error::Pin { path: link_path, source: Box::new(source) })?;
+    Ok(())
+}
+
+/// Detaches rewrite from `iface` by removing its pins: the links are the last
+/// references to the attachments, so the kernel detaches them at once. The shared
+/// maps stay, with their mappings, for the other interfaces and later attaches.
+pub fn detach(pins: &PinLayout, iface: &str) -> Result<(), Error> {
+    let iface_dir = pins.iface_dir(iface);
+    match std::fs::remove_dir_all(&iface_dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            Err(Error::NotAttached { name: iface.to_owned(), dir: iface_dir })
+        }
+        Err(error) => Err(Error::io("removing", iface_dir, error)),
+    }
+}
+
+/// The interfaces that have pins, with the ingress hook each was attached with.
+pub fn attached(pins: &PinLayout) -> Result<Vec<Attachment>, Error> {
+    let dir = pins.ifaces_dir();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(Error::io("listing", dir, error)),
+    };
+    let mut attachments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| Error::io("listing", &dir, error))?;
+        let iface = entry.file_name().to_string_lossy().into_owned();
+        let ingress = IngressHook::ALL.into_iter().find(|hook| entry.path().join(hook.pin_names().1).exists());
+        if let Some(ingress) = ingress {
+            attachments.push(Attachment { iface, ingress });
+        }
+    }
+    attachments.sort_by(|a, b| a.iface.cmp(&b.iface));
+    Ok(attachments)
+}

@@ -1,0 +1,8 @@
+//! Test harness for rewrite's kernel-path tests: namespaces and pins behind guards,
+//! packet builders with independently computed checksums, real socket traffic, and
+//! the `rewrite` CLI run as a separate process.
+
+pub mod cli;
+pub mod netns;
+pub mod packet;
+pub mod traffic;

@@ -1,0 +1,336 @@
+//! End-to-end tests in network namespaces: the `rewrite` CLI attaches the real
+//! programs to veth devices, and real TCP and UDP sockets talk through them. The
+//! receivers verify checksums in software (checked by a probe with a bad checksum),
+//! and their /proc/net/snmp checksum error counters must not move.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use rewrite_tests::{
+    cli::RewriteCli,
+    netns::{Netns, VethEnd, veth},
+    traffic::{
+        assert_no_checksum_errors_since, assert_receiver_verifies_checksums, checksum_errors, tcp_connects,
+        tcp_exchange, udp_echo,
+    },
+};
+
+const MIB: usize = 1 << 20;
+const A_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
+const B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x02];
+const C_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 0x03];
+const MC_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x04];
+const MB_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x05];
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse().expect("test address parses")
+}
+
+fn sock(addr: &str, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip(addr), port)
+}
+
+/// Host A (10.100.0.1, runs rewrite on `va`) and host B (10.100.0.2) on one veth
+/// pair. A knows B as VIRTUAL 10.200.0.2, routed towards B. Both ends have checksum
+/// offload off, so each side computes full checksums and verifies what it receives.
+struct TwoHosts {
+    a: Netns,
+    b: Netns,
+}
+
+const A_REAL: &str = "10.100.0.1";
+const B_REAL: &str = "10.100.0.2";
+const B_VIRTUAL: &str = "10.200.0.2";
+
+fn two_hosts() -> TwoHosts {
+    let a = Netns::new("a");
+    let b = Netns::new("b");
+    veth(
+        VethEnd { netns: &a, name: "va", mac: A_MAC },
+        "10.100.0.1/24",
+        VethEnd { netns: &b, name: "vb", mac: B_MAC },
+        "10.100.0.2/24",
+    );
+    a.ip(&["route", "add", "10.200.0.0/24", "via", B_REAL]);
+    a.offload("va", false, false);
+    b.offload("vb", false, false);
+    TwoHosts { a, b }
+}
+
+fn stats_json(rewrite: &RewriteCli<'_>) -> String {
+    rewrite.ok(&["stats", "--json"])
+}
+
+/// Reads one counter out of `rewrite stats --json`.
+fn stat(rewrite: &RewriteCli<'_>, direction: &str, outcome: &str) -> u64 {
+    let json = stats_json(rewrite);
+    let value: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|error| panic!("stats --json printed {json}: {error}"));
+    value[direction][outcome].as_u64().unwrap_or_else(|| panic!("{direction}.{outcome} missing in {json}"))
+}
+
+fn two_hosts_carry_tcp_and_udp_both_ways(ingress: &str) {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+    let attached = rewrite.ok(&["attach", "--iface", "va", "--ingress", ingress]);
+    assert!(attached.contains(&format!("ingress: {ingress}")), "attach reported {attached:?}");
+    rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+
+    // Both receivers must really check checksums, or "no errors" proves nothing.
+    assert_receiver_verifies_checksums(&hosts.a, "va", B_MAC, ip(A_REAL), ip(B_REAL), &hosts.b);
+    assert_receiver_verifies_checksums(&hosts.b, "vb", A_MAC, ip(B_REAL), ip(A_REAL), &hosts.a);
+    let (errors_a, errors_b) = (checksum_errors(&hosts.a), checksum_errors(&hosts.b));
+
+    // A connects to B's VIRTUAL address; B sees A's real address.
+    let report = tcp_exchange(&hosts.b, sock("0.0.0.0", 7000), &hosts.a, sock(B_VIRTUAL, 7000), MIB);
+    assert_eq!(report.server_seen_by_client, sock(B_VIRTUAL, 7000).into(), "A must believe it talks to VIRTUAL");
+    assert_eq!(report.client_seen_by_server.ip(), ip(A_REAL), "B must see A's own address");
+    // B connects to A, which sees B under its VIRTUAL address.
+    let report = tcp_exchange(&hosts.a, sock("0.0.0.0", 7001), &hosts.b, sock(A_REAL, 7001), MIB);
+    assert_eq!(report.client_seen_by_server.ip(), ip(B_VIRTUAL), "A must see B as VIRTUAL");
+
+    let udp = udp_echo(&hosts.b, sock("0.0.0.0", 7002), &hosts.a, sock(B_VIRTUAL, 7002), 100, Duration::from_secs(2));
+    assert_eq!(udp.echoed, 100, "every UDP datagram must come back: {udp:?}");
+    assert!(
+        udp.server_sources.iter().all(|source| source.ip() == ip(A_REAL)),
+        "B saw sources {:?}",
+        udp.server_sources
+    );
+    assert!(
+        udp.echo_sources.iter().all(|source| source.ip() == ip(B_VIRTUAL)),
+        "A saw echoes from {:?}",
+        udp.echo_sources
+    );
+
+    assert_no_checksum_errors_since(&hosts.a, errors_a);
+    assert_no_checksum_errors_since(&hosts.b, errors_b);
+    // At least the 100 datagrams each way, plus the TCP segments.
+    assert!(stat(&rewrite, "ingress", "rewritten") > 100, "ingress counters: {}", stats_json(&rewrite));
+    assert!(stat(&rewrite, "egress", "rewritten") > 100, "egress counters: {}", stats_json(&rewrite));
+    assert_eq!(stat(&rewrite, "ingress", "helper_error") + stat(&rewrite, "egress", "helper_error"), 0);
+}
+
+#[test]
+fn two_hosts_with_xdp_ingress() {
+    two_hosts_carry_tcp_and_udp_both_ways("xdp");
+}
+
+#[test]
+fn two_hosts_with_tc_ingress() {
+    two_hosts_carry_tcp_and_udp_both_ways("tc");
+}
+
+/// C (10.1.0.2) -- M (router, rewrite on its B-facing `mb`) -- B (10.2.0.2). C knows B
+/// as 10.3.0.2. The end hosts keep tx checksum offload on, so their packets reach M
+/// with CHECKSUM_PARTIAL; M's devices have tx offload off, so M completes checksums in
+/// software and the end hosts (rx offload off) verify them.
+#[test]
+fn router_rewrites_forwarded_partial_checksum_packets() {
+    let c = Netns::new("c");
+    let m = Netns::new("m");
+    let b = Netns::new("b");
+    veth(
+        VethEnd { netns: &c, name: "vc", mac: C_MAC },
+        "10.1.0.2/24",
+        VethEnd { netns: &m, name: "mc", mac: MC_MAC },
+        "10.1.0.1/24",
+    );
+    veth(
+        VethEnd { netns: &m, name: "mb", mac: MB_MAC },
+        "10.2.0.1/24",
+        VethEnd { netns: &b, name: "vb", mac: B_MAC },
+        "10.2.0.2/24",
+    );
+    c.ip(&["route", "add", "default", "via", "10.1.0.1"]);
+    b.ip(&["route", "add", "default", "via", "10.2.0.1"]);
+    m.sysctl("net.ipv4.ip_forward", "1");
+    m.ip(&["route", "add", "10.3.0.0/24", "via", "10.2.0.2", "dev", "mb"]);
+    c.offload("vc", true, false);
+    b.offload("vb", true, false);
+    m.offload("mc", false, true);
+    m.offload("mb", false, true);
+
+    let rewrite = RewriteCli::new(&m);
+    let attached = rewrite.ok(&["attach", "--iface", "mb", "--ingress", "auto"]);
+    assert!(attached.contains("ingress: tc"), "auto must choose TC on a veth: {attached}");
+    rewrite.ok(&["map", "add", "10.3.0.2", "10.2.0.2"]);
+
+    assert_receiver_verifies_checksums(&m, "mb", B_MAC, ip("10.2.0.1"), ip("10.2.0.2"), &b);
+    assert_receiver_verifies_checksums(&m, "mc", C_MAC, ip("10.1.0.1"), ip("10.1.0.2"), &c);
+    let (errors_b, errors_c) = (checksum_errors(&b), checksum_errors(&c));
+
+    let report = tcp_exchange(&b, sock("0.0.0.0", 8000), &c, sock("10.3.0.2", 8000), MIB);
+    assert_eq!(report.client_seen_by_server.ip(), ip("10.1.0.2"));
+    let report = tcp_exchange(&c, sock("0.0.0.0", 8001), &b, sock("10.1.0.2", 8001), MIB);
+    assert_eq!(report.client_seen_by_server.ip(), ip("10.3.0.2"), "C must see B as VIRTUAL");
+    let udp = udp_echo(&b, sock("0.0.0.0", 8002), &c, sock("10.3.0.2", 8002), 100, Duration::from_secs(2));
+    assert_eq!(udp.echoed, 100, "every UDP datagram must come back: {udp:?}");
+    assert!(
+        udp.echo_sources.iter().all(|source| source.ip() == ip("10.3.0.2")),
+        "C saw echoes from {:?}",
+        udp.echo_sources
+    );
+
+    assert_no_checksum_errors_since(&b, errors_b);
+    assert_no_checksum_errors_since(&c, errors_c);
+    assert!(stat(&rewrite, "egress", "rewritten") > 100, "egress counters: {}", stats_json(&rewrite));
+    assert!(stat(&rewrite, "ingress", "rewritten") > 100, "ingress counters: {}", stats_json(&rewrite));
+}
+
+/// Whether a datagram sent from `sender` to `target` reaches `receiver` within `wait`.
+fn udp_arrives(sender: &UdpSocket, target: SocketAddrV4, receiver: &UdpSocket, wait: Duration) -> bool {
+    // Drain anything late from an earlier step, so only this datagram counts.
+    receiver.set_nonblocking(true).expect("nonblocking");
+    let mut buffer = [0; 64];
+    while receiver.recv_from(&mut buffer).is_ok() {}
+    receiver.set_nonblocking(false).expect("blocking");
+    receiver.set_read_timeout(Some(wait)).expect("timeout");
+    sender.send_to(b"probe", target).expect("send");
+    matches!(receiver.recv_from(&mut buffer), Ok((5, _)))
+}
+
+#[test]
+fn mappings_change_live_from_the_cli() {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+    rewrite.ok(&["attach", "--iface", "va"]);
+    // Sockets keep the namespace they were created in.
+    let _listener = hosts.b.run(|| TcpListener::bind("0.0.0.0:7100").expect("listen on B"));
+    let receiver = hosts.b.run(|| UdpSocket::bind("0.0.0.0:7101").expect("bind on B"));
+    let sender = hosts.a.run(|| UdpSocket::bind("0.0.0.0:0").expect("bind on A"));
+    let (tcp_target, udp_target) = (sock(B_VIRTUAL, 7100), sock(B_VIRTUAL, 7101));
+    let short = Duration::from_millis(700);
+
+    assert!(!tcp_connects(&hosts.a, tcp_target, short), "without a mapping, VIRTUAL must not be reachable");
+    assert!(!udp_arrives(&sender, udp_target, &receiver, short), "without a mapping, UDP to VIRTUAL must not arrive");
+
+    rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+    assert!(tcp_connects(&hosts.a, tcp_target, Duration::from_secs(5)), "after map add, TCP to VIRTUAL must connect");
+    assert!(udp_arrives(&sender, udp_target, &receiver, Duration::from_secs(5)), "after map add, UDP must arrive");
+
+    rewrite.ok(&["map", "del", B_VIRTUAL]);
+    assert_eq!(rewrite.ok(&["map", "list"]), "", "the table must be empty after del");
+    assert!(!tcp_connects(&hosts.a, tcp_target, short), "after map del, VIRTUAL must be unreachable again");
+    assert!(!udp_arrives(&sender, udp_target, &receiver, short), "after map del, UDP must not arrive");
+
+    // Detach removes the dataplane: even with the mapping back, nothing is rewritten.
+    rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+    rewrite.ok(&["detach", "--iface", "va"]);
+    assert!(!tcp_connects(&hosts.a, tcp_target, short), "after detach, no packet may be rewritten");
+    assert!(!rewrite.pins().path().join("ifaces/va").exists(), "detach must remove the interface's pins");
+}
+
+#[test]
+fn dataplane_outlives_the_cli_and_later_processes_see_the_same_table() {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+    rewrite.ok(&["attach", "--iface", "va", "--ingress", "xdp"]);
+    rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+    rewrite.ok(&["map", "add", "10.200.0.3", "10.100.0.3"]);
+    let expected = r#"[{"virtual":"10.200.0.2","real":"10.100.0.2"},{"virtual":"10.200.0.3","real":"10.100.0.3"}]"#;
+
+    // A numbered UDP stream, from A to VIRTUAL, while new CLI processes come and go.
+    let receiver = hosts.b.run(|| UdpSocket::bind("0.0.0.0:7200").expect("bind on B"));
+    receiver.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let sender = hosts.a.run(|| UdpSocket::bind("0.0.0.0:0").expect("bind on A"));
+    const DATAGRAMS: u32 = 1500;
+    let received = std::thread::scope(|scope| {
+        let collector = scope.spawn(|| {
+            let mut received = Vec::new();
+            let mut buffer = [0; 16];
+            while let Ok((4, _)) = receiver.recv_from(&mut buffer) {
+                received.push(u32::from_be_bytes(buffer[..4].try_into().expect("4 bytes")));
+                if received.len() == DATAGRAMS as usize {
+                    break;
+                }
+            }
+            received
+        });
+        let stream = scope.spawn(|| {
+            for seq in 0..DATAGRAMS {
+                sender.send_to(&seq.to_be_bytes(), sock(B_VIRTUAL, 7200)).expect("send");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let started = Instant::now();
+        let mut listings = 0;
+        while !stream.is_finished() {
+            assert_eq!(
+                rewrite.ok(&["map", "list", "--json"]).trim(),
+                expected,
+                "a new process must list the same table"
+            );
+            assert!(rewrite.ok(&["status"]).contains("va\tingress: xdp"));
+            listings += 1;
+        }
+        stream.join().expect("sender thread");
+        assert!(listings >= 3, "only {listings} CLI runs overlapped the stream in {:?}", started.elapsed());
+        collector.join().expect("collector thread")
+    });
+    assert_eq!(
+        received,
+        (0..DATAGRAMS).collect::<Vec<_>>(),
+        "every datagram must arrive, in order, while the CLI runs"
+    );
+}
+
+#[test]
+fn cli_rejects_bad_input_with_clear_errors_and_changes_nothing() {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+
+    let error = rewrite.fails(&["map", "list"]);
+    assert!(error.contains("not loaded") && error.contains("rewrite attach"), "{error}");
+    let error = rewrite.fails(&["attach", "--iface", "nosuch0"]);
+    assert!(error.contains("\"nosuch0\" does not exist"), "{error}");
+    let error = rewrite.fails(&["attach", "--iface", "lo"]);
+    assert!(error.contains("not an Ethernet device"), "{error}");
+    let error = rewrite.fails_with_pin_dir(Path::new("/tmp"), &["attach", "--iface", "va"]);
+    assert!(error.contains("not on a BPF filesystem"), "{error}");
+
+    rewrite.ok(&["attach", "--iface", "va", "--ingress", "xdp"]);
+    let error = rewrite.fails(&["attach", "--iface", "va"]);
+    assert!(error.contains("already attached by rewrite"), "{error}");
+
+    // Another XDP user on the same device: a second rewrite with its own pins stands in
+    // for any foreign program.
+    let other = RewriteCli::new(&hosts.b);
+    let error = other.fails(&["detach", "--iface", "vb"]);
+    assert!(error.contains("not attached"), "{error}");
+    hosts.b.ip(&["link", "add", "vx", "type", "veth", "peer", "name", "vy"]);
+    other.ok(&["attach", "--iface", "vx", "--ingress", "xdp"]);
+    let again = RewriteCli::new(&hosts.b);
+    let error = again.fails(&["attach", "--iface", "vx", "--ingress", "xdp"]);
+    assert!(error.contains("already has an XDP program that rewrite did not attach"), "{error}");
+    assert!(!again.pins().path().join("ifaces/vx").exists(), "a failed attach must leave no pins");
+
+    let error = rewrite.fails(&["map", "add", "10.200.0.300", B_REAL]);
+    assert!(error.contains("10.200.0.300") && error.contains("invalid"), "{error}");
+    let error = rewrite.fails(&["map", "add", B_REAL, B_REAL]);
+    assert!(error.contains("same address"), "{error}");
+    rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+    let error = rewrite.fails(&["map", "add", "10.200.0.7", B_REAL]);
+    assert!(error.contains("already the target of 10.200.0.2 -> 10.100.0.2"), "{error}");
+    let error = rewrite.fails(&["map", "add", B_REAL, "10.100.0.8"]);
+    assert!(error.contains("is the REAL address of mapping"), "{error}");
+    let error = rewrite.fails(&["map", "del", "10.200.0.99"]);
+    assert!(error.contains("no mapping for VIRTUAL 10.200.0.99"), "{error}");
+    assert_eq!(rewrite.ok(&["map", "list"]), "10.200.0.2 -> 10.100.0.2\n", "rejected commands must change nothing");
+
+    // REAL is this host, but its VIRTUAL is not configured here: warn, but do it.
+    let out = rewrite.run(&["map", "add", "10.200.0.1", A_REAL]);
+    assert!(out.status.success());
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(warning.contains("warning") && warning.contains("ip addr add 10.200.0.1/32 dev lo"), "{warning}");
+    hosts.a.ip(&["addr", "add", "10.200.0.1/32", "dev", "lo"]);
+    rewrite.ok(&["map", "del", "10.200.0.1"]);
+    let out = rewrite.run(&["map", "add", "10.200.0.1", A_REAL]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "no warning once VIRTUAL is local: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,317 @@
+//! `cargo xtask`: everything a fresh machine needs, in one place.
+//!
+//! * `setup`: idempotent; installs the rust-src component, bpf-linker built against this
+//!   toolchain's own libLLVM, the apt packages the tests use, and mounts bpffs.
+//! * `build`, `run -- ARGS`, `test`, `bench`: run `setup` first.
+
+use std::{
+    env,
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release this project is built and tested with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests and benchmarks call, with a binary that proves each.
+const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool"), ("util-linux", "nsenter")];
+const BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the eBPF programs and the `rewrite` binary.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run `rewrite ARGS` as root.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `rewrite`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: host unit tests, BPF_PROG_TEST_RUN fixtures and network-namespace
+    /// end-to-end tests (needs root).
+    Test {
+        /// Extra arguments for the test binaries (a name filter, --nocapture, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the benchmarks and print their tables.
+    Bench,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
+    match cli.command {
+        Task::Setup => setup(),
+        Task::Build { release } => {
+            setup()?;
+            build(release)
+        }
+        Task::Run { release, args } => {
+            setup()?;
+            build(release)?;
+            let binary = root.join("target").join(if release { "release" } else { "debug" }).join("rewrite");
+            run_as_root(&binary, &args)
+        }
+        Task::Test { args } => {
+            setup()?;
+            require_root("the tests attach eBPF programs and create network namespaces")?;
+            build(false)?;
+            let mut command = cargo();
+            command.args(["test", "--workspace", "--exclude", "rewrite-ebpf", "--no-fail-fast", "--"]).args(&args);
+            run(&mut command, "cargo test")
+        }
+        Task::Bench => {
+            setup()?;
+            require_root("the benchmarks load eBPF programs")?;
+            build(true)?;
+            let mut command = cargo();
+            command.args(["bench", "--package", "rewrite-tests", "--bench", "prog_cost"]);
+            run(&mut command, "cargo bench")
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask's manifest is <root>/xtask/Cargo.toml.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("cannot start {what}: {command:?}"))?;
+    ensure!(status.success(), "{what} failed ({status})");
+    Ok(())
+}
+
+fn output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command.output().with_context(|| format!("cannot start {command:?}"))?;
+    ensure!(out.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn step(name: &str, result: anyhow::Result<String>) -> anyhow::Result<()> {
+    match result {
+        Ok(detail) => {
+            eprintln!("setup: {name}: {detail}");
+            Ok(())
+        }
+        Err(error) => Err(error.context(format!("setup step '{name}' failed"))),
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn require_root(why: &str) -> anyhow::Result<()> {
+    ensure!(is_root(), "run as root: {why}");
+    Ok(())
+}
+
+fn setup() -> anyhow::Result<()> {
+    step("rust-src", ensure_rust_src())?;
+    step("bpf-linker", ensure_bpf_linker())?;
+    step("apt packages", ensure_apt_packages())?;
+    step("bpffs", ensure_bpffs())?;
+    Ok(())
+}
+
+fn ensure_rust_src() -> anyhow::Result<String> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    if installed.lines().any(|line| line.starts_with("rust-src")) {
+        return Ok("present".into());
+    }
+    run(Command::new("rustup").args(["component", "add", "rust-src"]), "rustup component add rust-src")?;
+    Ok("installed".into())
+}
+
+/// The toolchain's libLLVM, which bpf-linker must use so that the bitcode rustc emits
+/// for the eBPF crate is read by the same LLVM that wrote it.
+fn toolchain_libllvm() -> anyhow::Result<PathBuf> {
+    let sysroot = output(Command::new("rustc").args(["--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let entries = fs::read_dir(&lib).with_context(|| format!("cannot list {}", lib.display()))?;
+    let mut candidates: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.file_name().and_then(OsStr::to_str).is_some_and(|name| name.starts_with("libLLVM.so.")))
+        .collect();
+    candidates.sort();
+    candidates
+        .pop()
+        .with_context(|| format!("no libLLVM.so.* in {}: this toolchain cannot drive bpf-linker", lib.display()))
+}
+
+fn llvm_major(libllvm: &Path) -> anyhow::Result<String> {
+    // libLLVM.so.22.1-rust-1.95.0-stable -> 22
+    let name = libllvm.file_name().and_then(OsStr::to_str).unwrap_or_default();
+    let version = name.trim_start_matches("libLLVM.so.");
+    let major = version.split('.').next().unwrap_or_default();
+    ensure!(!major.is_empty() && major.chars().all(|c| c.is_ascii_digit()), "cannot read the LLVM version from {name}");
+    Ok(major.to_owned())
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo"))
+}
+
+/// The libLLVM an installed bpf-linker loads, as the dynamic loader resolves it.
+fn linked_libllvm(bpf_linker: &Path) -> Option<PathBuf> {
+    let ldd = output(Command::new("ldd").arg(bpf_linker)).ok()?;
+    let line = ldd.lines().find(|line| line.contains("libLLVM"))?;
+    let target = line.split("=>").nth(1)?.split_whitespace().next()?;
+    fs::canonicalize(target).ok()
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<String> {
+    let libllvm = toolchain_libllvm()?;
+    let wanted = fs::canonicalize(&libllvm).with_context(|| format!("cannot resolve {}", libllvm.display()))?;
+    let installed = cargo_home().join("bin").join("bpf-linker");
+    if installed.exists() {
+        match linked_libllvm(&installed) {
+            Some(linked) if linked == wanted => return Ok(format!("present, linked against {}", wanted.display())),
+            Some(linked) => eprintln!(
+                "setup: bpf-linker is linked against {}, not {}: rebuilding",
+                linked.display(),
+                wanted.display()
+            ),
+            None => eprintln!("setup: bpf-linker does not load a libLLVM this toolchain has: rebuilding"),
+        }
+    }
+    // bpf-linker's build finds LLVM through LLVM_PREFIX/lib/libLLVM.so; the toolchain
+    // ships the library under its versioned name only, so give it both names. The
+    // directory must outlive the build: the binary's rpath points into it.
+    let file_name = libllvm.file_name().context("libLLVM path has no file name")?;
+    let prefix = cargo_home().join("rewrite-bpf-linker-llvm").join(file_name);
+    let lib_dir = prefix.join("lib");
+    fs::create_dir_all(&lib_dir).with_context(|| format!("cannot create {}", lib_dir.display()))?;
+    for link_name in [OsStr::new("libLLVM.so"), file_name] {
+        let link = lib_dir.join(link_name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&wanted, &link).with_context(|| format!("cannot link {}", link.display()))?;
+    }
+    let feature = format!("llvm-{}", llvm_major(&libllvm)?);
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)", wanted.display());
+    run(
+        cargo()
+            .current_dir(env::temp_dir())
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--force",
+                "--no-default-features",
+            ])
+            .args(["--features", &feature]),
+        "cargo install bpf-linker",
+    )?;
+    match linked_libllvm(&installed) {
+        Some(linked) if linked == wanted => Ok(format!("built, linked against {}", wanted.display())),
+        other => bail!("bpf-linker was built but loads {other:?} instead of {}", wanted.display()),
+    }
+}
+
+fn package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+}
+
+fn on_path(binary: &str) -> bool {
+    env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
+}
+
+fn ensure_apt_packages() -> anyhow::Result<String> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(package, binary)| !package_installed(package) || !on_path(binary))
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(format!("present ({})", APT_PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", ")));
+    }
+    require_root(&format!("installing {}", missing.join(", ")))?;
+    run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
+    run(
+        Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(&missing),
+        "apt-get install",
+    )?;
+    for (package, binary) in APT_PACKAGES {
+        ensure!(on_path(binary), "{package} was installed but {binary} is not on PATH");
+    }
+    Ok(format!("installed {}", missing.join(", ")))
+}
+
+fn ensure_bpffs() -> anyhow::Result<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let _source = fields.next();
+        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
+    });
+    if mounted {
+        return Ok(format!("{BPFFS} mounted"));
+    }
+    if !is_root() {
+        return Ok(format!("{BPFFS} is not mounted; as root: mount -t bpf bpf {BPFFS}"));
+    }
+    run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]), "mount -t bpf")?;
+    Ok(format!("mounted {BPFFS}"))
+}
+
+fn build(release: bool) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command.args(["build", "--workspace", "--exclude", "rewrite-ebpf", "--all-targets"]);
+    if release {
+        command.arg("--release");
+    }
+    run(&mut command, "cargo build")
+}
+
+fn run_as_root(binary: &Path, args: &[String]) -> anyhow::Result<()> {
+    let mut command = if is_root() {
+        Command::new(binary)
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.arg("-E").arg(binary);
+        sudo
+    };
+    command.args(args);
+    let status = command.status().with_context(|| format!("cannot start {}", binary.display()))?;
+    // Pass rewrite's exit code through, so scripts see its failures.
+    std::process::exit(status.code().unwrap_or(1));
+}
