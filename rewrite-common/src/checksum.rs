@@ -62,7 +62,7 @@ pub const fn replace_udp_u32(check: u16, old: u32, new: u32) -> u16 {
 /// Full (non-incremental) computation, for verifying packets on the host. It shares
 /// no code with the incremental update above on purpose: a bug in one cannot hide in
 /// the other.
-#[cfg(feature = "user")]
+#[cfg(any(test, feature = "user"))]
 pub mod full {
     /// The one's complement sum of `bytes` taken as big-endian 16-bit words (an odd
     /// trailing byte is padded with zero), not yet complemented.
@@ -117,7 +117,7 @@ pub mod full {
     }
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn udp_update_matches_full_recomputation_and_maps_zero_to_ffff() {
-        let mut saw_ffff = false;
+        let (mut saw_ffff_before, mut saw_ffff) = (false, false);
         for seed in 0..300_000u64 {
             let (src, dst, mut segment) = udp_segment(seed);
             let check = full::ipv4_l4(src, dst, 17, &segment, 6);
@@ -217,8 +217,10 @@ mod tests {
             let expected = full::ipv4_l4(src, new_dst, 17, &segment, 6);
             assert_eq!(updated, expected, "seed {seed}: UDP checksum after {dst:?} -> {new_dst:?}");
             saw_ffff |= expected == 0xffff;
+            saw_ffff_before |= check == 0xffff;
         }
         assert!(saw_ffff, "no case produced a computed zero (sent as 0xffff); widen the search");
+        assert!(saw_ffff_before, "no case started from a checksum of 0xffff; widen the search");
     }
 
     #[test]

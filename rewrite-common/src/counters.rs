@@ -34,20 +34,3 @@ pub const DIRECTION_NAMES: [&str; DIRECTIONS as usize] = ["ingress", "egress"];
 pub const fn slot(direction: u32, outcome: u32) -> u32 {
     direction * OUTCOMES + outcome
 }
-
-/// The two directions, for code that is not on the packet path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl Direction {
-    /// Index of this direction in the counters map.
-    pub const fn index(self) -> u32 {
-        match self {
-            Self::Ingress => INGRESS,
-            Self::Egress => EGRESS,
-        }
-    }
-}

@@ -15,6 +15,26 @@ use core::net::Ipv4Addr;
 
 use crate::maps::{Ipv4Key, Ipv4Value};
 
+/// The two directions, for code that is not on the packet path (the programs use the
+/// counter indices `counters::INGRESS` and `counters::EGRESS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Packets arriving on an attached interface: REAL -> VIRTUAL.
+    Ingress,
+    /// Packets leaving through an attached interface: VIRTUAL -> REAL.
+    Egress,
+}
+
+impl Direction {
+    /// Index of this direction in the counters map.
+    pub const fn index(self) -> u32 {
+        match self {
+            Self::Ingress => crate::counters::INGRESS,
+            Self::Egress => crate::counters::EGRESS,
+        }
+    }
+}
+
 /// The addresses a packet gets after the rewrite; `None` leaves the field alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AddressRewrite {
@@ -137,14 +157,14 @@ pub fn plan_add(
 
 /// An in-memory table with the same rules as the live maps: the reference the tests
 /// compare the kernel against, and what userspace validates a batch against.
-#[cfg(feature = "user")]
+#[cfg(any(test, feature = "user"))]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelTable {
     forward: std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>,
     reverse: std::collections::BTreeMap<Ipv4Addr, Ipv4Addr>,
 }
 
-#[cfg(feature = "user")]
+#[cfg(any(test, feature = "user"))]
 impl ModelTable {
     pub fn add(&mut self, virtual_addr: Ipv4Addr, real_addr: Ipv4Addr) -> Result<AddPlan, MappingConflict> {
         let plan = plan_add(self, virtual_addr, real_addr)?;
@@ -169,16 +189,16 @@ impl ModelTable {
     }
 
     /// Where the reference model says a packet's addresses end up, for `direction`.
-    pub fn rewrite(&self, direction: crate::counters::Direction, src: [u8; 4], dst: [u8; 4]) -> AddressRewrite {
+    pub fn rewrite(&self, direction: Direction, src: [u8; 4], dst: [u8; 4]) -> AddressRewrite {
         let table = match direction {
-            crate::counters::Direction::Egress => &self.forward,
-            crate::counters::Direction::Ingress => &self.reverse,
+            Direction::Egress => &self.forward,
+            Direction::Ingress => &self.reverse,
         };
         plan_rewrite(src, dst, |key| table.get(&Ipv4Addr::from(key.addr)).map(|addr| Ipv4Value { addr: addr.octets() }))
     }
 }
 
-#[cfg(feature = "user")]
+#[cfg(any(test, feature = "user"))]
 impl MappingView for ModelTable {
     fn real_of(&self, virtual_addr: Ipv4Addr) -> Option<Ipv4Addr> {
         self.forward.get(&virtual_addr).copied()
@@ -188,10 +208,9 @@ impl MappingView for ModelTable {
     }
 }
 
-#[cfg(all(test, feature = "user"))]
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::Direction;
 
     fn ip(text: &str) -> Ipv4Addr {
         text.parse().expect("test address parses")

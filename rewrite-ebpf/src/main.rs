@@ -36,18 +36,18 @@ fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
 /// Ingress where XDP cannot see partial checksums (veth and other virtual devices).
 #[classifier]
 pub fn rewrite_tc_ingress(ctx: TcContext) -> i32 {
-    try_rewrite_tc(ctx, INGRESS).unwrap_or(TC_ACT_OK as i32)
+    try_rewrite_tc(ctx, INGRESS).unwrap_or(TC_ACT_OK)
 }
 
 /// Egress on every attached device.
 #[classifier]
 pub fn rewrite_tc_egress(ctx: TcContext) -> i32 {
-    try_rewrite_tc(ctx, EGRESS).unwrap_or(TC_ACT_OK as i32)
+    try_rewrite_tc(ctx, EGRESS).unwrap_or(TC_ACT_OK)
 }
 
 fn try_rewrite_tc(mut ctx: TcContext, direction: u32) -> Result<i32, ()> {
     rewrite_and_count(&mut TcPacket::new(&mut ctx), direction)?;
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_ACT_OK)
 }
 
 /// An XDP program that does nothing: the baseline that benchmarks subtract from the

@@ -103,7 +103,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Map(command) => run_map(&pins, command)?,
         Command::Status => {
-            for attachment in loader::attached(&pins)? {
+            let attachments = loader::attached(&pins)?;
+            if attachments.is_empty() {
+                println!("no interface attached (pins in {})", pins.root().display());
+            }
+            for attachment in attachments {
                 println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
             }
         }

@@ -152,27 +152,32 @@ pub fn attach(pins: &PinLayout, iface_name: &str, mode: IngressMode) -> Result<A
         return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
     }
     let ingress = mode.resolve(iface_name)?;
+    // A first attach creates the table; if it fails, the empty table goes too.
+    let creates_table = !pins.maps_dir().exists();
+    let attached = attach_and_pin(pins, iface_name, ingress);
+    if attached.is_err() {
+        // Unpinning the links that did get pinned detaches them again.
+        let _ = std::fs::remove_dir_all(&iface_dir);
+        if creates_table {
+            let _ = std::fs::remove_dir_all(pins.maps_dir());
+        }
+    }
+    attached.map(|()| Attachment { iface: iface_name.to_owned(), ingress })
+}
+
+fn attach_and_pin(pins: &PinLayout, iface_name: &str, ingress: IngressHook) -> Result<(), Error> {
     pins.create_dir(&pins.maps_dir())?;
     let mut ebpf = load(&pins.maps_dir())?;
-
     let egress_link = attach_tc(&mut ebpf, PROG_TC_EGRESS, iface_name, TcAttachType::Egress)?;
     let ingress_link = match ingress {
         IngressHook::XdpDriver => attach_xdp(&mut ebpf, iface_name, XdpMode::Driver)?,
         IngressHook::XdpGeneric => attach_xdp(&mut ebpf, iface_name, XdpMode::Skb)?,
         IngressHook::Tc => attach_tc(&mut ebpf, PROG_TC_INGRESS, iface_name, TcAttachType::Ingress)?,
     };
-
+    let iface_dir = pins.iface_dir(iface_name);
     pins.create_dir(&iface_dir)?;
-    let pinned =
-        pin_program_and_link(&mut ebpf, &iface_dir, PROG_TC_EGRESS, EGRESS_PIN_NAMES, egress_link).and_then(|()| {
-            pin_program_and_link(&mut ebpf, &iface_dir, ingress.program(), ingress.pin_names(), ingress_link)
-        });
-    if let Err(error) = pinned {
-        // Unpinning the links that did get pinned detaches them again.
-        let _ = std::fs::remove_dir_all(&iface_dir);
-        return Err(error);
-    }
-    Ok(Attachment { iface: iface_name.to_owned(), ingress })
+    pin_program_and_link(&mut ebpf, &iface_dir, PROG_TC_EGRESS, EGRESS_PIN_NAMES, egress_link)?;
+    pin_program_and_link(&mut ebpf, &iface_dir, ingress.program(), ingress.pin_names(), ingress_link)
 }
 
 fn program_error(

@@ -306,6 +306,7 @@ fn cli_rejects_bad_input_with_clear_errors_and_changes_nothing() {
     let error = again.fails(&["attach", "--iface", "vx", "--ingress", "xdp"]);
     assert!(error.contains("already has an XDP program that rewrite did not attach"), "{error}");
     assert!(!again.pins().path().join("ifaces/vx").exists(), "a failed attach must leave no pins");
+    assert!(!again.pins().path().join("maps").exists(), "a failed first attach must not leave an empty table");
 
     let error = rewrite.fails(&["map", "add", "10.200.0.300", B_REAL]);
     assert!(error.contains("10.200.0.300") && error.contains("invalid"), "{error}");

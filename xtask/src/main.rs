@@ -54,6 +54,8 @@ enum Task {
     },
     /// Run the benchmarks and print their tables.
     Bench,
+    /// rustfmt check, and clippy on the host crates and on the eBPF crate (BPF target).
+    Lint,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -78,7 +80,32 @@ fn main() -> anyhow::Result<()> {
             build(false)?;
             let mut command = cargo();
             command.args(["test", "--workspace", "--exclude", "rewrite-ebpf", "--no-fail-fast", "--"]).args(&args);
-            run(&mut command, "cargo test")
+            run_tests(&mut command)
+        }
+        Task::Lint => {
+            setup()?;
+            run(cargo().args(["fmt", "--all", "--", "--check"]), "cargo fmt --check")?;
+            run(
+                cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "rewrite-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+                "cargo clippy (host)",
+            )?;
+            // Same compiler, same flags as the build script uses for the programs.
+            run(
+                cargo()
+                    .env("RUSTC_BOOTSTRAP", "1")
+                    .args(["clippy", "--package", "rewrite-ebpf", "--release", "--target", "bpfel-unknown-none"])
+                    .args(["-Z", "build-std=core", "--", "-D", "warnings"]),
+                "cargo clippy (eBPF)",
+            )
         }
         Task::Bench => {
             setup()?;
@@ -104,6 +131,39 @@ fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
     let status = command.status().with_context(|| format!("cannot start {what}: {command:?}"))?;
     ensure!(status.success(), "{what} failed ({status})");
     Ok(())
+}
+
+/// Runs the test command, passing its output through, and ends with one line that
+/// sums the "test result:" lines of every test binary, so a reader (or CI) sees the
+/// total without adding up a dozen binaries.
+fn run_tests(command: &mut Command) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = command.stdout(std::process::Stdio::piped()).spawn().context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("summary: {passed} passed, {failed} failed");
+    ensure!(status.success() && failed == 0, "tests failed ({status})");
+    ensure!(passed > 0, "no test ran");
+    Ok(())
+}
+
+/// The number just before `label` in a line such as "ok. 11 passed; 0 failed; ...".
+fn count_before(text: &str, label: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label.trim_start())
+        })
+        .and_then(|number| number.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn output(command: &mut Command) -> anyhow::Result<String> {
