@@ -12,7 +12,8 @@ pub const MAP_V4_REVERSE: &str = "V4_REVERSE";
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
-/// Capacity of each mapping map unless the operator asks for another at first attach.
+/// Capacity of each mapping map unless the first `attach` asks for another
+/// (`--max-mappings`).
 /// The maps are created with `BPF_F_NO_PREALLOC`, so an idle table costs memory only
 /// for the entries it holds.
 pub const DEFAULT_MAX_MAPPINGS: u32 = 1 << 20;

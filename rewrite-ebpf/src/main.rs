@@ -11,7 +11,7 @@ mod parse;
 mod rewrite;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -33,21 +33,25 @@ fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
     Ok(xdp_action::XDP_PASS)
 }
 
+// The TC programs return TC_ACT_UNSPEC (TCX_NEXT) rather than TC_ACT_OK: the packet
+// passes either way, but only "next" lets other tcx programs and classic clsact filters
+// on the same device run after rewrite.
+
 /// Ingress where XDP cannot see partial checksums (veth and other virtual devices).
 #[classifier]
 pub fn rewrite_tc_ingress(ctx: TcContext) -> i32 {
-    try_rewrite_tc(ctx, INGRESS).unwrap_or(TC_ACT_OK)
+    try_rewrite_tc(ctx, INGRESS).unwrap_or(TC_ACT_UNSPEC)
 }
 
 /// Egress on every attached device.
 #[classifier]
 pub fn rewrite_tc_egress(ctx: TcContext) -> i32 {
-    try_rewrite_tc(ctx, EGRESS).unwrap_or(TC_ACT_OK)
+    try_rewrite_tc(ctx, EGRESS).unwrap_or(TC_ACT_UNSPEC)
 }
 
 fn try_rewrite_tc(mut ctx: TcContext, direction: u32) -> Result<i32, ()> {
     rewrite_and_count(&mut TcPacket::new(&mut ctx), direction)?;
-    Ok(TC_ACT_OK)
+    Ok(TC_ACT_UNSPEC)
 }
 
 /// An XDP program that does nothing: the baseline that benchmarks subtract from the

@@ -10,7 +10,8 @@ use rewrite_common::{
     maps::{BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Ipv4Key, Ipv4Value},
 };
 
-/// VIRTUAL -> REAL, looked up on egress. Userspace may resize it at first load.
+/// VIRTUAL -> REAL, looked up on egress. `rewrite attach --max-mappings` sets the
+/// capacity when it creates the table.
 #[map(name = "V4_FORWARD")]
 pub static V4_FORWARD: HashMap<Ipv4Key, Ipv4Value> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 

@@ -9,7 +9,7 @@
 //!   CHECKSUM_COMPLETE from a NIC) and keep it consistent.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_INVALIDATE_HASH, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
 use rewrite_common::checksum;
@@ -180,6 +180,8 @@ impl Packet for TcPacket<'_> {
             }
         }
         self.ctx.l3_csum_replace(ip_check_offset, old_raw, new_raw, 4).map_err(|_| ())?;
-        self.ctx.store(address_offset, &new, 0).map_err(|_| ())
+        // The skb's flow hash was computed from the old addresses; dropping it makes
+        // RPS/XPS and anything else that steers by it see the rewritten flow.
+        self.ctx.store(address_offset, &new, u64::from(BPF_F_INVALIDATE_HASH)).map_err(|_| ())
     }
 }

@@ -46,7 +46,12 @@ pub fn parse_ipv4<P: Packet>(packet: &P) -> Result<Ipv4Packet, u32> {
         return Err(MALFORMED);
     }
     let header_len = usize::from(ip.vihl & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    let mut total_len = usize::from(u16::from_be_bytes(ip.tot_len));
+    // BIG TCP: a GSO packet over 64 KiB carries total length 0 and its real length in
+    // the skb (only TC sees such packets; an XDP frame is never that large).
+    if total_len == 0 && packet.len() - l3 > usize::from(u16::MAX) {
+        total_len = packet.len() - l3;
+    }
     // Trailing bytes beyond total_len (Ethernet padding) are allowed; a total length
     // that claims more than the frame holds, or less than the header, is not.
     if header_len < Ipv4Hdr::LEN || total_len < header_len || l3 + total_len > packet.len() {

@@ -11,10 +11,11 @@ use rewrite_common::{
     mapping::AddPlan,
 };
 
-use crate::{
+use anyhow::bail;
+use rewrite_user::{
     iface,
     loader::{self, IngressMode},
-    maps::{Counters, MappingTable},
+    maps::{Counters, MappingTable, Removed},
     pins::{DEFAULT_PIN_DIR, PinLayout},
 };
 
@@ -48,6 +49,10 @@ pub enum Command {
         /// where XDP cannot see partially computed checksums.
         #[arg(long, value_enum, default_value_t = IngressMode::Auto)]
         ingress: IngressMode,
+        /// Room for this many mappings. Only the first attach, which creates the
+        /// table, can set it [default: 1048576].
+        #[arg(long, value_name = "N")]
+        max_mappings: Option<u32>,
     },
     /// Detach from an interface. The mapping table stays.
     Detach {
@@ -90,11 +95,17 @@ pub enum MapCommand {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "rewrite must run as root: its pins are root-only, and loading programs and editing \
+             their maps needs CAP_BPF and CAP_NET_ADMIN"
+        );
+    }
     let pins = PinLayout::new(cli.pin_dir);
     match cli.command {
-        Command::Attach { iface, ingress } => {
-            let attachment =
-                loader::attach(&pins, &iface, ingress).with_context(|| format!("cannot attach to {iface}"))?;
+        Command::Attach { iface, ingress, max_mappings } => {
+            let attachment = loader::attach(&pins, &iface, ingress, max_mappings)
+                .with_context(|| format!("cannot attach to {iface}"))?;
             println!("attached to {} (ingress: {}, egress: tc)", attachment.iface, attachment.ingress);
         }
         Command::Detach { iface } => {
@@ -139,16 +150,25 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
             }
             warn_if_own_virtual_missing(virtual_addr, real_addr);
         }
-        MapCommand::Del { virtual_addr } => {
-            let real_addr = table.remove_mapping(virtual_addr)?;
-            println!("deleted {virtual_addr} -> {real_addr}");
-        }
+        MapCommand::Del { virtual_addr } => match table.remove_mapping(virtual_addr)? {
+            Removed::Mapping(real_addr) => println!("deleted {virtual_addr} -> {real_addr}"),
+            Removed::Orphan(real_addr) => {
+                println!("deleted the half-applied reverse entry {real_addr} -> {virtual_addr}");
+            }
+        },
         MapCommand::List { json } => {
-            let mappings = table.list()?;
+            let listing = table.list()?;
+            for orphan in &listing.orphans {
+                eprintln!(
+                    "warning: half-applied entry: ingress rewrites REAL {} to {} but no mapping sends \
+                     {} anywhere (an earlier command was interrupted); `rewrite map del {}` removes it",
+                    orphan.real_addr, orphan.virtual_addr, orphan.virtual_addr, orphan.virtual_addr
+                );
+            }
             if json {
-                println!("{}", serde_json::to_string(&mappings)?);
+                println!("{}", serde_json::to_string(&listing.mappings)?);
             } else {
-                for mapping in mappings {
+                for mapping in listing.mappings {
                     println!("{} -> {}", mapping.virtual_addr, mapping.real_addr);
                 }
             }

@@ -10,6 +10,9 @@ pub enum Error {
     #[error("interface {name:?} does not exist in this network namespace")]
     NoSuchInterface { name: String },
 
+    #[error("{name:?} is not a valid interface name (1 to 15 bytes, no '/', ':', '.', '..' or whitespace)")]
+    InvalidInterfaceName { name: String },
+
     #[error("interface {name} is not an Ethernet device (link type {link_type}); rewrite parses Ethernet frames only")]
     NotEthernet { name: String, link_type: u16 },
 
@@ -20,10 +23,10 @@ pub enum Error {
     AlreadyAttached { name: String, dir: PathBuf },
 
     #[error(
-        "interface {name} already has an XDP program that rewrite did not attach; remove it \
-         (`ip link set dev {name} xdp off`) or attach with `--ingress tc`"
+        "interface {name} already has an XDP program (id {program_id}) that rewrite did not attach: it \
+         would see ingress packets before rewrite does; remove it (`ip link set dev {name} xdp off`) first"
     )]
-    ForeignXdp { name: String },
+    ForeignXdp { name: String, program_id: u32 },
 
     #[error("interface {name} is not attached by rewrite (no pins in {})", dir.display())]
     NotAttached { name: String, dir: PathBuf },
@@ -55,6 +58,15 @@ pub enum Error {
         expected_key_size: u32,
         expected_value_size: u32,
     },
+
+    #[error(
+        "the table already exists with room for {existing} mappings; --max-mappings {requested} only \
+         applies when the first attach creates it"
+    )]
+    CapacityMismatch { existing: u32, requested: u32 },
+
+    #[error("--max-mappings must be at least 1")]
+    ZeroCapacity,
 
     #[error("the mapping table is full ({capacity} mappings); delete mappings before adding more")]
     TableFull { capacity: u32 },
@@ -118,6 +130,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the underlying system call failed with `errno`.
+    pub fn is_errno(&self, errno: i32) -> bool {
+        let syscall_errno = |error: &aya::programs::ProgramError| match error {
+            aya::programs::ProgramError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
+            _ => None,
+        };
+        match self {
+            Self::Program { source, .. } => syscall_errno(source) == Some(errno),
+            Self::Io { source, .. } | Self::Netdevice { source, .. } => source.raw_os_error() == Some(errno),
+            _ => false,
+        }
+    }
+
     pub(crate) fn map(map: &'static str, source: aya::maps::MapError) -> Self {
         Self::Map { map, source: Box::new(source) }
     }

@@ -92,13 +92,16 @@ impl IngressMode {
 }
 
 /// Loads the object with its maps pinned in (or reused from) `maps_dir`, and checks
-/// that reused maps have the layout this build expects. Programs are not loaded into
-/// the kernel yet: callers load only those they attach or test.
-pub fn load(maps_dir: &Path) -> Result<Ebpf, Error> {
-    let ebpf = EbpfLoader::new()
-        .default_map_pin_directory(maps_dir)
-        .load(EBPF_OBJECT)
-        .map_err(|error| Error::Load(Box::new(error)))?;
+/// that reused maps have the layout this build expects. `max_mappings` sets the
+/// capacity of the mapping maps if this load creates them. Programs are not loaded
+/// into the kernel yet: callers load only those they attach or test.
+pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(maps_dir);
+    if let Some(capacity) = max_mappings {
+        loader.map_max_entries(MAP_V4_FORWARD, capacity).map_max_entries(MAP_V4_REVERSE, capacity);
+    }
+    let ebpf = loader.load(EBPF_OBJECT).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, MAP_V4_FORWARD, size_of::<Ipv4Key>(), size_of::<Ipv4Value>())?;
     check_map_layout(&ebpf, maps_dir, MAP_V4_REVERSE, size_of::<Ipv4Key>(), size_of::<Ipv4Value>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
@@ -144,40 +147,81 @@ pub struct Attachment {
 /// Loads the programs, attaches egress (TC) and ingress (`mode`) to `iface`, and pins
 /// programs and links under the interface's pin directory. Either everything is
 /// attached and pinned, or nothing is: links that were not pinned detach when the
-/// object is dropped, and a partly written pin directory is removed.
-pub fn attach(pins: &PinLayout, iface_name: &str, mode: IngressMode) -> Result<Attachment, Error> {
+/// object is dropped, and the pin directory this call reserved is removed again.
+pub fn attach(
+    pins: &PinLayout,
+    iface_name: &str,
+    mode: IngressMode,
+    max_mappings: Option<u32>,
+) -> Result<Attachment, Error> {
+    let iface_dir = pins.iface_dir(iface_name)?;
     iface::ensure_ethernet(iface_name)?;
-    let iface_dir = pins.iface_dir(iface_name);
     if iface_dir.exists() {
         return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
     }
-    let ingress = mode.resolve(iface_name)?;
-    // A first attach creates the table; if it fails, the empty table goes too.
+    // Whatever mode rewrite uses, an XDP program it did not attach would see (and may
+    // drop or redirect) ingress packets before rewrite restores their addresses.
+    if let Some(program_id) = iface::xdp_program_id(iface_name)? {
+        return Err(Error::ForeignXdp { name: iface_name.to_owned(), program_id });
+    }
+    let hook = mode.resolve(iface_name)?;
     let creates_table = !pins.maps_dir().exists();
-    let attached = attach_and_pin(pins, iface_name, ingress);
+    if let Some(requested) = max_mappings {
+        if requested == 0 {
+            return Err(Error::ZeroCapacity);
+        }
+        if !creates_table {
+            let existing = crate::maps::MappingTable::open(pins)?.capacity();
+            if existing != requested {
+                return Err(Error::CapacityMismatch { existing, requested });
+            }
+        }
+    }
+    // Reserving the directory exclusively makes a concurrent attach of the same
+    // interface fail here, instead of both attaching and one unpinning the other.
+    if !pins.create_dir_exclusive(&iface_dir)? {
+        return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
+    }
+    let fallback_to_tc = mode == IngressMode::Auto;
+    let attached = attach_and_pin(pins, &iface_dir, iface_name, hook, fallback_to_tc, max_mappings);
     if attached.is_err() {
-        // Unpinning the links that did get pinned detaches them again.
+        // Unpinning the links that did get pinned detaches them again; a table that
+        // this attach created goes too, so a failed first attach leaves nothing.
         let _ = std::fs::remove_dir_all(&iface_dir);
         if creates_table {
             let _ = std::fs::remove_dir_all(pins.maps_dir());
         }
     }
-    attached.map(|()| Attachment { iface: iface_name.to_owned(), ingress })
+    attached.map(|ingress| Attachment { iface: iface_name.to_owned(), ingress })
 }
 
-fn attach_and_pin(pins: &PinLayout, iface_name: &str, ingress: IngressHook) -> Result<(), Error> {
+fn attach_and_pin(
+    pins: &PinLayout,
+    iface_dir: &Path,
+    iface_name: &str,
+    hook: IngressHook,
+    fallback_to_tc: bool,
+    max_mappings: Option<u32>,
+) -> Result<IngressHook, Error> {
     pins.create_dir(&pins.maps_dir())?;
-    let mut ebpf = load(&pins.maps_dir())?;
+    let mut ebpf = load(&pins.maps_dir(), max_mappings)?;
     let egress_link = attach_tc(&mut ebpf, PROG_TC_EGRESS, iface_name, TcAttachType::Egress)?;
-    let ingress_link = match ingress {
-        IngressHook::XdpDriver => attach_xdp(&mut ebpf, iface_name, XdpMode::Driver)?,
-        IngressHook::XdpGeneric => attach_xdp(&mut ebpf, iface_name, XdpMode::Skb)?,
-        IngressHook::Tc => attach_tc(&mut ebpf, PROG_TC_INGRESS, iface_name, TcAttachType::Ingress)?,
+    let (hook, ingress_link) = match hook {
+        IngressHook::XdpDriver => match attach_xdp(&mut ebpf, iface_name, XdpMode::Driver) {
+            Ok(link) => (hook, link),
+            // `auto` chose native XDP for a wire device whose driver turns out not to
+            // support it: TC is correct on every device.
+            Err(error) if fallback_to_tc && error.is_errno(libc::EOPNOTSUPP) => {
+                (IngressHook::Tc, attach_tc(&mut ebpf, PROG_TC_INGRESS, iface_name, TcAttachType::Ingress)?)
+            }
+            Err(error) => return Err(error),
+        },
+        IngressHook::XdpGeneric => (hook, attach_xdp(&mut ebpf, iface_name, XdpMode::Skb)?),
+        IngressHook::Tc => (hook, attach_tc(&mut ebpf, PROG_TC_INGRESS, iface_name, TcAttachType::Ingress)?),
     };
-    let iface_dir = pins.iface_dir(iface_name);
-    pins.create_dir(&iface_dir)?;
-    pin_program_and_link(&mut ebpf, &iface_dir, PROG_TC_EGRESS, EGRESS_PIN_NAMES, egress_link)?;
-    pin_program_and_link(&mut ebpf, &iface_dir, ingress.program(), ingress.pin_names(), ingress_link)
+    pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_EGRESS, EGRESS_PIN_NAMES, egress_link)?;
+    pin_program_and_link(&mut ebpf, iface_dir, hook.program(), hook.pin_names(), ingress_link)?;
+    Ok(hook)
 }
 
 fn program_error(
@@ -222,7 +266,8 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, Err
         aya::programs::ProgramError::SyscallError(syscall)
             if matches!(syscall.io_error.raw_os_error(), Some(libc::EBUSY | libc::EEXIST)) =>
         {
-            Error::ForeignXdp { name: iface.to_owned() }
+            let program_id = iface::xdp_program_id(iface).ok().flatten().unwrap_or(0);
+            Error::ForeignXdp { name: iface.to_owned(), program_id }
         }
         _ => program_error("attaching", program, iface, source),
     })?;
@@ -254,7 +299,7 @@ fn pin_program_and_link(
 /// references to the attachments, so the kernel detaches them at once. The shared
 /// maps stay, with their mappings, for the other interfaces and later attaches.
 pub fn detach(pins: &PinLayout, iface: &str) -> Result<(), Error> {
-    let iface_dir = pins.iface_dir(iface);
+    let iface_dir = pins.iface_dir(iface)?;
     match std::fs::remove_dir_all(&iface_dir) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => {

@@ -1,9 +1,12 @@
 //! `rewrite`: load the dataplane, attach it to interfaces and edit the mapping table.
+
+mod cli;
+
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    let cli = rewrite_user::cli::Cli::parse();
-    match rewrite_user::cli::run(cli) {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

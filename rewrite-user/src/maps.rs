@@ -30,8 +30,9 @@ fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     Map::from_map_data(data).map_err(|source| Error::map(name, source))
 }
 
+/// A missing key: lookups report `KeyNotFound`, deletes a plain ENOENT.
 fn is_not_found(error: &MapError) -> bool {
-    matches!(error, MapError::KeyNotFound)
+    matches!(error, MapError::KeyNotFound) || is_errno(error, libc::ENOENT)
 }
 
 fn is_errno(error: &MapError, errno: i32) -> bool {
@@ -44,6 +45,26 @@ pub struct MappingTable {
     forward: AddressMap,
     reverse: AddressMap,
     capacity: u32,
+}
+
+/// What [`MappingTable::remove_mapping`] removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removed {
+    /// A whole mapping, whose REAL this is.
+    Mapping(Ipv4Addr),
+    /// Only a reverse entry REAL -> VIRTUAL, left by a command that was interrupted
+    /// between its two map writes.
+    Orphan(Ipv4Addr),
+}
+
+/// The table as [`MappingTable::list`] reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Complete mappings, ordered by VIRTUAL.
+    pub mappings: Vec<Mapping>,
+    /// Reverse entries without their forward entry (from an interrupted command):
+    /// ingress still rewrites REAL to VIRTUAL for them. `map del VIRTUAL` removes one.
+    pub orphans: Vec<Mapping>,
 }
 
 /// One mapping, as listed.
@@ -117,6 +138,13 @@ impl MappingTable {
         if plan == AddPlan::Unchanged {
             return Ok(plan);
         }
+        // The plan ignores half-applied reverse entries; one sitting on REAL or VIRTUAL
+        // is garbage from an interrupted command, and this add clears it.
+        for orphan in [real_addr, virtual_addr] {
+            if Self::get(&self.reverse, MAP_V4_REVERSE, orphan)?.is_some() {
+                Self::remove(&mut self.reverse, MAP_V4_REVERSE, orphan)?;
+            }
+        }
         // NOEXIST makes the uniqueness of REAL atomic against a concurrent `map add`.
         if let Err(error) = self.insert(false, real_addr, virtual_addr, BPF_NOEXIST) {
             if is_errno(&error, libc::EEXIST) {
@@ -128,8 +156,10 @@ impl MappingTable {
         }
         let forward_flags = if matches!(plan, AddPlan::Replace { .. }) { BPF_EXIST } else { BPF_NOEXIST };
         if let Err(error) = self.insert(true, virtual_addr, real_addr, forward_flags) {
-            // Roll back, so a failed add leaves the table as it was.
-            Self::remove(&mut self.reverse, MAP_V4_REVERSE, real_addr)?;
+            // Roll back, so a failed add leaves the table as it was. Should even that
+            // fail, the original error is the one to report; the reverse entry left
+            // behind shows in `map list` and goes with `map del`.
+            let _ = Self::remove(&mut self.reverse, MAP_V4_REVERSE, real_addr);
             return Err(self.insert_error(MAP_V4_FORWARD, error));
         }
         if let AddPlan::Replace { old_real } = plan {
@@ -138,24 +168,38 @@ impl MappingTable {
         Ok(plan)
     }
 
-    /// Removes the mapping of `virtual_addr` and returns its REAL.
-    pub fn remove_mapping(&mut self, virtual_addr: Ipv4Addr) -> Result<Ipv4Addr, Error> {
-        let real_addr =
-            Self::get(&self.forward, MAP_V4_FORWARD, virtual_addr)?.ok_or(Error::NoSuchMapping { virtual_addr })?;
-        Self::remove(&mut self.forward, MAP_V4_FORWARD, virtual_addr)?;
-        Self::remove(&mut self.reverse, MAP_V4_REVERSE, real_addr)?;
-        Ok(real_addr)
+    /// Removes the mapping of `virtual_addr` (forward entry first, so no packet is
+    /// sent to REAL whose reply would not be restored), or, when only a half-applied
+    /// reverse entry for it is left, that entry.
+    pub fn remove_mapping(&mut self, virtual_addr: Ipv4Addr) -> Result<Removed, Error> {
+        if let Some(real_addr) = Self::get(&self.forward, MAP_V4_FORWARD, virtual_addr)? {
+            Self::remove(&mut self.forward, MAP_V4_FORWARD, virtual_addr)?;
+            Self::remove(&mut self.reverse, MAP_V4_REVERSE, real_addr)?;
+            return Ok(Removed::Mapping(real_addr));
+        }
+        let orphan = self.list()?.orphans.into_iter().find(|orphan| orphan.virtual_addr == virtual_addr);
+        let orphan = orphan.ok_or(Error::NoSuchMapping { virtual_addr })?;
+        Self::remove(&mut self.reverse, MAP_V4_REVERSE, orphan.real_addr)?;
+        Ok(Removed::Orphan(orphan.real_addr))
     }
 
-    /// Every mapping, ordered by VIRTUAL.
-    pub fn list(&self) -> Result<Vec<Mapping>, Error> {
-        let mut mappings = Vec::new();
+    /// Every mapping, ordered by VIRTUAL, and any half-applied reverse entries.
+    pub fn list(&self) -> Result<Listing, Error> {
+        let mut listing = Listing::default();
         for entry in self.forward.iter() {
             let (key, value) = entry.map_err(|source| Error::map(MAP_V4_FORWARD, source))?;
-            mappings.push(Mapping { virtual_addr: key.into(), real_addr: value.into() });
+            listing.mappings.push(Mapping { virtual_addr: key.into(), real_addr: value.into() });
         }
-        mappings.sort();
-        Ok(mappings)
+        listing.mappings.sort();
+        for entry in self.reverse.iter() {
+            let (key, value) = entry.map_err(|source| Error::map(MAP_V4_REVERSE, source))?;
+            let entry = Mapping { virtual_addr: value.into(), real_addr: key.into() };
+            if listing.mappings.binary_search(&entry).is_err() {
+                listing.orphans.push(entry);
+            }
+        }
+        listing.orphans.sort();
+        Ok(listing)
     }
 
     /// Inserts many mappings that are known to be new and valid (benchmarks and bulk
@@ -201,8 +245,11 @@ impl MappingView for LiveView<'_> {
     fn real_of(&self, virtual_addr: Ipv4Addr) -> Option<Ipv4Addr> {
         self.lookup(&self.table.forward, MAP_V4_FORWARD, virtual_addr)
     }
+    /// Only a complete mapping owns REAL: a reverse entry whose forward entry is gone
+    /// or points elsewhere is left over from an interrupted command.
     fn virtual_of(&self, real_addr: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.lookup(&self.table.reverse, MAP_V4_REVERSE, real_addr)
+        let virtual_addr = self.lookup(&self.table.reverse, MAP_V4_REVERSE, real_addr)?;
+        (self.real_of(virtual_addr) == Some(real_addr)).then_some(virtual_addr)
     }
 }
 

@@ -49,8 +49,11 @@ impl PinLayout {
         self.root.join("ifaces")
     }
 
-    pub fn iface_dir(&self, iface: &str) -> PathBuf {
-        self.ifaces_dir().join(iface)
+    /// The pin directory of `iface`, after checking that the name cannot point
+    /// anywhere else (`..`, `/`, empty).
+    pub fn iface_dir(&self, iface: &str) -> Result<PathBuf, Error> {
+        crate::iface::validate_name(iface)?;
+        Ok(self.ifaces_dir().join(iface))
     }
 
     /// Creates `dir` and its missing parents as root-only directories, after checking
@@ -70,5 +73,18 @@ impl PinLayout {
             .mode(0o700)
             .create(dir)
             .map_err(|source| Error::io("creating directory", dir, source))
+    }
+
+    /// Creates `dir` itself exclusively (its parents as [`Self::create_dir`] does).
+    /// Returns false if it already existed.
+    pub fn create_dir_exclusive(&self, dir: &Path) -> Result<bool, Error> {
+        if let Some(parent) = dir.parent() {
+            self.create_dir(parent)?;
+        }
+        match DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(source) => Err(Error::io("creating directory", dir, source)),
+        }
     }
 }

@@ -99,7 +99,7 @@ fn main() {
     let pins = PinDir::new("bench");
     let layout = PinLayout::new(pins.path());
     layout.create_dir(&layout.maps_dir()).expect("pin dir on bpffs");
-    let mut ebpf = loader::load(&layout.maps_dir()).expect("load object");
+    let mut ebpf = loader::load(&layout.maps_dir(), None).expect("load object");
     for name in [PROG_XDP_INGRESS, PROG_BENCH_XDP_PASS] {
         let xdp: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("XDP");
         xdp.load().expect("verifier accepts");

@@ -11,10 +11,34 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+static SWEEP: std::sync::Once = std::sync::Once::new();
 
-/// A name unique to this process and call, short enough for interface-name limits.
+/// A name unique to this process and call: `rw<pid>-<n>-<tag>`.
 fn unique(tag: &str) -> String {
-    format!("rw{}-{}-{tag}", std::process::id() % 100_000, NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    SWEEP.call_once(sweep_leftovers);
+    format!("rw{}-{}-{tag}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Removes namespaces and pin directories that earlier test processes created and
+/// could not clean up (they were killed): their names carry a pid that is gone.
+fn sweep_leftovers() {
+    let dead = |name: &str, prefix: &str| {
+        let pid =
+            name.strip_prefix(prefix).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<u32>().ok());
+        pid.is_some_and(|pid| pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists())
+    };
+    for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dead(&name, "rw") {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+    for entry in std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if dead(&name, "rewrite-test-rw") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Runs `program args`, panicking with its output if it fails.

@@ -7,21 +7,27 @@ use std::net::Ipv4Addr;
 
 use aya::{
     Ebpf,
+    maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use rewrite_common::counters::{self, EGRESS, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED};
+use rewrite_common::{
+    counters::{self, EGRESS, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED},
+    maps::{Ipv4Key, Ipv4Value, MAP_V4_FORWARD},
+};
 use rewrite_tests::{
     netns::PinDir,
     packet::{ETH_LEN, Ipv4Spec, Transport, hex, unhex, verify_checksums},
 };
 use rewrite_user::{
+    Error,
     loader::{self, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
-    maps::{Counters, MappingTable},
+    maps::{Counters, Mapping, MappingTable, Removed},
     pins::PinLayout,
 };
 
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1): "pass, and let the next tcx program or clsact filter run".
+const TC_NEXT: u32 = u32::MAX;
 
 /// This host (unmapped), a peer's VIRTUAL and REAL, and this host's own VIRTUAL/REAL.
 fn local() -> Ipv4Addr {
@@ -66,10 +72,14 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
+        Self::with_capacity(None)
+    }
+
+    fn with_capacity(max_mappings: Option<u32>) -> Self {
         let pins = PinDir::new("fixture");
         let layout = PinLayout::new(pins.path());
         layout.create_dir(&layout.maps_dir()).expect("create the pin directory on bpffs");
-        let mut ebpf = loader::load(&layout.maps_dir()).expect("load the eBPF object");
+        let mut ebpf = loader::load(&layout.maps_dir(), max_mappings).expect("load the eBPF object");
         let xdp: &mut Xdp = ebpf.program_mut(PROG_XDP_INGRESS).expect("XDP program").try_into().expect("is XDP");
         xdp.load().expect("the verifier accepts the XDP ingress program");
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
@@ -80,6 +90,10 @@ impl Fixture {
         table.add(peer_virtual(), peer_real()).expect("add peer mapping");
         table.add(own_virtual(), own_real()).expect("add own mapping");
         Self { _pins: pins, layout, ebpf }
+    }
+
+    fn table(&self) -> MappingTable {
+        MappingTable::open(&self.layout).expect("open the pinned maps")
     }
 
     /// Runs `hook` on `input`; returns the output frame after checking the verdict.
@@ -94,7 +108,7 @@ impl Fixture {
             Hook::TcIngress | Hook::TcEgress => {
                 let name = if hook == Hook::TcIngress { PROG_TC_INGRESS } else { PROG_TC_EGRESS };
                 let tc: &SchedClassifier = self.ebpf.program(name).expect("TC program").try_into().expect("is TC");
-                (tc.test_run(options), TC_ACT_OK)
+                (tc.test_run(options), TC_NEXT)
             }
         };
         let result = result.unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {hook:?} failed: {error:?}"));
@@ -331,48 +345,114 @@ fn truncated_and_inconsistent_packets_pass_byte_identical() {
             fixture.expect_unchanged(hook, &frame[..len], MALFORMED);
         }
     }
-    let mut bad = Vec::new();
-    let base = Ipv4Spec::tcp(local(), peer_virtual()).frame();
-    // IHL below 5.
-    let mut frame = base.clone();
-    frame[ETH_LEN] = 0x44;
-    bad.push(("IHL 4", frame));
-    // Version 6 in an IPv4 ethertype.
-    let mut frame = base.clone();
-    frame[ETH_LEN] = 0x65;
-    bad.push(("version 6", frame));
-    // Total length shorter than the header.
-    let mut frame = base.clone();
-    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&16u16.to_be_bytes());
-    bad.push(("total length 16", frame));
-    // Total length that ends inside the TCP header (the frame is longer: padding).
-    let mut frame = base.clone();
-    frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&28u16.to_be_bytes());
-    bad.push(("total length ends inside TCP", frame));
-    // TCP data offset below 5 words.
-    let mut frame = base.clone();
-    frame[ETH_LEN + 20 + 12] = 0x40;
-    bad.push(("TCP data offset 4", frame));
-    for (what, frame) in bad {
-        let before = fixture.counters().get(EGRESS, MALFORMED);
-        let output = fixture.run(Hook::TcEgress, &frame);
-        assert_eq!(output, frame, "{what}: a malformed packet must pass unchanged");
-        assert_eq!(fixture.counters().get(EGRESS, MALFORMED), before + 1, "{what} must count as malformed");
+    for hook in Hook::ALL {
+        // A TCP packet that this hook would rewrite, were it well-formed.
+        let base = if hook == Hook::TcEgress {
+            Ipv4Spec::tcp(local(), peer_virtual())
+        } else {
+            Ipv4Spec::tcp(peer_real(), local())
+        };
+        let base = base.frame();
+        let mut bad = Vec::new();
+        let mut frame = base.clone();
+        frame[ETH_LEN] = 0x44;
+        bad.push(("IHL 4", frame));
+        let mut frame = base.clone();
+        frame[ETH_LEN] = 0x65;
+        bad.push(("version 6 in an IPv4 ethertype", frame));
+        let mut frame = base.clone();
+        frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&16u16.to_be_bytes());
+        bad.push(("total length below the header", frame));
+        // The frame is longer (as if padded), but the datagram ends inside TCP.
+        let mut frame = base.clone();
+        frame[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&28u16.to_be_bytes());
+        bad.push(("total length ends inside TCP", frame));
+        let mut frame = base.clone();
+        frame[ETH_LEN + 20 + 12] = 0x40;
+        bad.push(("TCP data offset 4", frame));
+        let mut frame = base.clone();
+        frame[ETH_LEN + 20 + 12] = 0xf0;
+        bad.push(("TCP data offset beyond the datagram", frame));
+        for (what, frame) in bad {
+            let before = fixture.counters().get(hook.direction(), MALFORMED);
+            let output = fixture.run(hook, &frame);
+            assert_eq!(output, frame, "{hook:?}, {what}: a malformed packet must pass unchanged");
+            let after = fixture.counters().get(hook.direction(), MALFORMED);
+            assert_eq!(after, before + 1, "{hook:?}, {what}: must count as malformed");
+        }
     }
 }
 
 #[test]
 fn ethernet_padding_after_the_datagram_is_kept_and_ignored() {
     let fixture = Fixture::new();
-    let spec = Ipv4Spec::new(
-        local(),
-        peer_virtual(),
-        Transport::Udp { src_port: 1, dst_port: 2, payload: vec![], zero_checksum: false },
-    );
-    let mut input = spec.frame();
-    let mut expected = spec.with_addresses(local(), peer_real()).frame();
-    // Short frames are padded to 60 bytes on the wire; the padding is not IP payload.
-    input.resize(60, 0xa5);
-    expected.resize(60, 0xa5);
-    fixture.expect(Hook::TcEgress, &input, &expected, REWRITTEN);
+    for hook in Hook::ALL {
+        let (input, output) = if hook == Hook::TcEgress {
+            ((local(), peer_virtual()), (local(), peer_real()))
+        } else {
+            ((peer_real(), local()), (peer_virtual(), local()))
+        };
+        let payload = Transport::Udp { src_port: 1, dst_port: 2, payload: vec![], zero_checksum: false };
+        let spec = Ipv4Spec::new(input.0, input.1, payload);
+        let mut input_frame = spec.frame();
+        let mut expected = spec.with_addresses(output.0, output.1).frame();
+        // Short frames are padded to 60 bytes on the wire; the padding is not IP payload
+        // and must not enter the checksum.
+        input_frame.resize(60, 0xa5);
+        expected.resize(60, 0xa5);
+        fixture.expect(hook, &input_frame, &expected, REWRITTEN);
+    }
+}
+
+#[test]
+fn a_full_table_is_an_error_and_the_table_stays_as_it_was() {
+    // Room for the two mappings the fixture adds, and no more.
+    let fixture = Fixture::with_capacity(Some(2));
+    let mut table = fixture.table();
+    let before = table.list().expect("list");
+    let error = table
+        .add(Ipv4Addr::new(10, 200, 0, 50), Ipv4Addr::new(10, 100, 0, 50))
+        .expect_err("a third mapping must not fit");
+    assert!(matches!(error, Error::TableFull { capacity: 2 }), "expected TableFull, got {error:?}");
+    assert!(error.to_string().contains("full (2 mappings)"), "unclear message: {error}");
+    assert_eq!(table.list().expect("list"), before, "a failed add must leave the table as it was");
+    // Retargeting an existing mapping needs the old REAL freed first; at capacity it
+    // is refused rather than half-applied.
+    let retarget = table.add(peer_virtual(), Ipv4Addr::new(10, 100, 0, 51));
+    assert!(matches!(retarget, Err(Error::TableFull { .. })), "retarget at capacity: {retarget:?}");
+    assert_eq!(table.list().expect("list"), before, "a failed retarget must leave the table as it was");
+    // The dataplane still rewrites with the table it has.
+    let spec = Ipv4Spec::tcp(local(), peer_virtual());
+    fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local(), peer_real()));
+}
+
+#[test]
+fn half_applied_entries_are_listed_and_repaired() {
+    let fixture = Fixture::new();
+    // Simulate a `map del` killed between its two writes: the forward entry is gone,
+    // the reverse one is left.
+    let path = fixture.layout.map(MAP_V4_FORWARD);
+    let mut forward: HashMap<MapData, Ipv4Key, Ipv4Value> =
+        HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).expect("open pin")).expect("map"))
+            .expect("hash map");
+    forward.remove(&Ipv4Key::from(peer_virtual())).expect("remove forward entry");
+
+    let mut table = fixture.table();
+    let listing = table.list().expect("list");
+    let orphan = Mapping { virtual_addr: peer_virtual(), real_addr: peer_real() };
+    assert_eq!(listing.orphans, vec![orphan], "the reverse-only entry must be reported");
+    assert!(!listing.mappings.contains(&orphan));
+    // The orphan does not block a new owner of REAL, which replaces it.
+    let newcomer = Ipv4Addr::new(10, 200, 0, 60);
+    table.add(newcomer, peer_real()).expect("REAL held only by an orphan is free");
+    assert_eq!(table.list().expect("list").orphans, vec![], "the add must clear the orphan");
+    let spec = Ipv4Spec::tcp(peer_real(), local());
+    fixture.expect_rewrite(Hook::TcIngress, &spec, &spec.with_addresses(newcomer, local()));
+
+    // And `del` of an orphan's VIRTUAL removes it.
+    forward.remove(&Ipv4Key::from(newcomer)).expect("remove forward entry");
+    assert_eq!(table.remove_mapping(newcomer).expect("del orphan"), Removed::Orphan(peer_real()));
+    assert_eq!(table.list().expect("list").orphans, vec![]);
+    fixture.expect_unchanged(Hook::TcIngress, &spec.frame(), NO_MATCH);
+    assert!(matches!(table.remove_mapping(newcomer), Err(Error::NoSuchMapping { .. })));
 }
