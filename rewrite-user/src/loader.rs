@@ -233,12 +233,19 @@ fn program_error(
     Error::Program { action, program, iface: iface.to_owned(), source: Box::new(source) }
 }
 
-fn attach_tc(ebpf: &mut Ebpf, program: &'static str, iface: &str, hook: TcAttachType) -> Result<FdLink, Error> {
-    let classifier: &mut SchedClassifier = ebpf
-        .program_mut(program)
+/// The program `name` of the object as its concrete type (Xdp, SchedClassifier).
+fn typed_program<'a, T>(ebpf: &'a mut Ebpf, program: &'static str, iface: &str) -> Result<&'a mut T, Error>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(program)
         .ok_or_else(|| program_error("finding", program, iface, aya::programs::ProgramError::NotLoaded))?
         .try_into()
-        .map_err(|source| program_error("loading", program, iface, source))?;
+        .map_err(|source| program_error("loading", program, iface, source))
+}
+
+fn attach_tc(ebpf: &mut Ebpf, program: &'static str, iface: &str, hook: TcAttachType) -> Result<FdLink, Error> {
+    let classifier: &mut SchedClassifier = typed_program(ebpf, program, iface)?;
     classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
     let link_id =
         classifier.attach(iface, hook).map_err(|source| program_error("attaching", program, iface, source))?;
@@ -254,11 +261,7 @@ fn attach_tc(ebpf: &mut Ebpf, program: &'static str, iface: &str, hook: TcAttach
 
 fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, Error> {
     let program = PROG_XDP_INGRESS;
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program)
-        .ok_or_else(|| program_error("finding", program, iface, aya::programs::ProgramError::NotLoaded))?
-        .try_into()
-        .map_err(|source| program_error("loading", program, iface, source))?;
+    let xdp: &mut Xdp = typed_program(ebpf, program, iface)?;
     xdp.load().map_err(|source| program_error("loading", program, iface, source))?;
     let link_id = xdp.attach(iface, mode).map_err(|source| match &source {
         // The kernel refuses a second XDP program on a device: EBUSY when one is
