@@ -59,6 +59,35 @@ pub const fn replace_udp_u32(check: u16, old: u32, new: u32) -> u16 {
     }
 }
 
+/// [`replace_u32`] for a 16-byte field (an IPv6 address), as four 32-bit words. Each
+/// step leaves a valid checksum, so chaining them equals one combined update.
+#[inline(always)]
+pub fn replace_bytes16(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
+    let mut updated = check;
+    let mut word = 0;
+    while word < 4 {
+        let at = word * 4;
+        let old_word = u32::from_be_bytes([old[at], old[at + 1], old[at + 2], old[at + 3]]);
+        let new_word = u32::from_be_bytes([new[at], new[at + 1], new[at + 2], new[at + 3]]);
+        updated = replace_u32(updated, old_word, new_word);
+        word += 1;
+    }
+    updated
+}
+
+/// [`replace_bytes16`] for a UDP checksum: zero stays zero, a computed zero is sent
+/// as 0xffff.
+#[inline(always)]
+pub fn replace_udp_bytes16(check: u16, old: &[u8; 16], new: &[u8; 16]) -> u16 {
+    if check == 0 {
+        return 0;
+    }
+    match replace_bytes16(check, old, new) {
+        0 => 0xffff,
+        updated => updated,
+    }
+}
+
 /// Full (non-incremental) computation, for verifying packets on the host. It shares
 /// no code with the incremental update above on purpose: a bug in one cannot hide in
 /// the other.
@@ -106,6 +135,24 @@ pub mod full {
         let pseudo_sum = u64::from(ones_complement_sum(&pseudo, 0));
         let check = !ones_complement_sum(&copy, pseudo_sum);
         if protocol == crate::maps::IPPROTO_UDP && check == 0 { 0xffff } else { check }
+    }
+
+    /// The TCP, UDP or ICMPv6 checksum of `segment` over IPv6 (RFC 8200 pseudo-header),
+    /// with the checksum field at `check_offset` treated as zero. For UDP a computed
+    /// zero is returned as 0xffff.
+    pub fn ipv6_l4(src: [u8; 16], dst: [u8; 16], next_header: u8, segment: &[u8], check_offset: usize) -> u16 {
+        let mut copy = segment.to_vec();
+        copy[check_offset] = 0;
+        copy[check_offset + 1] = 0;
+        let length = u32::try_from(segment.len()).expect("segment length fits u32");
+        let mut pseudo = Vec::with_capacity(40);
+        pseudo.extend_from_slice(&src);
+        pseudo.extend_from_slice(&dst);
+        pseudo.extend_from_slice(&length.to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, next_header]);
+        let pseudo_sum = u64::from(ones_complement_sum(&pseudo, 0));
+        let check = !ones_complement_sum(&copy, pseudo_sum);
+        if next_header == crate::maps::IPPROTO_UDP && check == 0 { 0xffff } else { check }
     }
 
     /// The ICMP checksum of `message` with its checksum field (bytes 2..4) as zero.
@@ -246,5 +293,33 @@ mod tests {
             segment[0..2].copy_from_slice(&new_port.to_be_bytes());
             assert_eq!(updated, full::ipv4_l4(new_src, dst, 6, &segment, 16), "seed {seed}");
         }
+    }
+
+    #[test]
+    fn ipv6_address_update_matches_full_recomputation() {
+        let (mut saw_udp_ffff, mut saw_zero) = (false, false);
+        for seed in 0..200_000u64 {
+            let src: [u8; 16] = bytes(seed, 16).try_into().expect("16 bytes");
+            let dst: [u8; 16] = bytes(seed + 5, 16).try_into().expect("16 bytes");
+            let new_dst: [u8; 16] = bytes(seed ^ 0x7777, 16).try_into().expect("16 bytes");
+            let udp = seed % 2 == 0;
+            let (protocol, check_offset) = if udp { (17, 6) } else { (6, 16) };
+            let mut segment = bytes(seed + 9, 20 + usize::try_from(seed % 50).expect("below 50"));
+            let check = full::ipv6_l4(src, dst, protocol, &segment, check_offset);
+            segment[check_offset..check_offset + 2].copy_from_slice(&check.to_be_bytes());
+            let updated =
+                if udp { replace_udp_bytes16(check, &dst, &new_dst) } else { replace_bytes16(check, &dst, &new_dst) };
+            let expected = full::ipv6_l4(src, new_dst, protocol, &segment, check_offset);
+            assert_eq!(
+                updated,
+                expected,
+                "seed {seed}: {} checksum after an IPv6 address change",
+                if udp { "UDP" } else { "TCP" }
+            );
+            saw_udp_ffff |= udp && expected == 0xffff;
+            saw_zero |= !udp && expected == 0;
+        }
+        assert!(saw_udp_ffff && saw_zero, "edge cases not reached (UDP 0xffff: {saw_udp_ffff}, TCP 0: {saw_zero})");
+        assert_eq!(replace_udp_bytes16(0, &[1; 16], &[2; 16]), 0, "a zero UDP checksum stays zero");
     }
 }

@@ -5,75 +5,100 @@
 //! agree on its bytes. Addresses are stored as their wire octets (network byte order),
 //! so the programs compare and copy them without swapping.
 
-/// Name of the hash map VIRTUAL -> REAL (IPv4), looked up on egress.
-pub const MAP_V4_FORWARD: &str = "V4_FORWARD";
-/// Name of the hash map REAL -> VIRTUAL (IPv4), looked up on ingress.
-pub const MAP_V4_REVERSE: &str = "V4_REVERSE";
+/// Name of the hash map VIRTUAL -> REAL, looked up on egress.
+pub const MAP_ADDR_FORWARD: &str = "ADDR_FORWARD";
+/// Name of the hash map REAL -> VIRTUAL, looked up on ingress.
+pub const MAP_ADDR_REVERSE: &str = "ADDR_REVERSE";
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
 /// Capacity of each mapping map unless the first `attach` asks for another
-/// (`--max-mappings`).
-/// The maps are created with `BPF_F_NO_PREALLOC`, so an idle table costs memory only
-/// for the entries it holds.
+/// (`--max-mappings`). The maps are created with `BPF_F_NO_PREALLOC`, so an idle
+/// table costs memory only for the entries it holds.
 pub const DEFAULT_MAX_MAPPINGS: u32 = 1 << 20;
 
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert rather than at map creation.
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// 802.1Q: one VLAN tag before the real ethertype.
+pub const ETH_P_8021Q: u16 = 0x8100;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// An IPv4 address as a map key: the four octets exactly as on the wire.
+/// The prefix of IPv4-mapped IPv6 addresses (::ffff:0:0/96).
+const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+
+/// An IPv4 or IPv6 address as the maps store it: 16 octets as on the wire, with IPv4
+/// as an IPv4-mapped IPv6 address (::ffff:a.b.c.d). One map then serves both families,
+/// and an IPv4 key can never equal an IPv6 key of a real host (the CLI refuses
+/// IPv4-mapped IPv6 addresses).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Key {
-    pub addr: [u8; 4],
+pub struct Addr {
+    pub octets: [u8; 16],
 }
 
-/// The address a key maps to: the four octets exactly as on the wire.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Value {
-    pub addr: [u8; 4],
+impl Addr {
+    /// The IPv4-mapped form of an IPv4 address.
+    #[inline(always)]
+    pub const fn from_v4(v4: [u8; 4]) -> Self {
+        let mut octets = [0u8; 16];
+        octets[10] = 0xff;
+        octets[11] = 0xff;
+        octets[12] = v4[0];
+        octets[13] = v4[1];
+        octets[14] = v4[2];
+        octets[15] = v4[3];
+        Self { octets }
+    }
+
+    /// The last four octets: the IPv4 address of an IPv4-mapped address.
+    #[inline(always)]
+    pub const fn v4(&self) -> [u8; 4] {
+        [self.octets[12], self.octets[13], self.octets[14], self.octets[15]]
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.octets[..12] == V4_MAPPED_PREFIX
+    }
 }
 
-const _: () = assert!(core::mem::size_of::<Ipv4Key>() == 4);
-const _: () = assert!(core::mem::align_of::<Ipv4Key>() == 1);
-const _: () = assert!(core::mem::size_of::<Ipv4Value>() == 4);
-const _: () = assert!(core::mem::align_of::<Ipv4Value>() == 1);
+const _: () = assert!(core::mem::size_of::<Addr>() == 16);
+const _: () = assert!(core::mem::align_of::<Addr>() == 1);
 
+// SAFETY: a repr(C) array of u8: every bit pattern is valid and there is no padding
+// (checked by the const asserts above).
 #[cfg(feature = "user")]
-mod user {
-    use super::{Ipv4Key, Ipv4Value};
-    use std::net::Ipv4Addr;
+unsafe impl aya::Pod for Addr {}
 
-    // SAFETY: both are repr(C) arrays of u8: every bit pattern is valid and there is
-    // no padding (checked by the const asserts above).
-    unsafe impl aya::Pod for Ipv4Key {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for Ipv4Value {}
+#[cfg(any(test, feature = "user"))]
+mod std_conversions {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    impl From<Ipv4Addr> for Ipv4Key {
+    use super::Addr;
+
+    impl From<IpAddr> for Addr {
+        fn from(addr: IpAddr) -> Self {
+            match addr {
+                IpAddr::V4(v4) => Self::from_v4(v4.octets()),
+                IpAddr::V6(v6) => Self { octets: v6.octets() },
+            }
+        }
+    }
+
+    impl From<Ipv4Addr> for Addr {
         fn from(addr: Ipv4Addr) -> Self {
-            Self { addr: addr.octets() }
+            Self::from_v4(addr.octets())
         }
     }
-    impl From<Ipv4Key> for Ipv4Addr {
-        fn from(key: Ipv4Key) -> Self {
-            Ipv4Addr::from(key.addr)
-        }
-    }
-    impl From<Ipv4Addr> for Ipv4Value {
-        fn from(addr: Ipv4Addr) -> Self {
-            Self { addr: addr.octets() }
-        }
-    }
-    impl From<Ipv4Value> for Ipv4Addr {
-        fn from(value: Ipv4Value) -> Self {
-            Ipv4Addr::from(value.addr)
+
+    impl From<Addr> for IpAddr {
+        fn from(addr: Addr) -> Self {
+            if addr.is_v4() { IpAddr::V4(Ipv4Addr::from(addr.v4())) } else { IpAddr::V6(Ipv6Addr::from(addr.octets)) }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The dataplane: an XDP ingress program, a TC ingress program and a TC egress program
-//! that rewrite IPv4 addresses through the mapping maps (see `rewrite_common::mapping`
+//! that rewrite IPv4 and IPv6 addresses through the mapping maps (see `rewrite_common::mapping`
 //! for what a mapping means). The entry points only pick the packet access method and
 //! the direction; everything else is shared, so XDP and TC cannot drift apart.
 #![no_std]

@@ -7,17 +7,17 @@ use aya_ebpf::{
 };
 use rewrite_common::{
     counters,
-    maps::{BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Ipv4Key, Ipv4Value},
+    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS},
 };
 
 /// VIRTUAL -> REAL, looked up on egress. `rewrite attach --max-mappings` sets the
 /// capacity when it creates the table.
-#[map(name = "V4_FORWARD")]
-pub static V4_FORWARD: HashMap<Ipv4Key, Ipv4Value> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+#[map(name = "ADDR_FORWARD")]
+pub static ADDR_FORWARD: HashMap<Addr, Addr> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
 /// REAL -> VIRTUAL, looked up on ingress.
-#[map(name = "V4_REVERSE")]
-pub static V4_REVERSE: HashMap<Ipv4Key, Ipv4Value> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+#[map(name = "ADDR_REVERSE")]
+pub static ADDR_REVERSE: HashMap<Addr, Addr> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
 /// Outcome counters, see `rewrite_common::counters`. Per CPU so that counting costs no
 /// atomic operation and no cache line bouncing.
@@ -26,8 +26,8 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::SLOTS, 0);
 
 /// The table a direction looks addresses up in.
 #[inline(always)]
-pub fn table(direction: u32) -> &'static HashMap<Ipv4Key, Ipv4Value> {
-    if direction == counters::EGRESS { &V4_FORWARD } else { &V4_REVERSE }
+pub fn table(direction: u32) -> &'static HashMap<Addr, Addr> {
+    if direction == counters::EGRESS { &ADDR_FORWARD } else { &ADDR_REVERSE }
 }
 
 #[inline(always)]

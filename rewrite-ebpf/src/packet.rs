@@ -12,17 +12,17 @@ use aya_ebpf::{
     bindings::{BPF_F_INVALIDATE_HASH, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
-use rewrite_common::checksum;
+use rewrite_common::{checksum, maps::Addr};
 
-/// Which transport checksum covers the IPv4 addresses (through the pseudo-header).
+/// Which transport checksum covers the addresses (through the pseudo-header).
 #[derive(Clone, Copy)]
 pub enum L4Checksum {
-    /// ICMP (no pseudo-header), or a non-first fragment (no transport header).
+    /// ICMP over IPv4 (no pseudo-header), or a non-first fragment (no transport header).
     NotCovered,
-    /// TCP, with the checksum field at this offset from the start of the packet.
-    Tcp(usize),
+    /// TCP or ICMPv6, with the checksum field at this offset from the packet's start.
+    Covered(usize),
     /// UDP, likewise. Zero means "no checksum" and must stay zero.
-    Udp(usize),
+    CoveredUdp(usize),
 }
 
 pub trait Packet {
@@ -33,15 +33,16 @@ pub trait Packet {
     /// shorter than `offset + size_of::<T>()`.
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
 
-    /// Replaces the IPv4 address at `address_offset` by `new`, and updates the IPv4
-    /// header checksum at `ip_check_offset` and the transport checksum `l4`.
-    fn replace_ipv4_address(
+    /// Replaces the address at `address_offset` by `new`: its last 4 bytes for IPv4
+    /// (`ipv4_check` is the header checksum to update), all 16 for IPv6. Updates the
+    /// transport checksum `l4` too.
+    fn replace_address(
         &mut self,
         address_offset: usize,
-        ip_check_offset: usize,
+        ipv4_check: Option<usize>,
         l4: L4Checksum,
-        old: [u8; 4],
-        new: [u8; 4],
+        old: &Addr,
+        new: &Addr,
     ) -> Result<(), ()>;
 }
 
@@ -96,31 +97,51 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
-    fn replace_ipv4_address(
+    fn replace_address(
         &mut self,
         address_offset: usize,
-        ip_check_offset: usize,
+        ipv4_check: Option<usize>,
         l4: L4Checksum,
-        old: [u8; 4],
-        new: [u8; 4],
+        old: &Addr,
+        new: &Addr,
     ) -> Result<(), ()> {
-        let old_word = u32::from_be_bytes(old);
-        let new_word = u32::from_be_bytes(new);
         // Read every field before writing any, so that a short packet is left whole.
-        let ip_check = self.read_u16(ip_check_offset).ok_or(())?;
         let l4_update = match l4 {
             L4Checksum::NotCovered => None,
-            L4Checksum::Tcp(offset) => {
+            L4Checksum::Covered(offset) => {
                 let check = self.read_u16(offset).ok_or(())?;
-                Some((offset, checksum::replace_u32(check, old_word, new_word)))
+                Some((
+                    offset,
+                    match ipv4_check {
+                        Some(_) => {
+                            checksum::replace_u32(check, u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()))
+                        }
+                        None => checksum::replace_bytes16(check, &old.octets, &new.octets),
+                    },
+                ))
             }
-            L4Checksum::Udp(offset) => {
+            L4Checksum::CoveredUdp(offset) => {
                 let check = self.read_u16(offset).ok_or(())?;
-                Some((offset, checksum::replace_udp_u32(check, old_word, new_word)))
+                Some((
+                    offset,
+                    match ipv4_check {
+                        Some(_) => {
+                            checksum::replace_udp_u32(check, u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()))
+                        }
+                        None => checksum::replace_udp_bytes16(check, &old.octets, &new.octets),
+                    },
+                ))
             }
         };
-        self.write(address_offset, new)?;
-        self.write(ip_check_offset, checksum::replace_u32(ip_check, old_word, new_word).to_be_bytes())?;
+        match ipv4_check {
+            Some(check_offset) => {
+                let check = self.read_u16(check_offset).ok_or(())?;
+                let updated = checksum::replace_u32(check, u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()));
+                self.write(address_offset, new.v4())?;
+                self.write(check_offset, updated.to_be_bytes())?;
+            }
+            None => self.write(address_offset, new.octets)?,
+        }
         if let Some((offset, check)) = l4_update {
             self.write(offset, check.to_be_bytes())?;
         }
@@ -137,6 +158,27 @@ impl<'a> TcPacket<'a> {
     pub fn new(ctx: &'a mut TcContext) -> Self {
         Self { ctx }
     }
+
+    /// Folds the change of one 32-bit word of the pseudo-header into the transport
+    /// checksum, with the helper that also keeps CHECKSUM_PARTIAL and
+    /// CHECKSUM_COMPLETE skbs consistent.
+    #[inline(always)]
+    fn l4_word(&mut self, l4: L4Checksum, old: [u8; 4], new: [u8; 4]) -> Result<(), ()> {
+        // The helpers take the old and new values as they sit in memory (__be32). The
+        // low bits of the flags give the size of the changed field.
+        let (old_raw, new_raw) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
+        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4;
+        match l4 {
+            L4Checksum::NotCovered => Ok(()),
+            L4Checksum::Covered(offset) => self.ctx.l4_csum_replace(offset, old_raw, new_raw, pseudo).map_err(|_| ()),
+            // MARK_MANGLED_0 leaves a zero (absent) UDP checksum alone and sends a
+            // computed zero as 0xffff.
+            L4Checksum::CoveredUdp(offset) => self
+                .ctx
+                .l4_csum_replace(offset, old_raw, new_raw, pseudo | u64::from(BPF_F_MARK_MANGLED_0))
+                .map_err(|_| ()),
+        }
+    }
 }
 
 impl Packet for TcPacket<'_> {
@@ -152,36 +194,34 @@ impl Packet for TcPacket<'_> {
     }
 
     #[inline(always)]
-    fn replace_ipv4_address(
+    fn replace_address(
         &mut self,
         address_offset: usize,
-        ip_check_offset: usize,
+        ipv4_check: Option<usize>,
         l4: L4Checksum,
-        old: [u8; 4],
-        new: [u8; 4],
+        old: &Addr,
+        new: &Addr,
     ) -> Result<(), ()> {
-        // The helpers take the old and new values as they sit in memory (__be32).
-        let old_raw = u64::from(u32::from_ne_bytes(old));
-        let new_raw = u64::from(u32::from_ne_bytes(new));
-        // Address deltas go into the transport checksum through the pseudo-header
-        // flag, which also keeps a CHECKSUM_PARTIAL seed and a CHECKSUM_COMPLETE sum
-        // right; the low bits of `flags` give the size of the changed field.
-        let l4_flags = u64::from(BPF_F_PSEUDO_HDR) | 4;
-        match l4 {
-            L4Checksum::NotCovered => {}
-            L4Checksum::Tcp(offset) => {
-                self.ctx.l4_csum_replace(offset, old_raw, new_raw, l4_flags).map_err(|_| ())?;
-            }
-            L4Checksum::Udp(offset) => {
-                // MARK_MANGLED_0 leaves a zero (absent) UDP checksum alone and sends a
-                // computed zero as 0xffff.
-                let flags = l4_flags | u64::from(BPF_F_MARK_MANGLED_0);
-                self.ctx.l4_csum_replace(offset, old_raw, new_raw, flags).map_err(|_| ())?;
-            }
-        }
-        self.ctx.l3_csum_replace(ip_check_offset, old_raw, new_raw, 4).map_err(|_| ())?;
         // The skb's flow hash was computed from the old addresses; dropping it makes
         // RPS/XPS and anything else that steers by it see the rewritten flow.
-        self.ctx.store(address_offset, &new, u64::from(BPF_F_INVALIDATE_HASH)).map_err(|_| ())
+        let store_flags = u64::from(BPF_F_INVALIDATE_HASH);
+        match ipv4_check {
+            Some(check_offset) => {
+                self.l4_word(l4, old.v4(), new.v4())?;
+                let (old_raw, new_raw) =
+                    (u64::from(u32::from_ne_bytes(old.v4())), u64::from(u32::from_ne_bytes(new.v4())));
+                self.ctx.l3_csum_replace(check_offset, old_raw, new_raw, 4).map_err(|_| ())?;
+                self.ctx.store(address_offset, &new.v4(), store_flags).map_err(|_| ())
+            }
+            None => {
+                for word in 0..4 {
+                    let at = word * 4;
+                    let old_word = [old.octets[at], old.octets[at + 1], old.octets[at + 2], old.octets[at + 3]];
+                    let new_word = [new.octets[at], new.octets[at + 1], new.octets[at + 2], new.octets[at + 3]];
+                    self.l4_word(l4, old_word, new_word)?;
+                }
+                self.ctx.store(address_offset, &new.octets, store_flags).map_err(|_| ())
+            }
+        }
     }
 }

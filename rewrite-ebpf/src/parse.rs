@@ -1,100 +1,220 @@
-//! Header parsing: Ethernet, then IPv4 with its options (IHL), then just enough of the
-//! transport header to find its checksum. Anything that does not parse is reported as
-//! an outcome and the packet passes unchanged.
+//! Header parsing: Ethernet (with at most one 802.1Q tag), then IPv4 with its options
+//! (IHL) or IPv6 with its extension headers, then just enough of the transport header
+//! to find its checksum. Anything that does not parse is reported as an outcome and
+//! the packet passes unchanged.
 
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
 use rewrite_common::{
     counters::{MALFORMED, UNSUPPORTED},
-    maps::{ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 use crate::packet::{L4Checksum, Packet};
 
-/// Offsets of the IPv4 source, destination and checksum fields inside an IPv4 header.
+/// Offsets inside an IPv4 header.
+const IPV4_CHECK: usize = 10;
 const IPV4_SRC: usize = 12;
 const IPV4_DST: usize = 16;
-const IPV4_CHECK: usize = 10;
-/// Offset of the checksum inside a TCP and a UDP header.
+/// Offsets inside an IPv6 header.
+const IPV6_SRC: usize = 8;
+const IPV6_DST: usize = 24;
+/// Offset of the checksum inside a TCP, a UDP and an ICMP/ICMPv6 header.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
-/// The smallest ICMP message: type, code, checksum and four bytes of rest-of-header.
+const ICMP_CHECK: usize = 2;
+/// The smallest ICMP or ICMPv6 message: type, code, checksum and four more bytes.
 const ICMP_MIN_LEN: usize = 8;
-/// The fragment offset bits of the IPv4 flags-and-offset field.
-const FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+/// The fragment offset bits of the IPv4 flags-and-offset field, and of the IPv6
+/// fragment header's offset-and-flags field.
+const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+const IPV6_FRAGMENT_OFFSET: u16 = 0xfff8;
+/// IPv6 extension headers (RFC 8200).
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTHENTICATION: u8 = 51;
+const IPV6_DESTINATION_OPTIONS: u8 = 60;
+/// How many IPv6 extension headers are walked before the packet counts as unsupported;
+/// a bound the verifier needs, and more than real traffic carries.
+const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
+/// Transport headers further in than this are not looked at (a bound for the verifier).
+const MAX_L4_OFFSET: usize = 512;
+/// ICMPv6 types 133 to 137 are neighbour discovery (RFC 4861): link-local business
+/// whose addresses also sit inside the message, so it is never rewritten.
+const ICMPV6_ND_FIRST: u8 = 133;
+const ICMPV6_ND_LAST: u8 = 137;
 
-/// Where a parsed IPv4 packet keeps the fields the rewrite touches.
-pub struct Ipv4Packet {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+/// Where a parsed packet keeps the fields the rewrite touches. Addresses are in the
+/// maps' 16-byte form; the offsets are those of the fields in the packet.
+pub struct IpPacket {
+    pub src: Addr,
+    pub dst: Addr,
     pub src_offset: usize,
     pub dst_offset: usize,
-    pub check_offset: usize,
+    /// The IPv4 header checksum's offset; `None` for IPv6, which has none.
+    pub ipv4_check: Option<usize>,
     pub l4: L4Checksum,
 }
 
-/// Parses an Ethernet frame carrying IPv4, or returns the outcome counter that says
-/// why the packet is left alone (`MALFORMED` or `UNSUPPORTED`).
+/// Parses an Ethernet frame carrying IPv4 or IPv6, or returns the outcome counter that
+/// says why the packet is left alone (`MALFORMED` or `UNSUPPORTED`).
 #[inline(always)]
-pub fn parse_ipv4<P: Packet>(packet: &P) -> Result<Ipv4Packet, u32> {
+pub fn parse<P: Packet>(packet: &P) -> Result<IpPacket, u32> {
     let eth: EthHdr = packet.read(0).ok_or(MALFORMED)?;
-    if u16::from_be(eth.ether_type) != ETH_P_IP {
-        return Err(UNSUPPORTED);
+    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut l3 = EthHdr::LEN;
+    if ether_type == ETH_P_8021Q {
+        let vlan: VlanHdr = packet.read(l3).ok_or(MALFORMED)?;
+        ether_type = u16::from_be(vlan.ether_type);
+        l3 += VlanHdr::LEN;
     }
-    let l3 = EthHdr::LEN;
+    match ether_type {
+        ETH_P_IP => parse_ipv4(packet, l3),
+        ETH_P_IPV6 => parse_ipv6(packet, l3),
+        _ => Err(UNSUPPORTED),
+    }
+}
+
+/// The length an IP header claims for its datagram, or the skb's when a BIG TCP
+/// super-packet (over 64 KiB, seen only by TC) claims 0.
+#[inline(always)]
+fn claimed_length<P: Packet>(packet: &P, l3: usize, header_len: usize, claimed: usize) -> usize {
+    let available = packet.len().saturating_sub(l3);
+    if claimed == 0 && available > usize::from(u16::MAX) { available } else { claimed + header_len }
+}
+
+#[inline(always)]
+fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
     let ip: Ipv4Hdr = packet.read(l3).ok_or(MALFORMED)?;
     if ip.vihl >> 4 != 4 {
         return Err(MALFORMED);
     }
     let header_len = usize::from(ip.vihl & 0x0f) * 4;
-    let mut total_len = usize::from(u16::from_be_bytes(ip.tot_len));
-    // BIG TCP: a GSO packet over 64 KiB carries total length 0 and its real length in
-    // the skb (only TC sees such packets; an XDP frame is never that large).
-    if total_len == 0 && packet.len() - l3 > usize::from(u16::MAX) {
-        total_len = packet.len() - l3;
-    }
-    // Trailing bytes beyond total_len (Ethernet padding) are allowed; a total length
-    // that claims more than the frame holds, or less than the header, is not.
+    // The IPv4 total length includes the header.
+    let total_len = claimed_length(packet, l3, 0, usize::from(u16::from_be_bytes(ip.tot_len)));
+    // Trailing bytes beyond the datagram (Ethernet padding) are allowed; a length that
+    // claims more than the frame holds, or less than the header, is not.
     if header_len < Ipv4Hdr::LEN || total_len < header_len || l3 + total_len > packet.len() {
         return Err(MALFORMED);
     }
-    let l4 = l3 + header_len;
-    let payload_len = total_len - header_len;
-    let first_fragment = u16::from_be_bytes(ip.frags) & FRAGMENT_OFFSET_MASK == 0;
-    let l4_checksum = match ip.proto {
+    let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
+    let l4 = l4_checksum(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false)?;
+    Ok(IpPacket {
+        src: Addr::from_v4(ip.src_addr),
+        dst: Addr::from_v4(ip.dst_addr),
+        src_offset: l3 + IPV4_SRC,
+        dst_offset: l3 + IPV4_DST,
+        ipv4_check: Some(l3 + IPV4_CHECK),
+        l4,
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
+    let ip: Ipv6Hdr = packet.read(l3).ok_or(MALFORMED)?;
+    if ip.vcf[0] >> 4 != 6 {
+        return Err(MALFORMED);
+    }
+    let end = l3 + claimed_length(packet, l3, Ipv6Hdr::LEN, usize::from(u16::from_be_bytes(ip.payload_len)));
+    if end > packet.len() {
+        return Err(MALFORMED);
+    }
+    let mut next_header = ip.next_hdr;
+    let mut offset = l3 + Ipv6Hdr::LEN;
+    let mut first_fragment = true;
+    for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
+        match next_header {
+            IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS => {
+                let header: [u8; 2] = packet.read(offset).ok_or(MALFORMED)?;
+                next_header = header[0];
+                offset += (usize::from(header[1]) + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let header: [u8; 8] = packet.read(offset).ok_or(MALFORMED)?;
+                next_header = header[0];
+                first_fragment = u16::from_be_bytes([header[2], header[3]]) & IPV6_FRAGMENT_OFFSET == 0;
+                offset += 8;
+            }
+            // A routing header makes the destination an intermediate hop, and an
+            // authentication header covers the addresses: rewriting either breaks it.
+            IPV6_ROUTING | IPV6_AUTHENTICATION => return Err(UNSUPPORTED),
+            _ => break,
+        }
+        if offset > MAX_L4_OFFSET || offset > end {
+            return Err(if offset > end { MALFORMED } else { UNSUPPORTED });
+        }
+    }
+    let l4 = l4_checksum(packet, next_header, offset, end, first_fragment, true)?;
+    Ok(IpPacket {
+        src: Addr { octets: ip.src_addr },
+        dst: Addr { octets: ip.dst_addr },
+        src_offset: l3 + IPV6_SRC,
+        dst_offset: l3 + IPV6_DST,
+        ipv4_check: None,
+        l4,
+    })
+}
+
+/// Finds the transport checksum that covers the addresses, checking that the
+/// transport header the rewrite relies on lies inside the datagram (`l4..end`).
+#[inline(always)]
+fn l4_checksum<P: Packet>(
+    packet: &P,
+    protocol: u8,
+    l4: usize,
+    end: usize,
+    first_fragment: bool,
+    ipv6: bool,
+) -> Result<L4Checksum, u32> {
+    if l4 > MAX_L4_OFFSET {
+        return Err(UNSUPPORTED);
+    }
+    let payload_len = end - l4;
+    Ok(match protocol {
         // A non-first fragment carries no transport header: its addresses are still
         // rewritten, and the first fragment's checksum update covers the datagram.
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP if !first_fragment => L4Checksum::NotCovered,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => L4Checksum::NotCovered,
         IPPROTO_TCP => {
             let tcp: TcpHdr = packet.read(l4).ok_or(MALFORMED)?;
             let data_offset = usize::from(tcp.doff()) * 4;
             if data_offset < TcpHdr::LEN || data_offset > payload_len {
                 return Err(MALFORMED);
             }
-            L4Checksum::Tcp(l4 + TCP_CHECK)
+            L4Checksum::Covered(l4 + TCP_CHECK)
         }
         IPPROTO_UDP => {
             let udp: UdpHdr = packet.read(l4).ok_or(MALFORMED)?;
             if payload_len < UdpHdr::LEN || usize::from(u16::from_be_bytes(udp.len)) < UdpHdr::LEN {
                 return Err(MALFORMED);
             }
-            L4Checksum::Udp(l4 + UDP_CHECK)
+            L4Checksum::CoveredUdp(l4 + UDP_CHECK)
         }
-        IPPROTO_ICMP => {
+        IPPROTO_ICMP if !ipv6 => {
             if payload_len < ICMP_MIN_LEN {
                 return Err(MALFORMED);
             }
+            // The ICMP checksum has no pseudo-header: address changes leave it alone.
             L4Checksum::NotCovered
         }
+        IPPROTO_ICMPV6 if ipv6 => {
+            let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
+            if payload_len < ICMP_MIN_LEN {
+                return Err(MALFORMED);
+            }
+            if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&header[0]) {
+                return Err(UNSUPPORTED);
+            }
+            L4Checksum::Covered(l4 + ICMP_CHECK)
+        }
         // Other protocols may have pseudo-header checksums this program does not know
-        // (UDP-Lite, DCCP), so rewriting their addresses could corrupt them.
+        // (UDP-Lite, DCCP, SCTP's CRC does not but tunnels may), so rewriting their
+        // addresses could corrupt them.
         _ => return Err(UNSUPPORTED),
-    };
-    Ok(Ipv4Packet {
-        src: ip.src_addr,
-        dst: ip.dst_addr,
-        src_offset: l3 + IPV4_SRC,
-        dst_offset: l3 + IPV4_DST,
-        check_offset: l3 + IPV4_CHECK,
-        l4: l4_checksum,
     })
 }

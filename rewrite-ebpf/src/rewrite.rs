@@ -8,7 +8,7 @@ use rewrite_common::{
 use crate::{
     maps::{count, table},
     packet::Packet,
-    parse::parse_ipv4,
+    parse::parse,
 };
 
 /// Rewrites `packet` for `direction` and counts the outcome. Never drops: every
@@ -25,21 +25,21 @@ pub fn rewrite_and_count<P: Packet>(packet: &mut P, direction: u32) -> Result<()
 
 #[inline(always)]
 fn rewrite<P: Packet>(packet: &mut P, direction: u32) -> Result<u32, u32> {
-    let parsed = parse_ipv4(packet)?;
+    let parsed = parse(packet)?;
     let map = table(direction);
     // SAFETY: the value is copied out at once, before anything can delete the entry.
-    let plan = plan_rewrite(parsed.src, parsed.dst, |key| unsafe { map.get(key) }.copied());
+    let plan = plan_rewrite(&parsed.src, &parsed.dst, |key| unsafe { map.get(key) }.copied());
     if plan.is_empty() {
         return Ok(NO_MATCH);
     }
     if let Some(new_src) = plan.new_src {
         packet
-            .replace_ipv4_address(parsed.src_offset, parsed.check_offset, parsed.l4, parsed.src, new_src)
+            .replace_address(parsed.src_offset, parsed.ipv4_check, parsed.l4, &parsed.src, &new_src)
             .map_err(|()| HELPER_ERROR)?;
     }
     if let Some(new_dst) = plan.new_dst {
         packet
-            .replace_ipv4_address(parsed.dst_offset, parsed.check_offset, parsed.l4, parsed.dst, new_dst)
+            .replace_address(parsed.dst_offset, parsed.ipv4_check, parsed.l4, &parsed.dst, &new_dst)
             .map_err(|()| HELPER_ERROR)?;
     }
     Ok(REWRITTEN)

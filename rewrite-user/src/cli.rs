@@ -2,7 +2,7 @@
 //! in pinned BPF objects, so no daemon is needed and any later process sees the same
 //! state.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{net::IpAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -77,15 +77,15 @@ pub enum MapCommand {
     Add {
         /// The address applications use.
         #[arg(value_name = "VIRTUAL")]
-        virtual_addr: Ipv4Addr,
+        virtual_addr: IpAddr,
         /// The address the host is really reached at.
         #[arg(value_name = "REAL")]
-        real_addr: Ipv4Addr,
+        real_addr: IpAddr,
     },
     /// Delete the mapping of VIRTUAL.
     Del {
         #[arg(value_name = "VIRTUAL")]
-        virtual_addr: Ipv4Addr,
+        virtual_addr: IpAddr,
     },
     /// List the mappings.
     List {
@@ -179,16 +179,17 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
 
 /// When REAL is this host, ingress packets to REAL are delivered to VIRTUAL, which the
 /// stack drops unless VIRTUAL is a local address too.
-fn warn_if_own_virtual_missing(virtual_addr: Ipv4Addr, real_addr: Ipv4Addr) {
-    let Ok(local) = iface::local_ipv4_addresses() else {
+fn warn_if_own_virtual_missing(virtual_addr: IpAddr, real_addr: IpAddr) {
+    let Ok(local) = iface::local_addresses() else {
         eprintln!("warning: could not list local addresses to check {real_addr}");
         return;
     };
     if local.contains(&real_addr) && !local.contains(&virtual_addr) {
+        let host_prefix = if virtual_addr.is_ipv4() { 32 } else { 128 };
         eprintln!(
             "warning: REAL {real_addr} is an address of this host, but VIRTUAL {virtual_addr} is not \
              configured on any local interface: ingress packets to {real_addr} will be delivered to \
-             {virtual_addr} and dropped. Add it, for example: ip addr add {virtual_addr}/32 dev lo"
+             {virtual_addr} and dropped. Add it, for example: ip addr add {virtual_addr}/{host_prefix} dev lo"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Errors of the userspace library. Each variant says what went wrong and where, in
 //! words an operator can act on; the CLI prints them as they are.
 
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{io, net::IpAddr, path::PathBuf};
 
 use rewrite_common::mapping::MappingConflict;
 
@@ -72,10 +72,10 @@ pub enum Error {
     TableFull { capacity: u32 },
 
     #[error("invalid mapping {virtual_addr} -> {real_addr}: {conflict}")]
-    Conflict { virtual_addr: Ipv4Addr, real_addr: Ipv4Addr, conflict: MappingConflict },
+    Conflict { virtual_addr: IpAddr, real_addr: IpAddr, conflict: MappingConflict },
 
     #[error("no mapping for VIRTUAL {virtual_addr}")]
-    NoSuchMapping { virtual_addr: Ipv4Addr },
+    NoSuchMapping { virtual_addr: IpAddr },
 
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),

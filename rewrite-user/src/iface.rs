@@ -5,7 +5,7 @@
 use std::{
     ffi::CString,
     io,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd as _, OwnedFd},
 };
 
@@ -131,14 +131,23 @@ pub fn is_wire_device(name: &str) -> Result<bool, Error> {
     })
 }
 
-/// Every IPv4 address configured on an interface of this network namespace.
-pub fn local_ipv4_addresses() -> Result<Vec<Ipv4Addr>, Error> {
+/// Every IPv4 and IPv6 address configured on an interface of this network namespace.
+pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
     let addresses = nix::ifaddrs::getifaddrs().map_err(|errno| Error::Netdevice {
         what: "listing addresses",
         iface: "*".to_owned(),
         source: errno.into(),
     })?;
-    Ok(addresses.filter_map(|entry| entry.address?.as_sockaddr_in().map(|sin| sin.ip())).collect())
+    Ok(addresses
+        .filter_map(|entry| {
+            let address = entry.address?;
+            match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+                (_, Some(v6)) => Some(IpAddr::V6(v6.ip())),
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 /// Checks that `name` can be an interface name, before it is used in a pin path:

@@ -9,7 +9,7 @@ use aya::{
     maps::Map,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
-use rewrite_common::maps::{Ipv4Key, Ipv4Value, MAP_COUNTERS, MAP_V4_FORWARD, MAP_V4_REVERSE};
+use rewrite_common::maps::{Addr, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS};
 
 use crate::{Error, iface, pins::PinLayout};
 
@@ -99,11 +99,11 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(maps_dir);
     if let Some(capacity) = max_mappings {
-        loader.map_max_entries(MAP_V4_FORWARD, capacity).map_max_entries(MAP_V4_REVERSE, capacity);
+        loader.map_max_entries(MAP_ADDR_FORWARD, capacity).map_max_entries(MAP_ADDR_REVERSE, capacity);
     }
     let ebpf = loader.load(EBPF_OBJECT).map_err(|error| Error::Load(Box::new(error)))?;
-    check_map_layout(&ebpf, maps_dir, MAP_V4_FORWARD, size_of::<Ipv4Key>(), size_of::<Ipv4Value>())?;
-    check_map_layout(&ebpf, maps_dir, MAP_V4_REVERSE, size_of::<Ipv4Key>(), size_of::<Ipv4Value>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<Addr>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_ADDR_REVERSE, size_of::<Addr>(), size_of::<Addr>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
 }

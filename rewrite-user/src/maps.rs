@@ -3,13 +3,13 @@
 //! forward one and comes out after it, so a reply is always recognised once requests
 //! can be sent to REAL.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use rewrite_common::{
     counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
     mapping::{AddPlan, MappingConflict, MappingView, plan_add},
-    maps::{Ipv4Key, Ipv4Value, MAP_COUNTERS, MAP_V4_FORWARD, MAP_V4_REVERSE},
+    maps::{Addr, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS},
 };
 
 use crate::{Error, pins::PinLayout};
@@ -19,7 +19,7 @@ const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
-type AddressMap = HashMap<MapData, Ipv4Key, Ipv4Value>;
+type AddressMap = HashMap<MapData, Addr, Addr>;
 
 fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     let path = pins.map(name);
@@ -51,10 +51,10 @@ pub struct MappingTable {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Removed {
     /// A whole mapping, whose REAL this is.
-    Mapping(Ipv4Addr),
+    Mapping(IpAddr),
     /// Only a reverse entry REAL -> VIRTUAL, left by a command that was interrupted
     /// between its two map writes.
-    Orphan(Ipv4Addr),
+    Orphan(IpAddr),
 }
 
 /// The table as [`MappingTable::list`] reads it.
@@ -71,21 +71,21 @@ pub struct Listing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Mapping {
     #[serde(rename = "virtual")]
-    pub virtual_addr: Ipv4Addr,
+    pub virtual_addr: IpAddr,
     #[serde(rename = "real")]
-    pub real_addr: Ipv4Addr,
+    pub real_addr: IpAddr,
 }
 
 impl MappingTable {
     pub fn open(pins: &PinLayout) -> Result<Self, Error> {
-        let forward = AddressMap::try_from(open_pinned(pins, MAP_V4_FORWARD)?)
-            .map_err(|source| Error::map(MAP_V4_FORWARD, source))?;
-        let reverse = AddressMap::try_from(open_pinned(pins, MAP_V4_REVERSE)?)
-            .map_err(|source| Error::map(MAP_V4_REVERSE, source))?;
-        let path = pins.map(MAP_V4_FORWARD);
+        let forward = AddressMap::try_from(open_pinned(pins, MAP_ADDR_FORWARD)?)
+            .map_err(|source| Error::map(MAP_ADDR_FORWARD, source))?;
+        let reverse = AddressMap::try_from(open_pinned(pins, MAP_ADDR_REVERSE)?)
+            .map_err(|source| Error::map(MAP_ADDR_REVERSE, source))?;
+        let path = pins.map(MAP_ADDR_FORWARD);
         let capacity = MapData::from_pin(&path)
             .and_then(|data| data.info())
-            .map_err(|source| Error::map(MAP_V4_FORWARD, source))?
+            .map_err(|source| Error::map(MAP_ADDR_FORWARD, source))?
             .max_entries();
         Ok(Self { forward, reverse, capacity })
     }
@@ -95,21 +95,21 @@ impl MappingTable {
         self.capacity
     }
 
-    fn get(map: &AddressMap, name: &'static str, addr: Ipv4Addr) -> Result<Option<Ipv4Addr>, Error> {
-        match map.get(&Ipv4Key::from(addr), 0) {
+    fn get(map: &AddressMap, name: &'static str, addr: IpAddr) -> Result<Option<IpAddr>, Error> {
+        match map.get(&Addr::from(addr), 0) {
             Ok(value) => Ok(Some(value.into())),
             Err(error) if is_not_found(&error) => Ok(None),
             Err(source) => Err(Error::map(name, source)),
         }
     }
 
-    fn insert(&mut self, forward: bool, key: Ipv4Addr, value: Ipv4Addr, flags: u64) -> Result<(), MapError> {
+    fn insert(&mut self, forward: bool, key: IpAddr, value: IpAddr, flags: u64) -> Result<(), MapError> {
         let map = if forward { &mut self.forward } else { &mut self.reverse };
-        map.insert(Ipv4Key::from(key), Ipv4Value::from(value), flags)
+        map.insert(Addr::from(key), Addr::from(value), flags)
     }
 
-    fn remove(map: &mut AddressMap, name: &'static str, key: Ipv4Addr) -> Result<(), Error> {
-        match map.remove(&Ipv4Key::from(key)) {
+    fn remove(map: &mut AddressMap, name: &'static str, key: IpAddr) -> Result<(), Error> {
+        match map.remove(&Addr::from(key)) {
             Ok(()) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
             Err(source) => Err(Error::map(name, source)),
@@ -125,7 +125,7 @@ impl MappingTable {
     }
 
     /// Adds or retargets `virtual_addr -> real_addr`. Takes effect for the next packet.
-    pub fn add(&mut self, virtual_addr: Ipv4Addr, real_addr: Ipv4Addr) -> Result<AddPlan, Error> {
+    pub fn add(&mut self, virtual_addr: IpAddr, real_addr: IpAddr) -> Result<AddPlan, Error> {
         let conflict = |conflict| Error::Conflict { virtual_addr, real_addr, conflict };
         let plan = {
             let view = LiveView::new(self);
@@ -141,29 +141,29 @@ impl MappingTable {
         // The plan ignores half-applied reverse entries; one sitting on REAL or VIRTUAL
         // is garbage from an interrupted command, and this add clears it.
         for orphan in [real_addr, virtual_addr] {
-            if Self::get(&self.reverse, MAP_V4_REVERSE, orphan)?.is_some() {
-                Self::remove(&mut self.reverse, MAP_V4_REVERSE, orphan)?;
+            if Self::get(&self.reverse, MAP_ADDR_REVERSE, orphan)?.is_some() {
+                Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan)?;
             }
         }
         // NOEXIST makes the uniqueness of REAL atomic against a concurrent `map add`.
         if let Err(error) = self.insert(false, real_addr, virtual_addr, BPF_NOEXIST) {
             if is_errno(&error, libc::EEXIST) {
-                let existing_virtual =
-                    Self::get(&self.reverse, MAP_V4_REVERSE, real_addr)?.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                let existing_virtual = Self::get(&self.reverse, MAP_ADDR_REVERSE, real_addr)?
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
                 return Err(conflict(MappingConflict::RealTaken { real: real_addr, existing_virtual }));
             }
-            return Err(self.insert_error(MAP_V4_REVERSE, error));
+            return Err(self.insert_error(MAP_ADDR_REVERSE, error));
         }
         let forward_flags = if matches!(plan, AddPlan::Replace { .. }) { BPF_EXIST } else { BPF_NOEXIST };
         if let Err(error) = self.insert(true, virtual_addr, real_addr, forward_flags) {
             // Roll back, so a failed add leaves the table as it was. Should even that
             // fail, the original error is the one to report; the reverse entry left
             // behind shows in `map list` and goes with `map del`.
-            let _ = Self::remove(&mut self.reverse, MAP_V4_REVERSE, real_addr);
-            return Err(self.insert_error(MAP_V4_FORWARD, error));
+            let _ = Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, real_addr);
+            return Err(self.insert_error(MAP_ADDR_FORWARD, error));
         }
         if let AddPlan::Replace { old_real } = plan {
-            Self::remove(&mut self.reverse, MAP_V4_REVERSE, old_real)?;
+            Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, old_real)?;
         }
         Ok(plan)
     }
@@ -171,15 +171,15 @@ impl MappingTable {
     /// Removes the mapping of `virtual_addr` (forward entry first, so no packet is
     /// sent to REAL whose reply would not be restored), or, when only a half-applied
     /// reverse entry for it is left, that entry.
-    pub fn remove_mapping(&mut self, virtual_addr: Ipv4Addr) -> Result<Removed, Error> {
-        if let Some(real_addr) = Self::get(&self.forward, MAP_V4_FORWARD, virtual_addr)? {
-            Self::remove(&mut self.forward, MAP_V4_FORWARD, virtual_addr)?;
-            Self::remove(&mut self.reverse, MAP_V4_REVERSE, real_addr)?;
+    pub fn remove_mapping(&mut self, virtual_addr: IpAddr) -> Result<Removed, Error> {
+        if let Some(real_addr) = Self::get(&self.forward, MAP_ADDR_FORWARD, virtual_addr)? {
+            Self::remove(&mut self.forward, MAP_ADDR_FORWARD, virtual_addr)?;
+            Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, real_addr)?;
             return Ok(Removed::Mapping(real_addr));
         }
         let orphan = self.list()?.orphans.into_iter().find(|orphan| orphan.virtual_addr == virtual_addr);
         let orphan = orphan.ok_or(Error::NoSuchMapping { virtual_addr })?;
-        Self::remove(&mut self.reverse, MAP_V4_REVERSE, orphan.real_addr)?;
+        Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan.real_addr)?;
         Ok(Removed::Orphan(orphan.real_addr))
     }
 
@@ -187,12 +187,12 @@ impl MappingTable {
     pub fn list(&self) -> Result<Listing, Error> {
         let mut listing = Listing::default();
         for entry in self.forward.iter() {
-            let (key, value) = entry.map_err(|source| Error::map(MAP_V4_FORWARD, source))?;
+            let (key, value) = entry.map_err(|source| Error::map(MAP_ADDR_FORWARD, source))?;
             listing.mappings.push(Mapping { virtual_addr: key.into(), real_addr: value.into() });
         }
         listing.mappings.sort();
         for entry in self.reverse.iter() {
-            let (key, value) = entry.map_err(|source| Error::map(MAP_V4_REVERSE, source))?;
+            let (key, value) = entry.map_err(|source| Error::map(MAP_ADDR_REVERSE, source))?;
             let entry = Mapping { virtual_addr: value.into(), real_addr: key.into() };
             if listing.mappings.binary_search(&entry).is_err() {
                 listing.orphans.push(entry);
@@ -207,11 +207,11 @@ impl MappingTable {
     pub fn insert_new_unchecked(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
         for mapping in mappings {
             self.insert(false, mapping.real_addr, mapping.virtual_addr, BPF_ANY)
-                .map_err(|error| self.insert_error(MAP_V4_REVERSE, error))?;
+                .map_err(|error| self.insert_error(MAP_ADDR_REVERSE, error))?;
         }
         for mapping in mappings {
             self.insert(true, mapping.virtual_addr, mapping.real_addr, BPF_ANY)
-                .map_err(|error| self.insert_error(MAP_V4_FORWARD, error))?;
+                .map_err(|error| self.insert_error(MAP_ADDR_FORWARD, error))?;
         }
         Ok(())
     }
@@ -233,7 +233,7 @@ impl<'a> LiveView<'a> {
         self.error.take()
     }
 
-    fn lookup(&self, map: &AddressMap, name: &'static str, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+    fn lookup(&self, map: &AddressMap, name: &'static str, addr: IpAddr) -> Option<IpAddr> {
         MappingTable::get(map, name, addr).unwrap_or_else(|error| {
             self.error.set(Some(error));
             None
@@ -242,13 +242,13 @@ impl<'a> LiveView<'a> {
 }
 
 impl MappingView for LiveView<'_> {
-    fn real_of(&self, virtual_addr: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.lookup(&self.table.forward, MAP_V4_FORWARD, virtual_addr)
+    fn real_of(&self, virtual_addr: IpAddr) -> Option<IpAddr> {
+        self.lookup(&self.table.forward, MAP_ADDR_FORWARD, virtual_addr)
     }
     /// Only a complete mapping owns REAL: a reverse entry whose forward entry is gone
     /// or points elsewhere is left over from an interrupted command.
-    fn virtual_of(&self, real_addr: Ipv4Addr) -> Option<Ipv4Addr> {
-        let virtual_addr = self.lookup(&self.table.reverse, MAP_V4_REVERSE, real_addr)?;
+    fn virtual_of(&self, real_addr: IpAddr) -> Option<IpAddr> {
+        let virtual_addr = self.lookup(&self.table.reverse, MAP_ADDR_REVERSE, real_addr)?;
         (self.real_of(virtual_addr) == Some(real_addr)).then_some(virtual_addr)
     }
 }

@@ -10,7 +10,10 @@
 //!
 //! Run with `cargo xtask bench`. Prints a markdown table with the machine's description.
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
@@ -19,7 +22,7 @@ use aya::{
 use rewrite_common::counters::{EGRESS, INGRESS, NO_MATCH, REWRITTEN};
 use rewrite_tests::{
     netns::PinDir,
-    packet::{Ipv4Spec, verify_checksums},
+    packet::{IpSpec, verify_checksums},
 };
 use rewrite_user::{
     loader::{self, PROG_BENCH_XDP_PASS, PROG_TC_EGRESS, PROG_XDP_INGRESS},
@@ -31,12 +34,12 @@ const REPEAT: u32 = 200_000;
 const PASSES: usize = 7;
 const SIZES: [u32; 2] = [1, 1_000_000];
 
-fn virtual_addr(index: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + index)
+fn virtual_addr(index: u32) -> IpAddr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + index).into()
 }
 
-fn real_addr(index: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + index)
+fn real_addr(index: u32) -> IpAddr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + index).into()
 }
 
 fn run_once(ebpf: &Ebpf, program: &str, frame: &[u8]) -> Duration {
@@ -132,10 +135,10 @@ fn main() {
         let target = size / 2;
         let inverse = Mapping { virtual_addr: real_addr(target), real_addr: virtual_addr(target) };
         table.insert_new_unchecked(&[inverse]).expect("insert the inverse mapping");
-        let ingress_match = Ipv4Spec::tcp(real_addr(target), local).frame();
-        let ingress_miss = Ipv4Spec::tcp(stranger, local).frame();
-        let egress_match = Ipv4Spec::tcp(local, virtual_addr(target)).frame();
-        let egress_miss = Ipv4Spec::tcp(local, stranger).frame();
+        let ingress_match = IpSpec::tcp(real_addr(target), local).frame();
+        let ingress_miss = IpSpec::tcp(stranger, local).frame();
+        let egress_match = IpSpec::tcp(local, virtual_addr(target)).frame();
+        let egress_miss = IpSpec::tcp(local, stranger).frame();
         let cells = [
             measure(&ebpf, &layout, PROG_BENCH_XDP_PASS, &ingress_match, None),
             measure(&ebpf, &layout, PROG_XDP_INGRESS, &ingress_match, Some((INGRESS, REWRITTEN))),

@@ -1,17 +1,24 @@
-//! Building Ethernet/IPv4 test frames with correct checksums, and checking the
+//! Building Ethernet/IPv4/IPv6 test frames with correct checksums, and checking the
 //! checksums of frames the programs return. Checksums here are always computed in
 //! full (`rewrite_common::checksum::full`), never incrementally as the programs do.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use rewrite_common::{
     checksum::full,
-    maps::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
 pub const ETH_LEN: usize = 14;
+pub const VLAN_LEN: usize = 4;
 pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+/// IPv6 extension header numbers used by the tests.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DESTINATION_OPTIONS: u8 = 60;
 
 /// The transport part of a test packet.
 #[derive(Clone, Debug)]
@@ -28,13 +35,13 @@ pub enum Transport {
         payload: Vec<u8>,
         zero_checksum: bool,
     },
-    /// An ICMP echo request.
+    /// An ICMP (IPv4) or ICMPv6 echo request.
     IcmpEcho {
         id: u16,
         seq: u16,
         payload: Vec<u8>,
     },
-    /// Bytes after the IPv4 header, taken as they are (non-first fragments, other
+    /// Bytes after the IP headers, taken as they are (non-first fragments, other
     /// protocols).
     Raw {
         protocol: u8,
@@ -43,23 +50,41 @@ pub enum Transport {
 }
 
 #[derive(Clone, Debug)]
-pub struct Ipv4Spec {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct IpSpec {
+    pub src: IpAddr,
+    pub dst: IpAddr,
     pub transport: Transport,
+    /// An 802.1Q tag (VLAN id) between Ethernet and IP.
+    pub vlan: Option<u16>,
     /// IPv4 options, a multiple of 4 bytes (at most 40).
     pub options: Vec<u8>,
-    /// Fragment offset in 8-byte units, and the more-fragments flag.
+    /// IPv6 extension headers before the transport, as (type, body after the two
+    /// header bytes). Hop-by-hop and destination options bodies must make the whole
+    /// header a multiple of 8 bytes; a fragment header is added by the fields below.
+    pub extension_headers: Vec<(u8, Vec<u8>)>,
+    /// Fragment offset in 8-byte units, and the more-fragments flag. For IPv6 either
+    /// adds a fragment header after `extension_headers`.
     pub fragment_offset: u16,
     pub more_fragments: bool,
 }
 
-impl Ipv4Spec {
-    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, transport: Transport) -> Self {
-        Self { src, dst, transport, options: Vec::new(), fragment_offset: 0, more_fragments: false }
+impl IpSpec {
+    pub fn new(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, transport: Transport) -> Self {
+        let (src, dst) = (src.into(), dst.into());
+        assert_eq!(src.is_ipv4(), dst.is_ipv4(), "a test packet has one address family");
+        Self {
+            src,
+            dst,
+            transport,
+            vlan: None,
+            options: Vec::new(),
+            extension_headers: Vec::new(),
+            fragment_offset: 0,
+            more_fragments: false,
+        }
     }
 
-    pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+    pub fn tcp(src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Self {
         Self::new(
             src,
             dst,
@@ -67,35 +92,51 @@ impl Ipv4Spec {
         )
     }
 
-    pub fn udp(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        Self::new(
-            src,
-            dst,
-            Transport::Udp {
-                src_port: 5353,
-                dst_port: 24007,
-                payload: b"gluster peer probe".to_vec(),
-                zero_checksum: false,
-            },
-        )
+    pub fn udp(src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Self {
+        let payload = b"gluster peer probe".to_vec();
+        Self::new(src, dst, Transport::Udp { src_port: 5353, dst_port: 24007, payload, zero_checksum: false })
     }
 
-    pub fn icmp(src: Ipv4Addr, dst: Ipv4Addr) -> Self {
+    pub fn icmp(src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Self {
         Self::new(src, dst, Transport::IcmpEcho { id: 0x1234, seq: 7, payload: b"abcdefgh01234567".to_vec() })
     }
 
     /// The same packet with other addresses.
-    pub fn with_addresses(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
-        Self { src, dst, ..self.clone() }
+    pub fn with_addresses(&self, src: impl Into<IpAddr>, dst: impl Into<IpAddr>) -> Self {
+        Self { src: src.into(), dst: dst.into(), ..self.clone() }
+    }
+
+    /// Where the IP header starts in the frame.
+    pub fn l3_offset(&self) -> usize {
+        ETH_LEN + if self.vlan.is_some() { VLAN_LEN } else { 0 }
     }
 
     /// The whole Ethernet frame, with every checksum computed in full.
     pub fn frame(&self) -> Vec<u8> {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&DST_MAC);
+        frame.extend_from_slice(&SRC_MAC);
+        if let Some(vlan) = self.vlan {
+            frame.extend_from_slice(&0x8100u16.to_be_bytes());
+            frame.extend_from_slice(&vlan.to_be_bytes());
+        }
+        let ether_type: u16 = if self.src.is_ipv4() { 0x0800 } else { 0x86dd };
+        frame.extend_from_slice(&ether_type.to_be_bytes());
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => self.ipv4(&mut frame, src.octets(), dst.octets()),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => self.ipv6(&mut frame, src.octets(), dst.octets()),
+            _ => unreachable!("checked in new"),
+        }
+        frame
+    }
+
+    fn ipv4(&self, frame: &mut Vec<u8>, src: [u8; 4], dst: [u8; 4]) {
         assert!(
             self.options.len().is_multiple_of(4) && self.options.len() <= 40,
-            "IPv4 options must be 4-byte words, at most 40 bytes"
+            "IPv4 options: 4-byte words, ≤ 40 bytes"
         );
-        let (protocol, segment) = self.segment();
+        let (protocol, segment) =
+            self.segment(|protocol, segment, offset| full::ipv4_l4(src, dst, protocol, segment, offset), IPPROTO_ICMP);
         let header_len = 20 + self.options.len();
         let total_len = u16::try_from(header_len + segment.len()).expect("test packets are smaller than 64 KiB");
         let mut ip = Vec::with_capacity(header_len);
@@ -108,23 +149,54 @@ impl Ipv4Spec {
         ip.push(64); // TTL
         ip.push(protocol);
         ip.extend_from_slice(&[0, 0]);
-        ip.extend_from_slice(&self.src.octets());
-        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&src);
+        ip.extend_from_slice(&dst);
         ip.extend_from_slice(&self.options);
         let check = full::ipv4_header(&ip);
         ip[10..12].copy_from_slice(&check.to_be_bytes());
-
-        let mut frame = Vec::with_capacity(ETH_LEN + ip.len() + segment.len());
-        frame.extend_from_slice(&DST_MAC);
-        frame.extend_from_slice(&SRC_MAC);
-        frame.extend_from_slice(&0x0800u16.to_be_bytes());
         frame.extend_from_slice(&ip);
         frame.extend_from_slice(&segment);
-        frame
     }
 
-    fn segment(&self) -> (u8, Vec<u8>) {
-        let (src, dst) = (self.src.octets(), self.dst.octets());
+    fn ipv6(&self, frame: &mut Vec<u8>, src: [u8; 16], dst: [u8; 16]) {
+        let (protocol, segment) = self
+            .segment(|protocol, segment, offset| full::ipv6_l4(src, dst, protocol, segment, offset), IPPROTO_ICMPV6);
+        let mut headers = self.extension_headers.clone();
+        if self.fragment_offset != 0 || self.more_fragments {
+            let offset_flags = (self.fragment_offset << 3) | u16::from(self.more_fragments);
+            let mut body = offset_flags.to_be_bytes().to_vec();
+            body.extend_from_slice(&0xdead_beefu32.to_be_bytes()); // identification
+            headers.push((IPV6_FRAGMENT, body));
+        }
+        // Each header names the next one; the last names the transport.
+        let mut chain = Vec::new();
+        for (index, (_, body)) in headers.iter().enumerate() {
+            let next = headers.get(index + 1).map_or(protocol, |(kind, _)| *kind);
+            let kind = headers[index].0;
+            let length_field = if kind == IPV6_FRAGMENT {
+                0
+            } else {
+                assert!((body.len() + 2).is_multiple_of(8), "extension header of type {kind} must be 8-byte aligned");
+                u8::try_from((body.len() + 2) / 8 - 1).expect("short header")
+            };
+            chain.push(next);
+            chain.push(length_field);
+            chain.extend_from_slice(body);
+        }
+        let first = headers.first().map_or(protocol, |(kind, _)| *kind);
+        let payload_len = u16::try_from(chain.len() + segment.len()).expect("test packets are small");
+        frame.extend_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class, flow label
+        frame.extend_from_slice(&payload_len.to_be_bytes());
+        frame.push(first);
+        frame.push(64); // hop limit
+        frame.extend_from_slice(&src);
+        frame.extend_from_slice(&dst);
+        frame.extend_from_slice(&chain);
+        frame.extend_from_slice(&segment);
+    }
+
+    /// The transport protocol number and bytes, with the checksum computed by `l4`.
+    fn segment(&self, l4: impl Fn(u8, &[u8], usize) -> u16, icmp_protocol: u8) -> (u8, Vec<u8>) {
         match &self.transport {
             Transport::Tcp { src_port, dst_port, payload } => {
                 let mut tcp = Vec::new();
@@ -137,7 +209,7 @@ impl Ipv4Spec {
                 tcp.extend_from_slice(&64240u16.to_be_bytes()); // window
                 tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
                 tcp.extend_from_slice(payload);
-                let check = full::ipv4_l4(src, dst, IPPROTO_TCP, &tcp, 16);
+                let check = l4(IPPROTO_TCP, &tcp, 16);
                 tcp[16..18].copy_from_slice(&check.to_be_bytes());
                 (IPPROTO_TCP, tcp)
             }
@@ -150,29 +222,47 @@ impl Ipv4Spec {
                 udp.extend_from_slice(&[0, 0]);
                 udp.extend_from_slice(payload);
                 if !zero_checksum {
-                    let check = full::ipv4_l4(src, dst, IPPROTO_UDP, &udp, 6);
+                    let check = l4(IPPROTO_UDP, &udp, 6);
                     udp[6..8].copy_from_slice(&check.to_be_bytes());
                 }
                 (IPPROTO_UDP, udp)
             }
             Transport::IcmpEcho { id, seq, payload } => {
-                let mut icmp = vec![8, 0, 0, 0];
+                let echo_request = if icmp_protocol == IPPROTO_ICMP { 8 } else { 128 };
+                let mut icmp = vec![echo_request, 0, 0, 0];
                 icmp.extend_from_slice(&id.to_be_bytes());
                 icmp.extend_from_slice(&seq.to_be_bytes());
                 icmp.extend_from_slice(payload);
-                let check = full::icmp(&icmp);
+                // ICMP over IPv4 has no pseudo-header; ICMPv6 has one.
+                let check =
+                    if icmp_protocol == IPPROTO_ICMP { full::icmp(&icmp) } else { l4(IPPROTO_ICMPV6, &icmp, 2) };
                 icmp[2..4].copy_from_slice(&check.to_be_bytes());
-                (IPPROTO_ICMP, icmp)
+                (icmp_protocol, icmp)
             }
             Transport::Raw { protocol, bytes } => (*protocol, bytes.clone()),
         }
     }
 }
 
-/// Checks every checksum of an Ethernet/IPv4 frame by full recomputation: the IPv4
-/// header, and for an unfragmented datagram the TCP, UDP (zero allowed) or ICMP one.
+/// Checks every checksum of an Ethernet frame by full recomputation: the IPv4 header,
+/// and for an unfragmented datagram the TCP, UDP (zero allowed), ICMP or ICMPv6 one.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
-    let ip = frame.get(ETH_LEN..).ok_or("frame shorter than Ethernet")?;
+    let mut l3 = ETH_LEN;
+    let mut ether_type = u16::from_be_bytes([frame.get(12).copied().ok_or("short frame")?, frame[13]]);
+    if ether_type == 0x8100 {
+        ether_type =
+            u16::from_be_bytes([*frame.get(16).ok_or("short VLAN tag")?, *frame.get(17).ok_or("short VLAN tag")?]);
+        l3 += VLAN_LEN;
+    }
+    let ip = frame.get(l3..).ok_or("frame shorter than its link header")?;
+    match ether_type {
+        0x0800 => verify_ipv4(ip),
+        0x86dd => verify_ipv6(ip),
+        _ => Ok(()),
+    }
+}
+
+fn verify_ipv4(ip: &[u8]) -> Result<(), String> {
     let header_len = usize::from(ip.first().ok_or("no IPv4 header")? & 0x0f) * 4;
     let header = ip.get(..header_len).ok_or("truncated IPv4 header")?;
     let found = u16::from_be_bytes([header[10], header[11]]);
@@ -188,15 +278,41 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let segment = ip.get(header_len..total_len).ok_or("truncated IPv4 payload")?;
     let src: [u8; 4] = header[12..16].try_into().expect("4 bytes");
     let dst: [u8; 4] = header[16..20].try_into().expect("4 bytes");
-    let (name, offset, expected) = match header[9] {
-        IPPROTO_TCP => ("TCP", 16, full::ipv4_l4(src, dst, IPPROTO_TCP, segment, 16)),
+    let l4 = |protocol, offset| full::ipv4_l4(src, dst, protocol, segment, offset);
+    verify_l4(header[9], segment, l4, IPPROTO_ICMP)
+}
+
+fn verify_ipv6(ip: &[u8]) -> Result<(), String> {
+    let header = ip.get(..40).ok_or("truncated IPv6 header")?;
+    let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    let payload = ip.get(40..40 + payload_len).ok_or("truncated IPv6 payload")?;
+    let (mut next, mut offset) = (header[6], 0);
+    while [IPV6_HOP_BY_HOP, IPV6_DESTINATION_OPTIONS, IPV6_ROUTING, IPV6_FRAGMENT].contains(&next) {
+        let ext = payload.get(offset..offset + 8).ok_or("truncated extension header")?;
+        if next == IPV6_FRAGMENT {
+            return Ok(()); // a fragment: the transport checksum covers the whole datagram
+        }
+        next = ext[0];
+        offset += (usize::from(ext[1]) + 1) * 8;
+    }
+    let segment = payload.get(offset..).ok_or("truncated IPv6 transport")?;
+    let src: [u8; 16] = header[8..24].try_into().expect("16 bytes");
+    let dst: [u8; 16] = header[24..40].try_into().expect("16 bytes");
+    let l4 = |protocol, check_offset| full::ipv6_l4(src, dst, protocol, segment, check_offset);
+    verify_l4(next, segment, l4, IPPROTO_ICMPV6)
+}
+
+fn verify_l4(protocol: u8, segment: &[u8], l4: impl Fn(u8, usize) -> u16, icmp_protocol: u8) -> Result<(), String> {
+    let (name, offset, expected) = match protocol {
+        IPPROTO_TCP => ("TCP", 16, l4(IPPROTO_TCP, 16)),
         IPPROTO_UDP => {
-            if segment[6..8] == [0, 0] {
+            if segment.get(6..8) == Some(&[0, 0]) {
                 return Ok(());
             }
-            ("UDP", 6, full::ipv4_l4(src, dst, IPPROTO_UDP, segment, 6))
+            ("UDP", 6, l4(IPPROTO_UDP, 6))
         }
-        IPPROTO_ICMP => ("ICMP", 2, full::icmp(segment)),
+        IPPROTO_ICMP if icmp_protocol == IPPROTO_ICMP => ("ICMP", 2, full::icmp(segment)),
+        IPPROTO_ICMPV6 if icmp_protocol == IPPROTO_ICMPV6 => ("ICMPv6", 2, l4(IPPROTO_ICMPV6, 2)),
         _ => return Ok(()),
     };
     let found = u16::from_be_bytes([segment[offset], segment[offset + 1]]);

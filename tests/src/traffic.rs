@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::mpsc,
     time::Duration,
 };
@@ -46,9 +46,9 @@ pub struct TcpReport {
 /// `len` bytes each way and checks both by SHA-256. Panics on any failure.
 pub fn tcp_exchange(
     server_ns: &Netns,
-    listen: SocketAddrV4,
+    listen: SocketAddr,
     client_ns: &Netns,
-    connect_to: SocketAddrV4,
+    connect_to: SocketAddr,
     len: usize,
 ) -> TcpReport {
     let upload = pattern(1, len);
@@ -70,7 +70,7 @@ pub fn tcp_exchange(
         ready_rx.recv_timeout(IO_TIMEOUT).expect("server did not start listening");
         let client = scope.spawn(|| {
             client_ns.enter();
-            let mut stream = TcpStream::connect_timeout(&connect_to.into(), IO_TIMEOUT)
+            let mut stream = TcpStream::connect_timeout(&connect_to, IO_TIMEOUT)
                 .unwrap_or_else(|error| panic!("connect to {connect_to}: {error}"));
             stream.set_read_timeout(Some(IO_TIMEOUT)).expect("set timeout");
             stream.write_all(&upload).unwrap_or_else(|error| panic!("client write to {connect_to}: {error}"));
@@ -107,9 +107,9 @@ fn accept_with_timeout(listener: &TcpListener) -> (TcpStream, SocketAddr) {
 /// source addresses the server and the client saw.
 pub fn udp_echo(
     server_ns: &Netns,
-    listen: SocketAddrV4,
+    listen: SocketAddr,
     client_ns: &Netns,
-    send_to: SocketAddrV4,
+    send_to: SocketAddr,
     count: u32,
     wait: Duration,
 ) -> UdpReport {
@@ -134,7 +134,8 @@ pub fn udp_echo(
         ready_rx.recv_timeout(IO_TIMEOUT).expect("server did not start");
         let client = scope.spawn(|| {
             client_ns.enter();
-            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind client");
+            let any: SocketAddr = if send_to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
+            let socket = UdpSocket::bind(any).expect("bind client");
             socket.set_read_timeout(Some(wait)).expect("set timeout");
             let mut echoed = 0;
             let mut echo_sources = Vec::new();
@@ -170,16 +171,18 @@ pub struct UdpReport {
 
 /// Whether a TCP connection from `client_ns` to `target` is established within
 /// `timeout`.
-pub fn tcp_connects(client_ns: &Netns, target: SocketAddrV4, timeout: Duration) -> bool {
-    client_ns.run(|| TcpStream::connect_timeout(&target.into(), timeout).is_ok())
+pub fn tcp_connects(client_ns: &Netns, target: SocketAddr, timeout: Duration) -> bool {
+    client_ns.run(|| TcpStream::connect_timeout(&target, timeout).is_ok())
 }
 
-/// The counters of /proc/net/snmp in `netns`, as "Tcp.InCsumErrors" -> value.
+/// The counters of /proc/net/snmp and /proc/net/snmp6 in `netns`, as
+/// "Tcp.InCsumErrors" -> value and "Udp6InCsumErrors" -> value.
 pub fn snmp(netns: &Netns) -> HashMap<String, u64> {
-    let text = netns.run(|| {
+    let (text, text6) = netns.run(|| {
         // thread-self: /proc/self/net would show the namespace of the process's main
         // thread, not of this one.
-        std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read /proc/thread-self/net/snmp")
+        let read = |path| std::fs::read_to_string(path).unwrap_or_else(|error| panic!("read {path}: {error}"));
+        (read("/proc/thread-self/net/snmp"), read("/proc/thread-self/net/snmp6"))
     });
     let lines: Vec<&str> = text.lines().collect();
     let mut counters = HashMap::new();
@@ -194,22 +197,36 @@ pub fn snmp(netns: &Netns) -> HashMap<String, u64> {
             }
         }
     }
+    for line in text6.lines() {
+        if let Some((name, value)) = line.split_once(char::is_whitespace)
+            && let Ok(value) = value.trim().parse()
+        {
+            counters.insert(name.to_owned(), value);
+        }
+    }
     counters
 }
 
-/// The counters that count packets dropped for a bad checksum.
-pub const CHECKSUM_ERROR_COUNTERS: [&str; 4] =
-    ["Ip.InHdrErrors", "Tcp.InCsumErrors", "Udp.InCsumErrors", "Icmp.InCsumErrors"];
+/// The counters that count packets dropped for a bad checksum (TCP counts both
+/// families in one counter; UDP and ICMP have IPv6 counters of their own).
+pub const CHECKSUM_ERROR_COUNTERS: [&str; 6] = [
+    "Ip.InHdrErrors",
+    "Tcp.InCsumErrors",
+    "Udp.InCsumErrors",
+    "Icmp.InCsumErrors",
+    "Udp6InCsumErrors",
+    "Icmp6InCsumErrors",
+];
 
 /// The checksum error counters of `netns`, in [`CHECKSUM_ERROR_COUNTERS`] order.
-pub fn checksum_errors(netns: &Netns) -> [u64; 4] {
+pub fn checksum_errors(netns: &Netns) -> [u64; 6] {
     let counters = snmp(netns);
     CHECKSUM_ERROR_COUNTERS
         .map(|name| *counters.get(name).unwrap_or_else(|| panic!("{name} missing from /proc/net/snmp")))
 }
 
 /// Panics if a checksum error counter of `netns` rose above `baseline`.
-pub fn assert_no_checksum_errors_since(netns: &Netns, baseline: [u64; 4]) {
+pub fn assert_no_checksum_errors_since(netns: &Netns, baseline: [u64; 6]) {
     let now = checksum_errors(netns);
     for ((name, before), after) in CHECKSUM_ERROR_COUNTERS.iter().zip(baseline).zip(now) {
         assert_eq!(
@@ -256,39 +273,35 @@ pub fn send_raw_frame(netns: &Netns, iface: &str, frame: &[u8]) {
 
 /// Proves that `receiver` verifies UDP checksums in software on this path: a datagram
 /// with a deliberately wrong checksum, sent from `sender`'s `iface`, must raise the
-/// receiver's Udp.InCsumErrors. Without this, "no checksum errors" could mean "no
-/// checksums checked". Take the baseline for [`assert_no_checksum_errors_since`] after it.
+/// receiver's UDP checksum error counter. Without this, "no checksum errors" could mean
+/// "no checksums checked". Take the baseline for [`assert_no_checksum_errors_since`]
+/// after it.
 pub fn assert_receiver_verifies_checksums(
     sender: &Netns,
     iface: &str,
     dst_mac: [u8; 6],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+    src: IpAddr,
+    dst: IpAddr,
     receiver: &Netns,
 ) {
-    use crate::packet::{Ipv4Spec, Transport};
-    let spec = Ipv4Spec::new(
-        src,
-        dst,
-        Transport::Udp { src_port: 9, dst_port: 9, payload: b"bad checksum probe".to_vec(), zero_checksum: false },
-    );
+    use crate::packet::{IpSpec, Transport};
+    let payload = b"bad checksum probe".to_vec();
+    let spec = IpSpec::new(src, dst, Transport::Udp { src_port: 9, dst_port: 9, payload, zero_checksum: false });
     let mut frame = spec.frame();
     frame[..6].copy_from_slice(&dst_mac);
     frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0xee, 0xee]);
-    let udp_check = crate::packet::ETH_LEN + 20 + 6;
-    frame[udp_check] ^= 0x5a; // break the UDP checksum, keep the IPv4 header valid
-    let before = snmp(receiver)["Udp.InCsumErrors"];
+    let ip_header = if src.is_ipv4() { 20 } else { 40 };
+    let udp_check = spec.l3_offset() + ip_header + 6;
+    frame[udp_check] ^= 0x5a; // break the UDP checksum, keep the IP header valid
+    let counter = if src.is_ipv4() { "Udp.InCsumErrors" } else { "Udp6InCsumErrors" };
+    let before = snmp(receiver)[counter];
     send_raw_frame(sender, iface, &frame);
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let after = snmp(receiver)["Udp.InCsumErrors"];
-        if after > before {
-            return;
-        }
+    while snmp(receiver)[counter] == before {
         assert!(
             std::time::Instant::now() < deadline,
-            "{} did not count a datagram with a bad UDP checksum: it does not verify checksums in software, \
-             so this test could not see corruption",
+            "{} did not count a datagram with a bad UDP checksum ({counter}): it does not verify checksums \
+             in software, so this test could not see corruption",
             receiver.name()
         );
         std::thread::sleep(Duration::from_millis(20));

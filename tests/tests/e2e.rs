@@ -4,7 +4,7 @@
 //! and their /proc/net/snmp checksum error counters must not move.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     path::Path,
     time::{Duration, Instant},
 };
@@ -25,12 +25,12 @@ const C_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 0x03];
 const MC_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x04];
 const MB_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x05];
 
-fn ip(text: &str) -> Ipv4Addr {
+fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address parses")
 }
 
-fn sock(addr: &str, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(ip(addr), port)
+fn sock(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(addr), port)
 }
 
 /// Host A (10.100.0.1, runs rewrite on `va`) and host B (10.100.0.2) on one veth
@@ -45,6 +45,17 @@ const A_REAL: &str = "10.100.0.1";
 const B_REAL: &str = "10.100.0.2";
 const B_VIRTUAL: &str = "10.200.0.2";
 
+/// The same hosts in IPv6.
+struct Family {
+    any: &'static str,
+    a_real: &'static str,
+    b_real: &'static str,
+    b_virtual: &'static str,
+}
+
+const V4: Family = Family { any: "0.0.0.0", a_real: A_REAL, b_real: B_REAL, b_virtual: B_VIRTUAL };
+const V6: Family = Family { any: "::", a_real: "2001:db8:100::1", b_real: "2001:db8:100::2", b_virtual: "fd00:200::2" };
+
 fn two_hosts() -> TwoHosts {
     let a = Netns::new("a");
     let b = Netns::new("b");
@@ -55,6 +66,10 @@ fn two_hosts() -> TwoHosts {
         "10.100.0.2/24",
     );
     a.ip(&["route", "add", "10.200.0.0/24", "via", B_REAL]);
+    // nodad: the addresses are usable at once, instead of after duplicate detection.
+    a.ip(&["addr", "add", "2001:db8:100::1/64", "dev", "va", "nodad"]);
+    b.ip(&["addr", "add", "2001:db8:100::2/64", "dev", "vb", "nodad"]);
+    a.ip(&["route", "add", "fd00:200::/64", "via", V6.b_real]);
     a.offload("va", false, false);
     b.offload("vb", false, false);
     TwoHosts { a, b }
@@ -72,37 +87,31 @@ fn stat(rewrite: &RewriteCli<'_>, direction: &str, outcome: &str) -> u64 {
     value[direction][outcome].as_u64().unwrap_or_else(|| panic!("{direction}.{outcome} missing in {json}"))
 }
 
-fn two_hosts_carry_tcp_and_udp_both_ways(ingress: &str) {
+fn two_hosts_carry_tcp_and_udp_both_ways(ingress: &str, family: &Family) {
     let hosts = two_hosts();
     let rewrite = RewriteCli::new(&hosts.a);
     let attached = rewrite.ok(&["attach", "--iface", "va", "--ingress", ingress]);
     assert!(attached.contains(&format!("(ingress: {ingress}, ")), "attach reported {attached:?}");
-    rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+    rewrite.ok(&["map", "add", family.b_virtual, family.b_real]);
 
     // Both receivers must really check checksums, or "no errors" proves nothing.
-    assert_receiver_verifies_checksums(&hosts.a, "va", B_MAC, ip(A_REAL), ip(B_REAL), &hosts.b);
-    assert_receiver_verifies_checksums(&hosts.b, "vb", A_MAC, ip(B_REAL), ip(A_REAL), &hosts.a);
+    assert_receiver_verifies_checksums(&hosts.a, "va", B_MAC, ip(family.a_real), ip(family.b_real), &hosts.b);
+    assert_receiver_verifies_checksums(&hosts.b, "vb", A_MAC, ip(family.b_real), ip(family.a_real), &hosts.a);
     let (errors_a, errors_b) = (checksum_errors(&hosts.a), checksum_errors(&hosts.b));
 
     // A connects to B's VIRTUAL address; B sees A's real address.
-    let report = tcp_exchange(&hosts.b, sock("0.0.0.0", 7000), &hosts.a, sock(B_VIRTUAL, 7000), MIB);
-    assert_eq!(report.client_seen_by_server.ip(), ip(A_REAL), "B must see A's own address");
+    let report = tcp_exchange(&hosts.b, sock(family.any, 7000), &hosts.a, sock(family.b_virtual, 7000), MIB);
+    assert_eq!(report.client_seen_by_server.ip(), ip(family.a_real), "B must see A's own address");
     // B connects to A, which sees B under its VIRTUAL address.
-    let report = tcp_exchange(&hosts.a, sock("0.0.0.0", 7001), &hosts.b, sock(A_REAL, 7001), MIB);
-    assert_eq!(report.client_seen_by_server.ip(), ip(B_VIRTUAL), "A must see B as VIRTUAL");
+    let report = tcp_exchange(&hosts.a, sock(family.any, 7001), &hosts.b, sock(family.a_real, 7001), MIB);
+    assert_eq!(report.client_seen_by_server.ip(), ip(family.b_virtual), "A must see B as VIRTUAL");
 
-    let udp = udp_echo(&hosts.b, sock("0.0.0.0", 7002), &hosts.a, sock(B_VIRTUAL, 7002), 100, Duration::from_secs(2));
+    let wait = Duration::from_secs(2);
+    let udp = udp_echo(&hosts.b, sock(family.any, 7002), &hosts.a, sock(family.b_virtual, 7002), 100, wait);
     assert_eq!(udp.echoed, 100, "every UDP datagram must come back: {udp:?}");
-    assert!(
-        udp.server_sources.iter().all(|source| source.ip() == ip(A_REAL)),
-        "B saw sources {:?}",
-        udp.server_sources
-    );
-    assert!(
-        udp.echo_sources.iter().all(|source| source.ip() == ip(B_VIRTUAL)),
-        "A saw echoes from {:?}",
-        udp.echo_sources
-    );
+    let (a_real, b_virtual) = (ip(family.a_real), ip(family.b_virtual));
+    assert!(udp.server_sources.iter().all(|source| source.ip() == a_real), "B saw sources {:?}", udp.server_sources);
+    assert!(udp.echo_sources.iter().all(|source| source.ip() == b_virtual), "A saw echoes from {:?}", udp.echo_sources);
 
     assert_no_checksum_errors_since(&hosts.a, errors_a);
     assert_no_checksum_errors_since(&hosts.b, errors_b);
@@ -114,17 +123,27 @@ fn two_hosts_carry_tcp_and_udp_both_ways(ingress: &str) {
 
 #[test]
 fn two_hosts_with_xdp_ingress() {
-    two_hosts_carry_tcp_and_udp_both_ways("xdp");
+    two_hosts_carry_tcp_and_udp_both_ways("xdp", &V4);
 }
 
 #[test]
 fn two_hosts_with_tc_ingress() {
-    two_hosts_carry_tcp_and_udp_both_ways("tc");
+    two_hosts_carry_tcp_and_udp_both_ways("tc", &V4);
 }
 
 #[test]
 fn two_hosts_with_generic_xdp_ingress() {
-    two_hosts_carry_tcp_and_udp_both_ways("xdp-skb");
+    two_hosts_carry_tcp_and_udp_both_ways("xdp-skb", &V4);
+}
+
+#[test]
+fn two_ipv6_hosts_with_xdp_ingress() {
+    two_hosts_carry_tcp_and_udp_both_ways("xdp", &V6);
+}
+
+#[test]
+fn two_ipv6_hosts_with_tc_ingress() {
+    two_hosts_carry_tcp_and_udp_both_ways("tc", &V6);
 }
 
 /// C (10.1.0.2) -- M (router, rewrite on its B-facing `mb`) -- B (10.2.0.2). C knows B
@@ -191,7 +210,7 @@ fn router_rewrites_forwarded_partial_checksum_packets() {
 }
 
 /// Whether a datagram sent from `sender` to `target` reaches `receiver` within `wait`.
-fn udp_arrives(sender: &UdpSocket, target: SocketAddrV4, receiver: &UdpSocket, wait: Duration) -> bool {
+fn udp_arrives(sender: &UdpSocket, target: SocketAddr, receiver: &UdpSocket, wait: Duration) -> bool {
     // Drain anything late from an earlier step, so only this datagram counts.
     receiver.set_nonblocking(true).expect("nonblocking");
     let mut buffer = [0; 64];
@@ -333,7 +352,7 @@ fn cli_rejects_bad_input_with_clear_errors_and_changes_nothing() {
             assert!(error.contains("is not a valid interface name"), "{command} --iface {name:?}: {error}");
         }
     }
-    assert!(rewrite.pins().path().join("maps/V4_FORWARD").exists(), "a bad detach must not touch the table");
+    assert!(rewrite.pins().path().join("maps/ADDR_FORWARD").exists(), "a bad detach must not touch the table");
 
     // Only root may touch the dataplane, and it is told so.
     let as_nobody = hosts
@@ -387,9 +406,13 @@ fn pins_are_root_only() {
             std::fs::metadata(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display())).permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{} must be root-only, is {:o}", dir.display(), mode & 0o777);
     }
-    for pin in
-        ["maps/V4_FORWARD", "maps/V4_REVERSE", "maps/COUNTERS", "ifaces/va/egress_tc_link", "ifaces/va/ingress_tc_prog"]
-    {
+    for pin in [
+        "maps/ADDR_FORWARD",
+        "maps/ADDR_REVERSE",
+        "maps/COUNTERS",
+        "ifaces/va/egress_tc_link",
+        "ifaces/va/ingress_tc_prog",
+    ] {
         let path = root.join(pin);
         let mode =
             std::fs::metadata(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display())).permissions().mode();

@@ -3,7 +3,7 @@
 //! expected one, checks its checksums by full recomputation, and checks that exactly
 //! the expected outcome counter moved.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use aya::{
     Ebpf,
@@ -12,11 +12,14 @@ use aya::{
 };
 use rewrite_common::{
     counters::{self, EGRESS, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED},
-    maps::{Ipv4Key, Ipv4Value, MAP_V4_FORWARD},
+    maps::{Addr, MAP_ADDR_FORWARD},
 };
 use rewrite_tests::{
     netns::PinDir,
-    packet::{ETH_LEN, Ipv4Spec, Transport, hex, unhex, verify_checksums},
+    packet::{
+        ETH_LEN, IPV6_DESTINATION_OPTIONS, IPV6_HOP_BY_HOP, IPV6_ROUTING, IpSpec, Transport, hex, unhex,
+        verify_checksums,
+    },
 };
 use rewrite_user::{
     Error,
@@ -29,21 +32,42 @@ const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC (-1): "pass, and let the next tcx program or clsact filter run".
 const TC_NEXT: u32 = u32::MAX;
 
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address parses")
+}
+
 /// This host (unmapped), a peer's VIRTUAL and REAL, and this host's own VIRTUAL/REAL.
-fn local() -> Ipv4Addr {
-    Ipv4Addr::new(10, 100, 0, 1)
+fn local() -> IpAddr {
+    ip("10.100.0.1")
 }
-fn peer_virtual() -> Ipv4Addr {
-    Ipv4Addr::new(10, 200, 0, 2)
+fn peer_virtual() -> IpAddr {
+    ip("10.200.0.2")
 }
-fn peer_real() -> Ipv4Addr {
-    Ipv4Addr::new(10, 100, 0, 2)
+fn peer_real() -> IpAddr {
+    ip("10.100.0.2")
 }
-fn own_virtual() -> Ipv4Addr {
-    Ipv4Addr::new(10, 200, 0, 9)
+fn own_virtual() -> IpAddr {
+    ip("10.200.0.9")
 }
-fn own_real() -> Ipv4Addr {
-    Ipv4Addr::new(10, 100, 0, 9)
+fn own_real() -> IpAddr {
+    ip("10.100.0.9")
+}
+
+/// The same roles in IPv6.
+fn local6() -> IpAddr {
+    ip("2001:db8::1")
+}
+fn peer6_virtual() -> IpAddr {
+    ip("fd00::2")
+}
+fn peer6_real() -> IpAddr {
+    ip("2001:db8::2")
+}
+fn own6_virtual() -> IpAddr {
+    ip("fd00::9")
+}
+fn own6_real() -> IpAddr {
+    ip("2001:db8::9")
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +113,8 @@ impl Fixture {
         let mut table = MappingTable::open(&layout).expect("open the pinned maps");
         table.add(peer_virtual(), peer_real()).expect("add peer mapping");
         table.add(own_virtual(), own_real()).expect("add own mapping");
+        table.add(peer6_virtual(), peer6_real()).expect("add IPv6 peer mapping");
+        table.add(own6_virtual(), own6_real()).expect("add IPv6 own mapping");
         Self { _pins: pins, layout, ebpf }
     }
 
@@ -150,7 +176,7 @@ impl Fixture {
     }
 
     /// A valid packet is rewritten to `expected`, whose checksums must verify.
-    fn expect_rewrite(&self, hook: Hook, input: &Ipv4Spec, expected: &Ipv4Spec) {
+    fn expect_rewrite(&self, hook: Hook, input: &IpSpec, expected: &IpSpec) {
         let expected = expected.frame();
         verify_checksums(&expected).expect("the expected frame is valid");
         self.expect(hook, &input.frame(), &expected, REWRITTEN);
@@ -162,8 +188,8 @@ impl Fixture {
     }
 }
 
-fn all_transports(src: Ipv4Addr, dst: Ipv4Addr) -> [Ipv4Spec; 3] {
-    [Ipv4Spec::tcp(src, dst), Ipv4Spec::udp(src, dst), Ipv4Spec::icmp(src, dst)]
+fn all_transports(src: IpAddr, dst: IpAddr) -> [IpSpec; 3] {
+    [IpSpec::tcp(src, dst), IpSpec::udp(src, dst), IpSpec::icmp(src, dst)]
 }
 
 #[test]
@@ -177,8 +203,8 @@ fn egress_sends_virtual_destination_to_real() {
 #[test]
 fn egress_sends_own_virtual_source_as_real_and_both_at_once() {
     let fixture = Fixture::new();
-    for spec in all_transports(own_virtual(), Ipv4Addr::new(10, 100, 0, 77)) {
-        fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(own_real(), Ipv4Addr::new(10, 100, 0, 77)));
+    for spec in all_transports(own_virtual(), ip("10.100.0.77")) {
+        fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(own_real(), ip("10.100.0.77")));
     }
     for spec in all_transports(own_virtual(), peer_virtual()) {
         fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(own_real(), peer_real()));
@@ -201,7 +227,7 @@ fn ingress_restores_virtual_source_and_own_virtual_destination() {
 #[test]
 fn packets_matching_no_mapping_pass_byte_identical() {
     let fixture = Fixture::new();
-    let stranger = Ipv4Addr::new(192, 0, 2, 50);
+    let stranger = ip("192.0.2.50");
     for hook in Hook::ALL {
         for spec in all_transports(local(), stranger) {
             fixture.expect_unchanged(hook, &spec.frame(), NO_MATCH);
@@ -209,9 +235,9 @@ fn packets_matching_no_mapping_pass_byte_identical() {
     }
     // Each direction looks only at its own side of the table: egress never matches a
     // REAL, ingress never matches a VIRTUAL.
-    fixture.expect_unchanged(Hook::TcEgress, &Ipv4Spec::tcp(local(), peer_real()).frame(), NO_MATCH);
+    fixture.expect_unchanged(Hook::TcEgress, &IpSpec::tcp(local(), peer_real()).frame(), NO_MATCH);
     for hook in Hook::INGRESS {
-        fixture.expect_unchanged(hook, &Ipv4Spec::tcp(peer_virtual(), local()).frame(), NO_MATCH);
+        fixture.expect_unchanged(hook, &IpSpec::tcp(peer_virtual(), local()).frame(), NO_MATCH);
     }
 }
 
@@ -246,12 +272,12 @@ fn ipv4_options_move_the_transport_header() {
     // Record-route-like option bytes (type 7) padded with end-of-options, 8 and 40 bytes.
     for options in [vec![7, 7, 4, 0, 0, 0, 0, 0], vec![1; 40]] {
         for spec in all_transports(local(), peer_virtual()) {
-            let spec = Ipv4Spec { options: options.clone(), ..spec };
+            let spec = IpSpec { options: options.clone(), ..spec };
             fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local(), peer_real()));
         }
         for hook in Hook::INGRESS {
             for spec in all_transports(peer_real(), local()) {
-                let spec = Ipv4Spec { options: options.clone(), ..spec };
+                let spec = IpSpec { options: options.clone(), ..spec };
                 fixture.expect_rewrite(hook, &spec, &spec.with_addresses(peer_virtual(), local()));
             }
         }
@@ -261,7 +287,7 @@ fn ipv4_options_move_the_transport_header() {
 #[test]
 fn zero_udp_checksum_stays_zero_and_computed_zero_is_sent_as_ffff() {
     let fixture = Fixture::new();
-    let zero = Ipv4Spec::new(
+    let zero = IpSpec::new(
         peer_real(),
         local(),
         Transport::Udp { src_port: 53, dst_port: 5353, payload: b"no checksum".to_vec(), zero_checksum: true },
@@ -278,7 +304,7 @@ fn zero_udp_checksum_stays_zero_and_computed_zero_is_sent_as_ffff() {
     let spec = (0..=u16::MAX)
         .map(|tweak| {
             let payload = [b"edge".as_slice(), &tweak.to_be_bytes()].concat();
-            Ipv4Spec::new(
+            IpSpec::new(
                 peer_real(),
                 local(),
                 Transport::Udp { src_port: 7, dst_port: 7, payload, zero_checksum: false },
@@ -296,10 +322,10 @@ fn non_first_fragments_get_addresses_rewritten_and_payload_untouched() {
     let fixture = Fixture::new();
     // A middle fragment of a UDP datagram: its first bytes look like a UDP header but
     // are payload, and must not be "fixed".
-    let fragment = Ipv4Spec {
+    let fragment = IpSpec {
         fragment_offset: 185,
         more_fragments: true,
-        ..Ipv4Spec::new(peer_real(), local(), Transport::Raw { protocol: 17, bytes: (0..64).collect() })
+        ..IpSpec::new(peer_real(), local(), Transport::Raw { protocol: 17, bytes: (0..64).collect() })
     };
     for hook in Hook::INGRESS {
         fixture.expect_rewrite(hook, &fragment, &fragment.with_addresses(peer_virtual(), local()));
@@ -313,9 +339,9 @@ fn unsupported_packets_pass_byte_identical() {
     let arp = unhex("ffffffffffff020000000001080600010800060400010200000000010a6400010000000000000a640002");
     // GRE (47) to a mapped address: other protocols may carry pseudo-header checksums.
     let gre =
-        Ipv4Spec::new(local(), peer_virtual(), Transport::Raw { protocol: 47, bytes: vec![0, 0, 0x08, 0, 1, 2, 3, 4] });
+        IpSpec::new(local(), peer_virtual(), Transport::Raw { protocol: 47, bytes: vec![0, 0, 0x08, 0, 1, 2, 3, 4] });
     let gre_in =
-        Ipv4Spec::new(peer_real(), local(), Transport::Raw { protocol: 47, bytes: vec![0, 0, 0x08, 0, 1, 2, 3, 4] });
+        IpSpec::new(peer_real(), local(), Transport::Raw { protocol: 47, bytes: vec![0, 0, 0x08, 0, 1, 2, 3, 4] });
     for hook in Hook::ALL {
         fixture.expect_unchanged(hook, &arp, UNSUPPORTED);
     }
@@ -329,11 +355,11 @@ fn unsupported_packets_pass_byte_identical() {
 fn truncated_and_inconsistent_packets_pass_byte_identical() {
     let fixture = Fixture::new();
     for (hook, spec) in [
-        (Hook::TcEgress, Ipv4Spec::tcp(local(), peer_virtual())),
-        (Hook::TcEgress, Ipv4Spec::udp(local(), peer_virtual())),
-        (Hook::XdpIngress, Ipv4Spec::tcp(peer_real(), local())),
-        (Hook::XdpIngress, Ipv4Spec::udp(peer_real(), local())),
-        (Hook::TcIngress, Ipv4Spec::icmp(peer_real(), local())),
+        (Hook::TcEgress, IpSpec::tcp(local(), peer_virtual())),
+        (Hook::TcEgress, IpSpec::udp(local(), peer_virtual())),
+        (Hook::XdpIngress, IpSpec::tcp(peer_real(), local())),
+        (Hook::XdpIngress, IpSpec::udp(peer_real(), local())),
+        (Hook::TcIngress, IpSpec::icmp(peer_real(), local())),
     ] {
         let frame = spec.frame();
         // Every cut up to one byte short: the IPv4 total length then claims more than
@@ -348,9 +374,9 @@ fn truncated_and_inconsistent_packets_pass_byte_identical() {
     for hook in Hook::ALL {
         // A TCP packet that this hook would rewrite, were it well-formed.
         let base = if hook == Hook::TcEgress {
-            Ipv4Spec::tcp(local(), peer_virtual())
+            IpSpec::tcp(local(), peer_virtual())
         } else {
-            Ipv4Spec::tcp(peer_real(), local())
+            IpSpec::tcp(peer_real(), local())
         };
         let base = base.frame();
         let mut bad = Vec::new();
@@ -393,7 +419,7 @@ fn ethernet_padding_after_the_datagram_is_kept_and_ignored() {
             ((peer_real(), local()), (peer_virtual(), local()))
         };
         let payload = Transport::Udp { src_port: 1, dst_port: 2, payload: vec![], zero_checksum: false };
-        let spec = Ipv4Spec::new(input.0, input.1, payload);
+        let spec = IpSpec::new(input.0, input.1, payload);
         let mut input_frame = spec.frame();
         let mut expected = spec.with_addresses(output.0, output.1).frame();
         // Short frames are padded to 60 bytes on the wire; the padding is not IP payload
@@ -406,23 +432,21 @@ fn ethernet_padding_after_the_datagram_is_kept_and_ignored() {
 
 #[test]
 fn a_full_table_is_an_error_and_the_table_stays_as_it_was() {
-    // Room for the two mappings the fixture adds, and no more.
-    let fixture = Fixture::with_capacity(Some(2));
+    // Room for the four mappings the fixture adds, and no more.
+    let fixture = Fixture::with_capacity(Some(4));
     let mut table = fixture.table();
     let before = table.list().expect("list");
-    let error = table
-        .add(Ipv4Addr::new(10, 200, 0, 50), Ipv4Addr::new(10, 100, 0, 50))
-        .expect_err("a third mapping must not fit");
-    assert!(matches!(error, Error::TableFull { capacity: 2 }), "expected TableFull, got {error:?}");
-    assert!(error.to_string().contains("full (2 mappings)"), "unclear message: {error}");
+    let error = table.add(ip("10.200.0.50"), ip("10.100.0.50")).expect_err("a third mapping must not fit");
+    assert!(matches!(error, Error::TableFull { capacity: 4 }), "expected TableFull, got {error:?}");
+    assert!(error.to_string().contains("full (4 mappings)"), "unclear message: {error}");
     assert_eq!(table.list().expect("list"), before, "a failed add must leave the table as it was");
     // Retargeting an existing mapping needs the old REAL freed first; at capacity it
     // is refused rather than half-applied.
-    let retarget = table.add(peer_virtual(), Ipv4Addr::new(10, 100, 0, 51));
+    let retarget = table.add(peer_virtual(), ip("10.100.0.51"));
     assert!(matches!(retarget, Err(Error::TableFull { .. })), "retarget at capacity: {retarget:?}");
     assert_eq!(table.list().expect("list"), before, "a failed retarget must leave the table as it was");
     // The dataplane still rewrites with the table it has.
-    let spec = Ipv4Spec::tcp(local(), peer_virtual());
+    let spec = IpSpec::tcp(local(), peer_virtual());
     fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local(), peer_real()));
 }
 
@@ -431,11 +455,11 @@ fn half_applied_entries_are_listed_and_repaired() {
     let fixture = Fixture::new();
     // Simulate a `map del` killed between its two writes: the forward entry is gone,
     // the reverse one is left.
-    let path = fixture.layout.map(MAP_V4_FORWARD);
-    let mut forward: HashMap<MapData, Ipv4Key, Ipv4Value> =
+    let path = fixture.layout.map(MAP_ADDR_FORWARD);
+    let mut forward: HashMap<MapData, Addr, Addr> =
         HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).expect("open pin")).expect("map"))
             .expect("hash map");
-    forward.remove(&Ipv4Key::from(peer_virtual())).expect("remove forward entry");
+    forward.remove(&Addr::from(peer_virtual())).expect("remove forward entry");
 
     let mut table = fixture.table();
     let listing = table.list().expect("list");
@@ -443,16 +467,140 @@ fn half_applied_entries_are_listed_and_repaired() {
     assert_eq!(listing.orphans, vec![orphan], "the reverse-only entry must be reported");
     assert!(!listing.mappings.contains(&orphan));
     // The orphan does not block a new owner of REAL, which replaces it.
-    let newcomer = Ipv4Addr::new(10, 200, 0, 60);
+    let newcomer = ip("10.200.0.60");
     table.add(newcomer, peer_real()).expect("REAL held only by an orphan is free");
     assert_eq!(table.list().expect("list").orphans, vec![], "the add must clear the orphan");
-    let spec = Ipv4Spec::tcp(peer_real(), local());
+    let spec = IpSpec::tcp(peer_real(), local());
     fixture.expect_rewrite(Hook::TcIngress, &spec, &spec.with_addresses(newcomer, local()));
 
     // And `del` of an orphan's VIRTUAL removes it.
-    forward.remove(&Ipv4Key::from(newcomer)).expect("remove forward entry");
+    forward.remove(&Addr::from(newcomer)).expect("remove forward entry");
     assert_eq!(table.remove_mapping(newcomer).expect("del orphan"), Removed::Orphan(peer_real()));
     assert_eq!(table.list().expect("list").orphans, vec![]);
     fixture.expect_unchanged(Hook::TcIngress, &spec.frame(), NO_MATCH);
     assert!(matches!(table.remove_mapping(newcomer), Err(Error::NoSuchMapping { .. })));
+}
+
+#[test]
+fn ipv6_tcp_udp_and_icmpv6_are_rewritten_in_both_directions() {
+    let fixture = Fixture::new();
+    for spec in all_transports(local6(), peer6_virtual()) {
+        fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local6(), peer6_real()));
+    }
+    for spec in all_transports(own6_virtual(), peer6_virtual()) {
+        fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(own6_real(), peer6_real()));
+    }
+    for hook in Hook::INGRESS {
+        for spec in all_transports(peer6_real(), local6()) {
+            fixture.expect_rewrite(hook, &spec, &spec.with_addresses(peer6_virtual(), local6()));
+        }
+        for spec in all_transports(peer6_real(), own6_real()) {
+            fixture.expect_rewrite(hook, &spec, &spec.with_addresses(peer6_virtual(), own6_virtual()));
+        }
+        for spec in all_transports(local6(), ip("2001:db8::77")) {
+            fixture.expect_unchanged(hook, &spec.frame(), NO_MATCH);
+        }
+    }
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let fixture = Fixture::new();
+    // Hop-by-hop (a PadN option) and destination options, 8 and 16 bytes.
+    let extensions = vec![
+        (IPV6_HOP_BY_HOP, vec![1, 4, 0, 0, 0, 0]),
+        (IPV6_DESTINATION_OPTIONS, vec![1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    for hook in Hook::ALL {
+        let (src, dst, new_src, new_dst) = if hook == Hook::TcEgress {
+            (local6(), peer6_virtual(), local6(), peer6_real())
+        } else {
+            (peer6_real(), local6(), peer6_virtual(), local6())
+        };
+        for spec in all_transports(src, dst) {
+            let spec = IpSpec { extension_headers: extensions.clone(), ..spec };
+            fixture.expect_rewrite(hook, &spec, &spec.with_addresses(new_src, new_dst));
+        }
+        // A routing header makes the destination an intermediate hop: left alone.
+        let routed =
+            IpSpec { extension_headers: vec![(IPV6_ROUTING, vec![0, 0, 0, 0, 0, 0])], ..IpSpec::tcp(src, dst) };
+        fixture.expect_unchanged(hook, &routed.frame(), UNSUPPORTED);
+        // The first fragment carries the UDP header and gets its checksum fixed; a
+        // later one gets only its addresses rewritten.
+        let first = IpSpec { more_fragments: true, ..IpSpec::udp(src, dst) };
+        fixture.expect_rewrite(hook, &first, &first.with_addresses(new_src, new_dst));
+        let later = IpSpec {
+            fragment_offset: 100,
+            ..IpSpec::new(src, dst, Transport::Raw { protocol: 17, bytes: (0..48).collect() })
+        };
+        fixture.expect_rewrite(hook, &later, &later.with_addresses(new_src, new_dst));
+    }
+}
+
+#[test]
+fn neighbour_discovery_is_never_rewritten() {
+    let fixture = Fixture::new();
+    for kind in 133u8..=137 {
+        // An ND message between mapped addresses (as if someone mapped them).
+        let mut body = vec![kind, 0, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let spec = IpSpec::new(peer6_real(), local6(), Transport::Raw { protocol: 58, bytes: body });
+        for hook in Hook::INGRESS {
+            fixture.expect_unchanged(hook, &spec.frame(), UNSUPPORTED);
+        }
+    }
+}
+
+#[test]
+fn one_vlan_tag_is_parsed_and_kept() {
+    let fixture = Fixture::new();
+    for (src, dst, new_dst) in [(local(), peer_virtual(), peer_real()), (local6(), peer6_virtual(), peer6_real())] {
+        for spec in all_transports(src, dst) {
+            let spec = IpSpec { vlan: Some(42), ..spec };
+            fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(src, new_dst));
+        }
+    }
+    for spec in all_transports(peer_real(), local()) {
+        let spec = IpSpec { vlan: Some(4094), ..spec };
+        fixture.expect_rewrite(Hook::XdpIngress, &spec, &spec.with_addresses(peer_virtual(), local()));
+    }
+    // Two tags (802.1ad outer) are not parsed: the frame passes as it is.
+    let mut qinq = IpSpec { vlan: Some(7), ..IpSpec::tcp(peer_real(), local()) }.frame();
+    qinq[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+    for hook in Hook::INGRESS {
+        fixture.expect_unchanged(hook, &qinq, UNSUPPORTED);
+    }
+}
+
+#[test]
+fn truncated_and_inconsistent_ipv6_packets_pass_byte_identical() {
+    let fixture = Fixture::new();
+    for (hook, spec) in [
+        (Hook::TcEgress, IpSpec::tcp(local6(), peer6_virtual())),
+        (Hook::XdpIngress, IpSpec::udp(peer6_real(), local6())),
+        (Hook::TcIngress, IpSpec::icmp(peer6_real(), local6())),
+    ] {
+        let frame = spec.frame();
+        let shortest = if hook == Hook::XdpIngress { ETH_LEN } else { ETH_LEN + 40 };
+        for len in shortest..frame.len() {
+            fixture.expect_unchanged(hook, &frame[..len], MALFORMED);
+        }
+        // A payload length beyond the frame.
+        let mut long = frame.clone();
+        long[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&1000u16.to_be_bytes());
+        fixture.expect_unchanged(hook, &long, MALFORMED);
+        // Version 4 in an IPv6 ethertype.
+        let mut wrong_version = frame.clone();
+        wrong_version[ETH_LEN] = 0x40;
+        fixture.expect_unchanged(hook, &wrong_version, MALFORMED);
+    }
+    // A zero UDP checksum is left zero in IPv6 too (it is invalid there, and stays so).
+    let zero = IpSpec::new(
+        peer6_real(),
+        local6(),
+        Transport::Udp { src_port: 1, dst_port: 2, payload: b"zero".to_vec(), zero_checksum: true },
+    );
+    for hook in Hook::INGRESS {
+        fixture.expect_rewrite(hook, &zero, &zero.with_addresses(peer6_virtual(), local6()));
+    }
 }
