@@ -19,14 +19,17 @@ pub const UNSUPPORTED: u32 = 3;
 /// A checksum or store helper failed; the packet passed, possibly half rewritten.
 /// Nonzero means a bug or an exotic skb, and is worth a report.
 pub const HELPER_ERROR: u32 = 4;
-pub const OUTCOMES: u32 = 5;
+/// A non-first fragment that matched no address or prefix mapping. It carries no
+/// ports, so it could belong to a flow of a port-scoped mapping, which cannot match it.
+pub const FRAGMENT_UNMATCHED: u32 = 5;
+pub const OUTCOMES: u32 = 6;
 
 /// Total number of slots in the counters map.
 pub const SLOTS: u32 = DIRECTIONS * OUTCOMES;
 
 /// Names in index order, as shown by `rewrite stats`.
 pub const OUTCOME_NAMES: [&str; OUTCOMES as usize] =
-    ["rewritten", "no_match", "malformed", "unsupported", "helper_error"];
+    ["rewritten", "no_match", "malformed", "unsupported", "helper_error", "fragment_unmatched"];
 pub const DIRECTION_NAMES: [&str; DIRECTIONS as usize] = ["ingress", "egress"];
 
 /// The counters-map slot of an outcome in a direction.

@@ -8,3 +8,7 @@ pub mod checksum;
 pub mod counters;
 pub mod mapping;
 pub mod maps;
+#[cfg(any(test, feature = "user"))]
+pub mod model;
+#[cfg(any(test, feature = "user"))]
+pub mod spec;

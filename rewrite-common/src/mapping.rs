@@ -4,16 +4,24 @@
 //! reached at REAL. On an attached interface, egress packets have VIRTUAL replaced by
 //! REAL (in the destination, and in the source when VIRTUAL is this host's own
 //! address), and ingress packets have REAL replaced by VIRTUAL (in the source, and in
-//! the destination when REAL is this host's own address). So each direction does two
-//! lookups in one table: egress in VIRTUAL -> REAL, ingress in REAL -> VIRTUAL.
+//! the destination when REAL is this host's own address). So each direction looks both
+//! addresses of a packet up in one table: egress in VIRTUAL -> REAL, ingress in
+//! REAL -> VIRTUAL.
+//!
+//! Two kinds of mapping share that table, and the most specific one wins:
+//! 1. **port-scoped**, `VIRTUAL:PORT/PROTO -> REAL:PORT/PROTO` (one entry per port of a
+//!    range), which rewrites the address and the port of that service only;
+//! 2. **address**, `VIRTUAL -> REAL`, which rewrites the address of every packet.
 //!
 //! For that to be reversible, the table must be a bijection between disjoint sets:
-//! every REAL belongs to one VIRTUAL, and no address is both a VIRTUAL and a REAL.
-//! [`plan_add`] enforces it.
+//! every REAL endpoint belongs to one VIRTUAL, no address is both a VIRTUAL and a
+//! REAL, and an address that is the REAL of an address mapping is not also the REAL of
+//! a port-scoped one (a reply from it could not tell which VIRTUAL to restore).
+//! [`plan_add`] and [`plan_add_ports`] enforce it.
 
-use core::net::IpAddr;
+use core::{fmt, net::IpAddr};
 
-use crate::maps::Addr;
+use crate::maps::{Addr, Endpoint, IPPROTO_TCP, IPPROTO_UDP};
 
 /// The two directions, for code that is not on the packet path (the programs use the
 /// counter indices `counters::INGRESS` and `counters::EGRESS`).
@@ -35,37 +43,117 @@ impl Direction {
     }
 }
 
-/// The addresses a packet gets after the rewrite; `None` leaves the field alone.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct AddressRewrite {
-    pub new_src: Option<Addr>,
-    pub new_dst: Option<Addr>,
+/// Where one address field of a packet (with its port) goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: Addr,
+    /// The new port, big-endian; `None` leaves the port alone (an address mapping).
+    pub port: Option<[u8; 2]>,
 }
 
-impl AddressRewrite {
+/// What the rewrite does to a packet; `None` leaves that side alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Rewrite {
+    pub src: Option<Target>,
+    pub dst: Option<Target>,
+}
+
+impl Rewrite {
     #[inline(always)]
     pub const fn is_empty(&self) -> bool {
-        self.new_src.is_none() && self.new_dst.is_none()
+        self.src.is_none() && self.dst.is_none()
     }
 }
 
-/// Looks up both addresses of a packet in the table of its direction (forward on
-/// egress, reverse on ingress). The two lookups are independent: a packet between
-/// two mapped hosts has both rewritten.
+/// The transport protocol and ports of a packet that has them (TCP or UDP, and not a
+/// non-first fragment), big-endian as on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketPorts {
+    pub protocol: u8,
+    pub src: [u8; 2],
+    pub dst: [u8; 2],
+}
+
+/// Looks both sides of a packet up in the tables of its direction: the port-scoped
+/// table first (when the packet has ports), then the address table. The two sides are
+/// independent: a packet between two mapped hosts has both rewritten.
 #[inline(always)]
-pub fn plan_rewrite<F>(src: &Addr, dst: &Addr, lookup: F) -> AddressRewrite
+pub fn plan_rewrite<P, A>(src: &Addr, dst: &Addr, ports: Option<PacketPorts>, port_lookup: P, addr_lookup: A) -> Rewrite
 where
-    F: Fn(&Addr) -> Option<Addr>,
+    P: Fn(&Endpoint) -> Option<Endpoint>,
+    A: Fn(&Addr) -> Option<Addr>,
 {
-    AddressRewrite { new_src: lookup(src), new_dst: lookup(dst) }
+    let side = |addr: &Addr, port: Option<[u8; 2]>| {
+        if let (Some(ports), Some(port)) = (ports, port)
+            && let Some(target) = port_lookup(&Endpoint::new(*addr, port, ports.protocol))
+        {
+            return Some(Target { addr: target.addr, port: Some(target.port) });
+        }
+        addr_lookup(addr).map(|addr| Target { addr, port: None })
+    };
+    Rewrite { src: side(src, ports.map(|ports| ports.src)), dst: side(dst, ports.map(|ports| ports.dst)) }
+}
+
+/// A port-scoped mapping: `count` consecutive ports from `virtual_first` on
+/// `virtual_addr` go to as many consecutive ports from `real_first` on `real_addr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortMapping {
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    pub virtual_addr: IpAddr,
+    pub virtual_first: u16,
+    pub real_addr: IpAddr,
+    pub real_first: u16,
+    /// How many ports, at least 1.
+    pub count: u16,
+}
+
+impl PortMapping {
+    /// The (VIRTUAL port, REAL port) pairs of the range.
+    pub fn ports(&self) -> impl Iterator<Item = (u16, u16)> + use<> {
+        let (virtual_first, real_first) = (self.virtual_first, self.real_first);
+        (0..self.count).map(move |offset| (virtual_first + offset, real_first + offset))
+    }
+}
+
+/// An address and port in the form `ADDR:PORT/PROTO` (`[ADDR]:PORT/PROTO` for IPv6),
+/// for messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShowEndpoint(pub IpAddr, pub u16, pub u8);
+
+impl fmt::Display for ShowEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let protocol = protocol_name(self.2);
+        match self.0 {
+            IpAddr::V4(v4) => write!(f, "{v4}:{}/{protocol}", self.1),
+            IpAddr::V6(v6) => write!(f, "[{v6}]:{}/{protocol}", self.1),
+        }
+    }
+}
+
+/// "tcp", "udp", or "?" for anything else.
+pub const fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        _ => "?",
+    }
 }
 
 /// Read access to the live (or a modelled) mapping table, for validation.
 pub trait MappingView {
-    /// The REAL address of `virtual_addr`, if it is mapped.
+    /// The REAL address of `virtual_addr`, if it has an address mapping.
     fn real_of(&self, virtual_addr: IpAddr) -> Option<IpAddr>;
-    /// The VIRTUAL address whose REAL is `real_addr`, if any.
+    /// The VIRTUAL address whose address mapping has REAL `real_addr`, if any.
     fn virtual_of(&self, real_addr: IpAddr) -> Option<IpAddr>;
+    /// The REAL endpoint of a VIRTUAL endpoint, if a port-scoped mapping has it.
+    fn port_real_of(&self, protocol: u8, virtual_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)>;
+    /// The VIRTUAL endpoint of a REAL endpoint, if a port-scoped mapping has it.
+    fn port_virtual_of(&self, protocol: u8, real_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)>;
+    /// Whether some port-scoped mapping has `addr` as its REAL address.
+    fn is_port_real(&self, addr: IpAddr) -> bool;
+    /// Whether some port-scoped mapping has `addr` as its VIRTUAL address.
+    fn is_port_virtual(&self, addr: IpAddr) -> bool;
 }
 
 /// Why a mapping cannot be added.
@@ -77,6 +165,10 @@ pub enum MappingConflict {
     MixedFamilies { virtual_addr: IpAddr, real_addr: IpAddr },
     #[error("{addr} is {reason} and cannot be used in a mapping")]
     UnusableAddress { addr: IpAddr, reason: &'static str },
+    #[error("port 0 cannot be mapped")]
+    ZeroPort,
+    #[error("the port range starting at {first} with {count} ports runs past 65535")]
+    PortRangeOverflow { first: u16, count: u16 },
     #[error(
         "REAL {real} is already the target of {existing_virtual} -> {real}: ingress packets \
          from {real} could not tell which VIRTUAL to restore; delete that mapping first"
@@ -92,6 +184,27 @@ pub enum MappingConflict {
          cannot be both a VIRTUAL and a REAL"
     )]
     RealIsVirtual { real: IpAddr, its_real: IpAddr },
+    #[error("{addr} is the REAL address of a port-scoped mapping: it cannot also be a VIRTUAL")]
+    VirtualIsPortReal { addr: IpAddr },
+    #[error("{addr} is the VIRTUAL address of a port-scoped mapping: it cannot also be a REAL")]
+    RealIsPortVirtual { addr: IpAddr },
+    #[error(
+        "REAL {real} is already the REAL of a port-scoped mapping: ingress packets from it could \
+         not tell which VIRTUAL to restore"
+    )]
+    RealOverlapsPortReal { real: IpAddr },
+    #[error(
+        "REAL {real} is already the target of address mapping {existing_virtual} -> {real}: ingress \
+         packets from it could not tell which VIRTUAL to restore"
+    )]
+    PortRealOverlapsAddress { real: IpAddr, existing_virtual: IpAddr },
+    #[error("VIRTUAL {virtual_endpoint} is already mapped to {existing_real}; delete that mapping first")]
+    PortTaken { virtual_endpoint: ShowEndpoint, existing_real: ShowEndpoint },
+    #[error(
+        "REAL {real_endpoint} is already the target of {existing_virtual}: ingress packets from it \
+         could not tell which VIRTUAL to restore; delete that mapping first"
+    )]
+    RealPortTaken { real_endpoint: ShowEndpoint, existing_virtual: ShowEndpoint },
 }
 
 /// What adding a mapping does to the table, once it is known to be valid.
@@ -99,7 +212,7 @@ pub enum MappingConflict {
 pub enum AddPlan {
     /// The same mapping is already there.
     Unchanged,
-    /// VIRTUAL is new.
+    /// VIRTUAL is new (for a port range: at least one of its ports is).
     Insert,
     /// VIRTUAL was mapped to `old_real`, which is released.
     Replace { old_real: IpAddr },
@@ -129,9 +242,8 @@ fn unusable_reason(addr: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// Checks that `virtual_addr -> real_addr` keeps the table a bijection between
-/// disjoint sets, and says what adding it changes.
-pub fn plan_add(table: &impl MappingView, virtual_addr: IpAddr, real_addr: IpAddr) -> Result<AddPlan, MappingConflict> {
+/// The checks every mapping kind shares: usable addresses of one family.
+fn check_addresses(virtual_addr: IpAddr, real_addr: IpAddr) -> Result<(), MappingConflict> {
     for addr in [virtual_addr, real_addr] {
         if let Some(reason) = unusable_reason(addr) {
             return Err(MappingConflict::UnusableAddress { addr, reason });
@@ -140,14 +252,30 @@ pub fn plan_add(table: &impl MappingView, virtual_addr: IpAddr, real_addr: IpAdd
     if virtual_addr.is_ipv4() != real_addr.is_ipv4() {
         return Err(MappingConflict::MixedFamilies { virtual_addr, real_addr });
     }
+    Ok(())
+}
+
+/// Checks that the address mapping `virtual_addr -> real_addr` keeps the table a
+/// bijection between disjoint sets, and says what adding it changes.
+pub fn plan_add(table: &impl MappingView, virtual_addr: IpAddr, real_addr: IpAddr) -> Result<AddPlan, MappingConflict> {
+    check_addresses(virtual_addr, real_addr)?;
     if virtual_addr == real_addr {
         return Err(MappingConflict::SameAddress(virtual_addr));
     }
     if let Some(other_virtual) = table.virtual_of(virtual_addr) {
         return Err(MappingConflict::VirtualIsReal { virtual_addr, other_virtual });
     }
+    if table.is_port_real(virtual_addr) {
+        return Err(MappingConflict::VirtualIsPortReal { addr: virtual_addr });
+    }
     if let Some(its_real) = table.real_of(real_addr) {
         return Err(MappingConflict::RealIsVirtual { real: real_addr, its_real });
+    }
+    if table.is_port_virtual(real_addr) {
+        return Err(MappingConflict::RealIsPortVirtual { addr: real_addr });
+    }
+    if table.is_port_real(real_addr) {
+        return Err(MappingConflict::RealOverlapsPortReal { real: real_addr });
     }
     let current_real = table.real_of(virtual_addr);
     if current_real == Some(real_addr) {
@@ -162,176 +290,58 @@ pub fn plan_add(table: &impl MappingView, virtual_addr: IpAddr, real_addr: IpAdd
     })
 }
 
-/// An in-memory table with the same rules as the live maps: the reference the tests
-/// compare the kernel against, and what userspace validates a batch against.
-#[cfg(any(test, feature = "user"))]
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ModelTable {
-    forward: std::collections::BTreeMap<IpAddr, IpAddr>,
-    reverse: std::collections::BTreeMap<IpAddr, IpAddr>,
-}
-
-#[cfg(any(test, feature = "user"))]
-impl ModelTable {
-    pub fn add(&mut self, virtual_addr: IpAddr, real_addr: IpAddr) -> Result<AddPlan, MappingConflict> {
-        let plan = plan_add(self, virtual_addr, real_addr)?;
-        if let AddPlan::Replace { old_real } = plan {
-            self.reverse.remove(&old_real);
+/// Checks a port-scoped mapping against the table, port by port. Re-adding ports that
+/// are mapped the same way is allowed (`Unchanged` if all are); mapping a VIRTUAL
+/// endpoint elsewhere is not: delete it first.
+pub fn plan_add_ports(table: &impl MappingView, mapping: &PortMapping) -> Result<AddPlan, MappingConflict> {
+    let PortMapping { protocol, virtual_addr, virtual_first, real_addr, real_first, count } = *mapping;
+    check_addresses(virtual_addr, real_addr)?;
+    if virtual_first == 0 || real_first == 0 {
+        return Err(MappingConflict::ZeroPort);
+    }
+    for first in [virtual_first, real_first] {
+        if u32::from(first) + u32::from(count) - 1 > u32::from(u16::MAX) {
+            return Err(MappingConflict::PortRangeOverflow { first, count });
         }
-        self.forward.insert(virtual_addr, real_addr);
-        self.reverse.insert(real_addr, virtual_addr);
-        Ok(plan)
     }
-
-    /// Removes the mapping of `virtual_addr` and returns its REAL, if it was mapped.
-    pub fn remove(&mut self, virtual_addr: IpAddr) -> Option<IpAddr> {
-        let real = self.forward.remove(&virtual_addr)?;
-        self.reverse.remove(&real);
-        Some(real)
+    // Moving a service to another port of the same host would make the address both a
+    // VIRTUAL and a REAL; a port-scoped mapping moves a service to another host.
+    if virtual_addr == real_addr {
+        return Err(MappingConflict::SameAddress(virtual_addr));
     }
-
-    /// Mappings as (VIRTUAL, REAL), ordered by VIRTUAL.
-    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
-        self.forward.iter().map(|(v, r)| (*v, *r))
+    if let Some(other_virtual) = table.virtual_of(virtual_addr) {
+        return Err(MappingConflict::VirtualIsReal { virtual_addr, other_virtual });
     }
-
-    /// Where the reference model says a packet's addresses end up, for `direction`.
-    pub fn rewrite(&self, direction: Direction, src: IpAddr, dst: IpAddr) -> AddressRewrite {
-        let table = match direction {
-            Direction::Egress => &self.forward,
-            Direction::Ingress => &self.reverse,
-        };
-        let lookup = |key: &Addr| table.get(&IpAddr::from(*key)).map(|addr| Addr::from(*addr));
-        plan_rewrite(&Addr::from(src), &Addr::from(dst), lookup)
+    if table.is_port_real(virtual_addr) {
+        return Err(MappingConflict::VirtualIsPortReal { addr: virtual_addr });
     }
-}
-
-#[cfg(any(test, feature = "user"))]
-impl MappingView for ModelTable {
-    fn real_of(&self, virtual_addr: IpAddr) -> Option<IpAddr> {
-        self.forward.get(&virtual_addr).copied()
+    if table.is_port_virtual(real_addr) {
+        return Err(MappingConflict::RealIsPortVirtual { addr: real_addr });
     }
-    fn virtual_of(&self, real_addr: IpAddr) -> Option<IpAddr> {
-        self.reverse.get(&real_addr).copied()
+    if let Some(its_real) = table.real_of(real_addr) {
+        return Err(MappingConflict::RealIsVirtual { real: real_addr, its_real });
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(text: &str) -> IpAddr {
-        text.parse().expect("test address parses")
+    if let Some(existing_virtual) = table.virtual_of(real_addr) {
+        return Err(MappingConflict::PortRealOverlapsAddress { real: real_addr, existing_virtual });
     }
-
-    #[test]
-    fn egress_rewrites_virtual_destination_and_own_virtual_source() {
-        let mut table = ModelTable::default();
-        table.add(ip("10.200.0.2"), ip("10.100.0.2")).expect("valid mapping");
-        table.add(ip("10.200.0.1"), ip("10.100.0.1")).expect("valid mapping");
-        let out = table.rewrite(Direction::Egress, ip("10.200.0.1"), ip("10.200.0.2"));
-        assert_eq!(out.new_src, Some(Addr::from(ip("10.100.0.1"))));
-        assert_eq!(out.new_dst, Some(Addr::from(ip("10.100.0.2"))));
-        // Egress never looks at REAL addresses.
-        let out = table.rewrite(Direction::Egress, ip("10.100.0.1"), ip("10.100.0.2"));
-        assert!(out.is_empty(), "egress must not touch REAL addresses: {out:?}");
-    }
-
-    #[test]
-    fn ingress_restores_virtual_for_real_source_and_own_real_destination() {
-        let mut table = ModelTable::default();
-        table.add(ip("10.200.0.2"), ip("10.100.0.2")).expect("valid mapping");
-        let out = table.rewrite(Direction::Ingress, ip("10.100.0.2"), ip("10.100.0.9"));
-        assert_eq!(out, AddressRewrite { new_src: Some(Addr::from(ip("10.200.0.2"))), new_dst: None });
-        let out = table.rewrite(Direction::Ingress, ip("10.100.0.9"), ip("10.100.0.2"));
-        assert_eq!(out, AddressRewrite { new_src: None, new_dst: Some(Addr::from(ip("10.200.0.2"))) });
-        let out = table.rewrite(Direction::Ingress, ip("10.200.0.2"), ip("10.100.0.9"));
-        assert!(out.is_empty(), "ingress must not touch VIRTUAL addresses: {out:?}");
-    }
-
-    #[test]
-    fn add_rejects_conflicts_with_the_conflicting_mapping_named() {
-        let mut table = ModelTable::default();
-        table.add(ip("10.200.0.2"), ip("10.100.0.2")).expect("valid mapping");
-        assert_eq!(
-            table.add(ip("10.200.0.3"), ip("10.100.0.2")),
-            Err(MappingConflict::RealTaken { real: ip("10.100.0.2"), existing_virtual: ip("10.200.0.2") })
-        );
-        assert_eq!(
-            table.add(ip("10.100.0.2"), ip("10.100.0.7")),
-            Err(MappingConflict::VirtualIsReal { virtual_addr: ip("10.100.0.2"), other_virtual: ip("10.200.0.2") })
-        );
-        assert_eq!(
-            table.add(ip("10.200.0.9"), ip("10.200.0.2")),
-            Err(MappingConflict::RealIsVirtual { real: ip("10.200.0.2"), its_real: ip("10.100.0.2") })
-        );
-        assert_eq!(table.add(ip("10.1.1.1"), ip("10.1.1.1")), Err(MappingConflict::SameAddress(ip("10.1.1.1"))));
-        for bad in ["0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "169.254.1.1"] {
-            assert!(
-                matches!(table.add(ip(bad), ip("10.9.9.9")), Err(MappingConflict::UnusableAddress { .. })),
-                "{bad} must be rejected as VIRTUAL"
-            );
-            assert!(
-                matches!(table.add(ip("10.9.9.9"), ip(bad)), Err(MappingConflict::UnusableAddress { .. })),
-                "{bad} must be rejected as REAL"
-            );
+    let mut all_present = true;
+    for (virtual_port, real_port) in mapping.ports() {
+        match table.port_real_of(protocol, virtual_addr, virtual_port) {
+            Some(existing) if existing == (real_addr, real_port) => continue,
+            Some((existing_addr, existing_port)) => {
+                return Err(MappingConflict::PortTaken {
+                    virtual_endpoint: ShowEndpoint(virtual_addr, virtual_port, protocol),
+                    existing_real: ShowEndpoint(existing_addr, existing_port, protocol),
+                });
+            }
+            None => all_present = false,
         }
-        // Nothing of the rejected adds reached the table.
-        assert_eq!(table.iter().collect::<Vec<_>>(), vec![(ip("10.200.0.2"), ip("10.100.0.2"))]);
-    }
-
-    #[test]
-    fn re_adding_is_unchanged_and_retargeting_releases_the_old_real() {
-        let mut table = ModelTable::default();
-        assert_eq!(table.add(ip("10.200.0.2"), ip("10.100.0.2")), Ok(AddPlan::Insert));
-        assert_eq!(table.add(ip("10.200.0.2"), ip("10.100.0.2")), Ok(AddPlan::Unchanged));
-        assert_eq!(table.add(ip("10.200.0.2"), ip("10.100.0.3")), Ok(AddPlan::Replace { old_real: ip("10.100.0.2") }));
-        assert_eq!(table.virtual_of(ip("10.100.0.2")), None, "the old REAL must be released");
-        // ... so another VIRTUAL may now take it.
-        assert_eq!(table.add(ip("10.200.0.4"), ip("10.100.0.2")), Ok(AddPlan::Insert));
-        assert_eq!(table.remove(ip("10.200.0.2")), Some(ip("10.100.0.3")));
-        assert_eq!(table.virtual_of(ip("10.100.0.3")), None);
-    }
-}
-
-#[cfg(test)]
-mod ipv6_tests {
-    use super::*;
-
-    fn ip(text: &str) -> IpAddr {
-        text.parse().expect("test address parses")
-    }
-
-    #[test]
-    fn ipv6_mappings_follow_the_same_rules_and_never_mix_families() {
-        let mut table = ModelTable::default();
-        table.add(ip("fd00::5"), ip("2001:db8::5")).expect("valid IPv6 mapping");
-        let out = table.rewrite(Direction::Egress, ip("2001:db8::1"), ip("fd00::5"));
-        assert_eq!(out.new_dst, Some(Addr::from(ip("2001:db8::5"))));
-        assert_eq!(
-            table.add(ip("fd00::6"), ip("10.0.0.6")),
-            Err(MappingConflict::MixedFamilies { virtual_addr: ip("fd00::6"), real_addr: ip("10.0.0.6") })
-        );
-        for bad in ["::", "::1", "ff02::1", "fe80::1", "::ffff:10.0.0.1"] {
-            assert!(
-                matches!(table.add(ip(bad), ip("2001:db8::9")), Err(MappingConflict::UnusableAddress { .. })),
-                "{bad} must be rejected"
-            );
+        if let Some((existing_addr, existing_port)) = table.port_virtual_of(protocol, real_addr, real_port) {
+            return Err(MappingConflict::RealPortTaken {
+                real_endpoint: ShowEndpoint(real_addr, real_port, protocol),
+                existing_virtual: ShowEndpoint(existing_addr, existing_port, protocol),
+            });
         }
-        // An IPv4 mapping and an IPv6 one live side by side in one table.
-        table.add(ip("10.200.0.2"), ip("10.100.0.2")).expect("valid IPv4 mapping");
-        assert_eq!(table.iter().count(), 2);
     }
-
-    #[test]
-    fn ipv4_keys_are_ipv4_mapped_and_round_trip() {
-        let v4 = ip("192.0.2.7");
-        let key = Addr::from(v4);
-        assert!(key.is_v4());
-        assert_eq!(key.v4(), [192, 0, 2, 7]);
-        assert_eq!(IpAddr::from(key), v4);
-        let v6 = ip("2001:db8::7");
-        assert!(!Addr::from(v6).is_v4());
-        assert_eq!(IpAddr::from(Addr::from(v6)), v6);
-    }
+    Ok(if all_present { AddPlan::Unchanged } else { AddPlan::Insert })
 }

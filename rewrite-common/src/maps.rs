@@ -9,6 +9,10 @@
 pub const MAP_ADDR_FORWARD: &str = "ADDR_FORWARD";
 /// Name of the hash map REAL -> VIRTUAL, looked up on ingress.
 pub const MAP_ADDR_REVERSE: &str = "ADDR_REVERSE";
+/// Name of the hash map VIRTUAL:PORT/PROTO -> REAL:PORT/PROTO, looked up on egress.
+pub const MAP_PORT_FORWARD: &str = "PORT_FORWARD";
+/// Name of the hash map REAL:PORT/PROTO -> VIRTUAL:PORT/PROTO, looked up on ingress.
+pub const MAP_PORT_REVERSE: &str = "PORT_REVERSE";
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
@@ -70,10 +74,38 @@ impl Addr {
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
 const _: () = assert!(core::mem::align_of::<Addr>() == 1);
 
+/// One side of a port-scoped mapping, for one port: the key and the value of the
+/// port maps. A range mapping is stored as one entry per port, so every lookup stays a
+/// single O(1) hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub addr: Addr,
+    /// The port, big-endian as on the wire.
+    pub port: [u8; 2],
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub protocol: u8,
+    /// Always zero, so that equal endpoints hash equally.
+    pub reserved: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
+const _: () = assert!(core::mem::align_of::<Endpoint>() == 1);
+
+impl Endpoint {
+    #[inline(always)]
+    pub const fn new(addr: Addr, port: [u8; 2], protocol: u8) -> Self {
+        Self { addr, port, protocol, reserved: 0 }
+    }
+}
+
 // SAFETY: a repr(C) array of u8: every bit pattern is valid and there is no padding
 // (checked by the const asserts above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Addr {}
+// SAFETY: as above: repr(C), only u8 fields, no padding (size asserted).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Endpoint {}
 
 #[cfg(any(test, feature = "user"))]
 mod std_conversions {

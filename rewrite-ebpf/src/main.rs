@@ -29,7 +29,7 @@ pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
 }
 
 fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
-    rewrite_and_count(&mut XdpPacket::new(ctx), INGRESS)?;
+    rewrite_and_count::<_, INGRESS>(&mut XdpPacket::new(ctx))?;
     Ok(xdp_action::XDP_PASS)
 }
 
@@ -40,17 +40,17 @@ fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
 /// Ingress where XDP cannot see partial checksums (veth and other virtual devices).
 #[classifier]
 pub fn rewrite_tc_ingress(ctx: TcContext) -> i32 {
-    try_rewrite_tc(ctx, INGRESS).unwrap_or(TC_ACT_UNSPEC)
+    try_rewrite_tc::<INGRESS>(ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
 /// Egress on every attached device.
 #[classifier]
 pub fn rewrite_tc_egress(ctx: TcContext) -> i32 {
-    try_rewrite_tc(ctx, EGRESS).unwrap_or(TC_ACT_UNSPEC)
+    try_rewrite_tc::<EGRESS>(ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
-fn try_rewrite_tc(mut ctx: TcContext, direction: u32) -> Result<i32, ()> {
-    rewrite_and_count(&mut TcPacket::new(&mut ctx), direction)?;
+fn try_rewrite_tc<const DIRECTION: u32>(mut ctx: TcContext) -> Result<i32, ()> {
+    rewrite_and_count::<_, DIRECTION>(&mut TcPacket::new(&mut ctx))?;
     Ok(TC_ACT_UNSPEC)
 }
 

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use rewrite_common::{
     counters,
-    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS},
+    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Endpoint},
 };
 
 /// VIRTUAL -> REAL, looked up on egress. `rewrite attach --max-mappings` sets the
@@ -19,15 +19,29 @@ pub static ADDR_FORWARD: HashMap<Addr, Addr> = HashMap::pinned(DEFAULT_MAX_MAPPI
 #[map(name = "ADDR_REVERSE")]
 pub static ADDR_REVERSE: HashMap<Addr, Addr> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
+/// VIRTUAL:PORT/PROTO -> REAL:PORT/PROTO, one entry per port, looked up on egress.
+#[map(name = "PORT_FORWARD")]
+pub static PORT_FORWARD: HashMap<Endpoint, Endpoint> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// REAL:PORT/PROTO -> VIRTUAL:PORT/PROTO, looked up on ingress.
+#[map(name = "PORT_REVERSE")]
+pub static PORT_REVERSE: HashMap<Endpoint, Endpoint> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
+
 /// Outcome counters, see `rewrite_common::counters`. Per CPU so that counting costs no
 /// atomic operation and no cache line bouncing.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::SLOTS, 0);
 
-/// The table a direction looks addresses up in.
+/// The address table a direction looks addresses up in.
 #[inline(always)]
-pub fn table(direction: u32) -> &'static HashMap<Addr, Addr> {
-    if direction == counters::EGRESS { &ADDR_FORWARD } else { &ADDR_REVERSE }
+pub fn address_table<const DIRECTION: u32>() -> &'static HashMap<Addr, Addr> {
+    if DIRECTION == counters::EGRESS { &ADDR_FORWARD } else { &ADDR_REVERSE }
+}
+
+/// The port-scoped table a direction looks endpoints up in.
+#[inline(always)]
+pub fn port_table<const DIRECTION: u32>() -> &'static HashMap<Endpoint, Endpoint> {
+    if DIRECTION == counters::EGRESS { &PORT_FORWARD } else { &PORT_REVERSE }
 }
 
 #[inline(always)]

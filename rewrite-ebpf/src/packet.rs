@@ -44,7 +44,14 @@ pub trait Packet {
         old: &Addr,
         new: &Addr,
     ) -> Result<(), ()>;
+
+    /// Replaces the TCP or UDP port at `port_offset` by `new` and updates the transport
+    /// checksum `l4` (the port is in the covered data, not in the pseudo-header).
+    fn replace_port(&mut self, port_offset: usize, l4: L4Checksum, old: [u8; 2], new: [u8; 2]) -> Result<(), ()>;
 }
+
+/// No header the programs touch lies further into a frame than this.
+const MAX_XDP_OFFSET: usize = 2048;
 
 pub struct XdpPacket<'a> {
     ctx: &'a XdpContext,
@@ -60,6 +67,11 @@ impl<'a> XdpPacket<'a> {
     /// verifier tracks (packet pointer plus bounded offset compared to data_end).
     #[inline(always)]
     fn pointer<T>(&self, offset: usize) -> Option<*mut T> {
+        // Offsets computed from headers may reach here through the stack, where the
+        // verifier forgets their bounds; this comparison gives them back.
+        if offset > MAX_XDP_OFFSET {
+            return None;
+        }
         let start = self.ctx.data();
         let end = self.ctx.data_end();
         if start + offset + core::mem::size_of::<T>() > end {
@@ -147,6 +159,32 @@ impl Packet for XdpPacket<'_> {
         }
         Ok(())
     }
+
+    #[inline(always)]
+    fn replace_port(&mut self, port_offset: usize, l4: L4Checksum, old: [u8; 2], new: [u8; 2]) -> Result<(), ()> {
+        let (old_port, new_port) = (u16::from_be_bytes(old), u16::from_be_bytes(new));
+        let check_update = match l4 {
+            L4Checksum::NotCovered => None,
+            L4Checksum::Covered(offset) => {
+                let check = self.read_u16(offset).ok_or(())?;
+                Some((offset, checksum::replace_u16(check, old_port, new_port)))
+            }
+            L4Checksum::CoveredUdp(offset) => {
+                let check = self.read_u16(offset).ok_or(())?;
+                let updated = match checksum::replace_u16(check, old_port, new_port) {
+                    _ if check == 0 => 0,
+                    0 => 0xffff,
+                    updated => updated,
+                };
+                Some((offset, updated))
+            }
+        };
+        self.write(port_offset, new)?;
+        if let Some((offset, check)) = check_update {
+            self.write(offset, check.to_be_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 pub struct TcPacket<'a> {
@@ -223,5 +261,20 @@ impl Packet for TcPacket<'_> {
                 self.ctx.store(address_offset, &new.octets, store_flags).map_err(|_| ())
             }
         }
+    }
+
+    #[inline(always)]
+    fn replace_port(&mut self, port_offset: usize, l4: L4Checksum, old: [u8; 2], new: [u8; 2]) -> Result<(), ()> {
+        let (old_raw, new_raw) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
+        // Size 2 and no pseudo-header flag: the port is ordinary covered data.
+        match l4 {
+            L4Checksum::NotCovered => {}
+            L4Checksum::Covered(offset) => self.ctx.l4_csum_replace(offset, old_raw, new_raw, 2).map_err(|_| ())?,
+            L4Checksum::CoveredUdp(offset) => self
+                .ctx
+                .l4_csum_replace(offset, old_raw, new_raw, 2 | u64::from(BPF_F_MARK_MANGLED_0))
+                .map_err(|_| ())?,
+        }
+        self.ctx.store(port_offset, &new, u64::from(BPF_F_INVALIDATE_HASH)).map_err(|_| ())
     }
 }

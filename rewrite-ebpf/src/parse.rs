@@ -15,6 +15,8 @@ use rewrite_common::{
     maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
+use rewrite_common::mapping::PacketPorts;
+
 use crate::packet::{L4Checksum, Packet};
 
 /// Offsets inside an IPv4 header.
@@ -60,6 +62,11 @@ pub struct IpPacket {
     /// The IPv4 header checksum's offset; `None` for IPv6, which has none.
     pub ipv4_check: Option<usize>,
     pub l4: L4Checksum,
+    /// The ports of a TCP or UDP packet that carries its header: the values, and the
+    /// offset of the source port (the destination port follows it).
+    pub ports: Option<(PacketPorts, usize)>,
+    /// A fragment other than the first: no transport header, so no ports.
+    pub later_fragment: bool,
 }
 
 /// Parses an Ethernet frame carrying IPv4 or IPv6, or returns the outcome counter that
@@ -104,7 +111,7 @@ fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         return Err(MALFORMED);
     }
     let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
-    let l4 = l4_checksum(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false)?;
+    let (l4, ports) = transport(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false)?;
     Ok(IpPacket {
         src: Addr::from_v4(ip.src_addr),
         dst: Addr::from_v4(ip.dst_addr),
@@ -112,6 +119,8 @@ fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         dst_offset: l3 + IPV4_DST,
         ipv4_check: Some(l3 + IPV4_CHECK),
         l4,
+        ports,
+        later_fragment: !first_fragment,
     })
 }
 
@@ -150,7 +159,7 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
             return Err(if offset > end { MALFORMED } else { UNSUPPORTED });
         }
     }
-    let l4 = l4_checksum(packet, next_header, offset, end, first_fragment, true)?;
+    let (l4, ports) = transport(packet, next_header, offset, end, first_fragment, true)?;
     Ok(IpPacket {
         src: Addr { octets: ip.src_addr },
         dst: Addr { octets: ip.dst_addr },
@@ -158,20 +167,23 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         dst_offset: l3 + IPV6_DST,
         ipv4_check: None,
         l4,
+        ports,
+        later_fragment: !first_fragment,
     })
 }
 
-/// Finds the transport checksum that covers the addresses, checking that the
-/// transport header the rewrite relies on lies inside the datagram (`l4..end`).
+/// Finds the transport checksum that covers the addresses, and the ports, checking
+/// that the transport header the rewrite relies on lies inside the datagram
+/// (`l4..end`).
 #[inline(always)]
-fn l4_checksum<P: Packet>(
+fn transport<P: Packet>(
     packet: &P,
     protocol: u8,
     l4: usize,
     end: usize,
     first_fragment: bool,
     ipv6: bool,
-) -> Result<L4Checksum, u32> {
+) -> Result<(L4Checksum, Option<(PacketPorts, usize)>), u32> {
     if l4 > MAX_L4_OFFSET {
         return Err(UNSUPPORTED);
     }
@@ -179,28 +191,30 @@ fn l4_checksum<P: Packet>(
     Ok(match protocol {
         // A non-first fragment carries no transport header: its addresses are still
         // rewritten, and the first fragment's checksum update covers the datagram.
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => L4Checksum::NotCovered,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => (L4Checksum::NotCovered, None),
         IPPROTO_TCP => {
             let tcp: TcpHdr = packet.read(l4).ok_or(MALFORMED)?;
             let data_offset = usize::from(tcp.doff()) * 4;
             if data_offset < TcpHdr::LEN || data_offset > payload_len {
                 return Err(MALFORMED);
             }
-            L4Checksum::Covered(l4 + TCP_CHECK)
+            let ports = PacketPorts { protocol, src: tcp.source, dst: tcp.dest };
+            (L4Checksum::Covered(l4 + TCP_CHECK), Some((ports, l4)))
         }
         IPPROTO_UDP => {
             let udp: UdpHdr = packet.read(l4).ok_or(MALFORMED)?;
             if payload_len < UdpHdr::LEN || usize::from(u16::from_be_bytes(udp.len)) < UdpHdr::LEN {
                 return Err(MALFORMED);
             }
-            L4Checksum::CoveredUdp(l4 + UDP_CHECK)
+            let ports = PacketPorts { protocol, src: udp.src, dst: udp.dst };
+            (L4Checksum::CoveredUdp(l4 + UDP_CHECK), Some((ports, l4)))
         }
         IPPROTO_ICMP if !ipv6 => {
             if payload_len < ICMP_MIN_LEN {
                 return Err(MALFORMED);
             }
             // The ICMP checksum has no pseudo-header: address changes leave it alone.
-            L4Checksum::NotCovered
+            (L4Checksum::NotCovered, None)
         }
         IPPROTO_ICMPV6 if ipv6 => {
             let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
@@ -210,7 +224,7 @@ fn l4_checksum<P: Packet>(
             if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&header[0]) {
                 return Err(UNSUPPORTED);
             }
-            L4Checksum::Covered(l4 + ICMP_CHECK)
+            (L4Checksum::Covered(l4 + ICMP_CHECK), None)
         }
         // Other protocols may have pseudo-header checksums this program does not know
         // (UDP-Lite, DCCP, SCTP's CRC does not but tunnels may), so rewriting their

@@ -9,13 +9,14 @@ use clap::{Parser, Subcommand};
 use rewrite_common::{
     counters::{DIRECTION_NAMES, OUTCOME_NAMES},
     mapping::AddPlan,
+    spec::{MappingSpec, Side, SpecError},
 };
 
 use anyhow::bail;
 use rewrite_user::{
     iface,
     loader::{self, IngressMode},
-    maps::{Counters, MappingTable, Removed},
+    maps::{Counters, MappingTable, Removed, describe_ports},
     pins::{DEFAULT_PIN_DIR, PinLayout},
 };
 
@@ -73,19 +74,26 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum MapCommand {
-    /// Add a mapping, or retarget VIRTUAL to a new REAL. Takes effect for the next packet.
+    /// Add a mapping, or retarget an address mapping to a new REAL. Takes effect for
+    /// the next packet.
+    ///
+    /// Forms: `10.0.0.5 192.0.2.5` and `fd00::5 2001:db8::5` (addresses),
+    /// `10.0.0.5:9300/tcp 192.0.2.5:9300/tcp` and `[fd00::5]:53/udp [2001:db8::5]:53/udp`
+    /// (one service), `10.0.0.5:49152-49251/tcp 192.0.2.5:49152-49251/tcp` (a range of
+    /// ports, the same width on both sides). A port-scoped mapping is looked up before
+    /// an address mapping and leaves the host's other ports alone.
     Add {
-        /// The address applications use.
-        #[arg(value_name = "VIRTUAL")]
-        virtual_addr: IpAddr,
-        /// The address the host is really reached at.
-        #[arg(value_name = "REAL")]
-        real_addr: IpAddr,
+        /// What applications use.
+        #[arg(value_name = "VIRTUAL", value_parser = parse_side)]
+        virtual_side: Side,
+        /// Where the host or service really is.
+        #[arg(value_name = "REAL", value_parser = parse_side)]
+        real_side: Side,
     },
-    /// Delete the mapping of VIRTUAL.
+    /// Delete the mapping of VIRTUAL (an address, or ADDR:PORT[-PORT]/PROTO).
     Del {
-        #[arg(value_name = "VIRTUAL")]
-        virtual_addr: IpAddr,
+        #[arg(value_name = "VIRTUAL", value_parser = parse_side)]
+        virtual_side: Side,
     },
     /// List the mappings.
     List {
@@ -138,22 +146,42 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn parse_side(text: &str) -> Result<Side, SpecError> {
+    text.parse()
+}
+
 fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
     let mut table = MappingTable::open(pins)?;
     match command {
-        MapCommand::Add { virtual_addr, real_addr } => {
-            let plan = table.add(virtual_addr, real_addr)?;
-            match plan {
-                AddPlan::Unchanged => println!("unchanged {virtual_addr} -> {real_addr}"),
-                AddPlan::Insert => println!("added {virtual_addr} -> {real_addr}"),
-                AddPlan::Replace { old_real } => println!("changed {virtual_addr} -> {real_addr} (was {old_real})"),
+        MapCommand::Add { virtual_side, real_side } => match MappingSpec::new(virtual_side, real_side)? {
+            MappingSpec::Address { virtual_addr, real_addr } => {
+                let plan = table.add(virtual_addr, real_addr)?;
+                match plan {
+                    AddPlan::Unchanged => println!("unchanged {virtual_addr} -> {real_addr}"),
+                    AddPlan::Insert => println!("added {virtual_addr} -> {real_addr}"),
+                    AddPlan::Replace { old_real } => {
+                        println!("changed {virtual_addr} -> {real_addr} (was {old_real})");
+                    }
+                }
+                warn_if_own_virtual_missing(virtual_addr, real_addr);
             }
-            warn_if_own_virtual_missing(virtual_addr, real_addr);
-        }
-        MapCommand::Del { virtual_addr } => match table.remove_mapping(virtual_addr)? {
-            Removed::Mapping(real_addr) => println!("deleted {virtual_addr} -> {real_addr}"),
-            Removed::Orphan(real_addr) => {
-                println!("deleted the half-applied reverse entry {real_addr} -> {virtual_addr}");
+            MappingSpec::Ports(mapping) => {
+                let plan = table.add_ports(&mapping)?;
+                let verb = if plan == AddPlan::Unchanged { "unchanged" } else { "added" };
+                println!("{verb} {}", describe_ports(&mapping));
+                warn_if_own_virtual_missing(mapping.virtual_addr, mapping.real_addr);
+            }
+        },
+        MapCommand::Del { virtual_side } => match virtual_side {
+            Side::Address(virtual_addr) => match table.remove_mapping(virtual_addr)? {
+                Removed::Mapping(real_addr) => println!("deleted {virtual_addr} -> {real_addr}"),
+                Removed::Orphan(real_addr) => {
+                    println!("deleted the half-applied reverse entry {real_addr} -> {virtual_addr}");
+                }
+            },
+            Side::Service { addr, first, last, protocol } => {
+                let removed = table.remove_ports(protocol, addr, first, last)?;
+                println!("deleted {removed} mapped port(s) of {virtual_side}");
             }
         },
         MapCommand::List { json } => {
@@ -165,11 +193,26 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
                     orphan.real_addr, orphan.virtual_addr, orphan.virtual_addr, orphan.virtual_addr
                 );
             }
+            // Address mappings first, then port-scoped ones, each in the written form.
+            let mut rows: Vec<(String, String)> = listing
+                .mappings
+                .iter()
+                .map(|mapping| (mapping.virtual_addr.to_string(), mapping.real_addr.to_string()))
+                .collect();
+            for mapping in &listing.port_mappings {
+                let described = describe_ports(mapping);
+                let (virtual_side, real_side) = described.split_once(" -> ").expect("describe_ports writes an arrow");
+                rows.push((virtual_side.to_owned(), real_side.to_owned()));
+            }
             if json {
-                println!("{}", serde_json::to_string(&listing.mappings)?);
+                let rows: Vec<serde_json::Value> = rows
+                    .into_iter()
+                    .map(|(virtual_side, real_side)| serde_json::json!({ "virtual": virtual_side, "real": real_side }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
             } else {
-                for mapping in listing.mappings {
-                    println!("{} -> {}", mapping.virtual_addr, mapping.real_addr);
+                for (virtual_side, real_side) in rows {
+                    println!("{virtual_side} -> {real_side}");
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Errors of the userspace library. Each variant says what went wrong and where, in
 //! words an operator can act on; the CLI prints them as they are.
 
-use std::{io, net::IpAddr, path::PathBuf};
+use std::{io, path::PathBuf};
 
 use rewrite_common::mapping::MappingConflict;
 
@@ -71,11 +71,11 @@ pub enum Error {
     #[error("the mapping table is full ({capacity} mappings); delete mappings before adding more")]
     TableFull { capacity: u32 },
 
-    #[error("invalid mapping {virtual_addr} -> {real_addr}: {conflict}")]
-    Conflict { virtual_addr: IpAddr, real_addr: IpAddr, conflict: MappingConflict },
+    #[error("invalid mapping {mapping}: {conflict}")]
+    Conflict { mapping: String, conflict: MappingConflict },
 
-    #[error("no mapping for VIRTUAL {virtual_addr}")]
-    NoSuchMapping { virtual_addr: IpAddr },
+    #[error("no mapping for VIRTUAL {virtual_side}")]
+    NoSuchMapping { virtual_side: String },
 
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),

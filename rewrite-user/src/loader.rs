@@ -9,7 +9,9 @@ use aya::{
     maps::Map,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
-use rewrite_common::maps::{Addr, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS};
+use rewrite_common::maps::{
+    Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
+};
 
 use crate::{Error, iface, pins::PinLayout};
 
@@ -99,11 +101,15 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(maps_dir);
     if let Some(capacity) = max_mappings {
-        loader.map_max_entries(MAP_ADDR_FORWARD, capacity).map_max_entries(MAP_ADDR_REVERSE, capacity);
+        for map in [MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD, MAP_PORT_REVERSE] {
+            loader.map_max_entries(map, capacity);
+        }
     }
     let ebpf = loader.load(EBPF_OBJECT).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<Addr>())?;
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_REVERSE, size_of::<Addr>(), size_of::<Addr>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_PORT_FORWARD, size_of::<Endpoint>(), size_of::<Endpoint>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_PORT_REVERSE, size_of::<Endpoint>(), size_of::<Endpoint>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
 }

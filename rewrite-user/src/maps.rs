@@ -3,13 +3,14 @@
 //! forward one and comes out after it, so a reply is always recognised once requests
 //! can be sent to REAL.
 
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use rewrite_common::{
     counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
-    mapping::{AddPlan, MappingConflict, MappingView, plan_add},
-    maps::{Addr, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS},
+    mapping::{AddPlan, MappingConflict, MappingView, PortMapping, plan_add, plan_add_ports},
+    maps::{Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE},
+    spec::Side,
 };
 
 use crate::{Error, pins::PinLayout};
@@ -20,6 +21,7 @@ const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
 type AddressMap = HashMap<MapData, Addr, Addr>;
+type PortMap = HashMap<MapData, Endpoint, Endpoint>;
 
 fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     let path = pins.map(name);
@@ -39,11 +41,14 @@ fn is_errno(error: &MapError, errno: i32) -> bool {
     matches!(error, MapError::SyscallError(syscall) if syscall.io_error.raw_os_error() == Some(errno))
 }
 
-/// The pinned VIRTUAL -> REAL and REAL -> VIRTUAL maps.
+/// The pinned VIRTUAL -> REAL and REAL -> VIRTUAL maps, for addresses and for
+/// port-scoped endpoints.
 #[derive(Debug)]
 pub struct MappingTable {
     forward: AddressMap,
     reverse: AddressMap,
+    port_forward: PortMap,
+    port_reverse: PortMap,
     capacity: u32,
 }
 
@@ -60,8 +65,10 @@ pub enum Removed {
 /// The table as [`MappingTable::list`] reads it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
-    /// Complete mappings, ordered by VIRTUAL.
+    /// Complete address mappings, ordered by VIRTUAL.
     pub mappings: Vec<Mapping>,
+    /// Port-scoped mappings, consecutive ports merged into ranges.
+    pub port_mappings: Vec<PortMapping>,
     /// Reverse entries without their forward entry (from an interrupted command):
     /// ingress still rewrites REAL to VIRTUAL for them. `map del VIRTUAL` removes one.
     pub orphans: Vec<Mapping>,
@@ -82,12 +89,16 @@ impl MappingTable {
             .map_err(|source| Error::map(MAP_ADDR_FORWARD, source))?;
         let reverse = AddressMap::try_from(open_pinned(pins, MAP_ADDR_REVERSE)?)
             .map_err(|source| Error::map(MAP_ADDR_REVERSE, source))?;
+        let port_forward = PortMap::try_from(open_pinned(pins, MAP_PORT_FORWARD)?)
+            .map_err(|source| Error::map(MAP_PORT_FORWARD, source))?;
+        let port_reverse = PortMap::try_from(open_pinned(pins, MAP_PORT_REVERSE)?)
+            .map_err(|source| Error::map(MAP_PORT_REVERSE, source))?;
         let path = pins.map(MAP_ADDR_FORWARD);
         let capacity = MapData::from_pin(&path)
             .and_then(|data| data.info())
             .map_err(|source| Error::map(MAP_ADDR_FORWARD, source))?
             .max_entries();
-        Ok(Self { forward, reverse, capacity })
+        Ok(Self { forward, reverse, port_forward, port_reverse, capacity })
     }
 
     /// How many mappings the maps can hold.
@@ -126,7 +137,7 @@ impl MappingTable {
 
     /// Adds or retargets `virtual_addr -> real_addr`. Takes effect for the next packet.
     pub fn add(&mut self, virtual_addr: IpAddr, real_addr: IpAddr) -> Result<AddPlan, Error> {
-        let conflict = |conflict| Error::Conflict { virtual_addr, real_addr, conflict };
+        let conflict = |conflict| Error::Conflict { mapping: format!("{virtual_addr} -> {real_addr}"), conflict };
         let plan = {
             let view = LiveView::new(self);
             let plan = plan_add(&view, virtual_addr, real_addr);
@@ -178,7 +189,7 @@ impl MappingTable {
             return Ok(Removed::Mapping(real_addr));
         }
         let orphan = self.list()?.orphans.into_iter().find(|orphan| orphan.virtual_addr == virtual_addr);
-        let orphan = orphan.ok_or(Error::NoSuchMapping { virtual_addr })?;
+        let orphan = orphan.ok_or_else(|| Error::NoSuchMapping { virtual_side: virtual_addr.to_string() })?;
         Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan.real_addr)?;
         Ok(Removed::Orphan(orphan.real_addr))
     }
@@ -199,7 +210,124 @@ impl MappingTable {
             }
         }
         listing.orphans.sort();
+        let mut entries = Vec::new();
+        for entry in self.port_forward.iter() {
+            let (key, value) = entry.map_err(|source| Error::map(MAP_PORT_FORWARD, source))?;
+            entries.push(PortMapping {
+                protocol: key.protocol,
+                virtual_addr: key.addr.into(),
+                virtual_first: u16::from_be_bytes(key.port),
+                real_addr: value.addr.into(),
+                real_first: u16::from_be_bytes(value.port),
+                count: 1,
+            });
+        }
+        entries.sort();
+        // Merge runs of consecutive ports that move together into one range.
+        for entry in entries {
+            if let Some(last) = listing.port_mappings.last_mut()
+                && (last.protocol, last.virtual_addr, last.real_addr)
+                    == (entry.protocol, entry.virtual_addr, entry.real_addr)
+                && u32::from(last.virtual_first) + u32::from(last.count) == u32::from(entry.virtual_first)
+                && u32::from(last.real_first) + u32::from(last.count) == u32::from(entry.real_first)
+            {
+                last.count += 1;
+                continue;
+            }
+            listing.port_mappings.push(entry);
+        }
         Ok(listing)
+    }
+
+    /// Adds a port-scoped mapping (every port of its range). Reverse entries go in
+    /// before forward ones; on failure the entries this call added are removed again.
+    pub fn add_ports(&mut self, mapping: &PortMapping) -> Result<AddPlan, Error> {
+        let plan = {
+            let view = LiveView::new(self);
+            let plan = plan_add_ports(&view, mapping);
+            if let Some(error) = view.take_error() {
+                return Err(error);
+            }
+            plan.map_err(|conflict| Error::Conflict { mapping: describe_ports(mapping), conflict })?
+        };
+        if plan == AddPlan::Unchanged {
+            return Ok(plan);
+        }
+        let endpoints: Vec<(Endpoint, Endpoint)> = mapping
+            .ports()
+            .map(|(virtual_port, real_port)| {
+                (
+                    Endpoint::new(Addr::from(mapping.virtual_addr), virtual_port.to_be_bytes(), mapping.protocol),
+                    Endpoint::new(Addr::from(mapping.real_addr), real_port.to_be_bytes(), mapping.protocol),
+                )
+            })
+            .collect();
+        let mut added_reverse = Vec::new();
+        let mut added_forward = Vec::new();
+        let mut result = Ok(());
+        for (virtual_endpoint, real_endpoint) in &endpoints {
+            match self.port_reverse.insert(real_endpoint, virtual_endpoint, BPF_NOEXIST) {
+                Ok(()) => added_reverse.push(*real_endpoint),
+                // Already there, the same way (the plan checked): leave it.
+                Err(error) if is_errno(&error, libc::EEXIST) => {}
+                Err(error) => {
+                    result = Err(self.insert_error(MAP_PORT_REVERSE, error));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            for (virtual_endpoint, real_endpoint) in &endpoints {
+                match self.port_forward.insert(virtual_endpoint, real_endpoint, BPF_NOEXIST) {
+                    Ok(()) => added_forward.push(*virtual_endpoint),
+                    Err(error) if is_errno(&error, libc::EEXIST) => {}
+                    Err(error) => {
+                        result = Err(self.insert_error(MAP_PORT_FORWARD, error));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(error) = result {
+            // Forward entries out first, as in a delete.
+            for endpoint in added_forward {
+                let _ = self.port_forward.remove(&endpoint);
+            }
+            for endpoint in added_reverse {
+                let _ = self.port_reverse.remove(&endpoint);
+            }
+            return Err(error);
+        }
+        Ok(plan)
+    }
+
+    /// Removes the port-scoped entries of `protocol` on `virtual_addr` from `first` to
+    /// `last`, forward entry first. Returns how many ports were mapped.
+    pub fn remove_ports(&mut self, protocol: u8, virtual_addr: IpAddr, first: u16, last: u16) -> Result<usize, Error> {
+        let mut removed = 0;
+        for port in first..=last {
+            let key = Endpoint::new(Addr::from(virtual_addr), port.to_be_bytes(), protocol);
+            let real = match self.port_forward.get(&key, 0) {
+                Ok(real) => real,
+                Err(error) if is_not_found(&error) => continue,
+                Err(source) => return Err(Error::map(MAP_PORT_FORWARD, source)),
+            };
+            for (map, name, endpoint) in
+                [(&mut self.port_forward, MAP_PORT_FORWARD, key), (&mut self.port_reverse, MAP_PORT_REVERSE, real)]
+            {
+                match map.remove(&endpoint) {
+                    Ok(()) => {}
+                    Err(error) if is_not_found(&error) => {}
+                    Err(source) => return Err(Error::map(name, source)),
+                }
+            }
+            removed += 1;
+        }
+        if removed == 0 {
+            let side = Side::Service { addr: virtual_addr, first, last, protocol };
+            return Err(Error::NoSuchMapping { virtual_side: side.to_string() });
+        }
+        Ok(removed)
     }
 
     /// Inserts many mappings that are known to be new and valid (benchmarks and bulk
@@ -222,11 +350,51 @@ impl MappingTable {
 struct LiveView<'a> {
     table: &'a MappingTable,
     error: std::cell::Cell<Option<Error>>,
+    /// The addresses used by port-scoped mappings, read once: those maps hold a few
+    /// services' ports, and the checks ask about addresses, which are not their keys.
+    port_virtual_addrs: HashSet<IpAddr>,
+    port_real_addrs: HashSet<IpAddr>,
 }
 
 impl<'a> LiveView<'a> {
     fn new(table: &'a MappingTable) -> Self {
-        Self { table, error: std::cell::Cell::new(None) }
+        let view = Self {
+            table,
+            error: std::cell::Cell::new(None),
+            port_virtual_addrs: HashSet::new(),
+            port_real_addrs: HashSet::new(),
+        };
+        let mut virtual_addrs = HashSet::new();
+        let mut real_addrs = HashSet::new();
+        for entry in table.port_forward.iter() {
+            match entry {
+                Ok((virtual_endpoint, real_endpoint)) => {
+                    virtual_addrs.insert(IpAddr::from(virtual_endpoint.addr));
+                    real_addrs.insert(IpAddr::from(real_endpoint.addr));
+                }
+                Err(source) => view.error.set(Some(Error::map(MAP_PORT_FORWARD, source))),
+            }
+        }
+        Self { port_virtual_addrs: virtual_addrs, port_real_addrs: real_addrs, ..view }
+    }
+
+    fn port_lookup(
+        &self,
+        map: &PortMap,
+        name: &'static str,
+        protocol: u8,
+        addr: IpAddr,
+        port: u16,
+    ) -> Option<(IpAddr, u16)> {
+        let key = Endpoint::new(Addr::from(addr), port.to_be_bytes(), protocol);
+        match map.get(&key, 0) {
+            Ok(found) => Some((found.addr.into(), u16::from_be_bytes(found.port))),
+            Err(error) if is_not_found(&error) => None,
+            Err(source) => {
+                self.error.set(Some(Error::map(name, source)));
+                None
+            }
+        }
     }
 
     fn take_error(&self) -> Option<Error> {
@@ -250,6 +418,18 @@ impl MappingView for LiveView<'_> {
     fn virtual_of(&self, real_addr: IpAddr) -> Option<IpAddr> {
         let virtual_addr = self.lookup(&self.table.reverse, MAP_ADDR_REVERSE, real_addr)?;
         (self.real_of(virtual_addr) == Some(real_addr)).then_some(virtual_addr)
+    }
+    fn port_real_of(&self, protocol: u8, virtual_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
+        self.port_lookup(&self.table.port_forward, MAP_PORT_FORWARD, protocol, virtual_addr, port)
+    }
+    fn port_virtual_of(&self, protocol: u8, real_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
+        self.port_lookup(&self.table.port_reverse, MAP_PORT_REVERSE, protocol, real_addr, port)
+    }
+    fn is_port_real(&self, addr: IpAddr) -> bool {
+        self.port_real_addrs.contains(&addr)
+    }
+    fn is_port_virtual(&self, addr: IpAddr) -> bool {
+        self.port_virtual_addrs.contains(&addr)
     }
 }
 
@@ -291,4 +471,22 @@ impl Counters {
         }
         serde_json::Value::Object(object)
     }
+}
+
+/// `VIRTUAL -> REAL` of a port-scoped mapping in the written form.
+pub fn describe_ports(mapping: &PortMapping) -> String {
+    let last = |first: u16| first.saturating_add(mapping.count - 1);
+    let virtual_side = Side::Service {
+        addr: mapping.virtual_addr,
+        first: mapping.virtual_first,
+        last: last(mapping.virtual_first),
+        protocol: mapping.protocol,
+    };
+    let real_side = Side::Service {
+        addr: mapping.real_addr,
+        first: mapping.real_first,
+        last: last(mapping.real_first),
+        protocol: mapping.protocol,
+    };
+    format!("{virtual_side} -> {real_side}")
 }

@@ -106,6 +106,18 @@ impl IpSpec {
         Self { src: src.into(), dst: dst.into(), ..self.clone() }
     }
 
+    /// The same packet with other TCP or UDP ports.
+    pub fn with_ports(&self, src: u16, dst: u16) -> Self {
+        let transport = match self.transport.clone() {
+            Transport::Tcp { payload, .. } => Transport::Tcp { src_port: src, dst_port: dst, payload },
+            Transport::Udp { payload, zero_checksum, .. } => {
+                Transport::Udp { src_port: src, dst_port: dst, payload, zero_checksum }
+            }
+            other => panic!("{other:?} has no ports"),
+        };
+        Self { transport, ..self.clone() }
+    }
+
     /// Where the IP header starts in the frame.
     pub fn l3_offset(&self) -> usize {
         ETH_LEN + if self.vlan.is_some() { VLAN_LEN } else { 0 }

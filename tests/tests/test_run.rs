@@ -11,8 +11,9 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 use rewrite_common::{
-    counters::{self, EGRESS, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED},
+    counters::{self, EGRESS, FRAGMENT_UNMATCHED, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED},
     maps::{Addr, MAP_ADDR_FORWARD},
+    spec::MappingSpec,
 };
 use rewrite_tests::{
     netns::PinDir,
@@ -70,6 +71,15 @@ fn own6_real() -> IpAddr {
     ip("2001:db8::9")
 }
 
+/// Port-scoped mappings: one TCP service on a host that also has an address mapping
+/// (so the rest of that host moves elsewhere), a UDP range on a host with no address
+/// mapping, and an IPv6 service.
+const PORT_MAPPINGS: [(&str, &str); 3] = [
+    ("10.200.0.2:9200/tcp", "10.100.0.30:9400/tcp"),
+    ("10.200.0.3:5000-5009/udp", "10.100.0.31:6000-6009/udp"),
+    ("[fd00::2]:443/tcp", "[2001:db8::30]:8443/tcp"),
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hook {
     XdpIngress,
@@ -115,6 +125,12 @@ impl Fixture {
         table.add(own_virtual(), own_real()).expect("add own mapping");
         table.add(peer6_virtual(), peer6_real()).expect("add IPv6 peer mapping");
         table.add(own6_virtual(), own6_real()).expect("add IPv6 own mapping");
+        for (virtual_side, real_side) in PORT_MAPPINGS {
+            let MappingSpec::Ports(mapping) = MappingSpec::parse(virtual_side, real_side).expect("valid form") else {
+                panic!("{virtual_side} is a port-scoped form");
+            };
+            table.add_ports(&mapping).expect("add port-scoped mapping");
+        }
         Self { _pins: pins, layout, ebpf }
     }
 
@@ -432,13 +448,17 @@ fn ethernet_padding_after_the_datagram_is_kept_and_ignored() {
 
 #[test]
 fn a_full_table_is_an_error_and_the_table_stays_as_it_was() {
-    // Room for the four mappings the fixture adds, and no more.
-    let fixture = Fixture::with_capacity(Some(4));
+    // Every map gets this capacity: room for the fixture's 12 mapped ports, and so for
+    // 12 address mappings, of which the fixture adds 4.
+    let fixture = Fixture::with_capacity(Some(12));
     let mut table = fixture.table();
+    for index in 0..8 {
+        table.add(ip(&format!("10.200.1.{index}")), ip(&format!("10.100.1.{index}"))).expect("room left");
+    }
     let before = table.list().expect("list");
-    let error = table.add(ip("10.200.0.50"), ip("10.100.0.50")).expect_err("a third mapping must not fit");
-    assert!(matches!(error, Error::TableFull { capacity: 4 }), "expected TableFull, got {error:?}");
-    assert!(error.to_string().contains("full (4 mappings)"), "unclear message: {error}");
+    let error = table.add(ip("10.200.0.50"), ip("10.100.0.50")).expect_err("a 13th mapping must not fit");
+    assert!(matches!(error, Error::TableFull { capacity: 12 }), "expected TableFull, got {error:?}");
+    assert!(error.to_string().contains("full (12 mappings)"), "unclear message: {error}");
     assert_eq!(table.list().expect("list"), before, "a failed add must leave the table as it was");
     // Retargeting an existing mapping needs the old REAL freed first; at capacity it
     // is refused rather than half-applied.
@@ -603,4 +623,78 @@ fn truncated_and_inconsistent_ipv6_packets_pass_byte_identical() {
     for hook in Hook::INGRESS {
         fixture.expect_rewrite(hook, &zero, &zero.with_addresses(peer6_virtual(), local6()));
     }
+}
+
+fn tcp_ports(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> IpSpec {
+    IpSpec::tcp(src, dst).with_ports(src_port, dst_port)
+}
+
+fn udp_ports(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> IpSpec {
+    IpSpec::udp(src, dst).with_ports(src_port, dst_port)
+}
+
+#[test]
+fn port_scoped_mappings_win_over_address_mappings_and_leave_other_ports_alone() {
+    let fixture = Fixture::new();
+    let service_real = ip("10.100.0.30");
+    // Egress to the service goes to its new host and port...
+    let request = tcp_ports(local(), 40000, peer_virtual(), 9200);
+    fixture.expect_rewrite(Hook::TcEgress, &request, &tcp_ports(local(), 40000, service_real, 9400));
+    // ... while other ports of the same VIRTUAL follow the address mapping.
+    let ssh = tcp_ports(local(), 40001, peer_virtual(), 22);
+    fixture.expect_rewrite(Hook::TcEgress, &ssh, &tcp_ports(local(), 40001, peer_real(), 22));
+    // The same port over UDP is not the TCP service.
+    let udp = udp_ports(local(), 40002, peer_virtual(), 9200);
+    fixture.expect_rewrite(Hook::TcEgress, &udp, &udp_ports(local(), 40002, peer_real(), 9200));
+    for hook in Hook::INGRESS {
+        // Replies from the service come back as the VIRTUAL endpoint.
+        let reply = tcp_ports(service_real, 9400, local(), 40000);
+        fixture.expect_rewrite(hook, &reply, &tcp_ports(peer_virtual(), 9200, local(), 40000));
+        // Other services of the REAL host (ssh to it, say) are left alone.
+        fixture.expect_unchanged(hook, &tcp_ports(service_real, 22, local(), 40003).frame(), NO_MATCH);
+    }
+}
+
+#[test]
+fn port_ranges_map_port_by_port_in_both_families() {
+    let fixture = Fixture::new();
+    let (range_virtual, range_real) = (ip("10.200.0.3"), ip("10.100.0.31"));
+    for offset in [0u16, 1, 9] {
+        let request = udp_ports(local(), 33000, range_virtual, 5000 + offset);
+        fixture.expect_rewrite(Hook::TcEgress, &request, &udp_ports(local(), 33000, range_real, 6000 + offset));
+        for hook in Hook::INGRESS {
+            let reply = udp_ports(range_real, 6000 + offset, local(), 33000);
+            fixture.expect_rewrite(hook, &reply, &udp_ports(range_virtual, 5000 + offset, local(), 33000));
+        }
+    }
+    // Just outside the range, and a host with no address mapping: nothing to do.
+    fixture.expect_unchanged(Hook::TcEgress, &udp_ports(local(), 33000, range_virtual, 5010).frame(), NO_MATCH);
+    // A zero UDP checksum stays zero when the port changes too.
+    let zero = IpSpec::new(
+        local(),
+        range_virtual,
+        Transport::Udp { src_port: 33000, dst_port: 5004, payload: b"no sum".to_vec(), zero_checksum: true },
+    );
+    fixture.expect_rewrite(Hook::TcEgress, &zero, &zero.with_addresses(local(), range_real).with_ports(33000, 6004));
+    // IPv6.
+    let request = tcp_ports(local6(), 50000, peer6_virtual(), 443);
+    fixture.expect_rewrite(Hook::TcEgress, &request, &tcp_ports(local6(), 50000, ip("2001:db8::30"), 8443));
+    for hook in Hook::INGRESS {
+        let reply = tcp_ports(ip("2001:db8::30"), 8443, local6(), 50000);
+        fixture.expect_rewrite(hook, &reply, &tcp_ports(peer6_virtual(), 443, local6(), 50000));
+    }
+}
+
+#[test]
+fn later_fragments_cannot_match_port_scoped_mappings_and_are_counted() {
+    let fixture = Fixture::new();
+    // 10.200.0.3 has only a port-scoped mapping: a later fragment to it has no ports.
+    let later = IpSpec {
+        fragment_offset: 64,
+        ..IpSpec::new(local(), ip("10.200.0.3"), Transport::Raw { protocol: 17, bytes: (0..40).collect() })
+    };
+    fixture.expect_unchanged(Hook::TcEgress, &later.frame(), FRAGMENT_UNMATCHED);
+    // To a host with an address mapping, a later fragment is rewritten as usual.
+    let mapped = later.with_addresses(local(), peer_virtual());
+    fixture.expect_rewrite(Hook::TcEgress, &mapped, &mapped.with_addresses(local(), peer_real()));
 }
