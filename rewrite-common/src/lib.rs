@@ -12,3 +12,5 @@ pub mod maps;
 pub mod model;
 #[cfg(any(test, feature = "user"))]
 pub mod spec;
+#[cfg(any(test, feature = "user"))]
+pub mod validate;

@@ -13,6 +13,12 @@ pub const MAP_ADDR_REVERSE: &str = "ADDR_REVERSE";
 pub const MAP_PORT_FORWARD: &str = "PORT_FORWARD";
 /// Name of the hash map REAL:PORT/PROTO -> VIRTUAL:PORT/PROTO, looked up on ingress.
 pub const MAP_PORT_REVERSE: &str = "PORT_REVERSE";
+/// Name of the LPM trie VIRTUAL/N -> REAL/N, looked up on egress.
+pub const MAP_PREFIX_FORWARD: &str = "PREFIX_FORWARD";
+/// Name of the LPM trie REAL/N -> VIRTUAL/N, looked up on ingress.
+pub const MAP_PREFIX_REVERSE: &str = "PREFIX_REVERSE";
+/// Prefix mappings are few (one moves a subnet); this bounds the tries.
+pub const MAX_PREFIX_MAPPINGS: u32 = 16_384;
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
@@ -92,6 +98,43 @@ pub struct Endpoint {
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
 const _: () = assert!(core::mem::align_of::<Endpoint>() == 1);
 
+/// The value of a prefix mapping: the network the matched prefix is replaced by, with
+/// the prefix length in bits of the 16-byte address form (an IPv4 /N is 96 + N). The
+/// LPM trie key is `(prefix_len, Addr)` with the same length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrefixTarget {
+    pub network: Addr,
+    pub prefix_len: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 20);
+const _: () = assert!(core::mem::align_of::<PrefixTarget>() == 4);
+
+impl PrefixTarget {
+    /// `addr` with its first `prefix_len` bits replaced by the network's: NETMAP's
+    /// translation, which keeps the host bits.
+    #[inline(always)]
+    pub fn translate(&self, addr: &Addr) -> Addr {
+        let mut octets = addr.octets;
+        let mut index = 0;
+        let mut first_bit: u32 = 0;
+        while index < 16 {
+            let mask: u8 = if self.prefix_len >= first_bit + 8 {
+                0xff
+            } else if self.prefix_len <= first_bit {
+                0
+            } else {
+                0xff << (8 - (self.prefix_len - first_bit))
+            };
+            octets[index] = (octets[index] & !mask) | (self.network.octets[index] & mask);
+            index += 1;
+            first_bit += 8;
+        }
+        Addr { octets }
+    }
+}
+
 impl Endpoint {
     #[inline(always)]
     pub const fn new(addr: Addr, port: [u8; 2], protocol: u8) -> Self {
@@ -106,6 +149,9 @@ unsafe impl aya::Pod for Addr {}
 // SAFETY: as above: repr(C), only u8 fields, no padding (size asserted).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Endpoint {}
+// SAFETY: repr(C), an Addr and a u32, no padding (size asserted: 16 + 4).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PrefixTarget {}
 
 #[cfg(any(test, feature = "user"))]
 mod std_conversions {
@@ -132,5 +178,27 @@ mod std_conversions {
         fn from(addr: Addr) -> Self {
             if addr.is_v4() { IpAddr::V4(Ipv4Addr::from(addr.v4())) } else { IpAddr::V6(Ipv6Addr::from(addr.octets)) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(text: &str) -> Addr {
+        Addr::from(text.parse::<std::net::Ipv4Addr>().expect("IPv4 address"))
+    }
+
+    #[test]
+    fn prefix_translation_keeps_the_host_bits() {
+        let target = PrefixTarget { network: v4("172.20.0.0"), prefix_len: 96 + 16 };
+        assert_eq!(target.translate(&v4("10.1.3.7")), v4("172.20.3.7"));
+        // A length that is not a multiple of 8 splits a byte.
+        let target = PrefixTarget { network: v4("192.168.128.0"), prefix_len: 96 + 17 };
+        assert_eq!(target.translate(&v4("10.1.255.9")), v4("192.168.255.9"));
+        assert_eq!(target.translate(&v4("10.1.3.9")), v4("192.168.131.9"));
+        let v6 = |text: &str| Addr { octets: text.parse::<std::net::Ipv6Addr>().expect("IPv6 address").octets() };
+        let target = PrefixTarget { network: v6("2001:db8:aa::"), prefix_len: 48 };
+        assert_eq!(target.translate(&v6("fd00:1:2:3::4")), v6("2001:db8:aa:3::4"));
     }
 }

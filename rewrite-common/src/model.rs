@@ -4,11 +4,9 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use crate::{
-    mapping::{
-        AddPlan, Direction, MappingConflict, MappingView, PacketPorts, PortMapping, Rewrite, plan_add, plan_add_ports,
-        plan_rewrite,
-    },
-    maps::{Addr, Endpoint},
+    mapping::{Direction, PacketPorts, PortMapping, PrefixMapping, Rewrite, plan_rewrite},
+    maps::{Addr, Endpoint, PrefixTarget},
+    validate::{AddPlan, MappingConflict, MappingView, in_prefix, plan_add, plan_add_ports, plan_add_prefix},
 };
 
 /// A port-scoped entry's key: protocol, address, port.
@@ -20,6 +18,7 @@ pub struct ModelTable {
     reverse: BTreeMap<IpAddr, IpAddr>,
     port_forward: BTreeMap<EndpointKey, (IpAddr, u16)>,
     port_reverse: BTreeMap<EndpointKey, (IpAddr, u16)>,
+    prefixes: Vec<PrefixMapping>,
 }
 
 impl ModelTable {
@@ -41,6 +40,30 @@ impl ModelTable {
             self.port_reverse.insert((protocol, mapping.real_addr, real_port), (mapping.virtual_addr, virtual_port));
         }
         Ok(plan)
+    }
+
+    pub fn add_prefix(&mut self, mapping: &PrefixMapping) -> Result<AddPlan, MappingConflict> {
+        let plan = plan_add_prefix(self, mapping)?;
+        if plan == AddPlan::Insert {
+            self.prefixes.push(*mapping);
+        }
+        Ok(plan)
+    }
+
+    /// The longest prefix mapping whose `from` side (VIRTUAL on egress, REAL on
+    /// ingress) contains `addr`, as the trie would find it.
+    fn longest_prefix(&self, addr: IpAddr, direction: Direction) -> Option<PrefixTarget> {
+        self.prefixes
+            .iter()
+            .filter_map(|prefix| {
+                let (from, to) = match direction {
+                    Direction::Egress => (prefix.virtual_net, prefix.real_net),
+                    Direction::Ingress => (prefix.real_net, prefix.virtual_net),
+                };
+                in_prefix(addr, from, prefix.len).then_some((prefix.len, to))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(len, to)| PrefixTarget { network: Addr::from(to), prefix_len: PrefixMapping::key_len(to, len) })
     }
 
     /// Removes the address mapping of `virtual_addr` and returns its REAL, if any.
@@ -69,7 +92,8 @@ impl ModelTable {
             Some(Endpoint::new(Addr::from(found.0), found.1.to_be_bytes(), key.protocol))
         };
         let addr_lookup = |key: &Addr| table.get(&IpAddr::from(*key)).map(|addr| Addr::from(*addr));
-        plan_rewrite(&Addr::from(src), &Addr::from(dst), ports, port_lookup, addr_lookup)
+        let prefix_lookup = |key: &Addr| self.longest_prefix(IpAddr::from(*key), direction);
+        plan_rewrite(&Addr::from(src), &Addr::from(dst), ports, port_lookup, addr_lookup, prefix_lookup)
     }
 }
 
@@ -92,6 +116,14 @@ impl MappingView for ModelTable {
     fn is_port_virtual(&self, addr: IpAddr) -> bool {
         self.port_forward.keys().any(|(_, virtual_addr, _)| *virtual_addr == addr)
     }
+    fn prefixes(&self) -> Vec<PrefixMapping> {
+        self.prefixes.clone()
+    }
+    fn address_in(&self, net: IpAddr, len: u8, real_side: bool) -> Option<IpAddr> {
+        let (addresses, ports) =
+            if real_side { (&self.reverse, &self.port_reverse) } else { (&self.forward, &self.port_forward) };
+        addresses.keys().copied().chain(ports.keys().map(|(_, addr, _)| *addr)).find(|addr| in_prefix(*addr, net, len))
+    }
 }
 
 #[cfg(test)]
@@ -112,6 +144,53 @@ mod tests {
 
     fn to_port(addr: &str, port: u16) -> Option<Target> {
         Some(Target { addr: Addr::from(ip(addr)), port: Some(port.to_be_bytes()) })
+    }
+
+    #[test]
+    fn prefix_mappings_move_a_subnet_keeping_host_bits_and_lose_to_more_specific_kinds() {
+        let mut table = ModelTable::default();
+        let subnet = PrefixMapping { virtual_net: ip("10.1.0.0"), real_net: ip("172.20.0.0"), len: 16 };
+        assert_eq!(table.add_prefix(&subnet), Ok(AddPlan::Insert));
+        assert_eq!(table.add_prefix(&subnet), Ok(AddPlan::Unchanged));
+        let client = ip("192.0.2.1");
+        let out = table.rewrite(Direction::Egress, client, ip("10.1.3.7"), None);
+        assert_eq!(out.dst, to("172.20.3.7"));
+        let back = table.rewrite(Direction::Ingress, ip("172.20.3.7"), client, None);
+        assert_eq!(back.src, to("10.1.3.7"));
+        // A longer prefix inside it wins.
+        let inner = PrefixMapping { virtual_net: ip("10.1.9.0"), real_net: ip("172.30.9.0"), len: 24 };
+        assert_eq!(table.add_prefix(&inner), Ok(AddPlan::Insert));
+        assert_eq!(table.rewrite(Direction::Egress, client, ip("10.1.9.5"), None).dst, to("172.30.9.5"));
+        // An address mapping beats both (its REAL lies outside every REAL prefix).
+        table.add(ip("10.1.9.6"), ip("192.0.2.66")).expect("valid mapping");
+        assert_eq!(table.rewrite(Direction::Egress, client, ip("10.1.9.6"), None).dst, to("192.0.2.66"));
+    }
+
+    #[test]
+    fn prefix_conflicts_are_rejected() {
+        let mut table = ModelTable::default();
+        let subnet = PrefixMapping { virtual_net: ip("10.1.0.0"), real_net: ip("172.20.0.0"), len: 16 };
+        table.add_prefix(&subnet).expect("valid prefix mapping");
+        let overlap = PrefixMapping { virtual_net: ip("10.2.0.0"), real_net: ip("172.20.128.0"), len: 17 };
+        assert!(matches!(table.add_prefix(&overlap), Err(MappingConflict::RealPrefixOverlap { .. })));
+        let retarget = PrefixMapping { real_net: ip("172.21.0.0"), ..subnet };
+        assert!(matches!(table.add_prefix(&retarget), Err(MappingConflict::PrefixTaken { .. })));
+        let host_bits = PrefixMapping { virtual_net: ip("10.3.0.1"), real_net: ip("172.23.0.0"), len: 16 };
+        assert!(matches!(table.add_prefix(&host_bits), Err(MappingConflict::HostBitsSet { .. })));
+        let zero = PrefixMapping { virtual_net: ip("0.0.0.0"), real_net: ip("0.0.0.0"), len: 0 };
+        assert!(matches!(table.add_prefix(&zero), Err(MappingConflict::BadPrefixLength { .. })));
+        let mixed = PrefixMapping { virtual_net: ip("10.3.0.0"), real_net: ip("2001:db8::"), len: 16 };
+        assert!(matches!(table.add_prefix(&mixed), Err(MappingConflict::MixedFamilies { .. })));
+        let crossing = PrefixMapping { virtual_net: ip("172.20.5.0"), real_net: ip("172.40.0.0"), len: 24 };
+        assert!(matches!(table.add_prefix(&crossing), Err(MappingConflict::PrefixSidesOverlap { .. })));
+        // Addresses inside a REAL prefix cannot be another mapping's REAL or VIRTUAL.
+        assert!(matches!(table.add(ip("10.9.0.1"), ip("172.20.0.9")), Err(MappingConflict::InRealPrefix { .. })));
+        assert!(matches!(table.add(ip("172.20.0.9"), ip("10.9.0.1")), Err(MappingConflict::InRealPrefix { .. })));
+        assert!(matches!(table.add(ip("10.9.0.1"), ip("10.1.0.9")), Err(MappingConflict::InVirtualPrefix { .. })));
+        // And a new REAL prefix cannot swallow an existing REAL.
+        table.add(ip("10.9.0.1"), ip("172.50.0.9")).expect("valid mapping");
+        let swallowing = PrefixMapping { virtual_net: ip("10.60.0.0"), real_net: ip("172.50.0.0"), len: 16 };
+        assert!(matches!(table.add_prefix(&swallowing), Err(MappingConflict::PrefixContainsReal { .. })));
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! 10.0.0.5                      fd00::5                     an address
 //! 10.0.0.5:9300/tcp             [fd00::5]:9300/tcp          one port of a service
 //! 10.0.0.5:49152-49251/tcp      [fd00::5]:49152-49251/udp   a range of ports
+//! 10.1.0.0/16                   fd00:1::/64                 a prefix (a subnet)
 //! ```
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
 use crate::{
-    mapping::{PortMapping, protocol_name},
+    mapping::{PortMapping, PrefixMapping, protocol_name},
     maps::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -18,6 +19,7 @@ use crate::{
 pub enum Side {
     Address(IpAddr),
     Service { addr: IpAddr, first: u16, last: u16, protocol: u8 },
+    Prefix { net: IpAddr, len: u8 },
 }
 
 /// A whole mapping as written: two sides of the same kind.
@@ -25,18 +27,25 @@ pub enum Side {
 pub enum MappingSpec {
     Address { virtual_addr: IpAddr, real_addr: IpAddr },
     Ports(PortMapping),
+    Prefix(PrefixMapping),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("{text:?} is not an address, ADDR:PORT/PROTO or ADDR:PORT-PORT/PROTO ({why})")]
+    #[error("{text:?} is not an address, ADDR/LEN, ADDR:PORT/PROTO or ADDR:PORT-PORT/PROTO ({why})")]
     Malformed { text: String, why: &'static str },
     #[error("{text:?}: unknown protocol {protocol:?}; use tcp or udp")]
     UnknownProtocol { text: String, protocol: String },
     #[error("{text:?}: the range {first}-{last} is empty (the first port is larger than the last)")]
     EmptyRange { text: String, first: u16, last: u16 },
-    #[error("VIRTUAL {virtual_side} and REAL {real_side} must both be addresses or both be ADDR:PORT/PROTO")]
+    #[error(
+        "VIRTUAL {virtual_side} and REAL {real_side} must be of one kind: both addresses, both prefixes or both ADDR:PORT/PROTO"
+    )]
     KindMismatch { virtual_side: String, real_side: String },
+    #[error(
+        "VIRTUAL {virtual_side} and REAL {real_side} have different prefix lengths: a prefix mapping keeps the host bits, so both sides need the same length"
+    )]
+    PrefixLengthMismatch { virtual_side: String, real_side: String },
     #[error("VIRTUAL {virtual_side} and REAL {real_side} name different protocols")]
     ProtocolMismatch { virtual_side: String, real_side: String },
     #[error(
@@ -63,8 +72,10 @@ impl FromStr for Side {
         let protocol = match protocol {
             "tcp" => IPPROTO_TCP,
             "udp" => IPPROTO_UDP,
-            _ if protocol.chars().all(|c| c.is_ascii_digit()) => {
-                return Err(malformed(text, "a prefix needs a prefix mapping, which this version does not have"));
+            _ if !protocol.is_empty() && protocol.chars().all(|c| c.is_ascii_digit()) => {
+                let net: IpAddr = endpoint.parse().map_err(|_| malformed(text, "not an IPv4 or IPv6 network"))?;
+                let len = protocol.parse().map_err(|_| malformed(text, "a prefix length is a number"))?;
+                return Ok(Side::Prefix { net, len });
             }
             _ => return Err(SpecError::UnknownProtocol { text: text.to_owned(), protocol: protocol.to_owned() }),
         };
@@ -95,6 +106,7 @@ impl fmt::Display for Side {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Side::Address(addr) => write!(f, "{addr}"),
+            Side::Prefix { net, len } => write!(f, "{net}/{len}"),
             Side::Service { addr, first, last, protocol } => {
                 match addr {
                     IpAddr::V4(v4) => write!(f, "{v4}:{first}")?,
@@ -115,6 +127,15 @@ impl MappingSpec {
     pub fn new(virtual_side: Side, real_side: Side) -> Result<Self, SpecError> {
         match (virtual_side, real_side) {
             (Side::Address(virtual_addr), Side::Address(real_addr)) => Ok(Self::Address { virtual_addr, real_addr }),
+            (Side::Prefix { net: virtual_net, len }, Side::Prefix { net: real_net, len: real_len }) => {
+                if len != real_len {
+                    return Err(SpecError::PrefixLengthMismatch {
+                        virtual_side: virtual_side.to_string(),
+                        real_side: real_side.to_string(),
+                    });
+                }
+                Ok(Self::Prefix(PrefixMapping { virtual_net, real_net, len }))
+            }
             (
                 Side::Service { addr: virtual_addr, first: virtual_first, last: virtual_last, protocol },
                 Side::Service { addr: real_addr, first: real_first, last: real_last, protocol: real_protocol },
@@ -161,7 +182,15 @@ mod tests {
 
     #[test]
     fn every_written_form_parses_and_prints_back() {
-        for text in ["10.0.0.5", "fd00::5", "10.0.0.5:9300/tcp", "[fd00::5]:9300/udp", "10.0.0.5:49152-49251/tcp"] {
+        for text in [
+            "10.0.0.5",
+            "fd00::5",
+            "10.0.0.5:9300/tcp",
+            "[fd00::5]:9300/udp",
+            "10.0.0.5:49152-49251/tcp",
+            "10.1.0.0/16",
+            "fd00:1::/64",
+        ] {
             let side: Side = text.parse().unwrap_or_else(|error| panic!("{text}: {error}"));
             assert_eq!(side.to_string(), text);
         }
@@ -193,8 +222,10 @@ mod tests {
         assert!(error("10.0.0.5:80/tcp", "10.0.0.1:80/udp").contains("different protocols"));
         assert!(error("10.0.0.5:80-90/tcp", "10.0.0.1:80-89/tcp").contains("11 ports but REAL"));
         assert!(error("10.0.0.5:90-80/tcp", "10.0.0.1:90-80/tcp").contains("is empty"));
-        assert!(error("10.0.0.5:80/tcp", "10.0.0.1").contains("both be addresses or both be ADDR:PORT/PROTO"));
+        assert!(error("10.0.0.5:80/tcp", "10.0.0.1").contains("must be of one kind"));
         assert!(error("fd00::5:80/tcp", "[fd00::6]:80/tcp").contains("[ADDR]:PORT"));
         assert!(error("10.0.0.5/tcp", "10.0.0.1/tcp").contains("missing :PORT"));
+        assert!(error("10.1.0.0/16", "172.20.0.0/24").contains("different prefix lengths"));
+        assert!(error("10.1.0.0/16", "172.20.0.1").contains("must be of one kind"));
     }
 }

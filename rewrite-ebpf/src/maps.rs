@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use rewrite_common::{
     counters,
-    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Endpoint},
+    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Endpoint, MAX_PREFIX_MAPPINGS, PrefixTarget},
 };
 
 /// VIRTUAL -> REAL, looked up on egress. `rewrite attach --max-mappings` sets the
@@ -27,6 +27,36 @@ pub static PORT_FORWARD: HashMap<Endpoint, Endpoint> = HashMap::pinned(DEFAULT_M
 #[map(name = "PORT_REVERSE")]
 pub static PORT_REVERSE: HashMap<Endpoint, Endpoint> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
+/// VIRTUAL/N -> REAL/N, looked up (longest prefix) on egress when no port-scoped or
+/// address mapping matched. LPM tries are always created without preallocation.
+#[map(name = "PREFIX_FORWARD")]
+pub static PREFIX_FORWARD: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
+
+/// REAL/N -> VIRTUAL/N, looked up on ingress.
+#[map(name = "PREFIX_REVERSE")]
+pub static PREFIX_REVERSE: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
+
+/// Working memory for lookup keys and results, per CPU: the BPF stack (512 bytes)
+/// cannot hold them for both sides of a packet. A program runs to completion on its
+/// CPU, so no other packet touches the slot meanwhile.
+#[repr(C)]
+pub struct Scratch {
+    pub endpoint: Endpoint,
+    pub target: Endpoint,
+    pub prefix_key: Key<Addr>,
+    pub address: Addr,
+}
+
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch area.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: the slot belongs to this CPU for the program's run (see `Scratch`).
+    SCRATCH.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}
+
 /// Outcome counters, see `rewrite_common::counters`. Per CPU so that counting costs no
 /// atomic operation and no cache line bouncing.
 #[map(name = "COUNTERS")]
@@ -36,6 +66,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counters::SLOTS, 0);
 #[inline(always)]
 pub fn address_table<const DIRECTION: u32>() -> &'static HashMap<Addr, Addr> {
     if DIRECTION == counters::EGRESS { &ADDR_FORWARD } else { &ADDR_REVERSE }
+}
+
+/// The prefix table a direction looks addresses up in.
+#[inline(always)]
+pub fn prefix_table<const DIRECTION: u32>() -> &'static LpmTrie<Addr, PrefixTarget> {
+    if DIRECTION == counters::EGRESS { &PREFIX_FORWARD } else { &PREFIX_REVERSE }
 }
 
 /// The port-scoped table a direction looks endpoints up in.

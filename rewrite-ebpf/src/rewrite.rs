@@ -1,14 +1,16 @@
 //! The rewrite itself: parse, look each side of the packet up in the direction's
-//! tables (port-scoped first, then address: `rewrite_common::mapping::plan_rewrite`
-//! states the same order for the reference model), and patch it at once.
+//! tables (port-scoped first, then address, then prefix:
+//! `rewrite_common::mapping::plan_rewrite` states the same order for the reference
+//! model), and patch it at once.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use rewrite_common::{
     counters::{FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
     maps::{Addr, Endpoint},
 };
 
 use crate::{
-    maps::{address_table, count, port_table},
+    maps::{address_table, count, port_table, prefix_table, scratch},
     packet::Packet,
     parse::{IpPacket, parse},
 };
@@ -46,11 +48,13 @@ fn rewrite<P: Packet, const DIRECTION: u32>(packet: &mut P) -> Result<u32, u32> 
 }
 
 /// Looks one side (source or destination address, with its port) up and rewrites it.
-/// Returns whether it matched.
+/// Returns whether it matched. Lookup keys and the translated address are built in a
+/// per-CPU scratch area rather than on the stack: inlined twice, they would not fit in
+/// the 512-byte BPF stack.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
-    reason = "passed by value, the keys are copied onto the stack again, past the 512-byte BPF stack limit"
+    reason = "the keys live in the scratch area; passed by value they would be copied onto the stack"
 )]
 fn rewrite_side<P: Packet, const DIRECTION: u32>(
     packet: &mut P,
@@ -58,26 +62,38 @@ fn rewrite_side<P: Packet, const DIRECTION: u32>(
     destination: bool,
 ) -> Result<bool, u32> {
     let (addr, address_offset) =
-        if destination { (parsed.dst, parsed.dst_offset) } else { (parsed.src, parsed.src_offset) };
+        if destination { (&parsed.dst, parsed.dst_offset) } else { (&parsed.src, parsed.src_offset) };
+    // The scratch slot always exists (a one-entry array); without it there is nothing
+    // safe to do but leave the packet alone.
+    let scratch = scratch().ok_or(NO_MATCH)?;
     if let Some((ports, source_port_offset)) = parsed.ports {
         let (port, port_offset) = if destination {
             (ports.dst, source_port_offset + DST_PORT_AFTER_SRC)
         } else {
             (ports.src, source_port_offset)
         };
-        let key = Endpoint::new(addr, port, ports.protocol);
+        scratch.endpoint = Endpoint::new(*addr, port, ports.protocol);
         // SAFETY: the value is copied out at once, before anything can delete it.
-        if let Some(target) = unsafe { port_table::<DIRECTION>().get(&key) }.copied() {
-            replace_address(packet, parsed, address_offset, &addr, &target.addr)?;
-            if target.port != port {
-                packet.replace_port(port_offset, parsed.l4, port, target.port).map_err(|()| HELPER_ERROR)?;
+        if let Some(target) = unsafe { port_table::<DIRECTION>().get(&scratch.endpoint) } {
+            scratch.target = *target;
+            replace_address(packet, parsed, address_offset, addr, &scratch.target.addr)?;
+            if scratch.target.port != port {
+                packet.replace_port(port_offset, parsed.l4, port, scratch.target.port).map_err(|()| HELPER_ERROR)?;
             }
             return Ok(true);
         }
     }
     // SAFETY: as above.
-    if let Some(target) = unsafe { address_table::<DIRECTION>().get(&addr) }.copied() {
-        replace_address(packet, parsed, address_offset, &addr, &target)?;
+    if let Some(target) = unsafe { address_table::<DIRECTION>().get(addr) } {
+        scratch.address = *target;
+        replace_address(packet, parsed, address_offset, addr, &scratch.address)?;
+        return Ok(true);
+    }
+    // All 128 bits of the 16-byte form take part; an IPv4 prefix is stored as 96 + N.
+    scratch.prefix_key = Key::new(128, *addr);
+    if let Some(target) = prefix_table::<DIRECTION>().get(&scratch.prefix_key) {
+        scratch.address = target.translate(addr);
+        replace_address(packet, parsed, address_offset, addr, &scratch.address)?;
         return Ok(true);
     }
     Ok(false)

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use rewrite_common::{
     counters::{DIRECTION_NAMES, OUTCOME_NAMES},
-    mapping::AddPlan,
     spec::{MappingSpec, Side, SpecError},
+    validate::AddPlan,
 };
 
 use anyhow::bail;
@@ -165,6 +165,11 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
                 }
                 warn_if_own_virtual_missing(virtual_addr, real_addr);
             }
+            MappingSpec::Prefix(mapping) => {
+                let plan = table.add_prefix(&mapping)?;
+                let verb = if plan == AddPlan::Unchanged { "unchanged" } else { "added" };
+                println!("{verb} {0}/{2} -> {1}/{2}", mapping.virtual_net, mapping.real_net, mapping.len);
+            }
             MappingSpec::Ports(mapping) => {
                 let plan = table.add_ports(&mapping)?;
                 let verb = if plan == AddPlan::Unchanged { "unchanged" } else { "added" };
@@ -179,6 +184,10 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
                     println!("deleted the half-applied reverse entry {real_addr} -> {virtual_addr}");
                 }
             },
+            Side::Prefix { net, len } => {
+                let real_net = table.remove_prefix(net, len)?;
+                println!("deleted {net}/{len} -> {real_net}/{len}");
+            }
             Side::Service { addr, first, last, protocol } => {
                 let removed = table.remove_ports(protocol, addr, first, last)?;
                 println!("deleted {removed} mapped port(s) of {virtual_side}");
@@ -199,6 +208,12 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|mapping| (mapping.virtual_addr.to_string(), mapping.real_addr.to_string()))
                 .collect();
+            for prefix in &listing.prefixes {
+                rows.push((
+                    format!("{}/{}", prefix.virtual_net, prefix.len),
+                    format!("{}/{}", prefix.real_net, prefix.len),
+                ));
+            }
             for mapping in &listing.port_mappings {
                 let described = describe_ports(mapping);
                 let (virtual_side, real_side) = described.split_once(" -> ").expect("describe_ports writes an arrow");

@@ -3,7 +3,7 @@
 
 use std::{io, path::PathBuf};
 
-use rewrite_common::mapping::MappingConflict;
+use rewrite_common::validate::MappingConflict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -70,6 +70,9 @@ pub enum Error {
 
     #[error("the mapping table is full ({capacity} mappings); delete mappings before adding more")]
     TableFull { capacity: u32 },
+
+    #[error("the prefix table is full ({capacity} prefix mappings)")]
+    PrefixTableFull { capacity: u32 },
 
     #[error("invalid mapping {mapping}: {conflict}")]
     Conflict { mapping: String, conflict: MappingConflict },

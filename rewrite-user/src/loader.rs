@@ -11,6 +11,7 @@ use aya::{
 };
 use rewrite_common::maps::{
     Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
+    MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, PrefixTarget,
 };
 
 use crate::{Error, iface, pins::PinLayout};
@@ -110,6 +111,10 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_REVERSE, size_of::<Addr>(), size_of::<Addr>())?;
     check_map_layout(&ebpf, maps_dir, MAP_PORT_FORWARD, size_of::<Endpoint>(), size_of::<Endpoint>())?;
     check_map_layout(&ebpf, maps_dir, MAP_PORT_REVERSE, size_of::<Endpoint>(), size_of::<Endpoint>())?;
+    // An LPM key is a u32 prefix length followed by the address.
+    let prefix_key = size_of::<u32>() + size_of::<Addr>();
+    check_map_layout(&ebpf, maps_dir, MAP_PREFIX_FORWARD, prefix_key, size_of::<PrefixTarget>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixTarget>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
 }

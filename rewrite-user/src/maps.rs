@@ -5,12 +5,17 @@
 
 use std::{collections::HashSet, net::IpAddr};
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use rewrite_common::{
     counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
-    mapping::{AddPlan, MappingConflict, MappingView, PortMapping, plan_add, plan_add_ports},
-    maps::{Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE},
+    mapping::{PortMapping, PrefixMapping},
+    maps::{
+        Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
+        MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, PrefixTarget,
+    },
     spec::Side,
+    validate::{AddPlan, MappingConflict, MappingView, in_prefix, plan_add, plan_add_ports, plan_add_prefix},
 };
 
 use crate::{Error, pins::PinLayout};
@@ -22,6 +27,7 @@ const BPF_EXIST: u64 = 2;
 
 type AddressMap = HashMap<MapData, Addr, Addr>;
 type PortMap = HashMap<MapData, Endpoint, Endpoint>;
+type PrefixMap = LpmTrie<MapData, Addr, PrefixTarget>;
 
 fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     let path = pins.map(name);
@@ -49,6 +55,8 @@ pub struct MappingTable {
     reverse: AddressMap,
     port_forward: PortMap,
     port_reverse: PortMap,
+    prefix_forward: PrefixMap,
+    prefix_reverse: PrefixMap,
     capacity: u32,
 }
 
@@ -69,6 +77,8 @@ pub struct Listing {
     pub mappings: Vec<Mapping>,
     /// Port-scoped mappings, consecutive ports merged into ranges.
     pub port_mappings: Vec<PortMapping>,
+    /// Prefix mappings, ordered by VIRTUAL network.
+    pub prefixes: Vec<PrefixMapping>,
     /// Reverse entries without their forward entry (from an interrupted command):
     /// ingress still rewrites REAL to VIRTUAL for them. `map del VIRTUAL` removes one.
     pub orphans: Vec<Mapping>,
@@ -98,7 +108,11 @@ impl MappingTable {
             .and_then(|data| data.info())
             .map_err(|source| Error::map(MAP_ADDR_FORWARD, source))?
             .max_entries();
-        Ok(Self { forward, reverse, port_forward, port_reverse, capacity })
+        let prefix_forward = PrefixMap::try_from(open_pinned(pins, MAP_PREFIX_FORWARD)?)
+            .map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
+        let prefix_reverse = PrefixMap::try_from(open_pinned(pins, MAP_PREFIX_REVERSE)?)
+            .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
+        Ok(Self { forward, reverse, port_forward, port_reverse, prefix_forward, prefix_reverse, capacity })
     }
 
     /// How many mappings the maps can hold.
@@ -210,6 +224,7 @@ impl MappingTable {
             }
         }
         listing.orphans.sort();
+        listing.prefixes = self.read_prefixes()?;
         let mut entries = Vec::new();
         for entry in self.port_forward.iter() {
             let (key, value) = entry.map_err(|source| Error::map(MAP_PORT_FORWARD, source))?;
@@ -237,6 +252,80 @@ impl MappingTable {
             listing.port_mappings.push(entry);
         }
         Ok(listing)
+    }
+
+    /// Every prefix mapping, read from the forward trie.
+    fn read_prefixes(&self) -> Result<Vec<PrefixMapping>, Error> {
+        let mut prefixes = Vec::new();
+        for entry in self.prefix_forward.iter() {
+            let (key, target) = entry.map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
+            let virtual_net = IpAddr::from(key.data());
+            let family_bits = if virtual_net.is_ipv4() { 96 } else { 0 };
+            let len = u8::try_from(key.prefix_len() - family_bits).unwrap_or(u8::MAX);
+            prefixes.push(PrefixMapping { virtual_net, real_net: IpAddr::from(target.network), len });
+        }
+        prefixes.sort();
+        Ok(prefixes)
+    }
+
+    /// Adds a prefix mapping: reverse trie entry first, then forward.
+    pub fn add_prefix(&mut self, mapping: &PrefixMapping) -> Result<AddPlan, Error> {
+        let plan = {
+            let view = LiveView::new(self);
+            let plan = plan_add_prefix(&view, mapping);
+            if let Some(error) = view.take_error() {
+                return Err(error);
+            }
+            let describe = || format!("{0}/{2} -> {1}/{2}", mapping.virtual_net, mapping.real_net, mapping.len);
+            plan.map_err(|conflict| Error::Conflict { mapping: describe(), conflict })?
+        };
+        if plan == AddPlan::Unchanged {
+            return Ok(plan);
+        }
+        let key_len = PrefixMapping::key_len(mapping.virtual_net, mapping.len);
+        let (virtual_net, real_net) = (Addr::from(mapping.virtual_net), Addr::from(mapping.real_net));
+        let reverse_key = Key::new(key_len, real_net);
+        let forward_key = Key::new(key_len, virtual_net);
+        let full = |error: MapError, name| {
+            if is_errno(&error, libc::ENOSPC) || is_errno(&error, libc::E2BIG) {
+                Error::PrefixTableFull { capacity: rewrite_common::maps::MAX_PREFIX_MAPPINGS }
+            } else {
+                Error::map(name, error)
+            }
+        };
+        self.prefix_reverse
+            .insert(&reverse_key, PrefixTarget { network: virtual_net, prefix_len: key_len }, BPF_NOEXIST)
+            .map_err(|error| full(error, MAP_PREFIX_REVERSE))?;
+        if let Err(error) = self.prefix_forward.insert(
+            &forward_key,
+            PrefixTarget { network: real_net, prefix_len: key_len },
+            BPF_NOEXIST,
+        ) {
+            let _ = self.prefix_reverse.remove(&reverse_key);
+            return Err(full(error, MAP_PREFIX_FORWARD));
+        }
+        Ok(plan)
+    }
+
+    /// Removes the prefix mapping of `net/len` (forward first) and returns its REAL
+    /// network.
+    pub fn remove_prefix(&mut self, net: IpAddr, len: u8) -> Result<IpAddr, Error> {
+        let key_len = PrefixMapping::key_len(net, len);
+        let forward_key = Key::new(key_len, Addr::from(net));
+        let target = match self.prefix_forward.get(&forward_key, 0) {
+            Ok(target) => target,
+            Err(error) if is_not_found(&error) => {
+                return Err(Error::NoSuchMapping { virtual_side: format!("{net}/{len}") });
+            }
+            Err(source) => return Err(Error::map(MAP_PREFIX_FORWARD, source)),
+        };
+        self.prefix_forward.remove(&forward_key).map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
+        match self.prefix_reverse.remove(&Key::new(key_len, target.network)) {
+            Ok(()) => {}
+            Err(error) if is_not_found(&error) => {}
+            Err(source) => return Err(Error::map(MAP_PREFIX_REVERSE, source)),
+        }
+        Ok(IpAddr::from(target.network))
     }
 
     /// Adds a port-scoped mapping (every port of its range). Reverse entries go in
@@ -354,6 +443,7 @@ struct LiveView<'a> {
     /// services' ports, and the checks ask about addresses, which are not their keys.
     port_virtual_addrs: HashSet<IpAddr>,
     port_real_addrs: HashSet<IpAddr>,
+    prefixes: Vec<PrefixMapping>,
 }
 
 impl<'a> LiveView<'a> {
@@ -363,7 +453,12 @@ impl<'a> LiveView<'a> {
             error: std::cell::Cell::new(None),
             port_virtual_addrs: HashSet::new(),
             port_real_addrs: HashSet::new(),
+            prefixes: Vec::new(),
         };
+        let prefixes = table.read_prefixes().unwrap_or_else(|error| {
+            view.error.set(Some(error));
+            Vec::new()
+        });
         let mut virtual_addrs = HashSet::new();
         let mut real_addrs = HashSet::new();
         for entry in table.port_forward.iter() {
@@ -375,7 +470,7 @@ impl<'a> LiveView<'a> {
                 Err(source) => view.error.set(Some(Error::map(MAP_PORT_FORWARD, source))),
             }
         }
-        Self { port_virtual_addrs: virtual_addrs, port_real_addrs: real_addrs, ..view }
+        Self { port_virtual_addrs: virtual_addrs, port_real_addrs: real_addrs, prefixes, ..view }
     }
 
     fn port_lookup(
@@ -430,6 +525,32 @@ impl MappingView for LiveView<'_> {
     }
     fn is_port_virtual(&self, addr: IpAddr) -> bool {
         self.port_virtual_addrs.contains(&addr)
+    }
+    fn prefixes(&self) -> Vec<PrefixMapping> {
+        self.prefixes.clone()
+    }
+    /// Scans the address map of that side: prefix mappings are added rarely, and the
+    /// maps have no index by network.
+    fn address_in(&self, net: IpAddr, len: u8, real_side: bool) -> Option<IpAddr> {
+        let (map, name, ports) = if real_side {
+            (&self.table.reverse, MAP_ADDR_REVERSE, &self.port_real_addrs)
+        } else {
+            (&self.table.forward, MAP_ADDR_FORWARD, &self.port_virtual_addrs)
+        };
+        if let Some(addr) = ports.iter().find(|addr| in_prefix(**addr, net, len)) {
+            return Some(*addr);
+        }
+        for key in map.keys() {
+            match key {
+                Ok(key) if in_prefix(IpAddr::from(key), net, len) => return Some(IpAddr::from(key)),
+                Ok(_) => {}
+                Err(source) => {
+                    self.error.set(Some(Error::map(name, source)));
+                    return None;
+                }
+            }
+        }
+        None
     }
 }
 

@@ -80,6 +80,9 @@ const PORT_MAPPINGS: [(&str, &str); 3] = [
     ("[fd00::2]:443/tcp", "[2001:db8::30]:8443/tcp"),
 ];
 
+/// Prefix mappings: a subnet in each family.
+const PREFIX_MAPPINGS: [(&str, &str); 2] = [("10.201.0.0/16", "172.20.0.0/16"), ("fd01::/64", "2001:db8:1::/64")];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hook {
     XdpIngress,
@@ -125,11 +128,13 @@ impl Fixture {
         table.add(own_virtual(), own_real()).expect("add own mapping");
         table.add(peer6_virtual(), peer6_real()).expect("add IPv6 peer mapping");
         table.add(own6_virtual(), own6_real()).expect("add IPv6 own mapping");
-        for (virtual_side, real_side) in PORT_MAPPINGS {
-            let MappingSpec::Ports(mapping) = MappingSpec::parse(virtual_side, real_side).expect("valid form") else {
-                panic!("{virtual_side} is a port-scoped form");
-            };
-            table.add_ports(&mapping).expect("add port-scoped mapping");
+        for (virtual_side, real_side) in PORT_MAPPINGS.into_iter().chain(PREFIX_MAPPINGS) {
+            match MappingSpec::parse(virtual_side, real_side).expect("valid form") {
+                MappingSpec::Ports(mapping) => table.add_ports(&mapping).map(drop),
+                MappingSpec::Prefix(mapping) => table.add_prefix(&mapping).map(drop),
+                MappingSpec::Address { .. } => panic!("{virtual_side}: address mappings are added above"),
+            }
+            .unwrap_or_else(|error| panic!("add {virtual_side} -> {real_side}: {error}"));
         }
         Self { _pins: pins, layout, ebpf }
     }
@@ -697,4 +702,24 @@ fn later_fragments_cannot_match_port_scoped_mappings_and_are_counted() {
     // To a host with an address mapping, a later fragment is rewritten as usual.
     let mapped = later.with_addresses(local(), peer_virtual());
     fixture.expect_rewrite(Hook::TcEgress, &mapped, &mapped.with_addresses(local(), peer_real()));
+}
+
+#[test]
+fn prefix_mappings_move_subnets_and_keep_host_bits() {
+    let fixture = Fixture::new();
+    for (virtual_host, real_host, local_host) in
+        [("10.201.3.7", "172.20.3.7", local()), ("fd01::3:7", "2001:db8:1::3:7", local6())]
+    {
+        let (virtual_host, real_host) = (ip(virtual_host), ip(real_host));
+        for spec in all_transports(local_host, virtual_host) {
+            fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local_host, real_host));
+        }
+        for hook in Hook::INGRESS {
+            for spec in all_transports(real_host, local_host) {
+                fixture.expect_rewrite(hook, &spec, &spec.with_addresses(virtual_host, local_host));
+            }
+        }
+    }
+    // Just outside the prefix: nothing.
+    fixture.expect_unchanged(Hook::TcEgress, &IpSpec::tcp(local(), ip("10.202.0.1")).frame(), NO_MATCH);
 }
