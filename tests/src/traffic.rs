@@ -102,9 +102,9 @@ fn accept_with_timeout(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Sends `count` numbered datagrams from `client_ns` to `send_to`; a server on
-/// `server_ns` at `listen` echoes each. Returns how many echoes came back, and the
-/// source addresses the server and the client saw.
+/// Sends `count` numbered datagrams of about 1 KB from `client_ns` to `send_to`; a
+/// server on `server_ns` at `listen` echoes each. Returns how many echoes came back,
+/// and the source addresses the server and the client saw.
 pub fn udp_echo(
     server_ns: &Netns,
     listen: SocketAddr,
@@ -112,6 +112,20 @@ pub fn udp_echo(
     send_to: SocketAddr,
     count: u32,
     wait: Duration,
+) -> UdpReport {
+    udp_echo_sized(server_ns, listen, client_ns, send_to, count, wait, 1000)
+}
+
+/// [`udp_echo`] with datagrams of `size` payload bytes (above the MTU, the stack
+/// fragments them).
+pub fn udp_echo_sized(
+    server_ns: &Netns,
+    listen: SocketAddr,
+    client_ns: &Netns,
+    send_to: SocketAddr,
+    count: u32,
+    wait: Duration,
+    size: usize,
 ) -> UdpReport {
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::scope(|scope| {
@@ -121,7 +135,7 @@ pub fn udp_echo(
             socket.set_read_timeout(Some(wait)).expect("set timeout");
             ready_tx.send(()).expect("client waits");
             let mut sources = Vec::new();
-            let mut buffer = [0; 2048];
+            let mut buffer = vec![0; 65536];
             while let Ok((len, peer)) = socket.recv_from(&mut buffer) {
                 if &buffer[..4] == b"STOP" {
                     break;
@@ -141,9 +155,9 @@ pub fn udp_echo(
             let mut echo_sources = Vec::new();
             for seq in 0..count {
                 let mut datagram = seq.to_be_bytes().to_vec();
-                datagram.extend(pattern(seq.to_le_bytes()[0], 1000));
+                datagram.extend(pattern(seq.to_le_bytes()[0], size));
                 socket.send_to(&datagram, send_to).unwrap_or_else(|error| panic!("send to {send_to}: {error}"));
-                let mut buffer = [0; 2048];
+                let mut buffer = vec![0; 65536];
                 if let Ok((len, peer)) = socket.recv_from(&mut buffer) {
                     assert_eq!(&buffer[..len], &datagram[..], "echo {seq} from {peer} differs from what was sent");
                     echoed += 1;

@@ -14,7 +14,7 @@ use rewrite_tests::{
     netns::{Netns, VethEnd, veth},
     traffic::{
         assert_no_checksum_errors_since, assert_receiver_verifies_checksums, checksum_errors, tcp_connects,
-        tcp_exchange, udp_echo,
+        tcp_exchange, udp_echo, udp_echo_sized,
     },
 };
 
@@ -473,4 +473,101 @@ fn port_scoped_mapping_moves_one_service_and_leaves_the_others() {
     assert!(error.contains("no mapping for VIRTUAL 10.200.0.2:7400/tcp"), "{error}");
     let error = rewrite.fails(&["map", "add", "10.200.0.2:7400-7401/tcp", "10.100.0.2:7500/tcp"]);
     assert!(error.contains("ranges must have the same width"), "{error}");
+}
+
+/// A prefix mapping moves a whole subnet: A reaches two hosts behind a router at the
+/// same host bits of the new subnet.
+#[test]
+fn prefix_mapping_reaches_two_hosts_of_a_subnet() {
+    let a = Netns::new("a");
+    let r = Netns::new("r");
+    let b1 = Netns::new("b1");
+    let b2 = Netns::new("b2");
+    veth(
+        VethEnd { netns: &a, name: "va", mac: A_MAC },
+        "10.100.0.1/24",
+        VethEnd { netns: &r, name: "ra", mac: B_MAC },
+        "10.100.0.2/24",
+    );
+    let r1_mac = [0x02, 0xee, 0, 0, 0, 1];
+    let r2_mac = [0x02, 0xee, 0, 0, 0, 2];
+    veth(
+        VethEnd { netns: &r, name: "r1", mac: r1_mac },
+        "172.20.0.1/24",
+        VethEnd { netns: &b1, name: "v1", mac: C_MAC },
+        "172.20.0.2/24",
+    );
+    veth(
+        VethEnd { netns: &r, name: "r2", mac: r2_mac },
+        "172.20.1.1/24",
+        VethEnd { netns: &b2, name: "v2", mac: MC_MAC },
+        "172.20.1.2/24",
+    );
+    r.sysctl("net.ipv4.ip_forward", "1");
+    a.ip(&["route", "add", "default", "via", "10.100.0.2"]);
+    b1.ip(&["route", "add", "default", "via", "172.20.0.1"]);
+    b2.ip(&["route", "add", "default", "via", "172.20.1.1"]);
+
+    let rewrite = RewriteCli::new(&a);
+    rewrite.ok(&["attach", "--iface", "va"]);
+    rewrite.ok(&["map", "add", "10.201.0.0/16", "172.20.0.0/16"]);
+    assert_eq!(rewrite.ok(&["map", "list"]), "10.201.0.0/16 -> 172.20.0.0/16\n");
+    for (host, virtual_addr, real_addr) in [(&b1, "10.201.0.2", "172.20.0.2"), (&b2, "10.201.1.2", "172.20.1.2")] {
+        let report = tcp_exchange(host, sock("0.0.0.0", 7600), &a, sock(virtual_addr, 7600), MIB / 4);
+        assert_eq!(report.client_seen_by_server.ip(), ip(A_REAL), "{real_addr} must see A's own address");
+        let udp = udp_echo(host, sock("0.0.0.0", 7601), &a, sock(virtual_addr, 7601), 20, Duration::from_secs(2));
+        assert_eq!(udp.echoed, 20, "{virtual_addr}: {udp:?}");
+        assert!(udp.echo_sources.iter().all(|source| source.ip() == ip(virtual_addr)), "{:?}", udp.echo_sources);
+    }
+    let error = rewrite.fails(&["map", "add", "10.202.0.0/17", "172.20.128.0/17"]);
+    assert!(error.contains("overlaps REAL prefix 172.20.0.0/16"), "{error}");
+    rewrite.ok(&["map", "del", "10.201.0.0/16"]);
+    assert_eq!(rewrite.ok(&["map", "list"]), "");
+}
+
+/// Datagrams larger than the MTU travel as IP fragments; every fragment's addresses
+/// are rewritten and the first one's UDP checksum covers the whole datagram, so they
+/// reassemble intact (the receivers verify the checksums in software).
+fn fragmented_udp_arrives_intact(family: &Family) {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+    rewrite.ok(&["attach", "--iface", "va", "--ingress", "xdp"]);
+    rewrite.ok(&["map", "add", family.b_virtual, family.b_real]);
+    let (errors_a, errors_b) = (checksum_errors(&hosts.a), checksum_errors(&hosts.b));
+    let wait = Duration::from_secs(2);
+    let udp = udp_echo_sized(&hosts.b, sock(family.any, 7700), &hosts.a, sock(family.b_virtual, 7700), 10, wait, 4000);
+    assert_eq!(udp.echoed, 10, "every 4000-byte datagram must be reassembled and echoed: {udp:?}");
+    assert_no_checksum_errors_since(&hosts.a, errors_a);
+    assert_no_checksum_errors_since(&hosts.b, errors_b);
+    // 10 datagrams of 3 fragments each way, and each fragment counted as rewritten.
+    assert!(stat(&rewrite, "egress", "rewritten") >= 30, "egress: {}", stats_json(&rewrite));
+    assert!(stat(&rewrite, "ingress", "rewritten") >= 30, "ingress: {}", stats_json(&rewrite));
+}
+
+#[test]
+fn fragmented_ipv4_udp_arrives_intact() {
+    fragmented_udp_arrives_intact(&V4);
+}
+
+#[test]
+fn fragmented_ipv6_udp_arrives_intact() {
+    fragmented_udp_arrives_intact(&V6);
+}
+
+/// ICMP echo through address mappings, both ways, in both families.
+#[test]
+fn ping_works_through_address_mappings_both_ways() {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+    rewrite.ok(&["attach", "--iface", "va"]);
+    for family in [&V4, &V6] {
+        rewrite.ok(&["map", "add", family.b_virtual, family.b_real]);
+        // A pings B under its VIRTUAL address; B pings A, whose replies it gets.
+        hosts.a.must("ping", &["-c", "3", "-i", "0.2", "-W", "2", family.b_virtual]);
+        hosts.b.must("ping", &["-c", "3", "-i", "0.2", "-W", "2", family.a_real]);
+    }
+    // Without the mapping, VIRTUAL does not answer.
+    rewrite.ok(&["map", "del", V4.b_virtual]);
+    let out = hosts.a.command("ping").args(["-c", "1", "-W", "1", V4.b_virtual]).output().expect("run ping");
+    assert!(!out.status.success(), "ping to an unmapped VIRTUAL must fail");
 }

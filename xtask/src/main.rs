@@ -18,7 +18,8 @@ use clap::{Parser, Subcommand};
 /// The bpf-linker release this project is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and benchmarks call, with a binary that proves each.
-const APT_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("ethtool", "ethtool"), ("util-linux", "nsenter")];
+const APT_PACKAGES: &[(&str, &str)] =
+    &[("iproute2", "ip"), ("ethtool", "ethtool"), ("util-linux", "nsenter"), ("iputils-ping", "ping")];
 const BPFFS: &str = "/sys/fs/bpf";
 
 #[derive(Debug, Parser)]
