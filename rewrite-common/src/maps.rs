@@ -19,6 +19,8 @@ pub const MAP_PREFIX_FORWARD: &str = "PREFIX_FORWARD";
 pub const MAP_PREFIX_REVERSE: &str = "PREFIX_REVERSE";
 /// Prefix mappings are few (one moves a subnet); this bounds the tries.
 pub const MAX_PREFIX_MAPPINGS: u32 = 16_384;
+/// Name of the one-entry array of [`TablesInUse`].
+pub const MAP_TABLES_IN_USE: &str = "TABLES_IN_USE";
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 
@@ -111,6 +113,19 @@ pub struct PrefixTarget {
 const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 20);
 const _: () = assert!(core::mem::align_of::<PrefixTarget>() == 4);
 
+/// Which of the optional tables hold entries: each flag is 0 or 1 (no `bool` in maps).
+/// Userspace sets a flag before it inserts the first entry and clears it after it
+/// removes the last, so the programs skip the lookups of an empty table (most hosts
+/// have no port-scoped or prefix mappings) without ever missing an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TablesInUse {
+    pub ports: u32,
+    pub prefixes: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<TablesInUse>() == 8);
+
 impl PrefixTarget {
     /// `addr` with its first `prefix_len` bits replaced by the network's: NETMAP's
     /// translation, which keeps the host bits.
@@ -152,6 +167,9 @@ unsafe impl aya::Pod for Endpoint {}
 // SAFETY: repr(C), an Addr and a u32, no padding (size asserted: 16 + 4).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for PrefixTarget {}
+// SAFETY: repr(C), two u32, no padding (size asserted).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TablesInUse {}
 
 #[cfg(any(test, feature = "user"))]
 mod std_conversions {

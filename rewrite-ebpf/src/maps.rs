@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use rewrite_common::{
     counters,
-    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Endpoint, MAX_PREFIX_MAPPINGS, PrefixTarget},
+    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Endpoint, MAX_PREFIX_MAPPINGS, PrefixTarget, TablesInUse},
 };
 
 /// VIRTUAL -> REAL, looked up on egress. `rewrite attach --max-mappings` sets the
@@ -35,6 +35,16 @@ pub static PREFIX_FORWARD: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PRE
 /// REAL/N -> VIRTUAL/N, looked up on ingress.
 #[map(name = "PREFIX_REVERSE")]
 pub static PREFIX_REVERSE: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
+
+/// Which optional tables hold entries, see `TablesInUse`.
+#[map(name = "TABLES_IN_USE")]
+static TABLES_IN_USE: Array<TablesInUse> = Array::pinned(1, 0);
+
+/// The flags, or "everything in use" if the slot cannot be read (it always can).
+#[inline(always)]
+pub fn tables_in_use() -> TablesInUse {
+    TABLES_IN_USE.get(0).copied().unwrap_or(TablesInUse { ports: 1, prefixes: 1 })
+}
 
 /// Working memory for lookup keys and results, per CPU: the BPF stack (512 bytes)
 /// cannot hold them for both sides of a packet. A program runs to completion on its

@@ -6,11 +6,11 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use rewrite_common::{
     counters::{FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
-    maps::{Addr, Endpoint},
+    maps::{Addr, Endpoint, TablesInUse},
 };
 
 use crate::{
-    maps::{address_table, count, port_table, prefix_table, scratch},
+    maps::{address_table, count, port_table, prefix_table, scratch, tables_in_use},
     packet::Packet,
     parse::{IpPacket, parse},
 };
@@ -36,8 +36,9 @@ pub fn rewrite_and_count<P: Packet, const DIRECTION: u32>(packet: &mut P) -> Res
 #[inline(always)]
 fn rewrite<P: Packet, const DIRECTION: u32>(packet: &mut P) -> Result<u32, u32> {
     let parsed = parse(packet)?;
-    let src_rewritten = rewrite_side::<P, DIRECTION>(packet, &parsed, false)?;
-    let dst_rewritten = rewrite_side::<P, DIRECTION>(packet, &parsed, true)?;
+    let in_use = tables_in_use();
+    let src_rewritten = rewrite_side::<P, DIRECTION>(packet, &parsed, &in_use, false)?;
+    let dst_rewritten = rewrite_side::<P, DIRECTION>(packet, &parsed, &in_use, true)?;
     Ok(match (src_rewritten || dst_rewritten, parsed.later_fragment) {
         (true, _) => REWRITTEN,
         // Without ports a later fragment cannot match a port-scoped mapping; count it
@@ -59,6 +60,7 @@ fn rewrite<P: Packet, const DIRECTION: u32>(packet: &mut P) -> Result<u32, u32> 
 fn rewrite_side<P: Packet, const DIRECTION: u32>(
     packet: &mut P,
     parsed: &IpPacket,
+    in_use: &TablesInUse,
     destination: bool,
 ) -> Result<bool, u32> {
     let (addr, address_offset) =
@@ -66,7 +68,9 @@ fn rewrite_side<P: Packet, const DIRECTION: u32>(
     // The scratch slot always exists (a one-entry array); without it there is nothing
     // safe to do but leave the packet alone.
     let scratch = scratch().ok_or(NO_MATCH)?;
-    if let Some((ports, source_port_offset)) = parsed.ports {
+    if let Some((ports, source_port_offset)) = parsed.ports
+        && in_use.ports != 0
+    {
         let (port, port_offset) = if destination {
             (ports.dst, source_port_offset + DST_PORT_AFTER_SRC)
         } else {
@@ -88,6 +92,9 @@ fn rewrite_side<P: Packet, const DIRECTION: u32>(
         scratch.address = *target;
         replace_address(packet, parsed, address_offset, addr, &scratch.address)?;
         return Ok(true);
+    }
+    if in_use.prefixes == 0 {
+        return Ok(false);
     }
     // All 128 bits of the 16-byte form take part; an IPv4 prefix is stored as 96 + N.
     scratch.prefix_key = Key::new(128, *addr);

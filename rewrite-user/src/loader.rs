@@ -11,7 +11,7 @@ use aya::{
 };
 use rewrite_common::maps::{
     Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
-    MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, PrefixTarget,
+    MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixTarget, TablesInUse,
 };
 
 use crate::{Error, iface, pins::PinLayout};
@@ -115,6 +115,7 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     let prefix_key = size_of::<u32>() + size_of::<Addr>();
     check_map_layout(&ebpf, maps_dir, MAP_PREFIX_FORWARD, prefix_key, size_of::<PrefixTarget>())?;
     check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixTarget>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_TABLES_IN_USE, size_of::<u32>(), size_of::<TablesInUse>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
 }

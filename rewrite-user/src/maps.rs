@@ -6,13 +6,13 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use rewrite_common::{
     counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
     mapping::{PortMapping, PrefixMapping},
     maps::{
         Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
-        MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, PrefixTarget,
+        MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixTarget, TablesInUse,
     },
     spec::Side,
     validate::{AddPlan, MappingConflict, MappingView, in_prefix, plan_add, plan_add_ports, plan_add_prefix},
@@ -49,7 +49,6 @@ fn is_errno(error: &MapError, errno: i32) -> bool {
 
 /// The pinned VIRTUAL -> REAL and REAL -> VIRTUAL maps, for addresses and for
 /// port-scoped endpoints.
-#[derive(Debug)]
 pub struct MappingTable {
     forward: AddressMap,
     reverse: AddressMap,
@@ -57,6 +56,7 @@ pub struct MappingTable {
     port_reverse: PortMap,
     prefix_forward: PrefixMap,
     prefix_reverse: PrefixMap,
+    in_use: Array<MapData, TablesInUse>,
     capacity: u32,
 }
 
@@ -93,6 +93,12 @@ pub struct Mapping {
     pub real_addr: IpAddr,
 }
 
+impl std::fmt::Debug for MappingTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappingTable").field("capacity", &self.capacity).finish_non_exhaustive()
+    }
+}
+
 impl MappingTable {
     pub fn open(pins: &PinLayout) -> Result<Self, Error> {
         let forward = AddressMap::try_from(open_pinned(pins, MAP_ADDR_FORWARD)?)
@@ -112,7 +118,29 @@ impl MappingTable {
             .map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
         let prefix_reverse = PrefixMap::try_from(open_pinned(pins, MAP_PREFIX_REVERSE)?)
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
-        Ok(Self { forward, reverse, port_forward, port_reverse, prefix_forward, prefix_reverse, capacity })
+        let in_use = Array::try_from(open_pinned(pins, MAP_TABLES_IN_USE)?)
+            .map_err(|source| Error::map(MAP_TABLES_IN_USE, source))?;
+        Ok(Self { forward, reverse, port_forward, port_reverse, prefix_forward, prefix_reverse, in_use, capacity })
+    }
+
+    /// Updates the flags that let the programs skip empty tables. Call with `true`
+    /// before inserting a table's first entry, with `false` after removing its last.
+    fn mark_in_use(&mut self, ports: Option<bool>, prefixes: Option<bool>) -> Result<(), Error> {
+        let mut flags = self.in_use.get(&0, 0).map_err(|source| Error::map(MAP_TABLES_IN_USE, source))?;
+        if let Some(ports) = ports {
+            flags.ports = u32::from(ports);
+        }
+        if let Some(prefixes) = prefixes {
+            flags.prefixes = u32::from(prefixes);
+        }
+        self.in_use.set(0, flags, 0).map_err(|source| Error::map(MAP_TABLES_IN_USE, source))
+    }
+
+    /// After a removal: clears the flags of tables that are now empty.
+    fn unmark_empty(&mut self) -> Result<(), Error> {
+        let ports_empty = self.port_forward.keys().next().is_none() && self.port_reverse.keys().next().is_none();
+        let prefixes_empty = self.prefix_forward.keys().next().is_none() && self.prefix_reverse.keys().next().is_none();
+        self.mark_in_use(ports_empty.then_some(false), prefixes_empty.then_some(false))
     }
 
     /// How many mappings the maps can hold.
@@ -293,6 +321,7 @@ impl MappingTable {
                 Error::map(name, error)
             }
         };
+        self.mark_in_use(None, Some(true))?;
         self.prefix_reverse
             .insert(&reverse_key, PrefixTarget { network: virtual_net, prefix_len: key_len }, BPF_NOEXIST)
             .map_err(|error| full(error, MAP_PREFIX_REVERSE))?;
@@ -325,6 +354,7 @@ impl MappingTable {
             Err(error) if is_not_found(&error) => {}
             Err(source) => return Err(Error::map(MAP_PREFIX_REVERSE, source)),
         }
+        self.unmark_empty()?;
         Ok(IpAddr::from(target.network))
     }
 
@@ -351,6 +381,7 @@ impl MappingTable {
                 )
             })
             .collect();
+        self.mark_in_use(Some(true), None)?;
         let mut added_reverse = Vec::new();
         let mut added_forward = Vec::new();
         let mut result = Ok(());
@@ -416,7 +447,50 @@ impl MappingTable {
             let side = Side::Service { addr: virtual_addr, first, last, protocol };
             return Err(Error::NoSuchMapping { virtual_side: side.to_string() });
         }
+        self.unmark_empty()?;
         Ok(removed)
+    }
+
+    /// Inserts port-scoped mappings known to be new and valid, without the checks
+    /// (benchmarks): reverse entries first. Stops at the first error.
+    pub fn insert_ports_unchecked(&mut self, mappings: &[PortMapping]) -> Result<(), Error> {
+        let endpoints: Vec<(Endpoint, Endpoint)> = mappings
+            .iter()
+            .flat_map(|mapping| {
+                let mapping = *mapping;
+                mapping.ports().map(move |(virtual_port, real_port)| {
+                    (
+                        Endpoint::new(Addr::from(mapping.virtual_addr), virtual_port.to_be_bytes(), mapping.protocol),
+                        Endpoint::new(Addr::from(mapping.real_addr), real_port.to_be_bytes(), mapping.protocol),
+                    )
+                })
+            })
+            .collect();
+        self.mark_in_use(Some(true), None)?;
+        for (virtual_endpoint, real_endpoint) in &endpoints {
+            self.port_reverse
+                .insert(real_endpoint, virtual_endpoint, BPF_ANY)
+                .map_err(|error| self.insert_error(MAP_PORT_REVERSE, error))?;
+        }
+        for (virtual_endpoint, real_endpoint) in &endpoints {
+            self.port_forward
+                .insert(virtual_endpoint, real_endpoint, BPF_ANY)
+                .map_err(|error| self.insert_error(MAP_PORT_FORWARD, error))?;
+        }
+        Ok(())
+    }
+
+    /// Inserts a prefix mapping without the checks (benchmarks).
+    pub fn insert_prefix_unchecked(&mut self, mapping: &PrefixMapping) -> Result<(), Error> {
+        let key_len = PrefixMapping::key_len(mapping.virtual_net, mapping.len);
+        let (virtual_net, real_net) = (Addr::from(mapping.virtual_net), Addr::from(mapping.real_net));
+        self.mark_in_use(None, Some(true))?;
+        self.prefix_reverse
+            .insert(&Key::new(key_len, real_net), PrefixTarget { network: virtual_net, prefix_len: key_len }, BPF_ANY)
+            .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
+        self.prefix_forward
+            .insert(&Key::new(key_len, virtual_net), PrefixTarget { network: real_net, prefix_len: key_len }, BPF_ANY)
+            .map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))
     }
 
     /// Inserts many mappings that are known to be new and valid (benchmarks and bulk

@@ -1,12 +1,14 @@
-//! Per-packet cost of the programs, measured by BPF_PROG_TEST_RUN: the kernel runs the
-//! program `REPEAT` times on one frame and reports the mean time per run. Compared with
-//! an XDP program that only returns XDP_PASS, at 1 and at 1,000,000 mappings.
+//! Per-packet cost of the XDP ingress program for each lookup path (port-scoped hit,
+//! address hit, prefix hit, miss), against an XDP program that only returns XDP_PASS,
+//! with 1 and with 1,000,000 entries in each table. Measured by BPF_PROG_TEST_RUN: the
+//! kernel runs the program `REPEAT` times on one frame and reports the mean time per
+//! run. The TC egress program's address hit and miss are shown for comparison.
 //!
-//! The kernel reruns a program on the same buffer, so a rewritten frame would miss the
-//! table on every run after the first. To time the matching path on every run, the
-//! table also holds the inverse of the target mapping (REAL -> VIRTUAL), which the CLI
-//! would refuse: the frame then flips between the two addresses and matches each time.
-//! The outcome counters prove it: every run of a "match" column counts as rewritten.
+//! The kernel reruns a program on the same buffer, so a rewritten frame would miss on
+//! every run after the first. So the tables also hold the inverse of each measured
+//! entry (which the CLI would refuse): the frame flips between the two addresses and
+//! matches every time. The outcome counters prove it: every run of a hit column counts
+//! as rewritten, every run of the miss column as no match.
 //!
 //! Run with `cargo xtask bench`. Prints a markdown table with the machine's description.
 
@@ -19,7 +21,11 @@ use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
-use rewrite_common::counters::{EGRESS, INGRESS, NO_MATCH, REWRITTEN};
+use rewrite_common::{
+    counters::{EGRESS, INGRESS, NO_MATCH, REWRITTEN},
+    mapping::{PortMapping, PrefixMapping},
+    maps::{IPPROTO_TCP, MAX_PREFIX_MAPPINGS},
+};
 use rewrite_tests::{
     netns::PinDir,
     packet::{IpSpec, verify_checksums},
@@ -34,12 +40,44 @@ const REPEAT: u32 = 200_000;
 const PASSES: usize = 7;
 const SIZES: [u32; 2] = [1, 1_000_000];
 
-fn virtual_addr(index: u32) -> IpAddr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + index).into()
+fn nth(base: [u8; 4], index: u32) -> IpAddr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::from(base)) + index).into()
 }
 
-fn real_addr(index: u32) -> IpAddr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + index).into()
+/// Address mappings: 10.0.0.0/12 -> 100.64.0.0/12.
+fn address(index: u32) -> Mapping {
+    Mapping { virtual_addr: nth([10, 0, 0, 0], index), real_addr: nth([100, 64, 0, 0], index) }
+}
+
+/// Port-scoped mappings: 172.16.0.0/12 port 80 -> 32 ports per address of 198.18.0.0/15.
+fn service(index: u32) -> PortMapping {
+    PortMapping {
+        protocol: IPPROTO_TCP,
+        virtual_addr: nth([172, 16, 0, 0], index),
+        virtual_first: 80,
+        real_addr: nth([198, 18, 0, 0], index / 32),
+        real_first: 1024 + u16::try_from(index % 32).expect("below 32"),
+        count: 1,
+    }
+}
+
+/// Prefix mappings: /24s from 10.64.0.0 -> /24s from 100.128.0.0.
+fn subnet(index: u32) -> PrefixMapping {
+    PrefixMapping {
+        virtual_net: nth([10, 64, 0, 0], index * 256),
+        real_net: nth([100, 128, 0, 0], index * 256),
+        len: 24,
+    }
+}
+
+fn inverse_ports(mapping: &PortMapping) -> PortMapping {
+    PortMapping {
+        virtual_addr: mapping.real_addr,
+        virtual_first: mapping.real_first,
+        real_addr: mapping.virtual_addr,
+        real_first: mapping.virtual_first,
+        ..*mapping
+    }
 }
 
 fn run_once(ebpf: &Ebpf, program: &str, frame: &[u8]) -> Duration {
@@ -66,13 +104,7 @@ fn run_once(ebpf: &Ebpf, program: &str, frame: &[u8]) -> Duration {
 
 /// Median, min and max of `PASSES` runs, in nanoseconds per packet, after checking that
 /// every run counted `outcome` (when given) in `direction`.
-fn measure(
-    ebpf: &Ebpf,
-    layout: &PinLayout,
-    program: &str,
-    frame: &[u8],
-    expect: Option<(u32, u32)>,
-) -> (f64, f64, f64) {
+fn measure(ebpf: &Ebpf, layout: &PinLayout, program: &str, frame: &[u8], expect: Option<(u32, u32)>) -> String {
     let before = Counters::read(layout).expect("read counters");
     let mut samples: Vec<f64> = (0..PASSES).map(|_| run_once(ebpf, program, frame).as_secs_f64() * 1e9).collect();
     if let Some((direction, outcome)) = expect {
@@ -81,7 +113,7 @@ fn measure(
         assert_eq!(runs, u64::from(REPEAT) * PASSES as u64, "{program}: not every run took the measured path");
     }
     samples.sort_by(f64::total_cmp);
-    (samples[PASSES / 2], samples[0], samples[PASSES - 1])
+    format!("{:.0} [{:.0}–{:.0}]", samples[PASSES / 2], samples[0], samples[PASSES - 1])
 }
 
 fn machine() -> String {
@@ -112,44 +144,95 @@ fn main() {
     let mut table = MappingTable::open(&layout).expect("open maps");
 
     println!(
-        "# Per-packet cost (BPF_PROG_TEST_RUN, {REPEAT} runs per pass, median of {PASSES} passes [min-max], ns)\n"
+        "# Per-packet cost by lookup path (BPF_PROG_TEST_RUN, {REPEAT} runs per pass, median of {PASSES} passes [min–max], ns)\n"
     );
     println!("Machine: {}\n", machine());
     println!(
-        "| mappings | empty XDP | XDP ingress, match | XDP ingress, no match | TC egress, match | TC egress, no match |"
+        "Each table holds the number of entries in the first column (the prefix trie at most {}, its capacity less one).\n",
+        MAX_PREFIX_MAPPINGS - 1
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
-    let local = Ipv4Addr::new(192, 168, 77, 1);
-    let stranger = Ipv4Addr::new(192, 0, 2, 1);
-    let mut installed = 0;
-    for size in SIZES {
-        let batch: Vec<Mapping> = (installed..size)
-            .map(|index| Mapping { virtual_addr: virtual_addr(index), real_addr: real_addr(index) })
-            .collect();
-        let started = std::time::Instant::now();
-        table.insert_new_unchecked(&batch).expect("fill the table");
-        eprintln!("installed {} mappings in {:?}", batch.len(), started.elapsed());
-        installed = size;
-        // A mapping from the middle of the table, so the lookup is not the first entry,
-        // plus its inverse so that the rewritten frame matches again on the next run.
-        let target = size / 2;
-        let inverse = Mapping { virtual_addr: real_addr(target), real_addr: virtual_addr(target) };
-        table.insert_new_unchecked(&[inverse]).expect("insert the inverse mapping");
-        let ingress_match = IpSpec::tcp(real_addr(target), local).frame();
-        let ingress_miss = IpSpec::tcp(stranger, local).frame();
-        let egress_match = IpSpec::tcp(local, virtual_addr(target)).frame();
-        let egress_miss = IpSpec::tcp(local, stranger).frame();
+    println!(
+        "| entries | empty XDP | XDP port hit | XDP address hit | XDP prefix hit | XDP miss | TC egress address hit | TC egress miss |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let client = IpAddr::from(Ipv4Addr::new(192, 168, 77, 1));
+    let stranger = IpAddr::from(Ipv4Addr::new(192, 0, 2, 1));
+    // A host with address mappings only: the port and prefix tables are empty, and the
+    // programs skip their lookups.
+    {
+        let only = address(0);
+        table.insert_new_unchecked(&[only]).expect("one address mapping");
+        let inverse = Mapping { virtual_addr: only.real_addr, real_addr: only.virtual_addr };
+        table.insert_new_unchecked(&[inverse]).expect("inverse address");
+        let hit = IpSpec::tcp(only.real_addr, client).frame();
+        let miss = IpSpec::tcp(stranger, client).frame();
+        let egress_hit = IpSpec::tcp(client, only.virtual_addr).frame();
+        let egress_miss = IpSpec::tcp(client, stranger).frame();
         let cells = [
-            measure(&ebpf, &layout, PROG_BENCH_XDP_PASS, &ingress_match, None),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &ingress_match, Some((INGRESS, REWRITTEN))),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &ingress_miss, Some((INGRESS, NO_MATCH))),
-            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_match, Some((EGRESS, REWRITTEN))),
+            measure(&ebpf, &layout, PROG_BENCH_XDP_PASS, &hit, None),
+            "–".to_owned(),
+            measure(&ebpf, &layout, PROG_XDP_INGRESS, &hit, Some((INGRESS, REWRITTEN))),
+            "–".to_owned(),
+            measure(&ebpf, &layout, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
+            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
             measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
         ];
-        // The inverse would make the next size's batch collide with it.
-        table.remove_mapping(real_addr(target)).expect("remove the inverse mapping");
-        let cells: Vec<String> =
-            cells.iter().map(|(median, min, max)| format!("{median:.1} [{min:.1}-{max:.1}]")).collect();
+        println!("| 1 (address table only) | {} |", cells.join(" | "));
+        table.remove_mapping(inverse.virtual_addr).expect("remove inverse");
+        table.remove_mapping(only.virtual_addr).expect("remove");
+    }
+    let mut installed = 0;
+    for size in SIZES {
+        let started = std::time::Instant::now();
+        let addresses: Vec<Mapping> = (installed..size).map(address).collect();
+        table.insert_new_unchecked(&addresses).expect("fill the address table");
+        let services: Vec<PortMapping> = (installed..size).map(service).collect();
+        table.insert_ports_unchecked(&services).expect("fill the port table");
+        // One slot stays free for the inverse entry below.
+        let prefixes = MAX_PREFIX_MAPPINGS - 1;
+        for index in installed.min(prefixes)..size.min(prefixes) {
+            table.insert_prefix_unchecked(&subnet(index)).expect("fill the prefix trie");
+        }
+        eprintln!("installed {} entries per table in {:?}", size - installed, started.elapsed());
+        installed = size;
+
+        // Entries from the middle of each table, with their inverses (see the top).
+        let target = size / 2;
+        let (addr, port, prefix) = (address(target), service(target), subnet(target.min(MAX_PREFIX_MAPPINGS - 2)));
+        let inverse_addr = Mapping { virtual_addr: addr.real_addr, real_addr: addr.virtual_addr };
+        table.insert_new_unchecked(&[inverse_addr]).expect("inverse address");
+        table.insert_ports_unchecked(&[inverse_ports(&port)]).expect("inverse port");
+        let inverse_prefix =
+            PrefixMapping { virtual_net: prefix.real_net, real_net: prefix.virtual_net, len: prefix.len };
+        table.insert_prefix_unchecked(&inverse_prefix).expect("inverse prefix");
+
+        let port_hit = IpSpec::tcp(port.real_addr, client).with_ports(port.real_first, 40000).frame();
+        let address_hit = IpSpec::tcp(addr.real_addr, client).frame();
+        let prefix_host = match prefix.real_net {
+            IpAddr::V4(net) => IpAddr::from(Ipv4Addr::from(u32::from(net) + 7)),
+            IpAddr::V6(_) => unreachable!("IPv4 prefixes"),
+        };
+        let prefix_hit = IpSpec::tcp(prefix_host, client).frame();
+        let miss = IpSpec::tcp(stranger, client).frame();
+        let egress_hit = IpSpec::tcp(client, addr.virtual_addr).frame();
+        let egress_miss = IpSpec::tcp(client, stranger).frame();
+        let cells = [
+            measure(&ebpf, &layout, PROG_BENCH_XDP_PASS, &address_hit, None),
+            measure(&ebpf, &layout, PROG_XDP_INGRESS, &port_hit, Some((INGRESS, REWRITTEN))),
+            measure(&ebpf, &layout, PROG_XDP_INGRESS, &address_hit, Some((INGRESS, REWRITTEN))),
+            measure(&ebpf, &layout, PROG_XDP_INGRESS, &prefix_hit, Some((INGRESS, REWRITTEN))),
+            measure(&ebpf, &layout, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
+            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
+            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
+        ];
         println!("| {size} | {} |", cells.join(" | "));
+
+        // Take the inverses out again: the next size's batch would collide with them.
+        table.remove_mapping(inverse_addr.virtual_addr).expect("remove inverse address");
+        let inverse = inverse_ports(&port);
+        table
+            .remove_ports(inverse.protocol, inverse.virtual_addr, inverse.virtual_first, inverse.virtual_first)
+            .expect("remove inverse port");
+        table.remove_prefix(inverse_prefix.virtual_net, inverse_prefix.len).expect("remove inverse prefix");
     }
 }
