@@ -157,13 +157,15 @@ mod tests {
         assert_eq!(out.dst, to("172.20.3.7"));
         let back = table.rewrite(Direction::Ingress, ip("172.20.3.7"), client, None);
         assert_eq!(back.src, to("10.1.3.7"));
-        // A longer prefix inside it wins.
+        // Nothing may nest inside a VIRTUAL prefix: two REALs would restore to it.
         let inner = PrefixMapping { virtual_net: ip("10.1.9.0"), real_net: ip("172.30.9.0"), len: 24 };
-        assert_eq!(table.add_prefix(&inner), Ok(AddPlan::Insert));
-        assert_eq!(table.rewrite(Direction::Egress, client, ip("10.1.9.5"), None).dst, to("172.30.9.5"));
-        // An address mapping beats both (its REAL lies outside every REAL prefix).
-        table.add(ip("10.1.9.6"), ip("192.0.2.66")).expect("valid mapping");
-        assert_eq!(table.rewrite(Direction::Egress, client, ip("10.1.9.6"), None).dst, to("192.0.2.66"));
+        assert!(matches!(table.add_prefix(&inner), Err(MappingConflict::VirtualPrefixOverlap { .. })));
+        assert!(matches!(table.add(ip("10.1.9.6"), ip("192.0.2.66")), Err(MappingConflict::InVirtualPrefix { .. })));
+        // A second, disjoint subnet is fine, and each address finds its own.
+        let other = PrefixMapping { virtual_net: ip("10.2.0.0"), real_net: ip("172.30.0.0"), len: 24 };
+        assert_eq!(table.add_prefix(&other), Ok(AddPlan::Insert));
+        assert_eq!(table.rewrite(Direction::Egress, client, ip("10.2.0.5"), None).dst, to("172.30.0.5"));
+        assert!(table.rewrite(Direction::Egress, client, ip("10.3.0.5"), None).is_empty());
     }
 
     #[test]
@@ -187,6 +189,10 @@ mod tests {
         assert!(matches!(table.add(ip("10.9.0.1"), ip("172.20.0.9")), Err(MappingConflict::InRealPrefix { .. })));
         assert!(matches!(table.add(ip("172.20.0.9"), ip("10.9.0.1")), Err(MappingConflict::InRealPrefix { .. })));
         assert!(matches!(table.add(ip("10.9.0.1"), ip("10.1.0.9")), Err(MappingConflict::InVirtualPrefix { .. })));
+        assert!(matches!(table.add(ip("10.1.0.9"), ip("10.9.0.1")), Err(MappingConflict::InVirtualPrefix { .. })));
+        table.add(ip("10.70.0.1"), ip("172.70.0.1")).expect("valid mapping");
+        let swallowing_virtual = PrefixMapping { virtual_net: ip("10.70.0.0"), real_net: ip("172.71.0.0"), len: 16 };
+        assert!(matches!(table.add_prefix(&swallowing_virtual), Err(MappingConflict::PrefixContainsVirtual { .. })));
         // And a new REAL prefix cannot swallow an existing REAL.
         table.add(ip("10.9.0.1"), ip("172.50.0.9")).expect("valid mapping");
         let swallowing = PrefixMapping { virtual_net: ip("10.60.0.0"), real_net: ip("172.50.0.0"), len: 16 };

@@ -118,6 +118,15 @@ pub enum MappingConflict {
         "prefix {net}/{len} overlaps {other_net}/{other_len} on the other side: an address cannot be both a VIRTUAL and a REAL"
     )]
     PrefixSidesOverlap { net: IpAddr, len: u8, other_net: IpAddr, other_len: u8 },
+    #[error(
+        "VIRTUAL prefix {virtual_net}/{len} overlaps VIRTUAL prefix {other_net}/{other_len}: addresses in the \
+         overlap would be restored from two REAL prefixes"
+    )]
+    VirtualPrefixOverlap { virtual_net: IpAddr, len: u8, other_net: IpAddr, other_len: u8 },
+    #[error(
+        "VIRTUAL prefix {net}/{len} contains {addr}, the VIRTUAL of another mapping: two REALs would restore to it"
+    )]
+    PrefixContainsVirtual { net: IpAddr, len: u8, addr: IpAddr },
     #[error("{virtual_net}/{len} is already mapped to {existing_real}/{len}; delete that mapping first")]
     PrefixTaken { virtual_net: IpAddr, len: u8, existing_real: IpAddr },
     #[error("prefix {net}/{len} contains {addr}, which another mapping already uses on the other side")]
@@ -197,6 +206,11 @@ fn check_against_prefixes(
         }
         if in_prefix(real_addr, prefix.virtual_net, len) {
             return Err(MappingConflict::InVirtualPrefix { addr: real_addr, net: prefix.virtual_net, len });
+        }
+        // A VIRTUAL inside a VIRTUAL prefix would make two REALs restore to it: its own,
+        // and the prefix's translation of it.
+        if in_prefix(virtual_addr, prefix.virtual_net, len) {
+            return Err(MappingConflict::InVirtualPrefix { addr: virtual_addr, net: prefix.virtual_net, len });
         }
         if in_prefix(virtual_addr, prefix.real_net, len) {
             return Err(MappingConflict::InRealPrefix {
@@ -293,7 +307,11 @@ pub fn plan_add_ports(table: &impl MappingView, mapping: &PortMapping) -> Result
             }
             None => all_present = false,
         }
-        if let Some((existing_addr, existing_port)) = table.port_virtual_of(protocol, real_addr, real_port) {
+        // The same reverse entry may be there already, left by an add that was
+        // interrupted before its forward entries: adding the mapping again completes it.
+        if let Some((existing_addr, existing_port)) = table.port_virtual_of(protocol, real_addr, real_port)
+            && (existing_addr, existing_port) != (virtual_addr, virtual_port)
+        {
             return Err(MappingConflict::RealPortTaken {
                 real_endpoint: ShowEndpoint(real_addr, real_port, protocol),
                 existing_virtual: ShowEndpoint(existing_addr, existing_port, protocol),
@@ -333,6 +351,14 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
             }
             return Err(MappingConflict::PrefixTaken { virtual_net, len, existing_real: other.real_net });
         }
+        if prefixes_overlap(virtual_net, len, other.virtual_net, other.len) {
+            return Err(MappingConflict::VirtualPrefixOverlap {
+                virtual_net,
+                len,
+                other_net: other.virtual_net,
+                other_len: other.len,
+            });
+        }
         if prefixes_overlap(real_net, len, other.real_net, other.len) {
             return Err(MappingConflict::RealPrefixOverlap {
                 real_net,
@@ -355,6 +381,9 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
     }
     if let Some(addr) = table.address_in(virtual_net, len, true) {
         return Err(MappingConflict::PrefixContainsOtherSide { net: virtual_net, len, addr });
+    }
+    if let Some(addr) = table.address_in(virtual_net, len, false) {
+        return Err(MappingConflict::PrefixContainsVirtual { net: virtual_net, len, addr });
     }
     Ok(AddPlan::Insert)
 }

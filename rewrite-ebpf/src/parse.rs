@@ -158,6 +158,10 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         if offset > MAX_L4_OFFSET || offset > end {
             return Err(if offset > end { MALFORMED } else { UNSUPPORTED });
         }
+        // After the fragment header of a later fragment comes payload, not headers.
+        if !first_fragment {
+            break;
+        }
     }
     let (l4, ports) = transport(packet, next_header, offset, end, first_fragment, true)?;
     Ok(IpPacket {
@@ -192,6 +196,9 @@ fn transport<P: Packet>(
         // A non-first fragment carries no transport header: its addresses are still
         // rewritten, and the first fragment's checksum update covers the datagram.
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => (L4Checksum::NotCovered, None),
+        // A later IPv6 fragment whose first fragment carried more options headers
+        // before the transport: as above, addresses only.
+        IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS if ipv6 && !first_fragment => (L4Checksum::NotCovered, None),
         IPPROTO_TCP => {
             let tcp: TcpHdr = packet.read(l4).ok_or(MALFORMED)?;
             let data_offset = usize::from(tcp.doff()) * 4;

@@ -322,9 +322,15 @@ impl MappingTable {
             }
         };
         self.mark_in_use(None, Some(true))?;
-        self.prefix_reverse
-            .insert(&reverse_key, PrefixTarget { network: virtual_net, prefix_len: key_len }, BPF_NOEXIST)
-            .map_err(|error| full(error, MAP_PREFIX_REVERSE))?;
+        let reverse_value = PrefixTarget { network: virtual_net, prefix_len: key_len };
+        match self.prefix_reverse.insert(&reverse_key, reverse_value, BPF_NOEXIST) {
+            Ok(()) => {}
+            // Left by an add interrupted before its forward entry: this add completes it.
+            Err(error)
+                if is_errno(&error, libc::EEXIST)
+                    && self.prefix_reverse.get(&reverse_key, 0).is_ok_and(|value| value == reverse_value) => {}
+            Err(error) => return Err(full(error, MAP_PREFIX_REVERSE)),
+        }
         if let Err(error) = self.prefix_forward.insert(
             &forward_key,
             PrefixTarget { network: real_net, prefix_len: key_len },
@@ -535,13 +541,22 @@ impl<'a> LiveView<'a> {
         });
         let mut virtual_addrs = HashSet::new();
         let mut real_addrs = HashSet::new();
-        for entry in table.port_forward.iter() {
+        for entry in table.port_forward.keys() {
             match entry {
-                Ok((virtual_endpoint, real_endpoint)) => {
+                Ok(virtual_endpoint) => {
                     virtual_addrs.insert(IpAddr::from(virtual_endpoint.addr));
-                    real_addrs.insert(IpAddr::from(real_endpoint.addr));
                 }
                 Err(source) => view.error.set(Some(Error::map(MAP_PORT_FORWARD, source))),
+            }
+        }
+        // REAL endpoints from the reverse map, so that a half-applied entry left there
+        // still keeps its REAL from being given to another mapping.
+        for entry in table.port_reverse.keys() {
+            match entry {
+                Ok(real_endpoint) => {
+                    real_addrs.insert(IpAddr::from(real_endpoint.addr));
+                }
+                Err(source) => view.error.set(Some(Error::map(MAP_PORT_REVERSE, source))),
             }
         }
         Self { port_virtual_addrs: virtual_addrs, port_real_addrs: real_addrs, prefixes, ..view }

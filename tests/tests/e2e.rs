@@ -467,6 +467,9 @@ fn port_scoped_mapping_moves_one_service_and_leaves_the_others() {
     assert!(!other_port, "only mapped ports of VIRTUAL may reach B");
 
     rewrite.ok(&["map", "del", "10.200.0.2:7410-7411/udp"]);
+    // The TCP service, still mapped, keeps working after the other port mapping went.
+    let report = tcp_exchange(&hosts.b, sock("0.0.0.0", 7500), &hosts.a, sock(B_VIRTUAL, 7400), MIB / 8);
+    assert_eq!(report.client_seen_by_server.ip(), ip(A_REAL));
     rewrite.ok(&["map", "del", "10.200.0.2:7400/tcp"]);
     assert_eq!(rewrite.ok(&["map", "list"]), "", "deleting the ranges empties the table");
     let error = rewrite.fails(&["map", "del", "10.200.0.2:7400/tcp"]);

@@ -559,6 +559,13 @@ fn ipv6_extension_headers_are_walked() {
             ..IpSpec::new(src, dst, Transport::Raw { protocol: 17, bytes: (0..48).collect() })
         };
         fixture.expect_rewrite(hook, &later, &later.with_addresses(new_src, new_dst));
+        // A later fragment of a datagram whose first fragment carried destination
+        // options after the fragment header: what follows is payload, not a header.
+        let after_options = IpSpec {
+            fragment_offset: 100,
+            ..IpSpec::new(src, dst, Transport::Raw { protocol: IPV6_DESTINATION_OPTIONS, bytes: vec![0xff; 48] })
+        };
+        fixture.expect_rewrite(hook, &after_options, &after_options.with_addresses(new_src, new_dst));
     }
 }
 
@@ -681,6 +688,15 @@ fn port_ranges_map_port_by_port_in_both_families() {
         Transport::Udp { src_port: 33000, dst_port: 5004, payload: b"no sum".to_vec(), zero_checksum: true },
     );
     fixture.expect_rewrite(Hook::TcEgress, &zero, &zero.with_addresses(local(), range_real).with_ports(33000, 6004));
+    let zero_reply = IpSpec::new(
+        range_real,
+        local(),
+        Transport::Udp { src_port: 6004, dst_port: 33000, payload: b"no sum".to_vec(), zero_checksum: true },
+    );
+    for hook in Hook::INGRESS {
+        let expected = zero_reply.with_addresses(range_virtual, local()).with_ports(5004, 33000);
+        fixture.expect_rewrite(hook, &zero_reply, &expected);
+    }
     // IPv6.
     let request = tcp_ports(local6(), 50000, peer6_virtual(), 443);
     fixture.expect_rewrite(Hook::TcEgress, &request, &tcp_ports(local6(), 50000, ip("2001:db8::30"), 8443));
