@@ -19,7 +19,7 @@ use rewrite_common::counters::{EGRESS, INGRESS};
 
 use crate::{
     packet::{TcPacket, XdpPacket},
-    rewrite::rewrite_and_count,
+    rewrite::{ALL_BUT_ICMP_ERRORS, ALL_PACKETS, ONLY_ICMP_ERRORS, rewrite_and_count},
 };
 
 /// Ingress on devices whose packets come from a wire: runs before the skb exists.
@@ -28,8 +28,9 @@ pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
     try_rewrite_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
+#[inline(always)]
 fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
-    rewrite_and_count::<_, INGRESS>(&mut XdpPacket::new(ctx))?;
+    rewrite_and_count::<_, INGRESS, ALL_BUT_ICMP_ERRORS>(&mut XdpPacket::new(ctx))?;
     Ok(xdp_action::XDP_PASS)
 }
 
@@ -40,17 +41,28 @@ fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
 /// Ingress where XDP cannot see partial checksums (veth and other virtual devices).
 #[classifier]
 pub fn rewrite_tc_ingress(ctx: TcContext) -> i32 {
-    try_rewrite_tc::<INGRESS>(ctx).unwrap_or(TC_ACT_UNSPEC)
+    try_rewrite_tc::<INGRESS, ALL_PACKETS>(ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
 /// Egress on every attached device.
 #[classifier]
 pub fn rewrite_tc_egress(ctx: TcContext) -> i32 {
-    try_rewrite_tc::<EGRESS>(ctx).unwrap_or(TC_ACT_UNSPEC)
+    try_rewrite_tc::<EGRESS, ALL_PACKETS>(ctx).unwrap_or(TC_ACT_UNSPEC)
 }
 
-fn try_rewrite_tc<const DIRECTION: u32>(mut ctx: TcContext) -> Result<i32, ()> {
-    rewrite_and_count::<_, DIRECTION>(&mut TcPacket::new(&mut ctx))?;
+/// Beside the XDP ingress program: rewrites the ICMP errors that XDP leaves alone (a
+/// quoted packet is more than XDP's verifier bounds and stack allow) and lets
+/// everything else through at once.
+#[classifier]
+pub fn rewrite_tc_icmp_errors(ctx: TcContext) -> i32 {
+    try_rewrite_tc::<INGRESS, ONLY_ICMP_ERRORS>(ctx).unwrap_or(TC_ACT_UNSPEC)
+}
+
+// Inlined into each entry point: as a separate BPF function its frame would add to the
+// entry's, past the 512-byte limit for the whole call chain.
+#[inline(always)]
+fn try_rewrite_tc<const DIRECTION: u32, const PACKETS: u32>(mut ctx: TcContext) -> Result<i32, ()> {
+    rewrite_and_count::<_, DIRECTION, PACKETS>(&mut TcPacket::new(&mut ctx))?;
     Ok(TC_ACT_UNSPEC)
 }
 

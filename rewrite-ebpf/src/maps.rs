@@ -1,6 +1,7 @@
 //! The maps, pinned by name so that every program instance on the host (one per
 //! attached interface) and every later CLI process share one table.
 
+use crate::parse::IpPacket;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
@@ -59,6 +60,25 @@ pub struct Scratch {
 
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The parsed headers of the packet in TC, per CPU, kept apart from [`Scratch`] so
+/// that references into the two never alias.
+#[repr(C)]
+pub struct Headers {
+    pub outer: IpPacket,
+    /// The packet an ICMP error quotes.
+    pub quoted: IpPacket,
+}
+
+#[map(name = "HEADERS")]
+static HEADERS: PerCpuArray<Headers> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's header area.
+#[inline(always)]
+pub fn headers() -> Option<&'static mut Headers> {
+    // SAFETY: the slot belongs to this CPU for the program's run (see `Scratch`).
+    HEADERS.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}
 
 /// This CPU's scratch area.
 #[inline(always)]

@@ -35,19 +35,29 @@ pub trait Packet {
 
     /// Replaces the address at `address_offset` by `new`: its last 4 bytes for IPv4
     /// (`ipv4_check` is the header checksum to update), all 16 for IPv6. Updates the
-    /// transport checksum `l4` too.
+    /// transport checksum `l4` too, and, for a packet quoted in an ICMP error, the
+    /// error's checksum `icmp_check`, which covers the changed bytes as plain data.
     fn replace_address(
         &mut self,
         address_offset: usize,
         ipv4_check: Option<usize>,
         l4: L4Checksum,
+        icmp_check: Option<usize>,
         old: &Addr,
         new: &Addr,
     ) -> Result<(), ()>;
 
     /// Replaces the TCP or UDP port at `port_offset` by `new` and updates the transport
-    /// checksum `l4` (the port is in the covered data, not in the pseudo-header).
-    fn replace_port(&mut self, port_offset: usize, l4: L4Checksum, old: [u8; 2], new: [u8; 2]) -> Result<(), ()>;
+    /// checksum `l4` (the port is in the covered data, not in the pseudo-header) and
+    /// `icmp_check` as above.
+    fn replace_port(
+        &mut self,
+        port_offset: usize,
+        l4: L4Checksum,
+        icmp_check: Option<usize>,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), ()>;
 }
 
 /// No header the programs touch lies further into a frame than this.
@@ -93,6 +103,13 @@ impl<'a> XdpPacket<'a> {
     fn read_u16(&self, offset: usize) -> Option<u16> {
         self.read::<[u8; 2]>(offset).map(u16::from_be_bytes)
     }
+
+    /// Replaces the big-endian 16-bit field at `offset` (a checksum) by `update(old)`.
+    #[inline(always)]
+    fn update_u16(&mut self, offset: usize, update: impl Fn(u16) -> u16) -> Result<(), ()> {
+        let old = self.read_u16(offset).ok_or(())?;
+        self.write(offset, update(old).to_be_bytes())
+    }
 }
 
 impl Packet for XdpPacket<'_> {
@@ -114,54 +131,55 @@ impl Packet for XdpPacket<'_> {
         address_offset: usize,
         ipv4_check: Option<usize>,
         l4: L4Checksum,
+        icmp_check: Option<usize>,
         old: &Addr,
         new: &Addr,
     ) -> Result<(), ()> {
-        // Read every field before writing any, so that a short packet is left whole.
-        let l4_update = match l4 {
-            L4Checksum::NotCovered => None,
-            L4Checksum::Covered(offset) => {
-                let check = self.read_u16(offset).ok_or(())?;
-                Some((
-                    offset,
-                    match ipv4_check {
-                        Some(_) => {
-                            checksum::replace_u32(check, u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()))
-                        }
-                        None => checksum::replace_bytes16(check, &old.octets, &new.octets),
-                    },
-                ))
+        // XDP leaves ICMP errors to the TC program beside it (see `rewrite`), so it
+        // never rewrites a quoted packet.
+        if icmp_check.is_some() {
+            return Err(());
+        }
+        // Each field is updated in place, one after the other: holding all the new
+        // values first would not fit the BPF stack. Parsing has bounds-checked every
+        // field, so a failure here is a bug, counted as a helper error.
+        let (old_v4, new_v4) = (u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()));
+        match (l4, ipv4_check) {
+            (L4Checksum::NotCovered, _) => {}
+            (L4Checksum::Covered(offset), Some(_)) => {
+                self.update_u16(offset, |check| checksum::replace_u32(check, old_v4, new_v4))?;
             }
-            L4Checksum::CoveredUdp(offset) => {
-                let check = self.read_u16(offset).ok_or(())?;
-                Some((
-                    offset,
-                    match ipv4_check {
-                        Some(_) => {
-                            checksum::replace_udp_u32(check, u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()))
-                        }
-                        None => checksum::replace_udp_bytes16(check, &old.octets, &new.octets),
-                    },
-                ))
+            (L4Checksum::Covered(offset), None) => {
+                self.update_u16(offset, |check| checksum::replace_bytes16(check, &old.octets, &new.octets))?;
             }
-        };
+            (L4Checksum::CoveredUdp(offset), Some(_)) => {
+                self.update_u16(offset, |check| checksum::replace_udp_u32(check, old_v4, new_v4))?;
+            }
+            (L4Checksum::CoveredUdp(offset), None) => {
+                self.update_u16(offset, |check| checksum::replace_udp_bytes16(check, &old.octets, &new.octets))?;
+            }
+        }
         match ipv4_check {
-            Some(check_offset) => {
-                let check = self.read_u16(check_offset).ok_or(())?;
-                let updated = checksum::replace_u32(check, u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()));
-                self.write(address_offset, new.v4())?;
-                self.write(check_offset, updated.to_be_bytes())?;
+            Some(offset) => {
+                self.update_u16(offset, |check| checksum::replace_u32(check, old_v4, new_v4))?;
+                self.write(address_offset, new.v4())
             }
-            None => self.write(address_offset, new.octets)?,
+            None => self.write(address_offset, new.octets),
         }
-        if let Some((offset, check)) = l4_update {
-            self.write(offset, check.to_be_bytes())?;
-        }
-        Ok(())
     }
 
     #[inline(always)]
-    fn replace_port(&mut self, port_offset: usize, l4: L4Checksum, old: [u8; 2], new: [u8; 2]) -> Result<(), ()> {
+    fn replace_port(
+        &mut self,
+        port_offset: usize,
+        l4: L4Checksum,
+        icmp_check: Option<usize>,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), ()> {
+        if icmp_check.is_some() {
+            return Err(());
+        }
         let (old_port, new_port) = (u16::from_be_bytes(old), u16::from_be_bytes(new));
         let check_update = match l4 {
             L4Checksum::NotCovered => None,
@@ -219,6 +237,17 @@ impl<'a> TcPacket<'a> {
     }
 }
 
+impl TcPacket<'_> {
+    /// Folds a change of 4 bytes of plain covered data into the checksum at `check`
+    /// (the ICMP checksum over a quoted packet), if there is one.
+    #[inline(always)]
+    fn data_word(&mut self, check: Option<usize>, old: [u8; 4], new: [u8; 4]) -> Result<(), ()> {
+        let Some(offset) = check else { return Ok(()) };
+        let (old_raw, new_raw) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
+        self.ctx.l4_csum_replace(offset, old_raw, new_raw, 4).map_err(|_| ())
+    }
+}
+
 impl Packet for TcPacket<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
@@ -237,6 +266,7 @@ impl Packet for TcPacket<'_> {
         address_offset: usize,
         ipv4_check: Option<usize>,
         l4: L4Checksum,
+        icmp_check: Option<usize>,
         old: &Addr,
         new: &Addr,
     ) -> Result<(), ()> {
@@ -246,9 +276,18 @@ impl Packet for TcPacket<'_> {
         match ipv4_check {
             Some(check_offset) => {
                 self.l4_word(l4, old.v4(), new.v4())?;
+                self.data_word(icmp_check, old.v4(), new.v4())?;
                 let (old_raw, new_raw) =
                     (u64::from(u32::from_ne_bytes(old.v4())), u64::from(u32::from_ne_bytes(new.v4())));
+                let old_ip_check: [u8; 2] = self.read(check_offset).ok_or(())?;
                 self.ctx.l3_csum_replace(check_offset, old_raw, new_raw, 4).map_err(|_| ())?;
+                if let Some(icmp) = icmp_check {
+                    // A quoted IPv4 header's checksum is part of the ICMP message.
+                    let new_ip_check: [u8; 2] = self.read(check_offset).ok_or(())?;
+                    let (from, to) =
+                        (u64::from(u16::from_ne_bytes(old_ip_check)), u64::from(u16::from_ne_bytes(new_ip_check)));
+                    self.ctx.l4_csum_replace(icmp, from, to, 2).map_err(|_| ())?;
+                }
                 self.ctx.store(address_offset, &new.v4(), store_flags).map_err(|_| ())
             }
             None => {
@@ -257,6 +296,7 @@ impl Packet for TcPacket<'_> {
                     let old_word = [old.octets[at], old.octets[at + 1], old.octets[at + 2], old.octets[at + 3]];
                     let new_word = [new.octets[at], new.octets[at + 1], new.octets[at + 2], new.octets[at + 3]];
                     self.l4_word(l4, old_word, new_word)?;
+                    self.data_word(icmp_check, old_word, new_word)?;
                 }
                 self.ctx.store(address_offset, &new.octets, store_flags).map_err(|_| ())
             }
@@ -264,7 +304,14 @@ impl Packet for TcPacket<'_> {
     }
 
     #[inline(always)]
-    fn replace_port(&mut self, port_offset: usize, l4: L4Checksum, old: [u8; 2], new: [u8; 2]) -> Result<(), ()> {
+    fn replace_port(
+        &mut self,
+        port_offset: usize,
+        l4: L4Checksum,
+        icmp_check: Option<usize>,
+        old: [u8; 2],
+        new: [u8; 2],
+    ) -> Result<(), ()> {
         let (old_raw, new_raw) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
         // Size 2 and no pseudo-header flag: the port is ordinary covered data.
         match l4 {
@@ -274,6 +321,9 @@ impl Packet for TcPacket<'_> {
                 .ctx
                 .l4_csum_replace(offset, old_raw, new_raw, 2 | u64::from(BPF_F_MARK_MANGLED_0))
                 .map_err(|_| ())?,
+        }
+        if let Some(offset) = icmp_check {
+            self.ctx.l4_csum_replace(offset, old_raw, new_raw, 2).map_err(|_| ())?;
         }
         self.ctx.store(port_offset, &new, u64::from(BPF_F_INVALIDATE_HASH)).map_err(|_| ())
     }

@@ -52,6 +52,13 @@ const MAX_L4_OFFSET: usize = 512;
 const ICMPV6_ND_FIRST: u8 = 133;
 const ICMPV6_ND_LAST: u8 = 137;
 
+/// ICMP types whose message quotes the packet that caused it (after 8 bytes of ICMP
+/// header): destination unreachable (with fragmentation needed), time exceeded,
+/// parameter problem.
+const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
+/// ICMPv6: destination unreachable, packet too big, time exceeded, parameter problem.
+const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
+
 /// Where a parsed packet keeps the fields the rewrite touches. Addresses are in the
 /// maps' 16-byte form; the offsets are those of the fields in the packet.
 pub struct IpPacket {
@@ -67,6 +74,12 @@ pub struct IpPacket {
     pub ports: Option<(PacketPorts, usize)>,
     /// A fragment other than the first: no transport header, so no ports.
     pub later_fragment: bool,
+    /// For a packet quoted inside an ICMP error: the offset of the ICMP checksum that
+    /// covers its bytes as plain data; 0 for the outer packet. (Offsets are small, and
+    /// a `u16` rather than an `Option<usize>` keeps XDP within its 512-byte stack.)
+    pub icmp_check: u16,
+    /// For an ICMP error: where the quoted packet (its IP header) starts; 0 if none.
+    pub quoted: u16,
 }
 
 /// Parses an Ethernet frame carrying IPv4 or IPv6, or returns the outcome counter that
@@ -111,7 +124,7 @@ fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         return Err(MALFORMED);
     }
     let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
-    let (l4, ports) = transport(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false)?;
+    let (l4, ports, quoted) = transport(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false)?;
     Ok(IpPacket {
         src: Addr::from_v4(ip.src_addr),
         dst: Addr::from_v4(ip.dst_addr),
@@ -121,6 +134,8 @@ fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         l4,
         ports,
         later_fragment: !first_fragment,
+        icmp_check: 0,
+        quoted: quoted.and_then(|offset| u16::try_from(offset).ok()).unwrap_or(0),
     })
 }
 
@@ -163,7 +178,7 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
             break;
         }
     }
-    let (l4, ports) = transport(packet, next_header, offset, end, first_fragment, true)?;
+    let (l4, ports, quoted) = transport(packet, next_header, offset, end, first_fragment, true)?;
     Ok(IpPacket {
         src: Addr { octets: ip.src_addr },
         dst: Addr { octets: ip.dst_addr },
@@ -173,8 +188,14 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         l4,
         ports,
         later_fragment: !first_fragment,
+        icmp_check: 0,
+        quoted: quoted.and_then(|offset| u16::try_from(offset).ok()).unwrap_or(0),
     })
 }
+
+/// What [`transport`] finds: the checksum covering the addresses, the ports with the
+/// offset of the source port, and where an ICMP error's quote starts.
+type Transport = (L4Checksum, Option<(PacketPorts, usize)>, Option<usize>);
 
 /// Finds the transport checksum that covers the addresses, and the ports, checking
 /// that the transport header the rewrite relies on lies inside the datagram
@@ -187,7 +208,7 @@ fn transport<P: Packet>(
     end: usize,
     first_fragment: bool,
     ipv6: bool,
-) -> Result<(L4Checksum, Option<(PacketPorts, usize)>), u32> {
+) -> Result<Transport, u32> {
     if l4 > MAX_L4_OFFSET {
         return Err(UNSUPPORTED);
     }
@@ -195,10 +216,12 @@ fn transport<P: Packet>(
     Ok(match protocol {
         // A non-first fragment carries no transport header: its addresses are still
         // rewritten, and the first fragment's checksum update covers the datagram.
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => (L4Checksum::NotCovered, None),
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => {
+            (L4Checksum::NotCovered, None, None)
+        }
         // A later IPv6 fragment whose first fragment carried more options headers
         // before the transport: as above, addresses only.
-        IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS if ipv6 && !first_fragment => (L4Checksum::NotCovered, None),
+        IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS if ipv6 && !first_fragment => (L4Checksum::NotCovered, None, None),
         IPPROTO_TCP => {
             let tcp: TcpHdr = packet.read(l4).ok_or(MALFORMED)?;
             let data_offset = usize::from(tcp.doff()) * 4;
@@ -206,7 +229,7 @@ fn transport<P: Packet>(
                 return Err(MALFORMED);
             }
             let ports = PacketPorts { protocol, src: tcp.source, dst: tcp.dest };
-            (L4Checksum::Covered(l4 + TCP_CHECK), Some((ports, l4)))
+            (L4Checksum::Covered(l4 + TCP_CHECK), Some((ports, l4)), None)
         }
         IPPROTO_UDP => {
             let udp: UdpHdr = packet.read(l4).ok_or(MALFORMED)?;
@@ -214,14 +237,18 @@ fn transport<P: Packet>(
                 return Err(MALFORMED);
             }
             let ports = PacketPorts { protocol, src: udp.src, dst: udp.dst };
-            (L4Checksum::CoveredUdp(l4 + UDP_CHECK), Some((ports, l4)))
+            (L4Checksum::CoveredUdp(l4 + UDP_CHECK), Some((ports, l4)), None)
         }
         IPPROTO_ICMP if !ipv6 => {
+            // Four bytes, not one: a one-byte read compiles to a bounds check the XDP
+            // verifier does not accept.
+            let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
             if payload_len < ICMP_MIN_LEN {
                 return Err(MALFORMED);
             }
+            let quoted = ICMP_ERRORS.contains(&header[0]).then_some(l4 + ICMP_MIN_LEN);
             // The ICMP checksum has no pseudo-header: address changes leave it alone.
-            (L4Checksum::NotCovered, None)
+            (L4Checksum::NotCovered, None, quoted)
         }
         IPPROTO_ICMPV6 if ipv6 => {
             let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
@@ -231,11 +258,57 @@ fn transport<P: Packet>(
             if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&header[0]) {
                 return Err(UNSUPPORTED);
             }
-            (L4Checksum::Covered(l4 + ICMP_CHECK), None)
+            let quoted = ICMPV6_ERRORS.contains(&header[0]).then_some(l4 + ICMP_MIN_LEN);
+            (L4Checksum::Covered(l4 + ICMP_CHECK), None, quoted)
         }
         // Other protocols may have pseudo-header checksums this program does not know
         // (UDP-Lite, DCCP, SCTP's CRC does not but tunnels may), so rewriting their
         // addresses could corrupt them.
         _ => return Err(UNSUPPORTED),
+    })
+}
+
+/// Parses the packet quoted by an ICMP error at `l3` (same family as the error). The
+/// quote is cut short by design, so only the fields the rewrite touches must be there:
+/// the IP header, and the ports when the quoted packet is a first (or only) fragment of
+/// TCP or UDP. Its transport checksum is left alone (nobody verifies a quote's), and
+/// every change is folded into the error's own checksum at `icmp_check`.
+#[inline(always)]
+pub fn parse_quoted<P: Packet>(packet: &P, l3: usize, ipv6: bool, icmp_check: usize) -> Option<IpPacket> {
+    let (src, dst, src_offset, dst_offset, ipv4_check, protocol, l4, first_fragment) = if ipv6 {
+        let ip: Ipv6Hdr = packet.read(l3)?;
+        let addresses = (Addr { octets: ip.src_addr }, Addr { octets: ip.dst_addr });
+        (addresses.0, addresses.1, l3 + IPV6_SRC, l3 + IPV6_DST, None, ip.next_hdr, l3 + Ipv6Hdr::LEN, true)
+    } else {
+        let ip: Ipv4Hdr = packet.read(l3)?;
+        let header_len = usize::from(ip.vihl & 0x0f) * 4;
+        if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+            return None;
+        }
+        let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
+        let addresses = (Addr::from_v4(ip.src_addr), Addr::from_v4(ip.dst_addr));
+        let check = Some(l3 + IPV4_CHECK);
+        (addresses.0, addresses.1, l3 + IPV4_SRC, l3 + IPV4_DST, check, ip.proto, l3 + header_len, first_fragment)
+    };
+    if l4 > MAX_L4_OFFSET {
+        return None;
+    }
+    let ports = match protocol {
+        IPPROTO_TCP | IPPROTO_UDP if first_fragment => packet
+            .read::<[u8; 4]>(l4)
+            .map(|ports| (PacketPorts { protocol, src: [ports[0], ports[1]], dst: [ports[2], ports[3]] }, l4)),
+        _ => None,
+    };
+    Some(IpPacket {
+        src,
+        dst,
+        src_offset,
+        dst_offset,
+        ipv4_check,
+        l4: L4Checksum::NotCovered,
+        ports,
+        later_fragment: false,
+        icmp_check: u16::try_from(icmp_check).ok()?,
+        quoted: 0,
     })
 }

@@ -10,13 +10,27 @@ use rewrite_common::{
 };
 
 use crate::{
-    maps::{address_table, count, port_table, prefix_table, scratch, tables_in_use},
+    maps::{Headers, address_table, count, headers, port_table, prefix_table, scratch, tables_in_use},
     packet::Packet,
-    parse::{IpPacket, parse},
+    parse::{IpPacket, parse, parse_quoted},
 };
 
 /// Offset of the destination port from the source port in TCP and UDP headers.
 const DST_PORT_AFTER_SRC: usize = 2;
+/// Offset of the checksum in an ICMP header, and the header's length before a quote.
+const ICMP_CHECK: usize = 2;
+const ICMP_HEADER: usize = 8;
+
+/// What a program does with ICMP errors, whose quoted packet needs rewriting too.
+/// XDP leaves them alone: the quote's offsets would have to travel through memory,
+/// where the verifier loses their bounds for direct packet access, and its stack
+/// would not hold a second header. A small TC program beside it rewrites them.
+pub const ALL_PACKETS: u32 = 0;
+pub const ALL_BUT_ICMP_ERRORS: u32 = 1;
+pub const ONLY_ICMP_ERRORS: u32 = 2;
+
+/// An outcome that means "another program handles this packet": not counted here.
+const DEFERRED: u32 = u32::MAX;
 
 /// Rewrites `packet` for `DIRECTION` and counts the outcome. The direction is a
 /// constant so that each program refers to its own maps directly: choosing a map
@@ -25,27 +39,67 @@ const DST_PORT_AFTER_SRC: usize = 2;
 /// only when a helper failed (already counted), so the caller can fall back to its
 /// default action.
 #[inline(always)]
-pub fn rewrite_and_count<P: Packet, const DIRECTION: u32>(packet: &mut P) -> Result<(), ()> {
-    let outcome = match rewrite::<P, DIRECTION>(packet) {
+pub fn rewrite_and_count<P: Packet, const DIRECTION: u32, const PACKETS: u32>(packet: &mut P) -> Result<(), ()> {
+    let outcome = match rewrite::<P, DIRECTION, PACKETS>(packet) {
         Ok(outcome) | Err(outcome) => outcome,
     };
+    if outcome == DEFERRED {
+        return Ok(());
+    }
     count(DIRECTION, outcome);
     if outcome == HELPER_ERROR { Err(()) } else { Ok(()) }
 }
 
 #[inline(always)]
-fn rewrite<P: Packet, const DIRECTION: u32>(packet: &mut P) -> Result<u32, u32> {
-    let parsed = parse(packet)?;
+fn rewrite<P: Packet, const DIRECTION: u32, const PACKETS: u32>(packet: &mut P) -> Result<u32, u32> {
     let in_use = tables_in_use();
-    let src_rewritten = rewrite_side::<P, DIRECTION>(packet, &parsed, &in_use, false)?;
-    let dst_rewritten = rewrite_side::<P, DIRECTION>(packet, &parsed, &in_use, true)?;
-    Ok(match (src_rewritten || dst_rewritten, parsed.later_fragment) {
+    // The parsed headers live in the per-CPU area: two of them do not fit the stack.
+    let Headers { outer, quoted } = headers().ok_or(NO_MATCH)?;
+    *outer = parse(packet).map_err(|outcome| if PACKETS == ONLY_ICMP_ERRORS { DEFERRED } else { outcome })?;
+    if PACKETS == ALL_BUT_ICMP_ERRORS && outer.quoted != 0 {
+        return Ok(DEFERRED);
+    }
+    let Some(quoted_l3) = (outer.quoted != 0).then_some(usize::from(outer.quoted)) else {
+        if PACKETS == ONLY_ICMP_ERRORS {
+            return Ok(DEFERRED);
+        }
+        let rewritten = rewrite_sides::<P, DIRECTION>(packet, outer, &in_use)?;
+        return Ok(outcome(rewritten, outer));
+    };
+    let outer_rewritten = rewrite_sides::<P, DIRECTION>(packet, outer, &in_use)?;
+    // The packet an ICMP error quotes (destination unreachable, fragmentation needed,
+    // packet too big, time exceeded) travelled the other way, as the reply to this one:
+    // the same table applies to it, side by side, so that the sender's stack matches
+    // the error to its socket. Path MTU discovery depends on it.
+    let icmp_check = quoted_l3 - ICMP_HEADER + ICMP_CHECK;
+    *quoted = match parse_quoted(packet, quoted_l3, outer.ipv4_check.is_none(), icmp_check) {
+        Some(parsed) => parsed,
+        None => return Ok(outcome(outer_rewritten, outer)),
+    };
+    let quoted_rewritten = rewrite_sides::<P, DIRECTION>(packet, quoted, &in_use)?;
+    Ok(outcome(outer_rewritten || quoted_rewritten, outer))
+}
+
+#[inline(always)]
+fn rewrite_sides<P: Packet, const DIRECTION: u32>(
+    packet: &mut P,
+    parsed: &IpPacket,
+    in_use: &TablesInUse,
+) -> Result<bool, u32> {
+    let src_rewritten = rewrite_side::<P, DIRECTION>(packet, parsed, in_use, false)?;
+    let dst_rewritten = rewrite_side::<P, DIRECTION>(packet, parsed, in_use, true)?;
+    Ok(src_rewritten || dst_rewritten)
+}
+
+#[inline(always)]
+fn outcome(rewritten: bool, parsed: &IpPacket) -> u32 {
+    match (rewritten, parsed.later_fragment) {
         (true, _) => REWRITTEN,
         // Without ports a later fragment cannot match a port-scoped mapping; count it
         // apart, since it may belong to such a flow.
         (false, true) => FRAGMENT_UNMATCHED,
         (false, false) => NO_MATCH,
-    })
+    }
 }
 
 /// Looks one side (source or destination address, with its port) up and rewrites it.
@@ -82,7 +136,9 @@ fn rewrite_side<P: Packet, const DIRECTION: u32>(
             scratch.target = *target;
             replace_address(packet, parsed, address_offset, addr, &scratch.target.addr)?;
             if scratch.target.port != port {
-                packet.replace_port(port_offset, parsed.l4, port, scratch.target.port).map_err(|()| HELPER_ERROR)?;
+                packet
+                    .replace_port(port_offset, parsed.l4, icmp_check(parsed), port, scratch.target.port)
+                    .map_err(|()| HELPER_ERROR)?;
             }
             return Ok(true);
         }
@@ -117,5 +173,13 @@ fn replace_address<P: Packet>(
     if old == new {
         return Ok(());
     }
-    packet.replace_address(offset, parsed.ipv4_check, parsed.l4, old, new).map_err(|()| HELPER_ERROR)
+    packet
+        .replace_address(offset, parsed.ipv4_check, parsed.l4, icmp_check(parsed), old, new)
+        .map_err(|()| HELPER_ERROR)
+}
+
+/// The ICMP checksum covering a quoted packet, if `parsed` is one.
+#[inline(always)]
+fn icmp_check(parsed: &IpPacket) -> Option<usize> {
+    (parsed.icmp_check != 0).then_some(usize::from(parsed.icmp_check))
 }

@@ -22,6 +22,10 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub const PROG_XDP_INGRESS: &str = "rewrite_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "rewrite_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "rewrite_tc_egress";
+/// The TC ingress program that rewrites ICMP errors (and their quoted packet) beside
+/// the XDP ingress program, which leaves them alone.
+pub const PROG_TC_ICMP_ERRORS: &str = "rewrite_tc_icmp_errors";
+const ICMP_ERRORS_PIN_NAMES: (&str, &str) = ("ingress_tc_icmp_errors_prog", "ingress_tc_icmp_errors_link");
 /// An XDP program that only returns XDP_PASS: the baseline for benchmarks.
 pub const PROG_BENCH_XDP_PASS: &str = "bench_xdp_pass";
 
@@ -233,6 +237,10 @@ fn attach_and_pin(
     };
     pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_EGRESS, EGRESS_PIN_NAMES, egress_link)?;
     pin_program_and_link(&mut ebpf, iface_dir, hook.program(), hook.pin_names(), ingress_link)?;
+    if hook != IngressHook::Tc {
+        let link = attach_tc(&mut ebpf, PROG_TC_ICMP_ERRORS, iface_name, TcAttachType::Ingress)?;
+        pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_ICMP_ERRORS, ICMP_ERRORS_PIN_NAMES, link)?;
+    }
     Ok(hook)
 }
 

@@ -190,7 +190,9 @@ pub fn veth(a: VethEnd<'_>, a_addr: &str, b: VethEnd<'_>, b_addr: &str) {
         ],
     );
     for (end, addr) in [(a, a_addr), (b, b_addr)] {
-        end.netns.ip(&["addr", "add", addr, "dev", end.name]);
+        // IPv6: no duplicate address detection, so the address works at once.
+        let nodad: &[&str] = if addr.contains(':') { &["nodad"] } else { &[] };
+        end.netns.ip(&[&["addr", "add", addr, "dev", end.name], nodad].concat());
         end.netns.ip(&["link", "set", end.name, "up"]);
     }
 }

@@ -61,6 +61,7 @@ pub fn tcp_exchange(
             ready_tx.send(()).expect("client waits");
             let (mut stream, peer) = accept_with_timeout(&listener);
             stream.set_read_timeout(Some(IO_TIMEOUT)).expect("set timeout");
+            stream.set_write_timeout(Some(IO_TIMEOUT)).expect("set timeout");
             let mut received = vec![0; len];
             stream.read_exact(&mut received).unwrap_or_else(|error| panic!("server read from {peer}: {error}"));
             assert_eq!(sha256(&received), sha256(&upload), "upload from {peer} arrived corrupted");
@@ -73,6 +74,8 @@ pub fn tcp_exchange(
             let mut stream = TcpStream::connect_timeout(&connect_to, IO_TIMEOUT)
                 .unwrap_or_else(|error| panic!("connect to {connect_to}: {error}"));
             stream.set_read_timeout(Some(IO_TIMEOUT)).expect("set timeout");
+            // A stalled transfer must fail the test, not hang it.
+            stream.set_write_timeout(Some(IO_TIMEOUT)).expect("set timeout");
             stream.write_all(&upload).unwrap_or_else(|error| panic!("client write to {connect_to}: {error}"));
             let mut received = vec![0; len];
             stream.read_exact(&mut received).unwrap_or_else(|error| panic!("client read from {connect_to}: {error}"));

@@ -574,3 +574,90 @@ fn ping_works_through_address_mappings_both_ways() {
     let out = hosts.a.command("ping").args(["-c", "1", "-W", "1", V4.b_virtual]).output().expect("run ping");
     assert!(!out.status.success(), "ping to an unmapped VIRTUAL must fail");
 }
+
+/// Path MTU discovery through the rewrite: A (rewrite on `va`) -- R1 -- R2 -- B, with
+/// an MTU of 1200 (IPv6: 1280) between the routers and 1500 elsewhere. A talks to B's VIRTUAL with
+/// full-size segments (DF set); R1 answers "fragmentation needed" quoting the packet as
+/// it left A, to REAL. Only if the quote is rewritten back to VIRTUAL does A's socket
+/// learn the smaller MTU; otherwise the transfer stalls.
+fn path_mtu_discovery_works_through_the_rewrite(ingress: &str, family: &Family) {
+    let a = Netns::new("a");
+    let r1 = Netns::new("r1");
+    let r2 = Netns::new("r2");
+    let b = Netns::new("b");
+    let macs = |last: u8| [0x02, 0x77, 0, 0, 0, last];
+    let v4 = family.any == "0.0.0.0";
+
+    let (a_addr, r1a, r1r2, r2r1, r2b, b_addr) = if v4 {
+        ("10.100.0.1/24", "10.100.0.2/24", "10.4.0.1/24", "10.4.0.2/24", "10.5.0.1/24", "10.5.0.2/24")
+    } else {
+        (
+            "2001:db8:100::1/64",
+            "2001:db8:100::2/64",
+            "2001:db8:4::1/64",
+            "2001:db8:4::2/64",
+            "2001:db8:5::1/64",
+            "2001:db8:5::2/64",
+        )
+    };
+    veth(
+        VethEnd { netns: &a, name: "va", mac: macs(1) },
+        a_addr,
+        VethEnd { netns: &r1, name: "ra", mac: macs(2) },
+        r1a,
+    );
+    veth(
+        VethEnd { netns: &r1, name: "rr", mac: macs(3) },
+        r1r2,
+        VethEnd { netns: &r2, name: "rl", mac: macs(4) },
+        r2r1,
+    );
+    veth(
+        VethEnd { netns: &r2, name: "rb", mac: macs(5) },
+        r2b,
+        VethEnd { netns: &b, name: "vb", mac: macs(6) },
+        b_addr,
+    );
+    // IPv6 needs at least 1280 on a link, so that is its bottleneck.
+    let bottleneck = if v4 { "1200" } else { "1280" };
+    for (netns, dev) in [(&r1, "rr"), (&r2, "rl")] {
+        netns.ip(&["link", "set", "dev", dev, "mtu", bottleneck]);
+    }
+    let gateway = |cidr: &str| cidr.split('/').next().expect("address").to_owned();
+    if v4 {
+        r1.sysctl("net.ipv4.ip_forward", "1");
+        r2.sysctl("net.ipv4.ip_forward", "1");
+    } else {
+        r1.sysctl("net.ipv6.conf.all.forwarding", "1");
+        r2.sysctl("net.ipv6.conf.all.forwarding", "1");
+    }
+    a.ip(&["route", "add", "default", "via", &gateway(r1a)]);
+    r1.ip(&["route", "add", "default", "via", &gateway(r2r1)]);
+    r2.ip(&["route", "add", "default", "via", &gateway(r1r2)]);
+    r2.ip(&["route", "replace", &gateway(b_addr), "dev", "rb"]);
+    b.ip(&["route", "add", "default", "via", &gateway(r2b)]);
+    let (b_real, b_virtual) = (gateway(b_addr), if v4 { "10.200.0.2".to_owned() } else { "fd00:200::2".to_owned() });
+
+    let rewrite = RewriteCli::new(&a);
+    rewrite.ok(&["attach", "--iface", "va", "--ingress", ingress]);
+    rewrite.ok(&["map", "add", &b_virtual, &b_real]);
+    let report = tcp_exchange(&b, sock(family.any, 7800), &a, sock(&b_virtual, 7800), MIB);
+    assert_eq!(report.client_seen_by_server.ip(), ip(&gateway(a_addr)));
+    let counters = stats_json(&rewrite);
+    assert!(stat(&rewrite, "ingress", "rewritten") > 0, "{counters}");
+}
+
+#[test]
+fn path_mtu_discovery_with_tc_ingress() {
+    path_mtu_discovery_works_through_the_rewrite("tc", &V4);
+}
+
+#[test]
+fn path_mtu_discovery_with_xdp_ingress() {
+    path_mtu_discovery_works_through_the_rewrite("xdp", &V4);
+}
+
+#[test]
+fn path_mtu_discovery_over_ipv6() {
+    path_mtu_discovery_works_through_the_rewrite("tc", &V6);
+}

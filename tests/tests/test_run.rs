@@ -24,7 +24,7 @@ use rewrite_tests::{
 };
 use rewrite_user::{
     Error,
-    loader::{self, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
+    loader::{self, PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
     maps::{Counters, Mapping, MappingTable, Removed},
     pins::PinLayout,
 };
@@ -88,6 +88,8 @@ enum Hook {
     XdpIngress,
     TcIngress,
     TcEgress,
+    /// The TC program beside XDP that handles ICMP errors only.
+    TcIcmpErrors,
 }
 
 impl Hook {
@@ -96,6 +98,15 @@ impl Hook {
 
     fn direction(self) -> u32 {
         if self == Self::TcEgress { EGRESS } else { INGRESS }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Self::XdpIngress => PROG_XDP_INGRESS,
+            Self::TcIngress => PROG_TC_INGRESS,
+            Self::TcEgress => PROG_TC_EGRESS,
+            Self::TcIcmpErrors => PROG_TC_ICMP_ERRORS,
+        }
     }
 }
 
@@ -119,7 +130,7 @@ impl Fixture {
         let mut ebpf = loader::load(&layout.maps_dir(), max_mappings).expect("load the eBPF object");
         let xdp: &mut Xdp = ebpf.program_mut(PROG_XDP_INGRESS).expect("XDP program").try_into().expect("is XDP");
         xdp.load().expect("the verifier accepts the XDP ingress program");
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS] {
             let tc: &mut SchedClassifier = ebpf.program_mut(name).expect("TC program").try_into().expect("is TC");
             tc.load().unwrap_or_else(|error| panic!("the verifier rejects {name}: {error:?}"));
         }
@@ -152,9 +163,9 @@ impl Fixture {
                 let xdp: &Xdp = self.ebpf.program(PROG_XDP_INGRESS).expect("XDP program").try_into().expect("is XDP");
                 (xdp.test_run(options), XDP_PASS)
             }
-            Hook::TcIngress | Hook::TcEgress => {
-                let name = if hook == Hook::TcIngress { PROG_TC_INGRESS } else { PROG_TC_EGRESS };
-                let tc: &SchedClassifier = self.ebpf.program(name).expect("TC program").try_into().expect("is TC");
+            Hook::TcIngress | Hook::TcEgress | Hook::TcIcmpErrors => {
+                let tc: &SchedClassifier =
+                    self.ebpf.program(hook.program()).expect("TC program").try_into().expect("is TC");
                 (tc.test_run(options), TC_NEXT)
             }
         };
@@ -738,4 +749,109 @@ fn prefix_mappings_move_subnets_and_keep_host_bits() {
     }
     // Just outside the prefix: nothing.
     fixture.expect_unchanged(Hook::TcEgress, &IpSpec::tcp(local(), ip("10.202.0.1")).frame(), NO_MATCH);
+}
+
+/// An ICMP (or ICMPv6) error from `src` to `dst` quoting `quoted` (an IP packet), with
+/// its checksum computed in full.
+fn icmp_error(src: IpAddr, dst: IpAddr, kind: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut message = vec![kind, code, 0, 0];
+    message.extend_from_slice(&rest);
+    message.extend_from_slice(quoted);
+    let check = match (src, dst) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => rewrite_common::checksum::full::icmp(&message),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            rewrite_common::checksum::full::ipv6_l4(src.octets(), dst.octets(), 58, &message, 2)
+        }
+        _ => unreachable!("one family"),
+    };
+    message[2..4].copy_from_slice(&check.to_be_bytes());
+    let protocol = if src.is_ipv4() { 1 } else { 58 };
+    IpSpec::new(src, dst, Transport::Raw { protocol, bytes: message }).frame()
+}
+
+/// `quoted` (an IP packet) with new addresses and ports and, for IPv4, its header
+/// checksum recomputed: what the programs make of a quote. The quote's transport
+/// checksum is left as it was, as the programs leave it.
+fn requote(quoted: &[u8], src: IpAddr, dst: IpAddr, ports: Option<(u16, u16)>) -> Vec<u8> {
+    let mut out = quoted.to_vec();
+    let l4 = match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            out[12..16].copy_from_slice(&src.octets());
+            out[16..20].copy_from_slice(&dst.octets());
+            let header_len = usize::from(out[0] & 0x0f) * 4;
+            let check = rewrite_common::checksum::full::ipv4_header(&out[..header_len]);
+            out[10..12].copy_from_slice(&check.to_be_bytes());
+            header_len
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            out[8..24].copy_from_slice(&src.octets());
+            out[24..40].copy_from_slice(&dst.octets());
+            40
+        }
+        _ => unreachable!("one family"),
+    };
+    if let Some((src_port, dst_port)) = ports {
+        out[l4..l4 + 2].copy_from_slice(&src_port.to_be_bytes());
+        out[l4 + 2..l4 + 4].copy_from_slice(&dst_port.to_be_bytes());
+    }
+    out
+}
+
+#[test]
+fn icmp_errors_have_their_quoted_packet_rewritten_too() {
+    let fixture = Fixture::new();
+    let router = ip("10.100.0.254");
+    let router6 = ip("2001:db8::fe");
+    let mtu = [0, 0, 0x05, 0x00]; // next-hop MTU 1280 (frag-needed), or IPv6's MTU field
+    let mtu6 = [0, 0, 0x05, 0x00];
+    let ingress = [Hook::TcIngress, Hook::TcIcmpErrors];
+
+    // A router says "fragmentation needed" about a packet this host sent to REAL; the
+    // socket is connected to VIRTUAL, so the quote must say VIRTUAL.
+    let sent = IpSpec::tcp(local(), peer_real()).frame()[ETH_LEN..].to_vec();
+    let input = icmp_error(router, local(), 3, 4, mtu, &sent);
+    let expected = icmp_error(router, local(), 3, 4, mtu, &requote(&sent, local(), peer_virtual(), None));
+    for hook in ingress {
+        fixture.expect(hook, &input, &expected, REWRITTEN);
+    }
+    // A port-scoped service: address and port of the quote.
+    let sent = tcp_ports(local(), 40000, ip("10.100.0.30"), 9400).frame()[ETH_LEN..].to_vec();
+    let input = icmp_error(router, local(), 11, 0, [0; 4], &sent);
+    let quote = requote(&sent, local(), peer_virtual(), Some((40000, 9200)));
+    let expected = icmp_error(router, local(), 11, 0, [0; 4], &quote);
+    for hook in ingress {
+        fixture.expect(hook, &input, &expected, REWRITTEN);
+    }
+    // IPv6 packet too big.
+    let sent = IpSpec::tcp(local6(), peer6_real()).frame()[ETH_LEN..].to_vec();
+    let input = icmp_error(router6, local6(), 2, 0, mtu6, &sent);
+    let expected = icmp_error(router6, local6(), 2, 0, mtu6, &requote(&sent, local6(), peer6_virtual(), None));
+    for hook in ingress {
+        fixture.expect(hook, &input, &expected, REWRITTEN);
+    }
+    // The error comes from REAL itself (port unreachable): outer and quote both.
+    let sent = IpSpec::udp(local(), peer_real()).frame()[ETH_LEN..].to_vec();
+    let input = icmp_error(peer_real(), local(), 3, 3, [0; 4], &sent);
+    let quote = requote(&sent, local(), peer_virtual(), None);
+    let expected = icmp_error(peer_virtual(), local(), 3, 3, [0; 4], &quote);
+    for hook in ingress {
+        fixture.expect(hook, &input, &expected, REWRITTEN);
+    }
+    // Egress: this host reports an error about a packet it received from VIRTUAL.
+    let received = IpSpec::udp(peer_virtual(), local()).frame()[ETH_LEN..].to_vec();
+    let input = icmp_error(local(), peer_virtual(), 3, 3, [0; 4], &received);
+    let quote = requote(&received, peer_real(), local(), None);
+    let expected = icmp_error(local(), peer_real(), 3, 3, [0; 4], &quote);
+    fixture.expect(Hook::TcEgress, &input, &expected, REWRITTEN);
+
+    // XDP leaves ICMP errors to the TC program beside it: unchanged, and not counted.
+    let sent = IpSpec::tcp(local(), peer_real()).frame()[ETH_LEN..].to_vec();
+    let input = icmp_error(router, local(), 3, 4, mtu, &sent);
+    let before = fixture.counters();
+    assert_eq!(fixture.run(Hook::XdpIngress, &input), input, "XDP must pass ICMP errors unchanged");
+    assert_eq!(fixture.counters(), before, "XDP must not count the ICMP errors it leaves to TC");
+    // And the TC program beside XDP leaves everything else alone, uncounted.
+    let other = IpSpec::tcp(peer_real(), local()).frame();
+    assert_eq!(fixture.run(Hook::TcIcmpErrors, &other), other, "only ICMP errors are its business");
+    assert_eq!(fixture.counters(), before, "and it counts nothing else");
 }
