@@ -224,10 +224,13 @@ fn check_against_prefixes(
     Ok(())
 }
 
-/// Checks that the address mapping `virtual_addr -> real_addr` keeps the table a
-/// bijection between disjoint sets, and says what adding it changes.
-pub fn plan_add(table: &impl MappingView, virtual_addr: IpAddr, real_addr: IpAddr) -> Result<AddPlan, MappingConflict> {
-    check_addresses(virtual_addr, real_addr)?;
+/// Checks that `virtual_addr` and `real_addr` differ, and that neither is already used
+/// on the other side by an address or port-scoped mapping.
+fn check_sides_disjoint(
+    table: &impl MappingView,
+    virtual_addr: IpAddr,
+    real_addr: IpAddr,
+) -> Result<(), MappingConflict> {
     if virtual_addr == real_addr {
         return Err(MappingConflict::SameAddress(virtual_addr));
     }
@@ -243,6 +246,14 @@ pub fn plan_add(table: &impl MappingView, virtual_addr: IpAddr, real_addr: IpAdd
     if table.is_port_virtual(real_addr) {
         return Err(MappingConflict::RealIsPortVirtual { addr: real_addr });
     }
+    Ok(())
+}
+
+/// Checks that the address mapping `virtual_addr -> real_addr` keeps the table a
+/// bijection between disjoint sets, and says what adding it changes.
+pub fn plan_add(table: &impl MappingView, virtual_addr: IpAddr, real_addr: IpAddr) -> Result<AddPlan, MappingConflict> {
+    check_addresses(virtual_addr, real_addr)?;
+    check_sides_disjoint(table, virtual_addr, real_addr)?;
     if table.is_port_real(real_addr) {
         return Err(MappingConflict::RealOverlapsPortReal { real: real_addr });
     }
@@ -276,21 +287,7 @@ pub fn plan_add_ports(table: &impl MappingView, mapping: &PortMapping) -> Result
     }
     // Moving a service to another port of the same host would make the address both a
     // VIRTUAL and a REAL; a port-scoped mapping moves a service to another host.
-    if virtual_addr == real_addr {
-        return Err(MappingConflict::SameAddress(virtual_addr));
-    }
-    if let Some(other_virtual) = table.virtual_of(virtual_addr) {
-        return Err(MappingConflict::VirtualIsReal { virtual_addr, other_virtual });
-    }
-    if table.is_port_real(virtual_addr) {
-        return Err(MappingConflict::VirtualIsPortReal { addr: virtual_addr });
-    }
-    if table.is_port_virtual(real_addr) {
-        return Err(MappingConflict::RealIsPortVirtual { addr: real_addr });
-    }
-    if let Some(its_real) = table.real_of(real_addr) {
-        return Err(MappingConflict::RealIsVirtual { real: real_addr, its_real });
-    }
+    check_sides_disjoint(table, virtual_addr, real_addr)?;
     if let Some(existing_virtual) = table.virtual_of(real_addr) {
         return Err(MappingConflict::PortRealOverlapsAddress { real: real_addr, existing_virtual });
     }
