@@ -69,7 +69,23 @@ pub enum Command {
     Stats {
         #[arg(long)]
         json: bool,
+        /// Print again every `--interval` seconds, with the rate per second since the
+        /// previous print, until interrupted (or `--count` prints).
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS", requires = "watch", value_parser = parse_interval)]
+        interval: f64,
+        /// Stop after this many prints.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
     },
+}
+
+fn parse_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if (0.1..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!("{text:?} is not an interval from 0.1 to 3600 seconds")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,16 +146,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
             }
         }
-        Command::Stats { json } => {
-            let counters = Counters::read(&pins)?;
-            if json {
-                println!("{}", counters.to_json());
-            } else {
-                println!("{:<10}{}", "", OUTCOME_NAMES.map(|name| format!("{name:>14}")).concat());
-                for (direction, row) in counters.values.iter().enumerate() {
-                    let cells: String = row.iter().map(|value| format!("{value:>14}")).collect();
-                    println!("{:<10}{cells}", DIRECTION_NAMES[direction]);
-                }
+        Command::Stats { json, watch, interval, count } => {
+            let mut previous = Counters::read(&pins)?;
+            print_counters(&previous, None, json);
+            let mut printed = 1;
+            while watch && count.is_none_or(|count| printed < count) {
+                std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+                let current = Counters::read(&pins)?;
+                print_counters(&current, Some((&previous, interval)), json);
+                previous = current;
+                printed += 1;
             }
         }
     }
@@ -249,5 +265,47 @@ fn warn_if_own_virtual_missing(virtual_addr: IpAddr, real_addr: IpAddr) {
              configured on any local interface: ingress packets to {real_addr} will be delivered to \
              {virtual_addr} and dropped. Add it, for example: ip addr add {virtual_addr}/{host_prefix} dev lo"
         );
+    }
+}
+
+/// Prints the outcome counters, and with `since` their rate per second over the
+/// interval since the earlier reading.
+fn print_counters(counters: &Counters, since: Option<(&Counters, f64)>, json: bool) {
+    let rate = |direction: usize, outcome: usize| {
+        since.map(|(earlier, seconds)| {
+            let delta = counters.values[direction][outcome].saturating_sub(earlier.values[direction][outcome]);
+            delta as f64 / seconds
+        })
+    };
+    if json {
+        let mut value = counters.to_json();
+        if since.is_some() {
+            let mut rates = serde_json::Map::new();
+            for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
+                let row: serde_json::Map<String, serde_json::Value> = OUTCOME_NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(outcome, outcome_name)| {
+                        ((*outcome_name).to_owned(), rate(direction, outcome).unwrap_or(0.0).into())
+                    })
+                    .collect();
+                rates.insert((*name).to_owned(), row.into());
+            }
+            value["per_second"] = rates.into();
+        }
+        println!("{value}");
+        return;
+    }
+    println!("{:<10}{}", "", OUTCOME_NAMES.map(|name| format!("{name:>16}")).concat());
+    for (direction, row) in counters.values.iter().enumerate() {
+        let cells: String = row
+            .iter()
+            .enumerate()
+            .map(|(outcome, value)| match rate(direction, outcome) {
+                Some(rate) => format!("{:>16}", format!("{value} ({rate:.0}/s)")),
+                None => format!("{value:>16}"),
+            })
+            .collect();
+        println!("{:<10}{cells}", DIRECTION_NAMES[direction]);
     }
 }

@@ -119,6 +119,23 @@ fn two_hosts_carry_tcp_and_udp_both_ways(ingress: &str, family: &Family) {
     assert!(stat(&rewrite, "ingress", "rewritten") > 100, "ingress counters: {}", stats_json(&rewrite));
     assert!(stat(&rewrite, "egress", "rewritten") > 100, "egress counters: {}", stats_json(&rewrite));
     assert_eq!(stat(&rewrite, "ingress", "helper_error") + stat(&rewrite, "egress", "helper_error"), 0);
+
+    // `stats --watch` prints the requested number of readings, the later ones with rates
+    // per second; three pings go out between the first and the second reading.
+    let watched = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| rewrite.ok(&["stats", "--json", "--watch", "--interval", "1.5", "--count", "2"]));
+        std::thread::sleep(Duration::from_millis(100));
+        hosts.a.must("ping", &["-c", "3", "-i", "0.2", "-W", "1", family.b_virtual]);
+        watcher.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    let readings: Vec<serde_json::Value> =
+        watched.lines().map(|line| serde_json::from_str(line).expect("each reading is one JSON line")).collect();
+    assert_eq!(readings.len(), 2, "--count 2 must print two readings: {watched}");
+    assert!(readings[0].get("per_second").is_none(), "the first reading has no rate: {watched}");
+    let rate = readings[1]["per_second"]["egress"]["rewritten"].as_f64().expect("a rate");
+    assert!(rate >= 1.0, "3 pings in 1.5 s must show as an egress rate of 2/s: {watched}");
+    let error = rewrite.fails(&["stats", "--watch", "--interval", "0"]);
+    assert!(error.contains("interval from 0.1 to 3600 seconds"), "{error}");
 }
 
 #[test]
