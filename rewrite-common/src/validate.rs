@@ -9,17 +9,7 @@ use crate::mapping::{PortMapping, PrefixMapping, ShowEndpoint};
 
 /// Whether `addr` lies in `net/len` (bits of its own family).
 pub fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
-    match (addr, net) {
-        (IpAddr::V4(addr), IpAddr::V4(net)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(addr) & mask == u32::from(net) & mask
-        }
-        (IpAddr::V6(addr), IpAddr::V6(net)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(addr) & mask == u128::from(net) & mask
-        }
-        _ => false,
-    }
+    addr.is_ipv4() == net.is_ipv4() && masked(addr, len) == masked(net, len)
 }
 
 /// Whether two prefixes share an address: the shorter one contains the other.
@@ -196,29 +186,20 @@ fn check_against_prefixes(
 ) -> Result<(), MappingConflict> {
     for prefix in table.prefixes() {
         let len = prefix.len;
-        if in_prefix(real_addr, prefix.real_net, len) {
-            return Err(MappingConflict::InRealPrefix {
-                addr: real_addr,
-                net: prefix.real_net,
-                len,
-                virtual_net: prefix.virtual_net,
-            });
-        }
-        if in_prefix(real_addr, prefix.virtual_net, len) {
-            return Err(MappingConflict::InVirtualPrefix { addr: real_addr, net: prefix.virtual_net, len });
-        }
         // A VIRTUAL inside a VIRTUAL prefix would make two REALs restore to it: its own,
-        // and the prefix's translation of it.
-        if in_prefix(virtual_addr, prefix.virtual_net, len) {
-            return Err(MappingConflict::InVirtualPrefix { addr: virtual_addr, net: prefix.virtual_net, len });
-        }
-        if in_prefix(virtual_addr, prefix.real_net, len) {
-            return Err(MappingConflict::InRealPrefix {
-                addr: virtual_addr,
-                net: prefix.real_net,
-                len,
-                virtual_net: prefix.virtual_net,
-            });
+        // and the prefix's translation of it. Every other pairing crosses sides.
+        for addr in [real_addr, virtual_addr] {
+            if in_prefix(addr, prefix.real_net, len) {
+                return Err(MappingConflict::InRealPrefix {
+                    addr,
+                    net: prefix.real_net,
+                    len,
+                    virtual_net: prefix.virtual_net,
+                });
+            }
+            if in_prefix(addr, prefix.virtual_net, len) {
+                return Err(MappingConflict::InVirtualPrefix { addr, net: prefix.virtual_net, len });
+            }
         }
     }
     Ok(())

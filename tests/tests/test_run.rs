@@ -484,6 +484,22 @@ fn a_full_table_is_an_error_and_the_table_stays_as_it_was() {
     // The dataplane still rewrites with the table it has.
     let spec = IpSpec::tcp(local(), peer_virtual());
     fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local(), peer_real()));
+
+    // The port maps hold the fixture's 12 ports. Free one slot, then add a range of
+    // two: the first port's reverse entry fits, the second does not, and the add must
+    // take the first one out again.
+    table.remove_ports(rewrite_common::maps::IPPROTO_TCP, ip("fd00::2"), 443, 443).expect("free one port slot");
+    let before = table.list().expect("list");
+    let MappingSpec::Ports(range) = MappingSpec::parse("10.200.0.4:80-81/tcp", "10.100.0.40:80-81/tcp").expect("valid")
+    else {
+        panic!("a port-scoped form");
+    };
+    let error = table.add_ports(&range).expect_err("two ports must not fit in one free slot");
+    assert!(matches!(error, Error::TableFull { .. }), "expected TableFull, got {error:?}");
+    assert_eq!(table.list().expect("list"), before, "a failed port add must leave the table as it was");
+    // No reverse entry was left behind: a reply from the first REAL port is untouched.
+    let reply = tcp_ports(ip("10.100.0.40"), 80, local(), 40000).frame();
+    fixture.expect_unchanged(Hook::TcIngress, &reply, NO_MATCH);
 }
 
 #[test]
