@@ -19,6 +19,8 @@ pub const MAP_PREFIX_FORWARD: &str = "PREFIX_FORWARD";
 pub const MAP_PREFIX_REVERSE: &str = "PREFIX_REVERSE";
 /// Prefix mappings are few (one moves a subnet); this bounds the tries.
 pub const MAX_PREFIX_MAPPINGS: u32 = 16_384;
+/// Name of the per-CPU hash of [`MappingStats`] by [`MappingId`].
+pub const MAP_MAPPING_STATS: &str = "MAPPING_STATS";
 /// Name of the one-entry array of [`TablesInUse`].
 pub const MAP_TABLES_IN_USE: &str = "TABLES_IN_USE";
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
@@ -49,7 +51,7 @@ const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 /// and an IPv4 key can never equal an IPv6 key of a real host (the CLI refuses
 /// IPv4-mapped IPv6 addresses).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr {
     pub octets: [u8; 16],
 }
@@ -86,7 +88,7 @@ const _: () = assert!(core::mem::align_of::<Addr>() == 1);
 /// port maps. A range mapping is stored as one entry per port, so every lookup stays a
 /// single O(1) hash lookup.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
     pub addr: Addr,
     /// The port, big-endian as on the wire.
@@ -126,7 +128,82 @@ pub struct TablesInUse {
 
 const _: () = assert!(core::mem::size_of::<TablesInUse>() == 8);
 
+/// [`MappingId::kind`] of an address mapping.
+pub const KIND_ADDRESS: u32 = 1;
+/// [`MappingId::kind`] of one port of a port-scoped mapping.
+pub const KIND_PORT: u32 = 2;
+/// [`MappingId::kind`] of a prefix mapping.
+pub const KIND_PREFIX: u32 = 3;
+
+/// Which mapping a packet matched, named by its VIRTUAL side: the key of the
+/// per-mapping counters. Kind 0 names nothing (a side that matched no mapping).
+///
+/// * address: `virtual_side.addr` is the VIRTUAL address, the rest is zero;
+/// * port-scoped: `virtual_side` is the VIRTUAL endpoint, one id per port of a range,
+///   as in the port maps;
+/// * prefix: `virtual_side.addr` is the VIRTUAL network (host bits zero) and
+///   `prefix_len` its length in the 16-byte form (96 + N for IPv4).
+///
+/// Byte order as in [`Endpoint`]; `kind` and `prefix_len` are native-endian.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingId {
+    pub kind: u32,
+    pub prefix_len: u32,
+    pub virtual_side: Endpoint,
+}
+
+const _: () = assert!(core::mem::size_of::<MappingId>() == 28);
+const _: () = assert!(core::mem::align_of::<MappingId>() == 4);
+
+impl MappingId {
+    pub const fn address(virtual_addr: Addr) -> Self {
+        Self { kind: KIND_ADDRESS, prefix_len: 0, virtual_side: Endpoint::new(virtual_addr, [0; 2], 0) }
+    }
+
+    pub const fn port(virtual_endpoint: Endpoint) -> Self {
+        Self { kind: KIND_PORT, prefix_len: 0, virtual_side: virtual_endpoint }
+    }
+
+    /// `network` must have its host bits cleared, as the prefix maps store it.
+    pub const fn prefix(network: Addr, prefix_len: u32) -> Self {
+        Self { kind: KIND_PREFIX, prefix_len, virtual_side: Endpoint::new(network, [0; 2], 0) }
+    }
+}
+
+/// Per-mapping counters, indexed by direction (`counters::INGRESS`, `EGRESS`): the
+/// packets rewritten through the mapping, and their bytes as the program saw them
+/// (whole frames, Ethernet header included). One copy per CPU; readers sum them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingStats {
+    pub packets: [u64; 2],
+    pub bytes: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<MappingStats>() == 32);
+
+impl MappingStats {
+    /// The sum of per-CPU copies (or of the ports of a range).
+    #[must_use]
+    pub fn sum<'a>(copies: impl IntoIterator<Item = &'a MappingStats>) -> MappingStats {
+        copies.into_iter().fold(MappingStats::default(), |mut total, copy| {
+            for direction in 0..2 {
+                total.packets[direction] = total.packets[direction].wrapping_add(copy.packets[direction]);
+                total.bytes[direction] = total.bytes[direction].wrapping_add(copy.bytes[direction]);
+            }
+            total
+        })
+    }
+}
+
 impl PrefixTarget {
+    /// `addr` with the bits after `prefix_len` cleared: the network it lies in.
+    #[inline(always)]
+    pub fn network_of(addr: &Addr, prefix_len: u32) -> Addr {
+        PrefixTarget { network: *addr, prefix_len }.translate(&Addr::default())
+    }
+
     /// `addr` with its first `prefix_len` bits replaced by the network's: NETMAP's
     /// translation, which keeps the host bits.
     #[inline(always)]
@@ -170,6 +247,12 @@ unsafe impl aya::Pod for PrefixTarget {}
 // SAFETY: repr(C), two u32, no padding (size asserted).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TablesInUse {}
+// SAFETY: repr(C); two u32 then an Endpoint of u8s, 28 bytes, no padding (asserted).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for MappingId {}
+// SAFETY: repr(C), arrays of u64, no padding (size asserted).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for MappingStats {}
 
 #[cfg(any(test, feature = "user"))]
 mod std_conversions {
@@ -218,5 +301,20 @@ mod tests {
         let v6 = |text: &str| Addr { octets: text.parse::<std::net::Ipv6Addr>().expect("IPv6 address").octets() };
         let target = PrefixTarget { network: v6("2001:db8:aa::"), prefix_len: 48 };
         assert_eq!(target.translate(&v6("fd00:1:2:3::4")), v6("2001:db8:aa:3::4"));
+    }
+
+    #[test]
+    fn network_of_clears_the_host_bits() {
+        assert_eq!(PrefixTarget::network_of(&v4("10.1.255.9"), 96 + 17), v4("10.1.128.0"));
+        assert_eq!(PrefixTarget::network_of(&v4("10.1.255.9"), 96 + 32), v4("10.1.255.9"));
+        assert_eq!(PrefixTarget::network_of(&v4("10.1.255.9"), 96), v4("0.0.0.0"));
+    }
+
+    #[test]
+    fn mapping_stats_sum_adds_each_direction() {
+        let one = MappingStats { packets: [1, 2], bytes: [100, 200] };
+        let other = MappingStats { packets: [10, 0], bytes: [1000, 0] };
+        assert_eq!(MappingStats::sum([&one, &other]), MappingStats { packets: [11, 2], bytes: [1100, 200] });
+        assert_eq!(MappingStats::sum([]), MappingStats::default());
     }
 }

@@ -4,11 +4,14 @@
 use crate::parse::IpPacket;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
 };
 use rewrite_common::{
     counters,
-    maps::{Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Endpoint, MAX_PREFIX_MAPPINGS, PrefixTarget, TablesInUse},
+    maps::{
+        Addr, BPF_F_NO_PREALLOC, DEFAULT_MAX_MAPPINGS, Endpoint, MAX_PREFIX_MAPPINGS, MappingId, MappingStats,
+        PrefixTarget, TablesInUse,
+    },
 };
 
 /// VIRTUAL -> REAL, looked up on egress. `rewrite attach --max-mappings` sets the
@@ -37,6 +40,28 @@ pub static PREFIX_FORWARD: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PRE
 #[map(name = "PREFIX_REVERSE")]
 pub static PREFIX_REVERSE: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
 
+/// Packets and bytes per mapping and direction, per CPU. Userspace creates each
+/// mapping's entry (zeroed) before the mapping itself and removes it after, so the
+/// programs only ever update entries in place and never insert: a full table cannot
+/// make a packet lose its count. The loader sizes it for all the mapping tables.
+#[map(name = "MAPPING_STATS")]
+static MAPPING_STATS: PerCpuHashMap<MappingId, MappingStats> =
+    PerCpuHashMap::pinned(2 * DEFAULT_MAX_MAPPINGS + MAX_PREFIX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// Counts one packet of `bytes` for the mapping `id` in `DIRECTION`.
+#[inline(always)]
+pub fn count_mapping<const DIRECTION: u32>(id: &MappingId, bytes: u64) {
+    if let Some(stats) = MAPPING_STATS.get_ptr_mut(id) {
+        let direction = if DIRECTION == counters::EGRESS { 1 } else { 0 };
+        // SAFETY: this CPU's copy of the entry; nothing else runs on this CPU while the
+        // program does, so the increments cannot race.
+        unsafe {
+            (*stats).packets[direction] += 1;
+            (*stats).bytes[direction] += bytes;
+        }
+    }
+}
+
 /// Which optional tables hold entries, see `TablesInUse`.
 #[map(name = "TABLES_IN_USE")]
 static TABLES_IN_USE: Array<TablesInUse> = Array::pinned(1, 0);
@@ -52,10 +77,22 @@ pub fn tables_in_use() -> TablesInUse {
 /// CPU, so no other packet touches the slot meanwhile.
 #[repr(C)]
 pub struct Scratch {
+    /// What each side (source, destination) of the packet being rewritten becomes.
+    pub plans: [SidePlan; 2],
     pub endpoint: Endpoint,
     pub target: Endpoint,
     pub prefix_key: Key<Addr>,
     pub address: Addr,
+}
+
+/// The rewrite of one side of a packet, decided by the lookup before any byte changes.
+/// `mapping.kind` is 0 when no mapping matched.
+#[repr(C)]
+pub struct SidePlan {
+    pub mapping: MappingId,
+    pub address: Addr,
+    /// The new port, for a port-scoped mapping (big-endian).
+    pub port: [u8; 2],
 }
 
 #[map(name = "SCRATCH")]

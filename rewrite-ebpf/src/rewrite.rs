@@ -5,12 +5,15 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use rewrite_common::{
-    counters::{FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
-    maps::{Addr, Endpoint, TablesInUse},
+    counters::{EGRESS, FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
+    maps::{Addr, Endpoint, KIND_PORT, MappingId, PrefixTarget, TablesInUse},
 };
 
 use crate::{
-    maps::{Headers, address_table, count, headers, port_table, prefix_table, scratch, tables_in_use},
+    maps::{
+        Headers, Scratch, SidePlan, address_table, count, count_mapping, headers, port_table, prefix_table, scratch,
+        tables_in_use,
+    },
     packet::Packet,
     parse::{IpPacket, parse, parse_quoted},
 };
@@ -63,10 +66,10 @@ fn rewrite<P: Packet, const DIRECTION: u32, const PACKETS: u32>(packet: &mut P) 
         if PACKETS == ONLY_ICMP_ERRORS {
             return Ok(DEFERRED);
         }
-        let rewritten = rewrite_sides::<P, DIRECTION>(packet, outer, &in_use)?;
+        let rewritten = rewrite_outer::<P, DIRECTION>(packet, outer, &in_use)?;
         return Ok(outcome(rewritten, outer));
     };
-    let outer_rewritten = rewrite_sides::<P, DIRECTION>(packet, outer, &in_use)?;
+    let outer_rewritten = rewrite_outer::<P, DIRECTION>(packet, outer, &in_use)?;
     // The packet an ICMP error quotes (destination unreachable, fragmentation needed,
     // packet too big, time exceeded) travelled the other way, as the reply to this one:
     // the same table applies to it, side by side, so that the sender's stack matches
@@ -80,16 +83,51 @@ fn rewrite<P: Packet, const DIRECTION: u32, const PACKETS: u32>(packet: &mut P) 
     Ok(outcome(outer_rewritten || quoted_rewritten, outer))
 }
 
+/// Rewrites the packet's own two sides and counts the packet against the mappings they
+/// matched. (The sides of a quoted packet are not counted: the ICMP error is not the
+/// mapping's traffic.)
+#[inline(always)]
+fn rewrite_outer<P: Packet, const DIRECTION: u32>(
+    packet: &mut P,
+    parsed: &IpPacket,
+    in_use: &TablesInUse,
+) -> Result<bool, u32> {
+    let rewritten = rewrite_sides::<P, DIRECTION>(packet, parsed, in_use)?;
+    if rewritten {
+        let bytes = packet.len() as u64;
+        let scratch = scratch().ok_or(NO_MATCH)?;
+        for plan in &scratch.plans {
+            if plan.mapping.kind != 0 {
+                count_mapping::<DIRECTION>(&plan.mapping, bytes);
+            }
+        }
+    }
+    Ok(rewritten)
+}
+
+/// Looks both sides up, then rewrites them. Deciding first and patching after keeps one
+/// patch site per side, rather than one per table, which the 512-byte stack needs.
 #[inline(always)]
 fn rewrite_sides<P: Packet, const DIRECTION: u32>(
     packet: &mut P,
     parsed: &IpPacket,
     in_use: &TablesInUse,
 ) -> Result<bool, u32> {
-    let src_rewritten = rewrite_side::<P, DIRECTION>(packet, parsed, in_use, false)?;
-    let dst_rewritten = rewrite_side::<P, DIRECTION>(packet, parsed, in_use, true)?;
-    Ok(src_rewritten || dst_rewritten)
+    let scratch = scratch().ok_or(NO_MATCH)?;
+    let src_matched = look_up_side::<DIRECTION>(scratch, parsed, in_use, SOURCE);
+    let dst_matched = look_up_side::<DIRECTION>(scratch, parsed, in_use, DESTINATION);
+    if src_matched {
+        apply_side(packet, parsed, &scratch.plans[SOURCE], SOURCE)?;
+    }
+    if dst_matched {
+        apply_side(packet, parsed, &scratch.plans[DESTINATION], DESTINATION)?;
+    }
+    Ok(src_matched || dst_matched)
 }
+
+/// Indices of [`Scratch::plans`].
+const SOURCE: usize = 0;
+const DESTINATION: usize = 1;
 
 #[inline(always)]
 fn outcome(rewritten: bool, parsed: &IpPacket) -> u32 {
@@ -102,64 +140,81 @@ fn outcome(rewritten: bool, parsed: &IpPacket) -> u32 {
     }
 }
 
-/// Looks one side (source or destination address, with its port) up and rewrites it.
-/// Returns whether it matched. Lookup keys and the translated address are built in a
-/// per-CPU scratch area rather than on the stack: inlined twice, they would not fit in
-/// the 512-byte BPF stack.
+/// Looks one side (source or destination address, with its port) up and writes what it
+/// becomes, and which mapping says so, to `scratch.plans[side]`. Returns whether it
+/// matched. Keys and results live in the per-CPU scratch area rather than on the
+/// stack: for both sides they would not fit in the 512-byte BPF stack.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "the keys live in the scratch area; passed by value they would be copied onto the stack"
 )]
-fn rewrite_side<P: Packet, const DIRECTION: u32>(
-    packet: &mut P,
+fn look_up_side<const DIRECTION: u32>(
+    scratch: &mut Scratch,
     parsed: &IpPacket,
     in_use: &TablesInUse,
-    destination: bool,
-) -> Result<bool, u32> {
-    let (addr, address_offset) =
-        if destination { (&parsed.dst, parsed.dst_offset) } else { (&parsed.src, parsed.src_offset) };
-    // The scratch slot always exists (a one-entry array); without it there is nothing
-    // safe to do but leave the packet alone.
-    let scratch = scratch().ok_or(NO_MATCH)?;
-    if let Some((ports, source_port_offset)) = parsed.ports
+    side: usize,
+) -> bool {
+    let addr = if side == DESTINATION { &parsed.dst } else { &parsed.src };
+    let plan = &mut scratch.plans[side];
+    plan.mapping.kind = 0;
+    if let Some((ports, _)) = parsed.ports
         && in_use.ports != 0
     {
-        let (port, port_offset) = if destination {
-            (ports.dst, source_port_offset + DST_PORT_AFTER_SRC)
-        } else {
-            (ports.src, source_port_offset)
-        };
+        let port = if side == DESTINATION { ports.dst } else { ports.src };
         scratch.endpoint = Endpoint::new(*addr, port, ports.protocol);
         // SAFETY: the value is copied out at once, before anything can delete it.
         if let Some(target) = unsafe { port_table::<DIRECTION>().get(&scratch.endpoint) } {
-            scratch.target = *target;
-            replace_address(packet, parsed, address_offset, addr, &scratch.target.addr)?;
-            if scratch.target.port != port {
-                packet
-                    .replace_port(port_offset, parsed.l4, icmp_check(parsed), port, scratch.target.port)
-                    .map_err(|()| HELPER_ERROR)?;
-            }
-            return Ok(true);
+            plan.address = target.addr;
+            plan.port = target.port;
+            // A mapping is named by its VIRTUAL side: the key on egress, the target on
+            // ingress.
+            plan.mapping = MappingId::port(if DIRECTION == EGRESS { scratch.endpoint } else { *target });
+            return true;
         }
     }
     // SAFETY: as above.
     if let Some(target) = unsafe { address_table::<DIRECTION>().get(addr) } {
-        scratch.address = *target;
-        replace_address(packet, parsed, address_offset, addr, &scratch.address)?;
-        return Ok(true);
+        plan.address = *target;
+        plan.mapping = MappingId::address(if DIRECTION == EGRESS { *addr } else { *target });
+        return true;
     }
     if in_use.prefixes == 0 {
-        return Ok(false);
+        return false;
     }
     // All 128 bits of the 16-byte form take part; an IPv4 prefix is stored as 96 + N.
     scratch.prefix_key = Key::new(128, *addr);
     if let Some(target) = prefix_table::<DIRECTION>().get(&scratch.prefix_key) {
-        scratch.address = target.translate(addr);
-        replace_address(packet, parsed, address_offset, addr, &scratch.address)?;
-        return Ok(true);
+        plan.address = target.translate(addr);
+        let virtual_network =
+            if DIRECTION == EGRESS { PrefixTarget::network_of(addr, target.prefix_len) } else { target.network };
+        plan.mapping = MappingId::prefix(virtual_network, target.prefix_len);
+        return true;
     }
-    Ok(false)
+    false
+}
+
+/// Patches one side of the packet as its plan says.
+#[inline(always)]
+fn apply_side<P: Packet>(packet: &mut P, parsed: &IpPacket, plan: &SidePlan, side: usize) -> Result<(), u32> {
+    let (old, address_offset) =
+        if side == DESTINATION { (&parsed.dst, parsed.dst_offset) } else { (&parsed.src, parsed.src_offset) };
+    replace_address(packet, parsed, address_offset, old, &plan.address)?;
+    if plan.mapping.kind != KIND_PORT {
+        return Ok(());
+    }
+    let Some((ports, source_port_offset)) = parsed.ports else {
+        return Ok(());
+    };
+    let (old_port, port_offset) = if side == DESTINATION {
+        (ports.dst, source_port_offset + DST_PORT_AFTER_SRC)
+    } else {
+        (ports.src, source_port_offset)
+    };
+    if plan.port == old_port {
+        return Ok(());
+    }
+    packet.replace_port(port_offset, parsed.l4, icmp_check(parsed), old_port, plan.port).map_err(|()| HELPER_ERROR)
 }
 
 #[inline(always)]

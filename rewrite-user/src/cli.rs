@@ -7,16 +7,16 @@ use std::{net::IpAddr, path::PathBuf};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use rewrite_common::{
-    counters::{DIRECTION_NAMES, OUTCOME_NAMES},
     spec::{MappingSpec, Side, SpecError},
     validate::AddPlan,
 };
 
+use crate::report::{DEFAULT_TOP, Reading};
 use anyhow::bail;
 use rewrite_user::{
     iface,
     loader::{self, IngressMode},
-    maps::{Counters, MappingTable, Removed, describe_ports},
+    maps::{MappingTable, Removed, describe_ports},
     pins::{DEFAULT_PIN_DIR, PinLayout},
 };
 
@@ -65,10 +65,15 @@ pub enum Command {
     Map(MapCommand),
     /// Show attached interfaces.
     Status,
-    /// Show the outcome counters of the programs, summed over CPUs.
+    /// Show the counters, summed over CPUs: packets by outcome and direction, then
+    /// packets and bytes per mapping and direction, busiest first.
     Stats {
         #[arg(long)]
         json: bool,
+        /// Show only the N busiest mappings (by bytes, or by byte rate with --watch).
+        /// Without --json the default is 50; with --json, every mapping.
+        #[arg(long, value_name = "N")]
+        top: Option<usize>,
         /// Print again every `--interval` seconds, with the rate per second since the
         /// previous print, until interrupted (or `--count` prints).
         #[arg(long)]
@@ -146,14 +151,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
             }
         }
-        Command::Stats { json, watch, interval, count } => {
-            let mut previous = Counters::read(&pins)?;
-            print_counters(&previous, None, json);
+        Command::Stats { json, top, watch, interval, count } => {
+            let top = top.or((!json).then_some(DEFAULT_TOP));
+            let mut previous = Reading::take(&pins)?;
+            previous.print(None, json, top);
             let mut printed = 1;
             while watch && count.is_none_or(|count| printed < count) {
                 std::thread::sleep(std::time::Duration::from_secs_f64(interval));
-                let current = Counters::read(&pins)?;
-                print_counters(&current, Some((&previous, interval)), json);
+                let current = Reading::take(&pins)?;
+                current.print(Some((&previous, interval)), json, top);
                 previous = current;
                 printed += 1;
             }
@@ -218,32 +224,16 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
                     orphan.real_addr, orphan.virtual_addr, orphan.virtual_addr, orphan.virtual_addr
                 );
             }
-            // Address mappings first, then port-scoped ones, each in the written form.
-            let mut rows: Vec<(String, String)> = listing
-                .mappings
-                .iter()
-                .map(|mapping| (mapping.virtual_addr.to_string(), mapping.real_addr.to_string()))
-                .collect();
-            for prefix in &listing.prefixes {
-                rows.push((
-                    format!("{}/{}", prefix.virtual_net, prefix.len),
-                    format!("{}/{}", prefix.real_net, prefix.len),
-                ));
-            }
-            for mapping in &listing.port_mappings {
-                let described = describe_ports(mapping);
-                let (virtual_side, real_side) = described.split_once(" -> ").expect("describe_ports writes an arrow");
-                rows.push((virtual_side.to_owned(), real_side.to_owned()));
-            }
+            let rows = listing.rows();
             if json {
                 let rows: Vec<serde_json::Value> = rows
                     .into_iter()
-                    .map(|(virtual_side, real_side)| serde_json::json!({ "virtual": virtual_side, "real": real_side }))
+                    .map(|row| serde_json::json!({ "virtual": row.virtual_side, "real": row.real_side, "kind": row.kind }))
                     .collect();
                 println!("{}", serde_json::Value::Array(rows));
             } else {
-                for (virtual_side, real_side) in rows {
-                    println!("{virtual_side} -> {real_side}");
+                for row in rows {
+                    println!("{} -> {}", row.virtual_side, row.real_side);
                 }
             }
         }
@@ -265,47 +255,5 @@ fn warn_if_own_virtual_missing(virtual_addr: IpAddr, real_addr: IpAddr) {
              configured on any local interface: ingress packets to {real_addr} will be delivered to \
              {virtual_addr} and dropped. Add it, for example: ip addr add {virtual_addr}/{host_prefix} dev lo"
         );
-    }
-}
-
-/// Prints the outcome counters, and with `since` their rate per second over the
-/// interval since the earlier reading.
-fn print_counters(counters: &Counters, since: Option<(&Counters, f64)>, json: bool) {
-    let rate = |direction: usize, outcome: usize| {
-        since.map(|(earlier, seconds)| {
-            let delta = counters.values[direction][outcome].saturating_sub(earlier.values[direction][outcome]);
-            delta as f64 / seconds
-        })
-    };
-    if json {
-        let mut value = counters.to_json();
-        if since.is_some() {
-            let mut rates = serde_json::Map::new();
-            for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
-                let row: serde_json::Map<String, serde_json::Value> = OUTCOME_NAMES
-                    .iter()
-                    .enumerate()
-                    .map(|(outcome, outcome_name)| {
-                        ((*outcome_name).to_owned(), rate(direction, outcome).unwrap_or(0.0).into())
-                    })
-                    .collect();
-                rates.insert((*name).to_owned(), row.into());
-            }
-            value["per_second"] = rates.into();
-        }
-        println!("{value}");
-        return;
-    }
-    println!("{:<10}{}", "", OUTCOME_NAMES.map(|name| format!("{name:>16}")).concat());
-    for (direction, row) in counters.values.iter().enumerate() {
-        let cells: String = row
-            .iter()
-            .enumerate()
-            .map(|(outcome, value)| match rate(direction, outcome) {
-                Some(rate) => format!("{:>16}", format!("{value} ({rate:.0}/s)")),
-                None => format!("{value:>16}"),
-            })
-            .collect();
-        println!("{:<10}{cells}", DIRECTION_NAMES[direction]);
     }
 }

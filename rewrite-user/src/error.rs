@@ -71,6 +71,9 @@ pub enum Error {
     #[error("the mapping table is full ({capacity} mappings); delete mappings before adding more")]
     TableFull { capacity: u32 },
 
+    #[error("cannot count the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
+    CpuCount(#[source] io::Error),
+
     #[error("the prefix table is full ({capacity} prefix mappings)")]
     PrefixTableFull { capacity: u32 },
 

@@ -6,5 +6,6 @@ pub mod iface;
 pub mod loader;
 pub mod maps;
 pub mod pins;
+pub mod stats;
 
 pub use error::Error;

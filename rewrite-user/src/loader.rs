@@ -10,8 +10,9 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use rewrite_common::maps::{
-    Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
-    MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixTarget, TablesInUse,
+    Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_MAPPING_STATS, MAP_PORT_FORWARD,
+    MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, MAX_PREFIX_MAPPINGS, MappingId,
+    MappingStats, PrefixTarget, TablesInUse,
 };
 
 use crate::{Error, iface, pins::PinLayout};
@@ -109,6 +110,9 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
         for map in [MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD, MAP_PORT_REVERSE] {
             loader.map_max_entries(map, capacity);
         }
+        // Room for the counters of every entry the address, port and prefix tables hold.
+        let stats_capacity = capacity.saturating_mul(2).saturating_add(MAX_PREFIX_MAPPINGS);
+        loader.map_max_entries(MAP_MAPPING_STATS, stats_capacity);
     }
     let ebpf = loader.load(EBPF_OBJECT).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<Addr>())?;
@@ -121,6 +125,7 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixTarget>())?;
     check_map_layout(&ebpf, maps_dir, MAP_TABLES_IN_USE, size_of::<u32>(), size_of::<TablesInUse>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_MAPPING_STATS, size_of::<MappingId>(), size_of::<MappingStats>())?;
     Ok(ebpf)
 }
 

@@ -6,13 +6,12 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
 use rewrite_common::{
-    counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
     mapping::{PortMapping, PrefixMapping},
     maps::{
-        Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
-        MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixTarget, TablesInUse,
+        Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_MAPPING_STATS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
+        MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, MappingId, MappingStats, PrefixTarget, TablesInUse,
     },
     spec::Side,
     validate::{AddPlan, MappingConflict, MappingView, in_prefix, plan_add, plan_add_ports, plan_add_prefix},
@@ -28,8 +27,9 @@ const BPF_EXIST: u64 = 2;
 type AddressMap = HashMap<MapData, Addr, Addr>;
 type PortMap = HashMap<MapData, Endpoint, Endpoint>;
 type PrefixMap = LpmTrie<MapData, Addr, PrefixTarget>;
+pub(crate) type StatsMap = PerCpuHashMap<MapData, MappingId, MappingStats>;
 
-fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
+pub(crate) fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     let path = pins.map(name);
     if !path.exists() {
         return Err(Error::NotLoaded { path });
@@ -57,6 +57,9 @@ pub struct MappingTable {
     prefix_forward: PrefixMap,
     prefix_reverse: PrefixMap,
     in_use: Array<MapData, TablesInUse>,
+    /// Per-mapping counters: an entry exists for every mapping, made before the
+    /// mapping's first map entry and removed after its last.
+    stats: StatsMap,
     capacity: u32,
 }
 
@@ -82,6 +85,61 @@ pub struct Listing {
     /// Reverse entries without their forward entry (from an interrupted command):
     /// ingress still rewrites REAL to VIRTUAL for them. `map del VIRTUAL` removes one.
     pub orphans: Vec<Mapping>,
+}
+
+/// One mapping in the written form, as `map list` and `stats` show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub virtual_side: String,
+    pub real_side: String,
+    /// "address", "port" or "prefix".
+    pub kind: &'static str,
+    /// The per-mapping counters it owns: one, or one per port of a range.
+    pub ids: Vec<MappingId>,
+}
+
+impl Listing {
+    /// Address mappings first, then prefix and port-scoped ones, each in the written
+    /// form. Orphans are not mappings and are left out.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .mappings
+            .iter()
+            .map(|mapping| Row {
+                virtual_side: mapping.virtual_addr.to_string(),
+                real_side: mapping.real_addr.to_string(),
+                kind: "address",
+                ids: vec![MappingId::address(Addr::from(mapping.virtual_addr))],
+            })
+            .collect();
+        for prefix in &self.prefixes {
+            let key_len = PrefixMapping::key_len(prefix.virtual_net, prefix.len);
+            rows.push(Row {
+                virtual_side: format!("{}/{}", prefix.virtual_net, prefix.len),
+                real_side: format!("{}/{}", prefix.real_net, prefix.len),
+                kind: "prefix",
+                ids: vec![MappingId::prefix(Addr::from(prefix.virtual_net), key_len)],
+            });
+        }
+        for mapping in &self.port_mappings {
+            let described = describe_ports(mapping);
+            let (virtual_side, real_side) = described.split_once(" -> ").expect("describe_ports writes an arrow");
+            let ids = mapping
+                .ports()
+                .map(|(virtual_port, _)| {
+                    let addr = Addr::from(mapping.virtual_addr);
+                    MappingId::port(Endpoint::new(addr, virtual_port.to_be_bytes(), mapping.protocol))
+                })
+                .collect();
+            rows.push(Row {
+                virtual_side: virtual_side.to_owned(),
+                real_side: real_side.to_owned(),
+                kind: "port",
+                ids,
+            });
+        }
+        rows
+    }
 }
 
 /// One mapping, as listed.
@@ -120,7 +178,50 @@ impl MappingTable {
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
         let in_use = Array::try_from(open_pinned(pins, MAP_TABLES_IN_USE)?)
             .map_err(|source| Error::map(MAP_TABLES_IN_USE, source))?;
-        Ok(Self { forward, reverse, port_forward, port_reverse, prefix_forward, prefix_reverse, in_use, capacity })
+        let stats = StatsMap::try_from(open_pinned(pins, MAP_MAPPING_STATS)?)
+            .map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
+        Ok(Self {
+            forward,
+            reverse,
+            port_forward,
+            port_reverse,
+            prefix_forward,
+            prefix_reverse,
+            in_use,
+            stats,
+            capacity,
+        })
+    }
+
+    /// Creates zeroed counters for `ids`, keeping any that exist (a retargeted or
+    /// re-added mapping keeps counting). Returns the ids it created, for a rollback;
+    /// on error it has removed them itself.
+    fn create_stats(&mut self, ids: &[MappingId]) -> Result<Vec<MappingId>, Error> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| Error::CpuCount(source))?;
+        let zeros = || {
+            PerCpuValues::try_from(vec![MappingStats::default(); cpus])
+                .map_err(|source| Error::map(MAP_MAPPING_STATS, MapError::from(source)))
+        };
+        let mut created = Vec::new();
+        for id in ids {
+            match self.stats.insert(id, zeros()?, BPF_NOEXIST) {
+                Ok(()) => created.push(*id),
+                Err(error) if is_errno(&error, libc::EEXIST) => {}
+                Err(error) => {
+                    self.remove_stats(&created);
+                    return Err(self.insert_error(MAP_MAPPING_STATS, error));
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Removes counters; one already gone is fine. Best effort: the mapping is
+    /// already removed, and a leftover entry only holds numbers.
+    fn remove_stats(&mut self, ids: &[MappingId]) {
+        for id in ids {
+            let _ = self.stats.remove(id);
+        }
     }
 
     /// Updates the flags that let the programs skip empty tables. Call with `true`
@@ -141,6 +242,17 @@ impl MappingTable {
         let ports_empty = self.port_forward.keys().next().is_none() && self.port_reverse.keys().next().is_none();
         let prefixes_empty = self.prefix_forward.keys().next().is_none() && self.prefix_reverse.keys().next().is_none();
         self.mark_in_use(ports_empty.then_some(false), prefixes_empty.then_some(false))
+    }
+
+    /// How many per-mapping counter entries exist: one per address or prefix mapping
+    /// and one per mapped port. A mismatch with the table means a leak.
+    pub fn counter_entries(&self) -> Result<usize, Error> {
+        let mut entries = 0;
+        for key in self.stats.keys() {
+            key.map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
+            entries += 1;
+        }
+        Ok(entries)
     }
 
     /// How many mappings the maps can hold.
@@ -198,8 +310,10 @@ impl MappingTable {
                 Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan)?;
             }
         }
+        let created_stats = self.create_stats(&[MappingId::address(Addr::from(virtual_addr))])?;
         // NOEXIST makes the uniqueness of REAL atomic against a concurrent `map add`.
         if let Err(error) = self.insert(false, real_addr, virtual_addr, BPF_NOEXIST) {
+            self.remove_stats(&created_stats);
             if is_errno(&error, libc::EEXIST) {
                 let existing_virtual = Self::get(&self.reverse, MAP_ADDR_REVERSE, real_addr)?
                     .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -213,6 +327,7 @@ impl MappingTable {
             // fail, the original error is the one to report; the reverse entry left
             // behind shows in `map list` and goes with `map del`.
             let _ = Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, real_addr);
+            self.remove_stats(&created_stats);
             return Err(self.insert_error(MAP_ADDR_FORWARD, error));
         }
         if let AddPlan::Replace { old_real } = plan {
@@ -228,11 +343,13 @@ impl MappingTable {
         if let Some(real_addr) = Self::get(&self.forward, MAP_ADDR_FORWARD, virtual_addr)? {
             Self::remove(&mut self.forward, MAP_ADDR_FORWARD, virtual_addr)?;
             Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, real_addr)?;
+            self.remove_stats(&[MappingId::address(Addr::from(virtual_addr))]);
             return Ok(Removed::Mapping(real_addr));
         }
         let orphan = self.list()?.orphans.into_iter().find(|orphan| orphan.virtual_addr == virtual_addr);
         let orphan = orphan.ok_or_else(|| Error::NoSuchMapping { virtual_side: virtual_addr.to_string() })?;
         Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan.real_addr)?;
+        self.remove_stats(&[MappingId::address(Addr::from(virtual_addr))]);
         Ok(Removed::Orphan(orphan.real_addr))
     }
 
@@ -321,6 +438,7 @@ impl MappingTable {
                 Error::map(name, error)
             }
         };
+        let created_stats = self.create_stats(&[MappingId::prefix(virtual_net, key_len)])?;
         self.mark_in_use(None, Some(true))?;
         let reverse_value = PrefixTarget { network: virtual_net, prefix_len: key_len };
         match self.prefix_reverse.insert(&reverse_key, reverse_value, BPF_NOEXIST) {
@@ -329,7 +447,10 @@ impl MappingTable {
             Err(error)
                 if is_errno(&error, libc::EEXIST)
                     && self.prefix_reverse.get(&reverse_key, 0).is_ok_and(|value| value == reverse_value) => {}
-            Err(error) => return Err(full(error, MAP_PREFIX_REVERSE)),
+            Err(error) => {
+                self.remove_stats(&created_stats);
+                return Err(full(error, MAP_PREFIX_REVERSE));
+            }
         }
         if let Err(error) = self.prefix_forward.insert(
             &forward_key,
@@ -337,6 +458,7 @@ impl MappingTable {
             BPF_NOEXIST,
         ) {
             let _ = self.prefix_reverse.remove(&reverse_key);
+            self.remove_stats(&created_stats);
             return Err(full(error, MAP_PREFIX_FORWARD));
         }
         Ok(plan)
@@ -360,6 +482,7 @@ impl MappingTable {
             Err(error) if is_not_found(&error) => {}
             Err(source) => return Err(Error::map(MAP_PREFIX_REVERSE, source)),
         }
+        self.remove_stats(&[MappingId::prefix(Addr::from(net), key_len)]);
         self.unmark_empty()?;
         Ok(IpAddr::from(target.network))
     }
@@ -387,6 +510,9 @@ impl MappingTable {
                 )
             })
             .collect();
+        let ids: Vec<MappingId> =
+            endpoints.iter().map(|(virtual_endpoint, _)| MappingId::port(*virtual_endpoint)).collect();
+        let created_stats = self.create_stats(&ids)?;
         self.mark_in_use(Some(true), None)?;
         let mut added_reverse = Vec::new();
         let mut added_forward = Vec::new();
@@ -422,6 +548,7 @@ impl MappingTable {
             for endpoint in added_reverse {
                 let _ = self.port_reverse.remove(&endpoint);
             }
+            self.remove_stats(&created_stats);
             return Err(error);
         }
         Ok(plan)
@@ -447,6 +574,7 @@ impl MappingTable {
                     Err(source) => return Err(Error::map(name, source)),
                 }
             }
+            self.remove_stats(&[MappingId::port(key)]);
             removed += 1;
         }
         if removed == 0 {
@@ -472,6 +600,9 @@ impl MappingTable {
                 })
             })
             .collect();
+        let ids: Vec<MappingId> =
+            endpoints.iter().map(|(virtual_endpoint, _)| MappingId::port(*virtual_endpoint)).collect();
+        self.create_stats(&ids)?;
         self.mark_in_use(Some(true), None)?;
         for (virtual_endpoint, real_endpoint) in &endpoints {
             self.port_reverse
@@ -490,6 +621,7 @@ impl MappingTable {
     pub fn insert_prefix_unchecked(&mut self, mapping: &PrefixMapping) -> Result<(), Error> {
         let key_len = PrefixMapping::key_len(mapping.virtual_net, mapping.len);
         let (virtual_net, real_net) = (Addr::from(mapping.virtual_net), Addr::from(mapping.real_net));
+        self.create_stats(&[MappingId::prefix(virtual_net, key_len)])?;
         self.mark_in_use(None, Some(true))?;
         self.prefix_reverse
             .insert(&Key::new(key_len, real_net), PrefixTarget { network: virtual_net, prefix_len: key_len }, BPF_ANY)
@@ -502,6 +634,9 @@ impl MappingTable {
     /// Inserts many mappings that are known to be new and valid (benchmarks and bulk
     /// loads), reverse entries first. Stops at the first error.
     pub fn insert_new_unchecked(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
+        let ids: Vec<MappingId> =
+            mappings.iter().map(|mapping| MappingId::address(Addr::from(mapping.virtual_addr))).collect();
+        self.create_stats(&ids)?;
         for mapping in mappings {
             self.insert(false, mapping.real_addr, mapping.virtual_addr, BPF_ANY)
                 .map_err(|error| self.insert_error(MAP_ADDR_REVERSE, error))?;
@@ -640,46 +775,6 @@ impl MappingView for LiveView<'_> {
             }
         }
         None
-    }
-}
-
-/// The outcome counters, summed over CPUs.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Counters {
-    /// `values[direction][outcome]`, indexed as in `rewrite_common::counters`.
-    pub values: Vec<Vec<u64>>,
-}
-
-impl Counters {
-    pub fn read(pins: &PinLayout) -> Result<Self, Error> {
-        let map = PerCpuArray::<MapData, u64>::try_from(open_pinned(pins, MAP_COUNTERS)?)
-            .map_err(|source| Error::map(MAP_COUNTERS, source))?;
-        let mut values = Vec::new();
-        for direction in 0..counters::DIRECTIONS {
-            let mut row = Vec::new();
-            for outcome in 0..counters::OUTCOMES {
-                let slot = counters::slot(direction, outcome);
-                let per_cpu = map.get(&slot, 0).map_err(|source| Error::map(MAP_COUNTERS, source))?;
-                row.push(per_cpu.iter().sum());
-            }
-            values.push(row);
-        }
-        Ok(Self { values })
-    }
-
-    pub fn get(&self, direction: u32, outcome: u32) -> u64 {
-        self.values[direction as usize][outcome as usize]
-    }
-
-    /// As a JSON object: `{"ingress": {"rewritten": N, ...}, "egress": {...}}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut object = serde_json::Map::new();
-        for (direction, row) in self.values.iter().enumerate() {
-            let outcomes =
-                OUTCOME_NAMES.iter().zip(row).map(|(name, value)| ((*name).to_owned(), (*value).into())).collect();
-            object.insert(DIRECTION_NAMES[direction].to_owned(), serde_json::Value::Object(outcomes));
-        }
-        serde_json::Value::Object(object)
     }
 }
 

@@ -32,8 +32,9 @@ use rewrite_tests::{
 };
 use rewrite_user::{
     loader::{self, PROG_BENCH_XDP_PASS, PROG_TC_EGRESS, PROG_XDP_INGRESS},
-    maps::{Counters, Mapping, MappingTable},
+    maps::{Mapping, MappingTable},
     pins::PinLayout,
+    stats::Counters,
 };
 
 const REPEAT: u32 = 200_000;

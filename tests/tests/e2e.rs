@@ -119,6 +119,22 @@ fn two_hosts_carry_tcp_and_udp_both_ways(ingress: &str, family: &Family) {
     assert!(stat(&rewrite, "ingress", "rewritten") > 100, "ingress counters: {}", stats_json(&rewrite));
     assert!(stat(&rewrite, "egress", "rewritten") > 100, "egress counters: {}", stats_json(&rewrite));
     assert_eq!(stat(&rewrite, "ingress", "helper_error") + stat(&rewrite, "egress", "helper_error"), 0);
+    // The mapping's own counters: both TCP exchanges carried a MiB each way through it.
+    let written = format!("{} -> {}", ip(family.b_virtual), ip(family.b_real));
+    let json = stats_json(&rewrite);
+    let value: serde_json::Value = serde_json::from_str(&json).expect("stats --json is JSON");
+    let mapping = value["mappings"]
+        .as_array()
+        .and_then(|mappings| mappings.iter().find(|mapping| mapping["mapping"] == written.as_str()))
+        .unwrap_or_else(|| panic!("no counters for {written} in {json}"));
+    for direction in ["ingress", "egress"] {
+        let packets = mapping[direction]["packets"].as_u64().expect("packets");
+        let bytes = mapping[direction]["bytes"].as_u64().expect("bytes");
+        assert!(packets > 100, "{written}: {direction} packets {packets}: {json}");
+        assert!(bytes >= 2 * MIB as u64, "{written}: {direction} bytes {bytes} < 2 MiB: {json}");
+    }
+    let table = rewrite.ok(&["stats"]);
+    assert!(table.lines().any(|line| line.starts_with(&written)), "stats shows no row for {written}:\n{table}");
 
     // `stats --watch` prints the requested number of readings, the later ones with rates
     // per second; three pings go out between the first and the second reading.
@@ -134,6 +150,8 @@ fn two_hosts_carry_tcp_and_udp_both_ways(ingress: &str, family: &Family) {
     assert!(readings[0].get("per_second").is_none(), "the first reading has no rate: {watched}");
     let rate = readings[1]["per_second"]["egress"]["rewritten"].as_f64().expect("a rate");
     assert!(rate >= 1.0, "3 pings in 1.5 s must show as an egress rate of 2/s: {watched}");
+    let mapping_rate = readings[1]["mappings"][0]["per_second"]["egress"]["packets"].as_f64().expect("a mapping rate");
+    assert!(mapping_rate >= 1.0, "the pings went through the one mapping: {watched}");
     let error = rewrite.fails(&["stats", "--watch", "--interval", "0"]);
     assert!(error.contains("interval from 0.1 to 3600 seconds"), "{error}");
 }

@@ -12,7 +12,7 @@ use aya::{
 };
 use rewrite_common::{
     counters::{self, EGRESS, FRAGMENT_UNMATCHED, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED},
-    maps::{Addr, MAP_ADDR_FORWARD},
+    maps::{Addr, MAP_ADDR_FORWARD, MappingStats},
     spec::MappingSpec,
 };
 use rewrite_tests::{
@@ -25,8 +25,9 @@ use rewrite_tests::{
 use rewrite_user::{
     Error,
     loader::{self, PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
-    maps::{Counters, Mapping, MappingTable, Removed},
+    maps::{Mapping, MappingTable, Removed},
     pins::PinLayout,
+    stats::{Counters, MappingCounters},
 };
 
 const XDP_PASS: u32 = 2;
@@ -472,6 +473,9 @@ fn a_full_table_is_an_error_and_the_table_stays_as_it_was() {
         table.add(ip(&format!("10.200.1.{index}")), ip(&format!("10.100.1.{index}"))).expect("room left");
     }
     let before = table.list().expect("list");
+    let counter_entries = table.counter_entries().expect("count counter entries");
+    // 12 address mappings, 12 mapped ports and 2 prefixes: one counter entry each.
+    assert_eq!(counter_entries, 12 + 12 + 2, "one counter entry per mapping and mapped port");
     let error = table.add(ip("10.200.0.50"), ip("10.100.0.50")).expect_err("a 13th mapping must not fit");
     assert!(matches!(error, Error::TableFull { capacity: 12 }), "expected TableFull, got {error:?}");
     assert!(error.to_string().contains("full (12 mappings)"), "unclear message: {error}");
@@ -481,6 +485,7 @@ fn a_full_table_is_an_error_and_the_table_stays_as_it_was() {
     let retarget = table.add(peer_virtual(), ip("10.100.0.51"));
     assert!(matches!(retarget, Err(Error::TableFull { .. })), "retarget at capacity: {retarget:?}");
     assert_eq!(table.list().expect("list"), before, "a failed retarget must leave the table as it was");
+    assert_eq!(table.counter_entries().expect("count"), counter_entries, "failed adds must not leave counters");
     // The dataplane still rewrites with the table it has.
     let spec = IpSpec::tcp(local(), peer_virtual());
     fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local(), peer_real()));
@@ -497,6 +502,11 @@ fn a_full_table_is_an_error_and_the_table_stays_as_it_was() {
     let error = table.add_ports(&range).expect_err("two ports must not fit in one free slot");
     assert!(matches!(error, Error::TableFull { .. }), "expected TableFull, got {error:?}");
     assert_eq!(table.list().expect("list"), before, "a failed port add must leave the table as it was");
+    assert_eq!(
+        table.counter_entries().expect("count"),
+        counter_entries - 1,
+        "the freed port's and failed add's counters"
+    );
     // No reverse entry was left behind: a reply from the first REAL port is untouched.
     let reply = tcp_ports(ip("10.100.0.40"), 80, local(), 40000).frame();
     fixture.expect_unchanged(Hook::TcIngress, &reply, NO_MATCH);
@@ -670,6 +680,85 @@ fn tcp_ports(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> IpSpec {
 
 fn udp_ports(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> IpSpec {
     IpSpec::udp(src, dst).with_ports(src_port, dst_port)
+}
+
+/// The per-mapping counters of the mapping written `written` (`VIRTUAL -> REAL`).
+fn mapping_stats(fixture: &Fixture, written: &str) -> MappingStats {
+    let listing = fixture.table().list().expect("list");
+    let all = MappingCounters::read(&fixture.layout, &listing).expect("read per-mapping counters");
+    all.iter()
+        .find(|counted| counted.mapping == written)
+        .unwrap_or_else(|| panic!("no counters for {written}; have {all:?}"))
+        .stats
+}
+
+#[test]
+fn per_mapping_counters_count_packets_and_bytes_by_direction() {
+    let fixture = Fixture::new();
+    let idle = MappingStats::default();
+    // Every mapping starts at zero.
+    for written in ["10.200.0.2 -> 10.100.0.2", "10.200.0.2:9200/tcp -> 10.100.0.30:9400/tcp"] {
+        assert_eq!(mapping_stats(&fixture, written), idle, "{written} before any packet");
+    }
+    let service_real = ip("10.100.0.30");
+    // Address mapping: two packets out, one in through each ingress hook.
+    let out = IpSpec::tcp(local(), peer_virtual());
+    let back = IpSpec::udp(peer_real(), local());
+    fixture.expect_rewrite(Hook::TcEgress, &out, &out.with_addresses(local(), peer_real()));
+    fixture.expect_rewrite(Hook::TcEgress, &out, &out.with_addresses(local(), peer_real()));
+    for hook in Hook::INGRESS {
+        fixture.expect_rewrite(hook, &back, &back.with_addresses(peer_virtual(), local()));
+    }
+    let (out_len, back_len) = (out.frame().len() as u64, back.frame().len() as u64);
+    assert_eq!(
+        mapping_stats(&fixture, "10.200.0.2 -> 10.100.0.2"),
+        MappingStats { packets: [2, 2], bytes: [2 * back_len, 2 * out_len] },
+        "address mapping: [ingress, egress]"
+    );
+    // The port-scoped service on the same VIRTUAL counts apart from the address mapping.
+    let request = tcp_ports(local(), 40000, peer_virtual(), 9200);
+    fixture.expect_rewrite(Hook::TcEgress, &request, &tcp_ports(local(), 40000, service_real, 9400));
+    let request_len = request.frame().len() as u64;
+    assert_eq!(
+        mapping_stats(&fixture, "10.200.0.2:9200/tcp -> 10.100.0.30:9400/tcp"),
+        MappingStats { packets: [0, 1], bytes: [0, request_len] }
+    );
+    assert_eq!(mapping_stats(&fixture, "10.200.0.2 -> 10.100.0.2").packets, [2, 2], "the service is not the host");
+    // A range sums its ports: one packet to the first port, one from the last.
+    let (range_virtual, range_real) = (ip("10.200.0.3"), ip("10.100.0.31"));
+    let to_first = udp_ports(local(), 33000, range_virtual, 5000);
+    fixture.expect_rewrite(Hook::TcEgress, &to_first, &udp_ports(local(), 33000, range_real, 6000));
+    let from_last = udp_ports(range_real, 6009, local(), 33000);
+    fixture.expect_rewrite(Hook::TcIngress, &from_last, &udp_ports(range_virtual, 5009, local(), 33000));
+    let udp_len = to_first.frame().len() as u64;
+    assert_eq!(
+        mapping_stats(&fixture, "10.200.0.3:5000-5009/udp -> 10.100.0.31:6000-6009/udp"),
+        MappingStats { packets: [1, 1], bytes: [udp_len, udp_len] }
+    );
+    // Prefix mappings count under the subnet, whichever host of it the packet is for.
+    for host in ["10.201.3.7", "10.201.200.1"] {
+        let spec = IpSpec::icmp(local(), ip(host));
+        let real = host.replacen("10.201", "172.20", 1);
+        fixture.expect_rewrite(Hook::TcEgress, &spec, &spec.with_addresses(local(), ip(&real)));
+        let reply = spec.with_addresses(ip(&real), local());
+        fixture.expect_rewrite(Hook::XdpIngress, &reply, &reply.with_addresses(ip(host), local()));
+    }
+    let icmp_len = IpSpec::icmp(local(), ip("10.201.3.7")).frame().len() as u64;
+    assert_eq!(
+        mapping_stats(&fixture, "10.201.0.0/16 -> 172.20.0.0/16"),
+        MappingStats { packets: [2, 2], bytes: [2 * icmp_len, 2 * icmp_len] }
+    );
+    // A packet that matches two mappings (one per side) counts once for each; IPv6 too.
+    let both = IpSpec::udp(own6_virtual(), peer6_virtual());
+    fixture.expect_rewrite(Hook::TcEgress, &both, &both.with_addresses(own6_real(), peer6_real()));
+    for written in ["fd00::9 -> 2001:db8::9", "fd00::2 -> 2001:db8::2"] {
+        assert_eq!(mapping_stats(&fixture, written).packets, [0, 1], "{written}");
+    }
+    // Packets that match nothing count for no mapping.
+    let before = MappingCounters::read(&fixture.layout, &fixture.table().list().expect("list")).expect("read");
+    fixture.expect_unchanged(Hook::TcEgress, &IpSpec::tcp(local(), ip("10.100.0.77")).frame(), NO_MATCH);
+    let after = MappingCounters::read(&fixture.layout, &fixture.table().list().expect("list")).expect("read");
+    assert_eq!(before, after, "an unmatched packet moved a mapping's counters");
 }
 
 #[test]

@@ -1,0 +1,104 @@
+//! What the programs counted: outcomes per direction, and packets and bytes per
+//! mapping, both summed over CPUs.
+
+use std::collections::HashMap;
+
+use aya::maps::{MapData, PerCpuArray};
+use rewrite_common::{
+    counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
+    maps::{MAP_COUNTERS, MAP_MAPPING_STATS, MappingId, MappingStats},
+};
+
+use crate::{
+    Error,
+    maps::{Listing, StatsMap, open_pinned},
+    pins::PinLayout,
+};
+
+/// The outcome counters, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    /// `values[direction][outcome]`, indexed as in `rewrite_common::counters`.
+    pub values: Vec<Vec<u64>>,
+}
+
+impl Counters {
+    pub fn read(pins: &PinLayout) -> Result<Self, Error> {
+        let map = PerCpuArray::<MapData, u64>::try_from(open_pinned(pins, MAP_COUNTERS)?)
+            .map_err(|source| Error::map(MAP_COUNTERS, source))?;
+        let mut values = Vec::new();
+        for direction in 0..counters::DIRECTIONS {
+            let mut row = Vec::new();
+            for outcome in 0..counters::OUTCOMES {
+                let slot = counters::slot(direction, outcome);
+                let per_cpu = map.get(&slot, 0).map_err(|source| Error::map(MAP_COUNTERS, source))?;
+                row.push(per_cpu.iter().sum());
+            }
+            values.push(row);
+        }
+        Ok(Self { values })
+    }
+
+    pub fn get(&self, direction: u32, outcome: u32) -> u64 {
+        self.values[direction as usize][outcome as usize]
+    }
+
+    /// As a JSON object: `{"ingress": {"rewritten": N, ...}, "egress": {...}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut object = serde_json::Map::new();
+        for (direction, row) in self.values.iter().enumerate() {
+            let outcomes =
+                OUTCOME_NAMES.iter().zip(row).map(|(name, value)| ((*name).to_owned(), (*value).into())).collect();
+            object.insert(DIRECTION_NAMES[direction].to_owned(), serde_json::Value::Object(outcomes));
+        }
+        serde_json::Value::Object(object)
+    }
+}
+
+/// One mapping's counters, summed over CPUs and over the ports of a range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappingCounters {
+    /// The mapping in the written form, `VIRTUAL -> REAL`, as `map list` shows it.
+    pub mapping: String,
+    /// "address", "port" or "prefix".
+    pub kind: &'static str,
+    pub stats: MappingStats,
+}
+
+impl MappingCounters {
+    /// The counters of every mapping in `listing`, in its order. A mapping whose
+    /// counters are missing (added by a version without them) shows zeros.
+    pub fn read(pins: &PinLayout, listing: &Listing) -> Result<Vec<Self>, Error> {
+        let map = StatsMap::try_from(open_pinned(pins, MAP_MAPPING_STATS)?)
+            .map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
+        let mut by_id: HashMap<MappingId, MappingStats> = HashMap::new();
+        for entry in map.iter() {
+            let (id, per_cpu) = entry.map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
+            by_id.insert(id, MappingStats::sum(per_cpu.iter()));
+        }
+        Ok(listing
+            .rows()
+            .into_iter()
+            .map(|row| MappingCounters {
+                mapping: format!("{} -> {}", row.virtual_side, row.real_side),
+                kind: row.kind,
+                stats: MappingStats::sum(row.ids.iter().filter_map(|id| by_id.get(id))),
+            })
+            .collect())
+    }
+
+    /// As a JSON object: `{"mapping": "...", "kind": "...", "ingress": {"packets": N,
+    /// "bytes": N}, "egress": {...}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut object = serde_json::Map::new();
+        object.insert("mapping".to_owned(), self.mapping.clone().into());
+        object.insert("kind".to_owned(), self.kind.into());
+        for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
+            object.insert(
+                (*name).to_owned(),
+                serde_json::json!({ "packets": self.stats.packets[direction], "bytes": self.stats.bytes[direction] }),
+            );
+        }
+        serde_json::Value::Object(object)
+    }
+}
