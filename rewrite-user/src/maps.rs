@@ -24,6 +24,11 @@ const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
+/// How long [`MappingTable::create_stats`] waits for per-CPU memory, and how often it
+/// tries again meanwhile.
+const PERCPU_REFILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const PERCPU_REFILL_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 type AddressMap = HashMap<MapData, Addr, Addr>;
 type PortMap = HashMap<MapData, Endpoint, Endpoint>;
 type PrefixMap = LpmTrie<MapData, Addr, PrefixTarget>;
@@ -204,12 +209,28 @@ impl MappingTable {
         };
         let mut created = Vec::new();
         for id in ids {
-            match self.stats.insert(id, zeros()?, BPF_NOEXIST) {
+            let mut result = self.stats.insert(id, zeros()?, BPF_NOEXIST);
+            // A new per-CPU element takes memory the kernel's per-CPU allocator hands
+            // out from chunks it populates in the background: map updates allocate in
+            // atomic context, where it cannot populate them. A burst of inserts (a bulk
+            // load) can outrun it, which shows as ENOMEM until the background work has
+            // caught up, within milliseconds.
+            let mut waited = std::time::Duration::ZERO;
+            while waited < PERCPU_REFILL_WAIT && result.as_ref().is_err_and(|error| is_errno(error, libc::ENOMEM)) {
+                std::thread::sleep(PERCPU_REFILL_POLL);
+                waited += PERCPU_REFILL_POLL;
+                result = self.stats.insert(id, zeros()?, BPF_NOEXIST);
+            }
+            match result {
                 Ok(()) => created.push(*id),
                 Err(error) if is_errno(&error, libc::EEXIST) => {}
                 Err(error) => {
                     self.remove_stats(&created);
-                    return Err(self.insert_error(MAP_MAPPING_STATS, error));
+                    return Err(if is_errno(&error, libc::ENOMEM) {
+                        Error::OutOfMemory { map: MAP_MAPPING_STATS }
+                    } else {
+                        self.insert_error(MAP_MAPPING_STATS, error)
+                    });
                 }
             }
         }

@@ -297,8 +297,8 @@ fn dataplane_outlives_the_cli_and_later_processes_see_the_same_table() {
     rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
     rewrite.ok(&["map", "add", "10.200.0.3", "10.100.0.3"]);
     let expected: serde_json::Value = serde_json::json!([
-        { "virtual": "10.200.0.2", "real": "10.100.0.2" },
-        { "virtual": "10.200.0.3", "real": "10.100.0.3" },
+        { "virtual": "10.200.0.2", "real": "10.100.0.2", "kind": "address" },
+        { "virtual": "10.200.0.3", "real": "10.100.0.3", "kind": "address" },
     ]);
 
     // A numbered UDP stream, from A to VIRTUAL, while new CLI processes come and go.
