@@ -40,26 +40,40 @@ pub static PREFIX_FORWARD: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PRE
 #[map(name = "PREFIX_REVERSE")]
 pub static PREFIX_REVERSE: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
 
-/// Packets and bytes per mapping and direction, per CPU. Userspace creates each
-/// mapping's entry (zeroed) before the mapping itself and removes it after, so the
-/// programs only ever update entries in place and never insert: a full table cannot
-/// make a packet lose its count. The loader sizes it for all the mapping tables.
+/// Packets and bytes per mapping and direction, per CPU. The programs create a
+/// mapping's entry with its first packet, so that adding mappings costs no per-CPU
+/// allocation (the kernel's is slow: about 20 µs an entry, which would make a bulk load
+/// of 100,000 mappings take seconds). Userspace removes the entry with the mapping.
+/// Sized for every entry the address, port and prefix tables can hold, so it cannot
+/// fill up before they do; the loader resizes it with them.
 #[map(name = "MAPPING_STATS")]
 static MAPPING_STATS: PerCpuHashMap<MappingId, MappingStats> =
     PerCpuHashMap::pinned(2 * DEFAULT_MAX_MAPPINGS + MAX_PREFIX_MAPPINGS, BPF_F_NO_PREALLOC);
 
-/// Counts one packet of `bytes` for the mapping `id` in `DIRECTION`.
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+/// Counts one packet of `bytes` for the mapping `id` in `DIRECTION`. `first` is working
+/// memory for the first packet's value (not the stack, which is full).
 #[inline(always)]
-pub fn count_mapping<const DIRECTION: u32>(id: &MappingId, bytes: u64) {
+pub fn count_mapping<const DIRECTION: u32>(id: &MappingId, bytes: u64, first: &mut MappingStats) {
+    let direction = if DIRECTION == counters::EGRESS { 1 } else { 0 };
     if let Some(stats) = MAPPING_STATS.get_ptr_mut(id) {
-        let direction = if DIRECTION == counters::EGRESS { 1 } else { 0 };
         // SAFETY: this CPU's copy of the entry; nothing else runs on this CPU while the
         // program does, so the increments cannot race.
         unsafe {
             (*stats).packets[direction] += 1;
             (*stats).bytes[direction] += bytes;
         }
+        return;
     }
+    // The mapping's first packet: create its entry with this packet in this CPU's copy
+    // (the kernel zeroes the other CPUs'). Should another CPU have created it
+    // meanwhile, this packet is one count short: a race of one packet per mapping.
+    *first = MappingStats::default();
+    first.packets[direction] = 1;
+    first.bytes[direction] = bytes;
+    let _ = MAPPING_STATS.insert(id, first, BPF_NOEXIST);
 }
 
 /// Which optional tables hold entries, see `TablesInUse`.
@@ -79,6 +93,8 @@ pub fn tables_in_use() -> TablesInUse {
 pub struct Scratch {
     /// What each side (source, destination) of the packet being rewritten becomes.
     pub plans: [SidePlan; 2],
+    /// The value a mapping's counters start with (see `count_mapping`).
+    pub first_count: MappingStats,
     pub endpoint: Endpoint,
     pub target: Endpoint,
     pub prefix_key: Key<Addr>,

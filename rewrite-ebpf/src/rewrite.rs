@@ -96,9 +96,10 @@ fn rewrite_outer<P: Packet, const DIRECTION: u32>(
     if rewritten {
         let bytes = packet.len() as u64;
         let scratch = scratch().ok_or(NO_MATCH)?;
-        for plan in &scratch.plans {
+        let Scratch { plans, first_count, .. } = scratch;
+        for plan in plans.iter() {
             if plan.mapping.kind != 0 {
-                count_mapping::<DIRECTION>(&plan.mapping, bytes);
+                count_mapping::<DIRECTION>(&plan.mapping, bytes, first_count);
             }
         }
     }

@@ -71,12 +71,6 @@ pub enum Error {
     #[error("the mapping table is full ({capacity} mappings); delete mappings before adding more")]
     TableFull { capacity: u32 },
 
-    #[error("the kernel has no memory for another entry in map {map}; the mapping was not added")]
-    OutOfMemory { map: &'static str },
-
-    #[error("cannot count the possible CPUs (/sys/devices/system/cpu/possible): {0}")]
-    CpuCount(#[source] io::Error),
-
     #[error("the prefix table is full ({capacity} prefix mappings)")]
     PrefixTableFull { capacity: u32 },
 

@@ -6,7 +6,7 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
 use rewrite_common::{
     mapping::{PortMapping, PrefixMapping},
     maps::{
@@ -23,11 +23,6 @@ use crate::{Error, pins::PinLayout};
 const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
-
-/// How long [`MappingTable::create_stats`] waits for per-CPU memory, and how often it
-/// tries again meanwhile.
-const PERCPU_REFILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-const PERCPU_REFILL_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 type AddressMap = HashMap<MapData, Addr, Addr>;
 type PortMap = HashMap<MapData, Endpoint, Endpoint>;
@@ -62,8 +57,7 @@ pub struct MappingTable {
     prefix_forward: PrefixMap,
     prefix_reverse: PrefixMap,
     in_use: Array<MapData, TablesInUse>,
-    /// Per-mapping counters: an entry exists for every mapping, made before the
-    /// mapping's first map entry and removed after its last.
+    /// Per-mapping counters, made by the programs with a mapping's first packet.
     stats: StatsMap,
     capacity: u32,
 }
@@ -198,47 +192,10 @@ impl MappingTable {
         })
     }
 
-    /// Creates zeroed counters for `ids`, keeping any that exist (a retargeted or
-    /// re-added mapping keeps counting). Returns the ids it created, for a rollback;
-    /// on error it has removed them itself.
-    fn create_stats(&mut self, ids: &[MappingId]) -> Result<Vec<MappingId>, Error> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, source)| Error::CpuCount(source))?;
-        let zeros = || {
-            PerCpuValues::try_from(vec![MappingStats::default(); cpus])
-                .map_err(|source| Error::map(MAP_MAPPING_STATS, MapError::from(source)))
-        };
-        let mut created = Vec::new();
-        for id in ids {
-            let mut result = self.stats.insert(id, zeros()?, BPF_NOEXIST);
-            // A new per-CPU element takes memory the kernel's per-CPU allocator hands
-            // out from chunks it populates in the background: map updates allocate in
-            // atomic context, where it cannot populate them. A burst of inserts (a bulk
-            // load) can outrun it, which shows as ENOMEM until the background work has
-            // caught up, within milliseconds.
-            let mut waited = std::time::Duration::ZERO;
-            while waited < PERCPU_REFILL_WAIT && result.as_ref().is_err_and(|error| is_errno(error, libc::ENOMEM)) {
-                std::thread::sleep(PERCPU_REFILL_POLL);
-                waited += PERCPU_REFILL_POLL;
-                result = self.stats.insert(id, zeros()?, BPF_NOEXIST);
-            }
-            match result {
-                Ok(()) => created.push(*id),
-                Err(error) if is_errno(&error, libc::EEXIST) => {}
-                Err(error) => {
-                    self.remove_stats(&created);
-                    return Err(if is_errno(&error, libc::ENOMEM) {
-                        Error::OutOfMemory { map: MAP_MAPPING_STATS }
-                    } else {
-                        self.insert_error(MAP_MAPPING_STATS, error)
-                    });
-                }
-            }
-        }
-        Ok(created)
-    }
-
-    /// Removes counters; one already gone is fine. Best effort: the mapping is
-    /// already removed, and a leftover entry only holds numbers.
+    /// Removes counters; one already gone is fine. The programs create a mapping's
+    /// counters with its first packet; they go after the mapping (best effort: a
+    /// leftover entry only holds numbers), and before a new mapping of the same VIRTUAL,
+    /// which must start from zero.
     fn remove_stats(&mut self, ids: &[MappingId]) {
         for id in ids {
             let _ = self.stats.remove(id);
@@ -265,8 +222,8 @@ impl MappingTable {
         self.mark_in_use(ports_empty.then_some(false), prefixes_empty.then_some(false))
     }
 
-    /// How many per-mapping counter entries exist: one per address or prefix mapping
-    /// and one per mapped port. A mismatch with the table means a leak.
+    /// How many per-mapping counter entries exist: at most one per address or prefix
+    /// mapping and per mapped port, for those that carried a packet.
     pub fn counter_entries(&self) -> Result<usize, Error> {
         let mut entries = 0;
         for key in self.stats.keys() {
@@ -331,10 +288,11 @@ impl MappingTable {
                 Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan)?;
             }
         }
-        let created_stats = self.create_stats(&[MappingId::address(Addr::from(virtual_addr))])?;
+        if plan == AddPlan::Insert {
+            self.remove_stats(&[MappingId::address(Addr::from(virtual_addr))]);
+        }
         // NOEXIST makes the uniqueness of REAL atomic against a concurrent `map add`.
         if let Err(error) = self.insert(false, real_addr, virtual_addr, BPF_NOEXIST) {
-            self.remove_stats(&created_stats);
             if is_errno(&error, libc::EEXIST) {
                 let existing_virtual = Self::get(&self.reverse, MAP_ADDR_REVERSE, real_addr)?
                     .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -348,7 +306,6 @@ impl MappingTable {
             // fail, the original error is the one to report; the reverse entry left
             // behind shows in `map list` and goes with `map del`.
             let _ = Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, real_addr);
-            self.remove_stats(&created_stats);
             return Err(self.insert_error(MAP_ADDR_FORWARD, error));
         }
         if let AddPlan::Replace { old_real } = plan {
@@ -459,7 +416,7 @@ impl MappingTable {
                 Error::map(name, error)
             }
         };
-        let created_stats = self.create_stats(&[MappingId::prefix(virtual_net, key_len)])?;
+        self.remove_stats(&[MappingId::prefix(virtual_net, key_len)]);
         self.mark_in_use(None, Some(true))?;
         let reverse_value = PrefixTarget { network: virtual_net, prefix_len: key_len };
         match self.prefix_reverse.insert(&reverse_key, reverse_value, BPF_NOEXIST) {
@@ -468,10 +425,7 @@ impl MappingTable {
             Err(error)
                 if is_errno(&error, libc::EEXIST)
                     && self.prefix_reverse.get(&reverse_key, 0).is_ok_and(|value| value == reverse_value) => {}
-            Err(error) => {
-                self.remove_stats(&created_stats);
-                return Err(full(error, MAP_PREFIX_REVERSE));
-            }
+            Err(error) => return Err(full(error, MAP_PREFIX_REVERSE)),
         }
         if let Err(error) = self.prefix_forward.insert(
             &forward_key,
@@ -479,7 +433,6 @@ impl MappingTable {
             BPF_NOEXIST,
         ) {
             let _ = self.prefix_reverse.remove(&reverse_key);
-            self.remove_stats(&created_stats);
             return Err(full(error, MAP_PREFIX_FORWARD));
         }
         Ok(plan)
@@ -531,16 +484,17 @@ impl MappingTable {
                 )
             })
             .collect();
-        let ids: Vec<MappingId> =
-            endpoints.iter().map(|(virtual_endpoint, _)| MappingId::port(*virtual_endpoint)).collect();
-        let created_stats = self.create_stats(&ids)?;
         self.mark_in_use(Some(true), None)?;
         let mut added_reverse = Vec::new();
         let mut added_forward = Vec::new();
         let mut result = Ok(());
         for (virtual_endpoint, real_endpoint) in &endpoints {
             match self.port_reverse.insert(real_endpoint, virtual_endpoint, BPF_NOEXIST) {
-                Ok(()) => added_reverse.push(*real_endpoint),
+                Ok(()) => {
+                    added_reverse.push(*real_endpoint);
+                    // A new port of this VIRTUAL starts counting from zero.
+                    self.remove_stats(&[MappingId::port(*virtual_endpoint)]);
+                }
                 // Already there, the same way (the plan checked): leave it.
                 Err(error) if is_errno(&error, libc::EEXIST) => {}
                 Err(error) => {
@@ -569,7 +523,6 @@ impl MappingTable {
             for endpoint in added_reverse {
                 let _ = self.port_reverse.remove(&endpoint);
             }
-            self.remove_stats(&created_stats);
             return Err(error);
         }
         Ok(plan)
@@ -621,9 +574,6 @@ impl MappingTable {
                 })
             })
             .collect();
-        let ids: Vec<MappingId> =
-            endpoints.iter().map(|(virtual_endpoint, _)| MappingId::port(*virtual_endpoint)).collect();
-        self.create_stats(&ids)?;
         self.mark_in_use(Some(true), None)?;
         for (virtual_endpoint, real_endpoint) in &endpoints {
             self.port_reverse
@@ -642,7 +592,6 @@ impl MappingTable {
     pub fn insert_prefix_unchecked(&mut self, mapping: &PrefixMapping) -> Result<(), Error> {
         let key_len = PrefixMapping::key_len(mapping.virtual_net, mapping.len);
         let (virtual_net, real_net) = (Addr::from(mapping.virtual_net), Addr::from(mapping.real_net));
-        self.create_stats(&[MappingId::prefix(virtual_net, key_len)])?;
         self.mark_in_use(None, Some(true))?;
         self.prefix_reverse
             .insert(&Key::new(key_len, real_net), PrefixTarget { network: virtual_net, prefix_len: key_len }, BPF_ANY)
@@ -655,9 +604,6 @@ impl MappingTable {
     /// Inserts many mappings that are known to be new and valid (benchmarks and bulk
     /// loads), reverse entries first. Stops at the first error.
     pub fn insert_new_unchecked(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
-        let ids: Vec<MappingId> =
-            mappings.iter().map(|mapping| MappingId::address(Addr::from(mapping.virtual_addr))).collect();
-        self.create_stats(&ids)?;
         for mapping in mappings {
             self.insert(false, mapping.real_addr, mapping.virtual_addr, BPF_ANY)
                 .map_err(|error| self.insert_error(MAP_ADDR_REVERSE, error))?;
