@@ -1,7 +1,8 @@
 //! Per-packet cost of the XDP ingress program for each lookup path (port-scoped hit,
 //! address hit, prefix hit, miss), against an XDP program that only returns XDP_PASS,
-//! with 1 and with 1,000,000 entries in each table. Measured by BPF_PROG_TEST_RUN: the
-//! kernel runs the program `REPEAT` times on one frame and reports the mean time per
+//! from 1 to 1,000,000 entries: once with address mappings only (the table the
+//! netfilter comparison uses), once with every table holding that many entries. Measured by BPF_PROG_TEST_RUN: the
+//! kernel runs the program many times on one frame and reports the mean time per
 //! run. The TC egress program's address hit and miss are shown for comparison.
 //!
 //! The kernel reruns a program on the same buffer, so a rewritten frame would miss on
@@ -10,7 +11,9 @@
 //! matches every time. The outcome counters prove it: every run of a hit column counts
 //! as rewritten, every run of the miss column as no match.
 //!
-//! Run with `cargo xtask bench`. Prints a markdown table with the machine's description.
+//! Run with `cargo xtask bench` (`--quick`: 1 and 100 entries, fewer runs). Prints the
+//! markdown tables and writes them, with a CSV, where the `versus` benchmark's report
+//! picks them up.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -37,9 +40,42 @@ use rewrite_user::{
     stats::Counters,
 };
 
-const REPEAT: u32 = 200_000;
-const PASSES: usize = 7;
-const SIZES: [u32; 2] = [1, 1_000_000];
+struct Plan {
+    repeat: u32,
+    passes: usize,
+    sizes: Vec<u32>,
+    out_dir: std::path::PathBuf,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        if quick {
+            Self { repeat: 20_000, passes: 3, sizes: vec![1, 100], out_dir: root.join("target/bench-quick") }
+        } else {
+            Self {
+                repeat: 200_000,
+                passes: 7,
+                sizes: vec![1, 100, 1_000, 10_000, 100_000, 1_000_000],
+                out_dir: root.join("docs/benchmarks"),
+            }
+        }
+    }
+}
+
+/// Median, min and max in nanoseconds per packet.
+#[derive(Clone, Copy)]
+struct Cost {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl std::fmt::Display for Cost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} [{:.0}–{:.0}]", self.median, self.min, self.max)
+    }
+}
 
 fn nth(base: [u8; 4], index: u32) -> IpAddr {
     Ipv4Addr::from(u32::from(Ipv4Addr::from(base)) + index).into()
@@ -81,14 +117,10 @@ fn inverse_ports(mapping: &PortMapping) -> PortMapping {
     }
 }
 
-fn run_once(ebpf: &Ebpf, program: &str, frame: &[u8]) -> Duration {
+fn run_once(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> Duration {
     let mut output = vec![0u8; frame.len() + 64];
-    let options = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut output),
-        repeat: REPEAT,
-        ..TestRunOptions::default()
-    };
+    let options =
+        TestRunOptions { data_in: Some(frame), data_out: Some(&mut output), repeat, ..TestRunOptions::default() };
     let loaded = ebpf.program(program).expect("program in object");
     let result = if program == PROG_TC_EGRESS {
         let tc: &SchedClassifier = loaded.try_into().expect("TC program");
@@ -103,18 +135,50 @@ fn run_once(ebpf: &Ebpf, program: &str, frame: &[u8]) -> Duration {
     result.duration
 }
 
-/// Median, min and max of `PASSES` runs, in nanoseconds per packet, after checking that
-/// every run counted `outcome` (when given) in `direction`.
-fn measure(ebpf: &Ebpf, layout: &PinLayout, program: &str, frame: &[u8], expect: Option<(u32, u32)>) -> String {
-    let before = Counters::read(layout).expect("read counters");
-    let mut samples: Vec<f64> = (0..PASSES).map(|_| run_once(ebpf, program, frame).as_secs_f64() * 1e9).collect();
+/// Median, min and max of the plan's passes, in nanoseconds per packet, after checking
+/// that every run counted `outcome` (when given) in `direction`.
+fn measure(plan: &Plan, loaded: &Loaded, program: &str, frame: &[u8], expect: Option<(u32, u32)>) -> Cost {
+    let before = Counters::read(&loaded.layout).expect("read counters");
+    let mut samples: Vec<f64> =
+        (0..plan.passes).map(|_| run_once(&loaded.ebpf, program, frame, plan.repeat).as_secs_f64() * 1e9).collect();
     if let Some((direction, outcome)) = expect {
-        let runs =
-            Counters::read(layout).expect("read counters").get(direction, outcome) - before.get(direction, outcome);
-        assert_eq!(runs, u64::from(REPEAT) * PASSES as u64, "{program}: not every run took the measured path");
+        let runs = Counters::read(&loaded.layout).expect("read counters").get(direction, outcome)
+            - before.get(direction, outcome);
+        assert_eq!(
+            runs,
+            u64::from(plan.repeat) * plan.passes as u64,
+            "{program}: not every run took the measured path"
+        );
     }
     samples.sort_by(f64::total_cmp);
-    format!("{:.0} [{:.0}–{:.0}]", samples[PASSES / 2], samples[0], samples[PASSES - 1])
+    Cost { median: samples[plan.passes / 2], min: samples[0], max: samples[plan.passes - 1] }
+}
+
+/// The object loaded with fresh maps in its own pin directory.
+struct Loaded {
+    _pins: PinDir,
+    layout: PinLayout,
+    ebpf: Ebpf,
+}
+
+impl Loaded {
+    fn new() -> Self {
+        let pins = PinDir::new("bench");
+        let layout = PinLayout::new(pins.path());
+        layout.create_dir(&layout.maps_dir()).expect("pin dir on bpffs");
+        let mut ebpf = loader::load(&layout.maps_dir(), None).expect("load object");
+        for name in [PROG_XDP_INGRESS, PROG_BENCH_XDP_PASS] {
+            let xdp: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("XDP");
+            xdp.load().expect("verifier accepts");
+        }
+        let tc: &mut SchedClassifier = ebpf.program_mut(PROG_TC_EGRESS).expect("program").try_into().expect("TC");
+        tc.load().expect("verifier accepts");
+        Self { _pins: pins, layout, ebpf }
+    }
+
+    fn table(&self) -> MappingTable {
+        MappingTable::open(&self.layout).expect("open maps")
+    }
 }
 
 fn machine() -> String {
@@ -131,59 +195,63 @@ fn machine() -> String {
     format!("{cpus} x {cpu}, Linux {}", kernel.trim())
 }
 
-fn main() {
-    let pins = PinDir::new("bench");
-    let layout = PinLayout::new(pins.path());
-    layout.create_dir(&layout.maps_dir()).expect("pin dir on bpffs");
-    let mut ebpf = loader::load(&layout.maps_dir(), None).expect("load object");
-    for name in [PROG_XDP_INGRESS, PROG_BENCH_XDP_PASS] {
-        let xdp: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("XDP");
-        xdp.load().expect("verifier accepts");
-    }
-    let tc: &mut SchedClassifier = ebpf.program_mut(PROG_TC_EGRESS).expect("program").try_into().expect("TC");
-    tc.load().expect("verifier accepts");
-    let mut table = MappingTable::open(&layout).expect("open maps");
+const ADDRESS_COLUMNS: [&str; 5] =
+    ["empty XDP", "XDP address hit", "XDP miss", "TC egress address hit", "TC egress miss"];
+const ALL_COLUMNS: [&str; 7] = [
+    "empty XDP",
+    "XDP port hit",
+    "XDP address hit",
+    "XDP prefix hit",
+    "XDP miss",
+    "TC egress address hit",
+    "TC egress miss",
+];
 
-    println!(
-        "# Per-packet cost by lookup path (BPF_PROG_TEST_RUN, {REPEAT} runs per pass, median of {PASSES} passes [min–max], ns)\n"
-    );
-    println!("Machine: {}\n", machine());
-    println!(
-        "Each table holds the number of entries in the first column (the prefix trie at most {}, its capacity less one).\n",
-        MAX_PREFIX_MAPPINGS - 1
-    );
-    println!(
-        "| entries | empty XDP | XDP port hit | XDP address hit | XDP prefix hit | XDP miss | TC egress address hit | TC egress miss |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+fn main() {
+    let plan = Plan::new(std::env::args().any(|arg| arg == "--quick"));
     let client = IpAddr::from(Ipv4Addr::new(192, 168, 77, 1));
     let stranger = IpAddr::from(Ipv4Addr::new(192, 0, 2, 1));
-    // A host with address mappings only: the port and prefix tables are empty, and the
-    // programs skip their lookups.
+
+    // Address mappings only: the port and prefix tables are empty, and the programs
+    // skip their lookups. This is the table the netfilter comparison uses.
+    let mut address_rows = Vec::new();
     {
-        let only = address(0);
-        table.insert_new_unchecked(&[only]).expect("one address mapping");
-        let inverse = Mapping { virtual_addr: only.real_addr, real_addr: only.virtual_addr };
-        table.insert_new_unchecked(&[inverse]).expect("inverse address");
-        let hit = IpSpec::tcp(only.real_addr, client).frame();
-        let miss = IpSpec::tcp(stranger, client).frame();
-        let egress_hit = IpSpec::tcp(client, only.virtual_addr).frame();
-        let egress_miss = IpSpec::tcp(client, stranger).frame();
-        let cells = [
-            measure(&ebpf, &layout, PROG_BENCH_XDP_PASS, &hit, None),
-            "–".to_owned(),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &hit, Some((INGRESS, REWRITTEN))),
-            "–".to_owned(),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
-            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
-            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
-        ];
-        println!("| 1 (address table only) | {} |", cells.join(" | "));
-        table.remove_mapping(inverse.virtual_addr).expect("remove inverse");
-        table.remove_mapping(only.virtual_addr).expect("remove");
+        let loaded = Loaded::new();
+        let mut table = loaded.table();
+        let mut installed = 0;
+        for &size in &plan.sizes {
+            let addresses: Vec<Mapping> = (installed..size).map(address).collect();
+            table.insert_new_unchecked(&addresses).expect("fill the address table");
+            installed = size;
+            let target = address(size / 2);
+            let inverse = Mapping { virtual_addr: target.real_addr, real_addr: target.virtual_addr };
+            table.insert_new_unchecked(&[inverse]).expect("inverse address");
+            let hit = IpSpec::tcp(target.real_addr, client).frame();
+            let miss = IpSpec::tcp(stranger, client).frame();
+            let egress_hit = IpSpec::tcp(client, target.virtual_addr).frame();
+            let egress_miss = IpSpec::tcp(client, stranger).frame();
+            let cells = vec![
+                measure(&plan, &loaded, PROG_BENCH_XDP_PASS, &hit, None),
+                measure(&plan, &loaded, PROG_XDP_INGRESS, &hit, Some((INGRESS, REWRITTEN))),
+                measure(&plan, &loaded, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
+                measure(&plan, &loaded, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
+                measure(&plan, &loaded, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
+            ];
+            eprintln!(
+                "address table, {size} entries: {}",
+                cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
+            );
+            address_rows.push((size, cells));
+            table.remove_mapping(inverse.virtual_addr).expect("remove inverse");
+        }
     }
+
+    // Every table holding that many entries (the prefix trie at most its capacity).
+    let mut all_rows = Vec::new();
+    let loaded = Loaded::new();
+    let mut table = loaded.table();
     let mut installed = 0;
-    for size in SIZES {
+    for &size in &plan.sizes {
         let started = std::time::Instant::now();
         let addresses: Vec<Mapping> = (installed..size).map(address).collect();
         table.insert_new_unchecked(&addresses).expect("fill the address table");
@@ -217,16 +285,20 @@ fn main() {
         let miss = IpSpec::tcp(stranger, client).frame();
         let egress_hit = IpSpec::tcp(client, addr.virtual_addr).frame();
         let egress_miss = IpSpec::tcp(client, stranger).frame();
-        let cells = [
-            measure(&ebpf, &layout, PROG_BENCH_XDP_PASS, &address_hit, None),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &port_hit, Some((INGRESS, REWRITTEN))),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &address_hit, Some((INGRESS, REWRITTEN))),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &prefix_hit, Some((INGRESS, REWRITTEN))),
-            measure(&ebpf, &layout, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
-            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
-            measure(&ebpf, &layout, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
+        let cells = vec![
+            measure(&plan, &loaded, PROG_BENCH_XDP_PASS, &address_hit, None),
+            measure(&plan, &loaded, PROG_XDP_INGRESS, &port_hit, Some((INGRESS, REWRITTEN))),
+            measure(&plan, &loaded, PROG_XDP_INGRESS, &address_hit, Some((INGRESS, REWRITTEN))),
+            measure(&plan, &loaded, PROG_XDP_INGRESS, &prefix_hit, Some((INGRESS, REWRITTEN))),
+            measure(&plan, &loaded, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
+            measure(&plan, &loaded, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
+            measure(&plan, &loaded, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
         ];
-        println!("| {size} | {} |", cells.join(" | "));
+        eprintln!(
+            "all tables, {size} entries: {}",
+            cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
+        );
+        all_rows.push((size, cells));
 
         // Take the inverses out again: the next size's batch would collide with them.
         table.remove_mapping(inverse_addr.virtual_addr).expect("remove inverse address");
@@ -236,4 +308,49 @@ fn main() {
             .expect("remove inverse port");
         table.remove_prefix(inverse_prefix.virtual_net, inverse_prefix.len).expect("remove inverse prefix");
     }
+    write_report(&plan, &address_rows, &all_rows);
+}
+
+fn write_report(plan: &Plan, address_rows: &[(u32, Vec<Cost>)], all_rows: &[(u32, Vec<Cost>)]) {
+    let mut markdown = format!(
+        "### Per-packet program cost (BPF_PROG_TEST_RUN, ns per packet)\n\n\
+         {} runs per pass, median of {} passes [min–max], on {}. The same frame is run again and again, \
+         so the entries it uses stay in the CPU's caches: this is the cost of the program's work, not of \
+         cache misses on a large table under real traffic.\n\n",
+        plan.repeat,
+        plan.passes,
+        machine()
+    );
+    let mut csv = String::from("tables,entries,path,median_ns,min_ns,max_ns\n");
+    for (title, tables, columns, rows) in [
+        ("Address mappings only (as in the netfilter comparison)", "address", &ADDRESS_COLUMNS[..], address_rows),
+        ("Every table holding N entries (prefix trie: at most 16,383)", "all", &ALL_COLUMNS[..], all_rows),
+    ] {
+        markdown.push_str(&format!(
+            "#### {title}\n\n| N | {} |\n|---:|{}\n",
+            columns.join(" | "),
+            "---:|".repeat(columns.len())
+        ));
+        for (size, cells) in rows {
+            let text: Vec<String> = cells.iter().map(ToString::to_string).collect();
+            markdown.push_str(&format!("| {size} | {} |\n", text.join(" | ")));
+            for (column, cost) in columns.iter().zip(cells) {
+                csv.push_str(&format!("{tables},{size},{column},{:.1},{:.1},{:.1}\n", cost.median, cost.min, cost.max));
+            }
+        }
+        // Flatness: each path's median at the largest N against the smallest.
+        if let (Some((first_size, first)), Some((last_size, last))) = (rows.first(), rows.last()) {
+            let ratios: Vec<String> = columns
+                .iter()
+                .zip(first.iter().zip(last))
+                .skip(1)
+                .map(|(column, (a, b))| format!("{column} {:.2}×", b.median / a.median))
+                .collect();
+            markdown.push_str(&format!("\nN = {last_size} against N = {first_size}: {}.\n\n", ratios.join(", ")));
+        }
+    }
+    println!("{markdown}");
+    std::fs::create_dir_all(&plan.out_dir).expect("create the output directory");
+    std::fs::write(plan.out_dir.join("prog_cost.md"), markdown).expect("write prog_cost.md");
+    std::fs::write(plan.out_dir.join("prog_cost.csv"), csv).expect("write prog_cost.csv");
 }

@@ -1,0 +1,250 @@
+//! The backends: how each installs N mappings in the router, changes one, and what
+//! that costs.
+
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::maps::MapData;
+use rewrite_tests::{cli::rewrite_binary, netns::PinDir};
+use rewrite_user::{
+    loader,
+    maps::{Mapping, MappingTable},
+    pins::PinLayout,
+};
+
+use crate::topology::{ROUTER_TO_SERVER, Topology, real_addr, virtual_addr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Backend {
+    /// Plain routing to the REAL addresses: the ceiling.
+    None,
+    RewriteXdp,
+    RewriteTc,
+    /// One DNAT and one SNAT rule per mapping, loaded with iptables-restore.
+    IptablesNft,
+    IptablesLegacy,
+    /// `dnat to ip daddr map @…` and `snat to ip saddr map @…`: one rule, two maps.
+    NftMap,
+}
+
+impl Backend {
+    pub const ALL: [Self; 6] =
+        [Self::None, Self::RewriteXdp, Self::RewriteTc, Self::IptablesNft, Self::IptablesLegacy, Self::NftMap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::RewriteXdp => "rewrite-xdp",
+            Self::RewriteTc => "rewrite-tc",
+            Self::IptablesNft => "iptables-nft",
+            Self::IptablesLegacy => "iptables-legacy",
+            Self::NftMap => "nft-map",
+        }
+    }
+
+    /// The largest table measured: netfilter stops at 100,000 (its rule walk makes
+    /// larger tables pointless to wait for), rewrite goes on to 1,000,000.
+    pub fn max_mappings(self) -> u32 {
+        if self.is_rewrite() { 1_000_000 } else { 100_000 }
+    }
+
+    pub fn is_rewrite(self) -> bool {
+        matches!(self, Self::RewriteXdp | Self::RewriteTc)
+    }
+
+    /// Where the client sends for mapping `index`: the VIRTUAL address, except without
+    /// translation, where it goes straight to REAL.
+    pub fn target(self, index: u32) -> std::net::Ipv4Addr {
+        if self == Self::None { real_addr(index) } else { virtual_addr(index) }
+    }
+}
+
+/// A backend installed in a topology's router, with what installing it cost.
+pub struct Installed {
+    /// Time to install all N mappings (the tool's process for netfilter, the batch
+    /// map update for rewrite).
+    pub install: Duration,
+    /// Time to retarget one mapping with N installed, through the tool's CLI.
+    pub change_one: Duration,
+    /// Peak RSS of that CLI process, in KiB.
+    pub change_rss_kib: u64,
+    /// Kernel memory of rewrite's maps (their `memlock`), in bytes.
+    pub map_bytes: Option<u64>,
+    pins: Option<PinDir>,
+    router: String,
+}
+
+impl Installed {
+    /// Detaches rewrite (netfilter goes with the router namespace).
+    pub fn remove(self, topology: &Topology) {
+        if let Some(pins) = &self.pins {
+            let status = topology
+                .router
+                .command(&rewrite_binary().to_string_lossy())
+                .args(["--pin-dir", &pins.path().to_string_lossy(), "detach", "--iface", ROUTER_TO_SERVER])
+                .output()
+                .expect("run rewrite detach");
+            assert!(status.status.success(), "rewrite detach failed in {}: {status:?}", self.router);
+        }
+    }
+}
+
+pub fn install(backend: Backend, topology: &Topology, mappings: u32) -> Installed {
+    let router = &topology.router;
+    let mut installed = Installed {
+        install: Duration::ZERO,
+        change_one: Duration::ZERO,
+        change_rss_kib: 0,
+        map_bytes: None,
+        pins: None,
+        router: router.name().to_owned(),
+    };
+    let middle = mappings / 2;
+    // An address in the server's REAL block that no mapping uses yet.
+    let new_real = real_addr(mappings);
+    match backend {
+        Backend::None => {}
+        Backend::RewriteXdp | Backend::RewriteTc => {
+            let pins = PinDir::new("bench");
+            let layout = PinLayout::new(pins.path());
+            layout.create_dir(&layout.maps_dir()).expect("create the pin directory");
+            drop(loader::load(&layout.maps_dir(), None).expect("load the eBPF object"));
+            let mut table = MappingTable::open(&layout).expect("open the maps");
+            let batch: Vec<Mapping> = (0..mappings)
+                .map(|index| Mapping {
+                    virtual_addr: IpAddr::V4(virtual_addr(index)),
+                    real_addr: IpAddr::V4(real_addr(index)),
+                })
+                .collect();
+            let started = Instant::now();
+            table.insert_new_unchecked(&batch).expect("install the mappings");
+            installed.install = started.elapsed();
+            installed.map_bytes = Some(map_memory(&layout));
+            let binary = rewrite_binary();
+            let pin_dir = pins.path().to_string_lossy().into_owned();
+            let ingress = if backend == Backend::RewriteXdp { "xdp" } else { "tc" };
+            let mut attach = router.command(&binary.to_string_lossy());
+            attach.args(["--pin-dir", &pin_dir, "attach", "--iface", ROUTER_TO_SERVER, "--ingress", ingress]);
+            timed(attach, "");
+            let mut change = router.command(&binary.to_string_lossy());
+            let (middle_virtual, new_real) = (virtual_addr(middle).to_string(), new_real.to_string());
+            change.args(["--pin-dir", &pin_dir, "map", "add", &middle_virtual, &new_real]);
+            (installed.change_one, installed.change_rss_kib) = timed(change, "");
+            installed.pins = Some(pins);
+        }
+        Backend::IptablesNft | Backend::IptablesLegacy => {
+            let restore =
+                if backend == Backend::IptablesNft { "iptables-nft-restore" } else { "iptables-legacy-restore" };
+            let mut rules = String::with_capacity(mappings as usize * 120);
+            rules.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+            for index in 0..mappings {
+                let (v, r) = (virtual_addr(index), real_addr(index));
+                rules.push_str(&format!("-A PREROUTING -d {v}/32 -j DNAT --to-destination {r}\n"));
+            }
+            for index in 0..mappings {
+                let (v, r) = (virtual_addr(index), real_addr(index));
+                rules.push_str(&format!("-A POSTROUTING -s {r}/32 -j SNAT --to-source {v}\n"));
+            }
+            rules.push_str("COMMIT\n");
+            installed.install = timed(router.command(restore), &rules).0;
+            let rule = middle + 1;
+            let (v, r) = (virtual_addr(middle), new_real);
+            let change = format!(
+                "*nat\n-R PREROUTING {rule} -d {v}/32 -j DNAT --to-destination {r}\n\
+                 -R POSTROUTING {rule} -s {r}/32 -j SNAT --to-source {v}\nCOMMIT\n"
+            );
+            let mut command = router.command(restore);
+            command.arg("--noflush");
+            (installed.change_one, installed.change_rss_kib) = timed(command, &change);
+            short_close_timeout(topology);
+        }
+        Backend::NftMap => {
+            let mut forward = String::with_capacity(mappings as usize * 30);
+            let mut reverse = String::with_capacity(mappings as usize * 30);
+            for index in 0..mappings {
+                let (v, r) = (virtual_addr(index), real_addr(index));
+                forward.push_str(&format!("{v} : {r}, "));
+                reverse.push_str(&format!("{r} : {v}, "));
+            }
+            let ruleset = format!(
+                "table ip bench {{\n\
+                 map forward {{ type ipv4_addr : ipv4_addr; elements = {{ {forward} }} }}\n\
+                 map reverse {{ type ipv4_addr : ipv4_addr; elements = {{ {reverse} }} }}\n\
+                 chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; dnat to ip daddr map @forward; }}\n\
+                 chain postrouting {{ type nat hook postrouting priority srcnat; policy accept; snat to ip saddr map @reverse; }}\n\
+                 }}\n"
+            );
+            let mut command = router.command("nft");
+            command.args(["-f", "-"]);
+            installed.install = timed(command, &ruleset).0;
+            let (v, old_r, r) = (virtual_addr(middle), real_addr(middle), new_real);
+            let change = format!(
+                "delete element ip bench forward {{ {v} }}\nadd element ip bench forward {{ {v} : {r} }}\n\
+                 delete element ip bench reverse {{ {old_r} }}\nadd element ip bench reverse {{ {r} : {v} }}\n"
+            );
+            let mut command = router.command("nft");
+            command.args(["-f", "-"]);
+            (installed.change_one, installed.change_rss_kib) = timed(command, &change);
+            short_close_timeout(topology);
+        }
+    }
+    installed
+}
+
+/// Connections the client resets stay in conntrack for the close timeout (10 s); at
+/// thousands per second that would fill the table and measure the wrong thing.
+fn short_close_timeout(topology: &Topology) {
+    topology.router.sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
+}
+
+/// Runs `command` with `input` on stdin; returns its wall time and peak RSS (KiB).
+/// Panics with its output if it fails.
+#[expect(clippy::zombie_processes, reason = "the child is reaped with wait4, which also reports its peak RSS")]
+fn timed(mut command: Command, input: &str) -> (Duration, u64) {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error} (run `cargo xtask setup`)"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write the command's input");
+    drop(stdin);
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing into live locals.
+    let pid = unsafe { libc::wait4(child.id() as i32, &raw mut status, 0, &raw mut usage) };
+    let elapsed = started.elapsed();
+    assert_eq!(pid, child.id() as i32, "wait4: {}", std::io::Error::last_os_error());
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read as _;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{command:?} failed: {stderr}");
+    (elapsed, u64::try_from(usage.ru_maxrss).unwrap_or(0))
+}
+
+/// The kernel memory rewrite's maps hold, as their `memlock` in fdinfo reports it.
+fn map_memory(layout: &PinLayout) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(layout.maps_dir()).expect("list the pinned maps") {
+        let path = entry.expect("a pinned map").path();
+        let map = MapData::from_pin(&path).unwrap_or_else(|error| panic!("open {}: {error}", path.display()));
+        let fd = map.fd().as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("read fdinfo");
+        total += info
+            .lines()
+            .find_map(|line| line.strip_prefix("memlock:"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no memlock in fdinfo of {}", path.display()));
+    }
+    total
+}
