@@ -93,9 +93,49 @@ impl Drop for ConntrackMax {
     }
 }
 
+/// `--quick`, and for looking closer: `--backends a,b`, `--sizes 1,1000`, `--passes N`,
+/// `--seconds S` (these write to target/bench-custom/).
+fn parse_args() -> (Plan, Vec<Backend>) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut plan = Plan::new(args.iter().any(|arg| arg == "--quick"));
+    let mut backends = Backend::ALL.to_vec();
+    let value = |name: &str| args.iter().position(|arg| arg == name).and_then(|at| args.get(at + 1)).cloned();
+    let mut custom = false;
+    if let Some(list) = value("--backends") {
+        backends = list
+            .split(',')
+            .map(|name| {
+                Backend::ALL
+                    .into_iter()
+                    .find(|backend| backend.name() == name)
+                    .unwrap_or_else(|| panic!("--backends: unknown backend {name:?}"))
+            })
+            .collect();
+        custom = true;
+    }
+    if let Some(list) = value("--sizes") {
+        plan.sizes =
+            list.split(',').map(|n| n.parse().unwrap_or_else(|_| panic!("--sizes: bad number {n:?}"))).collect();
+        custom = true;
+    }
+    if let Some(passes) = value("--passes") {
+        plan.passes = passes.parse().expect("--passes: a number");
+        custom = true;
+    }
+    if let Some(seconds) = value("--seconds") {
+        plan.traffic = Duration::from_secs_f64(seconds.parse().expect("--seconds: a number"));
+        custom = true;
+    }
+    if custom {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root");
+        plan.out_dir = root.join("target/bench-custom");
+        plan.report = plan.out_dir.join("benchmarks.md");
+    }
+    (plan, backends)
+}
+
 fn main() {
-    let quick = std::env::args().any(|arg| arg == "--quick");
-    let plan = Plan::new(quick);
+    let (plan, backends) = parse_args();
     raise_open_files(plan.held_connections * 2 + 1_000);
     let started = Instant::now();
     let mut connections = Figure::new("connections", "New TCP connections per second", "conn/s", true, false);
@@ -107,17 +147,18 @@ fn main() {
     let mut map_memory = Figure::new("map_memory", "Kernel memory of rewrite's maps per mapping", "bytes", false, true);
     let mut cli_rss = Figure::new("cli_rss", "Peak RSS of the CLI that changes one mapping", "MiB", false, false);
 
-    let runs: Vec<(u32, usize, Backend)> = plan
-        .sizes
-        .iter()
-        .flat_map(|n| {
-            (0..plan.passes).flat_map(move |pass| {
-                // Rotate the order each pass, so no backend always runs first.
-                (0..Backend::ALL.len()).map(move |i| (*n, pass, Backend::ALL[(i + pass) % Backend::ALL.len()]))
-            })
-        })
-        .filter(|(n, _, backend)| *n <= backend.max_mappings())
-        .collect();
+    let mut runs: Vec<(u32, usize, Backend)> = Vec::new();
+    for &n in &plan.sizes {
+        for pass in 0..plan.passes {
+            // Rotate the order each pass, so no backend always runs first.
+            for i in 0..backends.len() {
+                let backend = backends[(i + pass) % backends.len()];
+                if n <= backend.max_mappings() {
+                    runs.push((n, pass, backend));
+                }
+            }
+        }
+    }
     for (index, (n, pass, backend)) in runs.iter().copied().enumerate() {
         let run_started = Instant::now();
         let topology = Topology::new();
@@ -153,7 +194,7 @@ fn main() {
         );
     }
 
-    let exhaustion = exhaustion(&plan);
+    let exhaustion = exhaustion(&plan, &backends);
     let machine = machine();
     let figures = [&connections, &udp, &bulk, &install, &change, &map_memory, &cli_rss];
     std::fs::create_dir_all(&plan.out_dir).expect("create the output directory");
@@ -193,7 +234,7 @@ fn installed_seconds(install: &Figure, n: u32, backend: Backend, _pass: usize) -
 }
 
 /// Figure 5: more concurrent connections than conntrack holds. Counts the failures.
-fn exhaustion(plan: &Plan) -> Figure {
+fn exhaustion(plan: &Plan, backends: &[Backend]) -> Figure {
     let mut figure = Figure::new(
         "conntrack_exhaustion",
         "Connections that failed when more are open than conntrack holds",
@@ -204,7 +245,7 @@ fn exhaustion(plan: &Plan) -> Figure {
     let n = 1_000.min(*plan.sizes.iter().max().expect("sizes"));
     let _limit = ConntrackMax::set(plan.conntrack_max);
     for pass in 0..plan.passes {
-        for backend in Backend::ALL {
+        for &backend in backends {
             let topology = Topology::new();
             let installed = backend::install(backend, &topology, n);
             let target = move |k: u64| backend.target(load::spread(k, n));

@@ -35,6 +35,13 @@ pub fn summarise(values: &[f64]) -> Option<Summary> {
     Some(Summary { median, min: sorted[0], max: sorted[sorted.len() - 1] })
 }
 
+/// The smallest 1, 2, 2.5 or 5 times a power of ten at or above `value`, so that the
+/// axis' quarter ticks are round numbers.
+fn nice_ceiling(value: f64) -> f64 {
+    let power = 10f64.powf(value.log10().floor());
+    [1.0, 2.0, 2.5, 5.0, 10.0].into_iter().map(|step| step * power).find(|nice| *nice >= value).unwrap_or(value)
+}
+
 /// An integer with thousands separated: 100,000.
 pub fn thousands(value: u32) -> String {
     let digits = value.to_string();
@@ -189,7 +196,7 @@ impl Figure {
         let (y_low, y_high) = if self.log_y {
             (min.log10().floor(), max.log10().ceil().max(min.log10().floor() + 1.0))
         } else {
-            (0.0, max * 1.1)
+            (0.0, nice_ceiling(max * 1.05))
         };
         let y = |v: f64| {
             let scaled =
@@ -211,7 +218,7 @@ impl Figure {
                 "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
                 x(*n),
                 y0 + 18.0,
-                human(f64::from(*n))
+                thousands(*n)
             );
         }
         let _ = writeln!(
