@@ -47,7 +47,7 @@ pub fn thousands(value: u32) -> String {
     let digits = value.to_string();
     let mut out = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
@@ -66,7 +66,7 @@ pub fn human(value: f64) -> String {
     let (integer, fraction) = rounded.split_once('.').map_or((rounded.as_str(), None), |(i, f)| (i, Some(f)));
     let mut grouped = String::new();
     for (index, digit) in integer.chars().enumerate() {
-        if index > 0 && (integer.len() - index) % 3 == 0 && digit != '-' {
+        if index > 0 && (integer.len() - index).is_multiple_of(3) && digit != '-' {
             grouped.push(',');
         }
         grouped.push(digit);
