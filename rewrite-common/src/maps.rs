@@ -19,7 +19,7 @@ pub const MAP_PREFIX_FORWARD: &str = "PREFIX_FORWARD";
 pub const MAP_PREFIX_REVERSE: &str = "PREFIX_REVERSE";
 /// Prefix mappings are few (one moves a subnet); this bounds the tries.
 pub const MAX_PREFIX_MAPPINGS: u32 = 16_384;
-/// Name of the per-CPU hash of [`MappingStats`] by [`MappingId`].
+/// Name of the hash of [`MappingStats`] by [`MappingId`].
 pub const MAP_MAPPING_STATS: &str = "MAPPING_STATS";
 /// Name of the one-entry array of [`TablesInUse`].
 pub const MAP_TABLES_IN_USE: &str = "TABLES_IN_USE";
@@ -173,7 +173,7 @@ impl MappingId {
 
 /// Per-mapping counters, indexed by direction (`counters::INGRESS`, `EGRESS`): the
 /// packets rewritten through the mapping, and their bytes as the program saw them
-/// (whole frames, Ethernet header included). One copy per CPU; readers sum them.
+/// (whole frames, Ethernet header included). The programs add to them atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MappingStats {
@@ -184,7 +184,7 @@ pub struct MappingStats {
 const _: () = assert!(core::mem::size_of::<MappingStats>() == 32);
 
 impl MappingStats {
-    /// The sum of per-CPU copies (or of the ports of a range).
+    /// The sum of several counters (the ports of a range).
     #[must_use]
     pub fn sum<'a>(copies: impl IntoIterator<Item = &'a MappingStats>) -> MappingStats {
         copies.into_iter().fold(MappingStats::default(), |mut total, copy| {

@@ -4,6 +4,10 @@
 //! the direction; everything else is shared, so XDP and TC cannot drift apart.
 #![no_std]
 #![no_main]
+// For `atomic_xadd` (see `maps::atomic_add`). The crate is built with RUSTC_BOOTSTRAP
+// already, for -Z build-std.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod maps;
 mod packet;

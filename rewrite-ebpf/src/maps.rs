@@ -1,10 +1,12 @@
 //! The maps, pinned by name so that every program instance on the host (one per
 //! attached interface) and every later CLI process share one table.
 
+use core::intrinsics::AtomicOrdering;
+
 use crate::parse::IpPacket;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
 };
 use rewrite_common::{
     counters,
@@ -40,15 +42,30 @@ pub static PREFIX_FORWARD: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PRE
 #[map(name = "PREFIX_REVERSE")]
 pub static PREFIX_REVERSE: LpmTrie<Addr, PrefixTarget> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
 
-/// Packets and bytes per mapping and direction, per CPU. The programs create a
-/// mapping's entry with its first packet, so that adding mappings costs no per-CPU
-/// allocation (the kernel's is slow: about 20 µs an entry, which would make a bulk load
-/// of 100,000 mappings take seconds). Userspace removes the entry with the mapping.
-/// Sized for every entry the address, port and prefix tables can hold, so it cannot
-/// fill up before they do; the loader resizes it with them.
+/// Packets and bytes per mapping and direction. The programs create a mapping's entry
+/// with its first packet and add to it with atomic instructions; userspace removes it
+/// with the mapping. Not per CPU, on purpose: a per-CPU entry costs the kernel about
+/// 20 µs to allocate, which halved the new-connection rate when a migration's first
+/// packets touched 100,000 mappings, and its memory grows with the number of CPUs. An
+/// uncontended atomic add costs a few nanoseconds; only many CPUs hammering one mapping
+/// would share its cache line. Sized for every entry the address, port and prefix tables
+/// can hold, so it cannot fill before they do; the loader resizes it with them.
 #[map(name = "MAPPING_STATS")]
-static MAPPING_STATS: PerCpuHashMap<MappingId, MappingStats> =
-    PerCpuHashMap::pinned(2 * DEFAULT_MAX_MAPPINGS + MAX_PREFIX_MAPPINGS, BPF_F_NO_PREALLOC);
+static MAPPING_STATS: HashMap<MappingId, MappingStats> =
+    HashMap::pinned(2 * DEFAULT_MAX_MAPPINGS + MAX_PREFIX_MAPPINGS, BPF_F_NO_PREALLOC);
+
+/// Adds `value` to `*counter` with one BPF atomic add instruction (`lock ... +=`).
+/// `AtomicU64::fetch_add` is not available: the BPF target has no compare-and-swap, so
+/// core offers atomic loads and stores only. The result is unused, so LLVM emits the
+/// plain atomic add every BPF CPU version has.
+///
+/// # Safety
+/// `counter` must point to a live, aligned u64 that is only ever updated atomically.
+#[inline(always)]
+unsafe fn atomic_add(counter: *mut u64, value: u64) {
+    // SAFETY: as the caller guarantees.
+    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
@@ -59,17 +76,17 @@ const BPF_NOEXIST: u64 = 1;
 pub fn count_mapping<const DIRECTION: u32>(id: &MappingId, bytes: u64, first: &mut MappingStats) {
     let direction = if DIRECTION == counters::EGRESS { 1 } else { 0 };
     if let Some(stats) = MAPPING_STATS.get_ptr_mut(id) {
-        // SAFETY: this CPU's copy of the entry; nothing else runs on this CPU while the
-        // program does, so the increments cannot race.
+        // SAFETY: the pointer is to a live map value, which the kernel keeps for the
+        // program's run (RCU); the counters are aligned u64s, updated only atomically.
         unsafe {
-            (*stats).packets[direction] += 1;
-            (*stats).bytes[direction] += bytes;
+            atomic_add(&raw mut (*stats).packets[direction], 1);
+            atomic_add(&raw mut (*stats).bytes[direction], bytes);
         }
         return;
     }
-    // The mapping's first packet: create its entry with this packet in this CPU's copy
-    // (the kernel zeroes the other CPUs'). Should another CPU have created it
-    // meanwhile, this packet is one count short: a race of one packet per mapping.
+    // The mapping's first packet: create its entry with this packet counted. Should
+    // another CPU create it meanwhile, this packet is one count short: a race of one
+    // packet per mapping, once.
     *first = MappingStats::default();
     first.packets[direction] = 1;
     first.bytes[direction] = bytes;

@@ -6,7 +6,7 @@
 use std::{collections::HashSet, net::IpAddr};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use rewrite_common::{
     mapping::{PortMapping, PrefixMapping},
     maps::{
@@ -27,7 +27,7 @@ const BPF_EXIST: u64 = 2;
 type AddressMap = HashMap<MapData, Addr, Addr>;
 type PortMap = HashMap<MapData, Endpoint, Endpoint>;
 type PrefixMap = LpmTrie<MapData, Addr, PrefixTarget>;
-pub(crate) type StatsMap = PerCpuHashMap<MapData, MappingId, MappingStats>;
+pub(crate) type StatsMap = HashMap<MapData, MappingId, MappingStats>;
 
 pub(crate) fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     let path = pins.map(name);

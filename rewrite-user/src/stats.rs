@@ -1,5 +1,5 @@
-//! What the programs counted: outcomes per direction, and packets and bytes per
-//! mapping, both summed over CPUs.
+//! What the programs counted: outcomes per direction (per CPU, summed here), and
+//! packets and bytes per mapping.
 
 use std::collections::HashMap;
 
@@ -55,7 +55,7 @@ impl Counters {
     }
 }
 
-/// One mapping's counters, summed over CPUs and over the ports of a range.
+/// One mapping's counters, summed over the ports of a range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MappingCounters {
     /// The mapping in the written form, `VIRTUAL -> REAL`, as `map list` shows it.
@@ -73,8 +73,8 @@ impl MappingCounters {
             .map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
         let mut by_id: HashMap<MappingId, MappingStats> = HashMap::new();
         for entry in map.iter() {
-            let (id, per_cpu) = entry.map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
-            by_id.insert(id, MappingStats::sum(per_cpu.iter()));
+            let (id, stats) = entry.map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
+            by_id.insert(id, stats);
         }
         Ok(listing
             .rows()

@@ -172,9 +172,9 @@ fn main() {
         installed.remove(&topology);
         drop(topology);
         let seconds = plan.traffic.as_secs_f64();
-        connections.record(n, backend, pass, conn.completed as f64 / seconds);
-        udp.record(n, backend, pass, packets as f64 / seconds);
-        bulk.record(n, backend, pass, gbps);
+        connections.record(n, backend.name(), pass, conn.completed as f64 / seconds);
+        udp.record(n, backend.name(), pass, packets as f64 / seconds);
+        bulk.record(n, backend.name(), pass, gbps);
         let done = index + 1;
         let eta = started.elapsed().as_secs_f64() / done as f64 * (runs.len() - done) as f64;
         eprintln!(
@@ -221,16 +221,16 @@ fn installed_figures(
     if backend == Backend::None {
         return;
     }
-    install.record(n, backend, pass, installed.install.as_secs_f64());
-    change.record(n, backend, pass, installed.change_one.as_secs_f64() * 1e3);
-    cli_rss.record(n, backend, pass, installed.change_rss_kib as f64 / 1024.0);
+    install.record(n, backend.name(), pass, installed.install.as_secs_f64());
+    change.record(n, backend.name(), pass, installed.change_one.as_secs_f64() * 1e3);
+    cli_rss.record(n, backend.name(), pass, installed.change_rss_kib as f64 / 1024.0);
     if let Some(bytes) = installed.map_bytes {
-        map_memory.record(n, backend, pass, bytes as f64 / f64::from(n));
+        map_memory.record(n, backend.name(), pass, bytes as f64 / f64::from(n));
     }
 }
 
 fn installed_seconds(install: &Figure, n: u32, backend: Backend, _pass: usize) -> f64 {
-    install.summary(n, backend).map_or(0.0, |summary| summary.max)
+    install.summary(n, backend.name()).map_or(0.0, |summary| summary.max)
 }
 
 /// Figure 5: more concurrent connections than conntrack holds. Counts the failures.
@@ -259,7 +259,7 @@ fn exhaustion(plan: &Plan, backends: &[Backend]) -> Figure {
                 held.completed,
                 held.failed
             );
-            figure.record(n, backend, pass, held.failed as f64);
+            figure.record(n, backend.name(), pass, held.failed as f64);
         }
     }
     figure
@@ -339,7 +339,33 @@ fn render(plan: &Plan, machine: &str, figures: &[&Figure], exhaustion: &Figure, 
             out.push_str("\n(prog_cost.md is missing: run `cargo xtask bench`, which runs that benchmark first.)\n")
         }
     }
+    if let Some(figure) = prog_cost_figure(&plan.out_dir) {
+        figure.write_files(&plan.out_dir);
+        out.push_str(&format!("![{}]({}/{}.svg)\n", figure.title, relative_dir(plan), figure.id));
+    }
     out
+}
+
+/// The lookup paths `prog_cost` measures with address mappings only.
+const PROG_COST_PATHS: [&str; 5] =
+    ["empty XDP", "XDP address hit", "XDP miss", "TC egress address hit", "TC egress miss"];
+
+/// The per-packet cost with address mappings only, read back from `prog_cost.csv`, as a
+/// figure to plot (one sample per N: the median `prog_cost` measured).
+fn prog_cost_figure(dir: &Path) -> Option<Figure> {
+    let csv = std::fs::read_to_string(dir.join("prog_cost.csv")).ok()?;
+    let mut figure = Figure::new("prog_cost", "Per-packet program cost, address mappings only", "ns", false, false);
+    for line in csv.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        if let [tables, entries, path, median, ..] = fields[..]
+            && tables == "address"
+            && let (Ok(entries), Ok(median), Some(path)) =
+                (entries.parse::<u32>(), median.parse::<f64>(), PROG_COST_PATHS.iter().find(|known| **known == path))
+        {
+            figure.record(entries, path, 0, median);
+        }
+    }
+    Some(figure)
 }
 
 fn relative_dir(plan: &Plan) -> &'static str {

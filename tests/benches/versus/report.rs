@@ -3,8 +3,6 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use crate::backend::Backend;
-
 pub struct Figure {
     pub id: &'static str,
     pub title: &'static str,
@@ -12,9 +10,14 @@ pub struct Figure {
     pub higher_is_better: bool,
     /// Plot the values on a log scale (they span decades).
     pub log_y: bool,
-    /// `samples[(n, backend)][pass]`.
-    samples: BTreeMap<(u32, Backend), BTreeMap<usize, f64>>,
+    /// The lines, in the order they were first recorded (backends, or lookup paths).
+    series: Vec<&'static str>,
+    /// `samples[(n, series)][pass]`.
+    samples: BTreeMap<(u32, &'static str), BTreeMap<usize, f64>>,
 }
+
+/// The order lines and columns appear in: the backends, then whatever else.
+const SERIES_ORDER: [&str; 6] = ["none", "rewrite-xdp", "rewrite-tc", "iptables-nft", "iptables-legacy", "nft-map"];
 
 /// Median, minimum and maximum.
 #[derive(Clone, Copy, Debug)]
@@ -77,23 +80,27 @@ pub fn human(value: f64) -> String {
     }
 }
 
-/// The backends whose ratios a figure reports, against which baselines.
-const RATIOS: [(Backend, Backend); 6] = [
-    (Backend::RewriteXdp, Backend::None),
-    (Backend::RewriteXdp, Backend::IptablesNft),
-    (Backend::RewriteXdp, Backend::NftMap),
-    (Backend::RewriteTc, Backend::None),
-    (Backend::RewriteTc, Backend::IptablesNft),
-    (Backend::RewriteTc, Backend::NftMap),
+/// The series whose ratios a figure reports, against which baselines (when both are
+/// in the figure).
+const RATIOS: [(&str, &str); 6] = [
+    ("rewrite-xdp", "none"),
+    ("rewrite-xdp", "iptables-nft"),
+    ("rewrite-xdp", "nft-map"),
+    ("rewrite-tc", "none"),
+    ("rewrite-tc", "iptables-nft"),
+    ("rewrite-tc", "nft-map"),
 ];
 
 impl Figure {
     pub fn new(id: &'static str, title: &'static str, unit: &'static str, higher_is_better: bool, log_y: bool) -> Self {
-        Self { id, title, unit, higher_is_better, log_y, samples: BTreeMap::new() }
+        Self { id, title, unit, higher_is_better, log_y, series: Vec::new(), samples: BTreeMap::new() }
     }
 
-    pub fn record(&mut self, mappings: u32, backend: Backend, pass: usize, value: f64) {
-        self.samples.entry((mappings, backend)).or_default().insert(pass, value);
+    pub fn record(&mut self, mappings: u32, series: &'static str, pass: usize, value: f64) {
+        if !self.series.contains(&series) {
+            self.series.push(series);
+        }
+        self.samples.entry((mappings, series)).or_default().insert(pass, value);
     }
 
     fn sizes(&self) -> Vec<u32> {
@@ -102,28 +109,35 @@ impl Figure {
         sizes
     }
 
-    fn backends(&self) -> Vec<Backend> {
-        Backend::ALL.into_iter().filter(|backend| self.samples.keys().any(|(_, b)| b == backend)).collect()
+    /// The series in a stable order: as listed in `order` first, then the others.
+    fn ordered_series(&self) -> Vec<&'static str> {
+        let mut ordered = self.series.clone();
+        ordered.sort_by_key(|name| SERIES_ORDER.iter().position(|known| known == name).unwrap_or(usize::MAX));
+        ordered
     }
 
-    pub fn summary(&self, mappings: u32, backend: Backend) -> Option<Summary> {
-        let values: Vec<f64> = self.samples.get(&(mappings, backend))?.values().copied().collect();
+    pub fn summary(&self, mappings: u32, series: &str) -> Option<Summary> {
+        let values: Vec<f64> =
+            self.samples.iter().find(|((n, name), _)| *n == mappings && *name == series)?.1.values().copied().collect();
         summarise(&values)
     }
 
     /// `numerator / denominator`, computed within each pass (both measured close in
     /// time), then summarised over the passes.
-    pub fn ratio(&self, mappings: u32, numerator: Backend, denominator: Backend) -> Option<Summary> {
-        let top = self.samples.get(&(mappings, numerator))?;
-        let bottom = self.samples.get(&(mappings, denominator))?;
+    pub fn ratio(&self, mappings: u32, numerator: &str, denominator: &str) -> Option<Summary> {
+        let find = |series: &str| {
+            self.samples.iter().find(|((n, name), _)| *n == mappings && *name == series).map(|(_, passes)| passes)
+        };
+        let top = find(numerator)?;
+        let bottom = find(denominator)?;
         let ratios: Vec<f64> =
             top.iter().filter_map(|(pass, value)| bottom.get(pass).filter(|b| **b > 0.0).map(|b| value / b)).collect();
         summarise(&ratios)
     }
 
     pub fn markdown(&self) -> String {
-        let backends = self.backends();
-        let ratios: Vec<(Backend, Backend)> =
+        let backends = self.ordered_series();
+        let ratios: Vec<(&str, &str)> =
             RATIOS.into_iter().filter(|(a, b)| backends.contains(a) && backends.contains(b)).collect();
         let mut out = format!("### {} ({})\n\n", self.title, self.unit);
         out.push_str("Median of the passes, [min–max].");
@@ -134,18 +148,18 @@ impl Figure {
         let mut header = String::from("| N |");
         let mut rule = String::from("|---:|");
         for backend in &backends {
-            let _ = write!(header, " {} |", backend.name());
+            let _ = write!(header, " {} |", backend);
             rule.push_str("---:|");
         }
         for (a, b) in &ratios {
-            let _ = write!(header, " {} ÷ {} |", a.name(), b.name());
+            let _ = write!(header, " {} ÷ {} |", a, b);
             rule.push_str("---:|");
         }
         let _ = writeln!(out, "{header}\n{rule}");
         for n in self.sizes() {
             let mut row = format!("| {} |", thousands(n));
             for backend in &backends {
-                match self.summary(n, *backend) {
+                match self.summary(n, backend) {
                     Some(s) => {
                         let _ = write!(row, " {} [{}–{}] |", human(s.median), human(s.min), human(s.max));
                     }
@@ -153,7 +167,7 @@ impl Figure {
                 }
             }
             for (a, b) in &ratios {
-                match self.ratio(n, *a, *b) {
+                match self.ratio(n, a, b) {
                     Some(s) => {
                         let _ = write!(row, " {:.2}× [{:.2}–{:.2}] |", s.median, s.min, s.max);
                     }
@@ -167,9 +181,9 @@ impl Figure {
 
     pub fn csv(&self) -> String {
         let mut out = String::from("mappings,backend,pass,value\n");
-        for ((n, backend), passes) in &self.samples {
+        for ((n, series), passes) in &self.samples {
             for (pass, value) in passes {
-                let _ = writeln!(out, "{n},{},{pass},{value}", backend.name());
+                let _ = writeln!(out, "{n},{series},{pass},{value}");
             }
         }
         out
@@ -179,10 +193,10 @@ impl Figure {
     pub fn svg(&self) -> String {
         let (width, height, left, right, top, bottom) = (720.0, 420.0, 80.0, 170.0, 40.0, 50.0);
         let sizes = self.sizes();
-        let backends = self.backends();
-        let points: Vec<(Backend, Vec<(u32, f64)>)> = backends
+        let backends = self.ordered_series();
+        let points: Vec<(&str, Vec<(u32, f64)>)> = backends
             .iter()
-            .map(|b| (*b, sizes.iter().filter_map(|n| self.summary(*n, *b).map(|s| (*n, s.median))).collect()))
+            .map(|b| (*b, sizes.iter().filter_map(|n| self.summary(*n, b).map(|s| (*n, s.median))).collect()))
             .collect();
         let values = points.iter().flat_map(|(_, p)| p.iter().map(|(_, v)| *v));
         let max = values.clone().fold(f64::MIN, f64::max).max(f64::MIN_POSITIVE);
@@ -244,7 +258,7 @@ impl Figure {
             );
         }
         for (index, (backend, line)) in points.iter().enumerate() {
-            let colour = colours[Backend::ALL.iter().position(|b| b == backend).unwrap_or(index) % colours.len()];
+            let colour = colours[index % colours.len()];
             let path: Vec<String> = line.iter().map(|(n, v)| format!("{:.1},{:.1}", x(*n), y(*v))).collect();
             if !path.is_empty() {
                 let _ = writeln!(
@@ -264,7 +278,7 @@ impl Figure {
                 x1 + 15.0,
                 x1 + 40.0,
                 legend_y + 4.0,
-                backend.name()
+                backend
             );
         }
         svg.push_str("</svg>\n");
