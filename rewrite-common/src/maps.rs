@@ -19,8 +19,6 @@ pub const MAP_PREFIX_FORWARD: &str = "PREFIX_FORWARD";
 pub const MAP_PREFIX_REVERSE: &str = "PREFIX_REVERSE";
 /// Prefix mappings are few (one moves a subnet); this bounds the tries.
 pub const MAX_PREFIX_MAPPINGS: u32 = 16_384;
-/// Name of the hash of [`MappingStats`] by [`MappingId`].
-pub const MAP_MAPPING_STATS: &str = "MAPPING_STATS";
 /// Name of the one-entry array of [`TablesInUse`].
 pub const MAP_TABLES_IN_USE: &str = "TABLES_IN_USE";
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
@@ -106,7 +104,7 @@ const _: () = assert!(core::mem::align_of::<Endpoint>() == 1);
 /// the prefix length in bits of the 16-byte address form (an IPv4 /N is 96 + N). The
 /// LPM trie key is `(prefix_len, Addr)` with the same length.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PrefixTarget {
     pub network: Addr,
     pub prefix_len: u32,
@@ -128,52 +126,76 @@ pub struct TablesInUse {
 
 const _: () = assert!(core::mem::size_of::<TablesInUse>() == 8);
 
-/// [`MappingId::kind`] of an address mapping.
-pub const KIND_ADDRESS: u32 = 1;
-/// [`MappingId::kind`] of one port of a port-scoped mapping.
-pub const KIND_PORT: u32 = 2;
-/// [`MappingId::kind`] of a prefix mapping.
-pub const KIND_PREFIX: u32 = 3;
-
-/// Which mapping a packet matched, named by its VIRTUAL side: the key of the
-/// per-mapping counters. Kind 0 names nothing (a side that matched no mapping).
-///
-/// * address: `virtual_side.addr` is the VIRTUAL address, the rest is zero;
-/// * port-scoped: `virtual_side` is the VIRTUAL endpoint, one id per port of a range,
-///   as in the port maps;
-/// * prefix: `virtual_side.addr` is the VIRTUAL network (host bits zero) and
-///   `prefix_len` its length in the 16-byte form (96 + N for IPv4).
-///
-/// Byte order as in [`Endpoint`]; `kind` and `prefix_len` are native-endian.
+/// Traffic rewritten through one map entry: a forward entry counts egress packets, a
+/// reverse entry ingress ones. Bytes are whole frames as the hook saw them (Ethernet
+/// header included). The programs add with atomic instructions; userspace writes zero
+/// when it creates the entry, and carries the counts over when it retargets a mapping.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MappingId {
-    pub kind: u32,
-    pub prefix_len: u32,
-    pub virtual_side: Endpoint,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<MappingId>() == 28);
-const _: () = assert!(core::mem::align_of::<MappingId>() == 4);
+const _: () = assert!(core::mem::size_of::<Counts>() == 16);
 
-impl MappingId {
-    pub const fn address(virtual_addr: Addr) -> Self {
-        Self { kind: KIND_ADDRESS, prefix_len: 0, virtual_side: Endpoint::new(virtual_addr, [0; 2], 0) }
-    }
+/// The value of the address maps: the other side of the mapping, and the entry's
+/// counters. Keeping the counters in the entry the lookup has just found costs no second
+/// lookup and no cache miss of its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddressEntry {
+    pub addr: Addr,
+    pub counts: Counts,
+}
 
-    pub const fn port(virtual_endpoint: Endpoint) -> Self {
-        Self { kind: KIND_PORT, prefix_len: 0, virtual_side: virtual_endpoint }
-    }
+const _: () = assert!(core::mem::size_of::<AddressEntry>() == 32);
 
-    /// `network` must have its host bits cleared, as the prefix maps store it.
-    pub const fn prefix(network: Addr, prefix_len: u32) -> Self {
-        Self { kind: KIND_PREFIX, prefix_len, virtual_side: Endpoint::new(network, [0; 2], 0) }
+/// The value of the port maps: the other endpoint, and the entry's counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub endpoint: Endpoint,
+    /// Always zero; places the counters on an 8-byte boundary.
+    pub reserved: [u8; 4],
+    pub counts: Counts,
+}
+
+const _: () = assert!(core::mem::size_of::<EndpointEntry>() == 40);
+
+/// The value of the prefix tries: the other network, and the entry's counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixEntry {
+    pub target: PrefixTarget,
+    /// Always zero; places the counters on an 8-byte boundary.
+    pub reserved: u32,
+    pub counts: Counts,
+}
+
+const _: () = assert!(core::mem::size_of::<PrefixEntry>() == 40);
+
+impl AddressEntry {
+    pub const fn new(addr: Addr) -> Self {
+        Self { addr, counts: Counts { packets: 0, bytes: 0 } }
     }
 }
 
-/// Per-mapping counters, indexed by direction (`counters::INGRESS`, `EGRESS`): the
-/// packets rewritten through the mapping, and their bytes as the program saw them
-/// (whole frames, Ethernet header included). The programs add to them atomically.
+impl EndpointEntry {
+    pub const fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint, reserved: [0; 4], counts: Counts { packets: 0, bytes: 0 } }
+    }
+}
+
+impl PrefixEntry {
+    pub const fn new(target: PrefixTarget) -> Self {
+        Self { target, reserved: 0, counts: Counts { packets: 0, bytes: 0 } }
+    }
+}
+
+/// A mapping's counters as reported, indexed by direction (`counters::INGRESS`,
+/// `EGRESS`): the [`Counts`] of its reverse and forward entries (summed over the ports
+/// of a range).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MappingStats {
@@ -184,6 +206,12 @@ pub struct MappingStats {
 const _: () = assert!(core::mem::size_of::<MappingStats>() == 32);
 
 impl MappingStats {
+    /// A mapping's counters from its reverse (ingress) and forward (egress) entries.
+    #[must_use]
+    pub const fn from_entries(ingress: Counts, egress: Counts) -> Self {
+        Self { packets: [ingress.packets, egress.packets], bytes: [ingress.bytes, egress.bytes] }
+    }
+
     /// The sum of several counters (the ports of a range).
     #[must_use]
     pub fn sum<'a>(copies: impl IntoIterator<Item = &'a MappingStats>) -> MappingStats {
@@ -247,12 +275,17 @@ unsafe impl aya::Pod for PrefixTarget {}
 // SAFETY: repr(C), two u32, no padding (size asserted).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for TablesInUse {}
-// SAFETY: repr(C); two u32 then an Endpoint of u8s, 28 bytes, no padding (asserted).
+// SAFETY: repr(C), an Addr (16 bytes) then two u64 at offset 16, no padding (asserted).
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for MappingId {}
-// SAFETY: repr(C), arrays of u64, no padding (size asserted).
+unsafe impl aya::Pod for AddressEntry {}
+// SAFETY: repr(C), an Endpoint (20 bytes), 4 explicit bytes, two u64 at offset 24, no
+// padding (asserted).
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for MappingStats {}
+unsafe impl aya::Pod for EndpointEntry {}
+// SAFETY: repr(C), a PrefixTarget (20 bytes), an explicit u32, two u64 at offset 24, no
+// padding (asserted).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PrefixEntry {}
 
 #[cfg(any(test, feature = "user"))]
 mod std_conversions {

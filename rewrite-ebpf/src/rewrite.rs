@@ -5,14 +5,14 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use rewrite_common::{
-    counters::{EGRESS, FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
-    maps::{Addr, Endpoint, KIND_PORT, MappingId, PrefixTarget, TablesInUse},
+    counters::{FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
+    maps::{Addr, Counts, Endpoint, TablesInUse},
 };
 
 use crate::{
     maps::{
-        Headers, Scratch, SidePlan, address_table, count, count_mapping, headers, port_table, prefix_table, scratch,
-        tables_in_use,
+        Headers, MATCHED_ADDRESS, MATCHED_NONE, MATCHED_PORT, MATCHED_PREFIX, Scratch, SidePlan, address_table,
+        count as count_outcome, count_in_entry, headers, port_table, prefix_entry, scratch, tables_in_use,
     },
     packet::Packet,
     parse::{IpPacket, parse, parse_quoted},
@@ -49,7 +49,7 @@ pub fn rewrite_and_count<P: Packet, const DIRECTION: u32, const PACKETS: u32>(pa
     if outcome == DEFERRED {
         return Ok(());
     }
-    count(DIRECTION, outcome);
+    count_outcome(DIRECTION, outcome);
     if outcome == HELPER_ERROR { Err(()) } else { Ok(()) }
 }
 
@@ -66,10 +66,10 @@ fn rewrite<P: Packet, const DIRECTION: u32, const PACKETS: u32>(packet: &mut P) 
         if PACKETS == ONLY_ICMP_ERRORS {
             return Ok(DEFERRED);
         }
-        let rewritten = rewrite_outer::<P, DIRECTION>(packet, outer, &in_use)?;
+        let rewritten = rewrite_sides::<P, DIRECTION>(packet, outer, &in_use, COUNT)?;
         return Ok(outcome(rewritten, outer));
     };
-    let outer_rewritten = rewrite_outer::<P, DIRECTION>(packet, outer, &in_use)?;
+    let outer_rewritten = rewrite_sides::<P, DIRECTION>(packet, outer, &in_use, COUNT)?;
     // The packet an ICMP error quotes (destination unreachable, fragmentation needed,
     // packet too big, time exceeded) travelled the other way, as the reply to this one:
     // the same table applies to it, side by side, so that the sender's stack matches
@@ -79,32 +79,15 @@ fn rewrite<P: Packet, const DIRECTION: u32, const PACKETS: u32>(packet: &mut P) 
         Some(parsed) => parsed,
         None => return Ok(outcome(outer_rewritten, outer)),
     };
-    let quoted_rewritten = rewrite_sides::<P, DIRECTION>(packet, quoted, &in_use)?;
+    // Not counted against the mappings: the ICMP error is not their traffic.
+    let quoted_rewritten = rewrite_sides::<P, DIRECTION>(packet, quoted, &in_use, DO_NOT_COUNT)?;
     Ok(outcome(outer_rewritten || quoted_rewritten, outer))
 }
 
-/// Rewrites the packet's own two sides and counts the packet against the mappings they
-/// matched. (The sides of a quoted packet are not counted: the ICMP error is not the
-/// mapping's traffic.)
-#[inline(always)]
-fn rewrite_outer<P: Packet, const DIRECTION: u32>(
-    packet: &mut P,
-    parsed: &IpPacket,
-    in_use: &TablesInUse,
-) -> Result<bool, u32> {
-    let rewritten = rewrite_sides::<P, DIRECTION>(packet, parsed, in_use)?;
-    if rewritten {
-        let bytes = packet.len() as u64;
-        let scratch = scratch().ok_or(NO_MATCH)?;
-        let Scratch { plans, first_count, .. } = scratch;
-        for plan in plans.iter() {
-            if plan.mapping.kind != 0 {
-                count_mapping::<DIRECTION>(&plan.mapping, bytes, first_count);
-            }
-        }
-    }
-    Ok(rewritten)
-}
+/// Whether a lookup counts the packet in the entry it matches: only the packet's own
+/// headers do, not the packet quoted inside an ICMP error.
+const COUNT: bool = true;
+const DO_NOT_COUNT: bool = false;
 
 /// Looks both sides up, then rewrites them. Deciding first and patching after keeps one
 /// patch site per side, rather than one per table, which the 512-byte stack needs.
@@ -113,10 +96,13 @@ fn rewrite_sides<P: Packet, const DIRECTION: u32>(
     packet: &mut P,
     parsed: &IpPacket,
     in_use: &TablesInUse,
+    count: bool,
 ) -> Result<bool, u32> {
     let scratch = scratch().ok_or(NO_MATCH)?;
-    let src_matched = look_up_side::<DIRECTION>(scratch, parsed, in_use, SOURCE);
-    let dst_matched = look_up_side::<DIRECTION>(scratch, parsed, in_use, DESTINATION);
+    // Counted as the program saw it: the whole frame.
+    let bytes = if count { packet.len() as u64 } else { 0 };
+    let src_matched = look_up_side::<DIRECTION>(scratch, parsed, in_use, SOURCE, bytes);
+    let dst_matched = look_up_side::<DIRECTION>(scratch, parsed, in_use, DESTINATION, bytes);
     if src_matched {
         apply_side(packet, parsed, &scratch.plans[SOURCE], SOURCE)?;
     }
@@ -142,9 +128,10 @@ fn outcome(rewritten: bool, parsed: &IpPacket) -> u32 {
 }
 
 /// Looks one side (source or destination address, with its port) up and writes what it
-/// becomes, and which mapping says so, to `scratch.plans[side]`. Returns whether it
-/// matched. Keys and results live in the per-CPU scratch area rather than on the
-/// stack: for both sides they would not fit in the 512-byte BPF stack.
+/// becomes to `scratch.plans[side]`. Returns whether it matched. When `bytes` is not
+/// zero, counts the packet (of that many bytes) in the entry that matched. Keys live in
+/// the per-CPU scratch area rather than on the stack: for both sides they would not fit
+/// in the 512-byte BPF stack.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -155,29 +142,37 @@ fn look_up_side<const DIRECTION: u32>(
     parsed: &IpPacket,
     in_use: &TablesInUse,
     side: usize,
+    bytes: u64,
 ) -> bool {
     let addr = if side == DESTINATION { &parsed.dst } else { &parsed.src };
     let plan = &mut scratch.plans[side];
-    plan.mapping.kind = 0;
+    plan.matched = MATCHED_NONE;
+    let counts: *mut Counts;
     if let Some((ports, _)) = parsed.ports
         && in_use.ports != 0
     {
         let port = if side == DESTINATION { ports.dst } else { ports.src };
         scratch.endpoint = Endpoint::new(*addr, port, ports.protocol);
-        // SAFETY: the value is copied out at once, before anything can delete it.
-        if let Some(target) = unsafe { port_table::<DIRECTION>().get(&scratch.endpoint) } {
-            plan.address = target.addr;
-            plan.port = target.port;
-            // A mapping is named by its VIRTUAL side: the key on egress, the target on
-            // ingress.
-            plan.mapping = MappingId::port(if DIRECTION == EGRESS { scratch.endpoint } else { *target });
+        if let Some(entry) = port_table::<DIRECTION>().get_ptr_mut(&scratch.endpoint) {
+            // SAFETY: a pointer to a live map value, read at once.
+            unsafe {
+                plan.address = (*entry).endpoint.addr;
+                plan.port = (*entry).endpoint.port;
+                counts = &raw mut (*entry).counts;
+            }
+            plan.matched = MATCHED_PORT;
+            count(counts, bytes);
             return true;
         }
     }
-    // SAFETY: as above.
-    if let Some(target) = unsafe { address_table::<DIRECTION>().get(addr) } {
-        plan.address = *target;
-        plan.mapping = MappingId::address(if DIRECTION == EGRESS { *addr } else { *target });
+    if let Some(entry) = address_table::<DIRECTION>().get_ptr_mut(addr) {
+        // SAFETY: as above.
+        unsafe {
+            plan.address = (*entry).addr;
+            counts = &raw mut (*entry).counts;
+        }
+        plan.matched = MATCHED_ADDRESS;
+        count(counts, bytes);
         return true;
     }
     if in_use.prefixes == 0 {
@@ -185,14 +180,28 @@ fn look_up_side<const DIRECTION: u32>(
     }
     // All 128 bits of the 16-byte form take part; an IPv4 prefix is stored as 96 + N.
     scratch.prefix_key = Key::new(128, *addr);
-    if let Some(target) = prefix_table::<DIRECTION>().get(&scratch.prefix_key) {
-        plan.address = target.translate(addr);
-        let virtual_network =
-            if DIRECTION == EGRESS { PrefixTarget::network_of(addr, target.prefix_len) } else { target.network };
-        plan.mapping = MappingId::prefix(virtual_network, target.prefix_len);
+    if let Some(entry) = prefix_entry::<DIRECTION>(&scratch.prefix_key) {
+        // SAFETY: as above.
+        unsafe {
+            plan.address = (*entry).target.translate(addr);
+            counts = &raw mut (*entry).counts;
+        }
+        plan.matched = MATCHED_PREFIX;
+        count(counts, bytes);
         return true;
     }
     false
+}
+
+/// Counts a packet of `bytes` in an entry's counters, unless `bytes` is zero (a packet
+/// that is not counted).
+#[inline(always)]
+fn count(counts: *mut Counts, bytes: u64) {
+    if bytes != 0 {
+        // SAFETY: `counts` points into the map value the lookup just returned, which the
+        // kernel keeps for the program's run.
+        unsafe { count_in_entry(counts, bytes) };
+    }
 }
 
 /// Patches one side of the packet as its plan says.
@@ -201,7 +210,7 @@ fn apply_side<P: Packet>(packet: &mut P, parsed: &IpPacket, plan: &SidePlan, sid
     let (old, address_offset) =
         if side == DESTINATION { (&parsed.dst, parsed.dst_offset) } else { (&parsed.src, parsed.src_offset) };
     replace_address(packet, parsed, address_offset, old, &plan.address)?;
-    if plan.mapping.kind != KIND_PORT {
+    if plan.matched != MATCHED_PORT {
         return Ok(());
     }
     let Some((ports, source_port_offset)) = parsed.ports else {

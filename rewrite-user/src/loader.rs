@@ -10,9 +10,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use rewrite_common::maps::{
-    Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_MAPPING_STATS, MAP_PORT_FORWARD,
-    MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, MAX_PREFIX_MAPPINGS, MappingId,
-    MappingStats, PrefixTarget, TablesInUse,
+    Addr, AddressEntry, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD,
+    MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixEntry, TablesInUse,
 };
 
 use crate::{Error, iface, pins::PinLayout};
@@ -110,22 +109,18 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
         for map in [MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD, MAP_PORT_REVERSE] {
             loader.map_max_entries(map, capacity);
         }
-        // Room for the counters of every entry the address, port and prefix tables hold.
-        let stats_capacity = capacity.saturating_mul(2).saturating_add(MAX_PREFIX_MAPPINGS);
-        loader.map_max_entries(MAP_MAPPING_STATS, stats_capacity);
     }
     let ebpf = loader.load(EBPF_OBJECT).map_err(|error| Error::Load(Box::new(error)))?;
-    check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<Addr>())?;
-    check_map_layout(&ebpf, maps_dir, MAP_ADDR_REVERSE, size_of::<Addr>(), size_of::<Addr>())?;
-    check_map_layout(&ebpf, maps_dir, MAP_PORT_FORWARD, size_of::<Endpoint>(), size_of::<Endpoint>())?;
-    check_map_layout(&ebpf, maps_dir, MAP_PORT_REVERSE, size_of::<Endpoint>(), size_of::<Endpoint>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<AddressEntry>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_ADDR_REVERSE, size_of::<Addr>(), size_of::<AddressEntry>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_PORT_FORWARD, size_of::<Endpoint>(), size_of::<EndpointEntry>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_PORT_REVERSE, size_of::<Endpoint>(), size_of::<EndpointEntry>())?;
     // An LPM key is a u32 prefix length followed by the address.
     let prefix_key = size_of::<u32>() + size_of::<Addr>();
-    check_map_layout(&ebpf, maps_dir, MAP_PREFIX_FORWARD, prefix_key, size_of::<PrefixTarget>())?;
-    check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixTarget>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_PREFIX_FORWARD, prefix_key, size_of::<PrefixEntry>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_TABLES_IN_USE, size_of::<u32>(), size_of::<TablesInUse>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
-    check_map_layout(&ebpf, maps_dir, MAP_MAPPING_STATS, size_of::<MappingId>(), size_of::<MappingStats>())?;
     Ok(ebpf)
 }
 

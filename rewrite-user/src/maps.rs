@@ -10,8 +10,9 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use rewrite_common::{
     mapping::{PortMapping, PrefixMapping},
     maps::{
-        Addr, Endpoint, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_MAPPING_STATS, MAP_PORT_FORWARD, MAP_PORT_REVERSE,
-        MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, MappingId, MappingStats, PrefixTarget, TablesInUse,
+        Addr, AddressEntry, Counts, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD,
+        MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, MappingStats, PrefixEntry,
+        PrefixTarget, TablesInUse,
     },
     spec::Side,
     validate::{AddPlan, MappingConflict, MappingView, in_prefix, plan_add, plan_add_ports, plan_add_prefix},
@@ -24,10 +25,9 @@ const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
-type AddressMap = HashMap<MapData, Addr, Addr>;
-type PortMap = HashMap<MapData, Endpoint, Endpoint>;
-type PrefixMap = LpmTrie<MapData, Addr, PrefixTarget>;
-pub(crate) type StatsMap = HashMap<MapData, MappingId, MappingStats>;
+type AddressMap = HashMap<MapData, Addr, AddressEntry>;
+type PortMap = HashMap<MapData, Endpoint, EndpointEntry>;
+type PrefixMap = LpmTrie<MapData, Addr, PrefixEntry>;
 
 pub(crate) fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     let path = pins.map(name);
@@ -57,8 +57,6 @@ pub struct MappingTable {
     prefix_forward: PrefixMap,
     prefix_reverse: PrefixMap,
     in_use: Array<MapData, TablesInUse>,
-    /// Per-mapping counters, made by the programs with a mapping's first packet.
-    stats: StatsMap,
     capacity: u32,
 }
 
@@ -93,52 +91,78 @@ pub struct Row {
     pub real_side: String,
     /// "address", "port" or "prefix".
     pub kind: &'static str,
-    /// The per-mapping counters it owns: one, or one per port of a range.
-    pub ids: Vec<MappingId>,
+}
+
+/// The map keys of a listed mapping's entries, where its counters are.
+enum EntryKeys {
+    Address {
+        virtual_addr: Addr,
+        real_addr: Addr,
+    },
+    Prefix {
+        virtual_net: Key<Addr>,
+        real_net: Key<Addr>,
+    },
+    /// One (VIRTUAL, REAL) endpoint pair per port of the range.
+    Ports(Vec<(Endpoint, Endpoint)>),
 }
 
 impl Listing {
     /// Address mappings first, then prefix and port-scoped ones, each in the written
     /// form. Orphans are not mappings and are left out.
     pub fn rows(&self) -> Vec<Row> {
-        let mut rows: Vec<Row> = self
+        self.rows_with_keys().into_iter().map(|(row, _)| row).collect()
+    }
+
+    fn rows_with_keys(&self) -> Vec<(Row, EntryKeys)> {
+        let mut rows: Vec<(Row, EntryKeys)> = self
             .mappings
             .iter()
-            .map(|mapping| Row {
-                virtual_side: mapping.virtual_addr.to_string(),
-                real_side: mapping.real_addr.to_string(),
-                kind: "address",
-                ids: vec![MappingId::address(Addr::from(mapping.virtual_addr))],
+            .map(|mapping| {
+                let row = Row {
+                    virtual_side: mapping.virtual_addr.to_string(),
+                    real_side: mapping.real_addr.to_string(),
+                    kind: "address",
+                };
+                let keys = EntryKeys::Address {
+                    virtual_addr: mapping.virtual_addr.into(),
+                    real_addr: mapping.real_addr.into(),
+                };
+                (row, keys)
             })
             .collect();
         for prefix in &self.prefixes {
             let key_len = PrefixMapping::key_len(prefix.virtual_net, prefix.len);
-            rows.push(Row {
+            let row = Row {
                 virtual_side: format!("{}/{}", prefix.virtual_net, prefix.len),
                 real_side: format!("{}/{}", prefix.real_net, prefix.len),
                 kind: "prefix",
-                ids: vec![MappingId::prefix(Addr::from(prefix.virtual_net), key_len)],
-            });
+            };
+            let keys = EntryKeys::Prefix {
+                virtual_net: Key::new(key_len, prefix.virtual_net.into()),
+                real_net: Key::new(key_len, prefix.real_net.into()),
+            };
+            rows.push((row, keys));
         }
         for mapping in &self.port_mappings {
             let described = describe_ports(mapping);
             let (virtual_side, real_side) = described.split_once(" -> ").expect("describe_ports writes an arrow");
-            let ids = mapping
-                .ports()
-                .map(|(virtual_port, _)| {
-                    let addr = Addr::from(mapping.virtual_addr);
-                    MappingId::port(Endpoint::new(addr, virtual_port.to_be_bytes(), mapping.protocol))
-                })
-                .collect();
-            rows.push(Row {
-                virtual_side: virtual_side.to_owned(),
-                real_side: real_side.to_owned(),
-                kind: "port",
-                ids,
-            });
+            let row = Row { virtual_side: virtual_side.to_owned(), real_side: real_side.to_owned(), kind: "port" };
+            rows.push((row, EntryKeys::Ports(port_endpoints(mapping).collect())));
         }
         rows
     }
+}
+
+/// The (VIRTUAL, REAL) endpoints of each port of a port-scoped mapping, as the port maps
+/// key them.
+fn port_endpoints(mapping: &PortMapping) -> impl Iterator<Item = (Endpoint, Endpoint)> + '_ {
+    mapping.ports().map(|(virtual_port, real_port)| {
+        (
+            Endpoint::new(Addr::from(mapping.virtual_addr), virtual_port.to_be_bytes(), mapping.protocol),
+            Endpoint::new(Addr::from(mapping.real_addr), real_port.to_be_bytes(), mapping.protocol),
+        )
+    })
 }
 
 /// One mapping, as listed.
@@ -177,29 +201,7 @@ impl MappingTable {
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
         let in_use = Array::try_from(open_pinned(pins, MAP_TABLES_IN_USE)?)
             .map_err(|source| Error::map(MAP_TABLES_IN_USE, source))?;
-        let stats = StatsMap::try_from(open_pinned(pins, MAP_MAPPING_STATS)?)
-            .map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
-        Ok(Self {
-            forward,
-            reverse,
-            port_forward,
-            port_reverse,
-            prefix_forward,
-            prefix_reverse,
-            in_use,
-            stats,
-            capacity,
-        })
-    }
-
-    /// Removes counters; one already gone is fine. The programs create a mapping's
-    /// counters with its first packet; they go after the mapping (best effort: a
-    /// leftover entry only holds numbers), and before a new mapping of the same VIRTUAL,
-    /// which must start from zero.
-    fn remove_stats(&mut self, ids: &[MappingId]) {
-        for id in ids {
-            let _ = self.stats.remove(id);
-        }
+        Ok(Self { forward, reverse, port_forward, port_reverse, prefix_forward, prefix_reverse, in_use, capacity })
     }
 
     /// Updates the flags that let the programs skip empty tables. Call with `true`
@@ -222,17 +224,6 @@ impl MappingTable {
         self.mark_in_use(ports_empty.then_some(false), prefixes_empty.then_some(false))
     }
 
-    /// How many per-mapping counter entries exist: at most one per address or prefix
-    /// mapping and per mapped port, for those that carried a packet.
-    pub fn counter_entries(&self) -> Result<usize, Error> {
-        let mut entries = 0;
-        for key in self.stats.keys() {
-            key.map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
-            entries += 1;
-        }
-        Ok(entries)
-    }
-
     /// How many mappings the maps can hold.
     pub fn capacity(&self) -> u32 {
         self.capacity
@@ -240,15 +231,35 @@ impl MappingTable {
 
     fn get(map: &AddressMap, name: &'static str, addr: IpAddr) -> Result<Option<IpAddr>, Error> {
         match map.get(&Addr::from(addr), 0) {
-            Ok(value) => Ok(Some(value.into())),
+            Ok(entry) => Ok(Some(entry.addr.into())),
             Err(error) if is_not_found(&error) => Ok(None),
             Err(source) => Err(Error::map(name, source)),
         }
     }
 
+    /// The counters of an address entry, zero if it is gone.
+    fn counts_of(map: &AddressMap, name: &'static str, key: IpAddr) -> Result<Counts, Error> {
+        match map.get(&Addr::from(key), 0) {
+            Ok(entry) => Ok(entry.counts),
+            Err(error) if is_not_found(&error) => Ok(Counts::default()),
+            Err(source) => Err(Error::map(name, source)),
+        }
+    }
+
     fn insert(&mut self, forward: bool, key: IpAddr, value: IpAddr, flags: u64) -> Result<(), MapError> {
+        self.insert_counted(forward, key, value, Counts::default(), flags)
+    }
+
+    fn insert_counted(
+        &mut self,
+        forward: bool,
+        key: IpAddr,
+        value: IpAddr,
+        counts: Counts,
+        flags: u64,
+    ) -> Result<(), MapError> {
         let map = if forward { &mut self.forward } else { &mut self.reverse };
-        map.insert(Addr::from(key), Addr::from(value), flags)
+        map.insert(Addr::from(key), AddressEntry { addr: Addr::from(value), counts }, flags)
     }
 
     fn remove(map: &mut AddressMap, name: &'static str, key: IpAddr) -> Result<(), Error> {
@@ -288,11 +299,17 @@ impl MappingTable {
                 Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan)?;
             }
         }
-        if plan == AddPlan::Insert {
-            self.remove_stats(&[MappingId::address(Addr::from(virtual_addr))]);
-        }
+        // A retargeted mapping keeps its counters: they move to its new entries. (The
+        // packets counted between this read and the writes below are lost from them.)
+        let (ingress, egress) = match plan {
+            AddPlan::Replace { old_real } => (
+                Self::counts_of(&self.reverse, MAP_ADDR_REVERSE, old_real)?,
+                Self::counts_of(&self.forward, MAP_ADDR_FORWARD, virtual_addr)?,
+            ),
+            _ => (Counts::default(), Counts::default()),
+        };
         // NOEXIST makes the uniqueness of REAL atomic against a concurrent `map add`.
-        if let Err(error) = self.insert(false, real_addr, virtual_addr, BPF_NOEXIST) {
+        if let Err(error) = self.insert_counted(false, real_addr, virtual_addr, ingress, BPF_NOEXIST) {
             if is_errno(&error, libc::EEXIST) {
                 let existing_virtual = Self::get(&self.reverse, MAP_ADDR_REVERSE, real_addr)?
                     .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -301,7 +318,7 @@ impl MappingTable {
             return Err(self.insert_error(MAP_ADDR_REVERSE, error));
         }
         let forward_flags = if matches!(plan, AddPlan::Replace { .. }) { BPF_EXIST } else { BPF_NOEXIST };
-        if let Err(error) = self.insert(true, virtual_addr, real_addr, forward_flags) {
+        if let Err(error) = self.insert_counted(true, virtual_addr, real_addr, egress, forward_flags) {
             // Roll back, so a failed add leaves the table as it was. Should even that
             // fail, the original error is the one to report; the reverse entry left
             // behind shows in `map list` and goes with `map del`.
@@ -321,13 +338,11 @@ impl MappingTable {
         if let Some(real_addr) = Self::get(&self.forward, MAP_ADDR_FORWARD, virtual_addr)? {
             Self::remove(&mut self.forward, MAP_ADDR_FORWARD, virtual_addr)?;
             Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, real_addr)?;
-            self.remove_stats(&[MappingId::address(Addr::from(virtual_addr))]);
             return Ok(Removed::Mapping(real_addr));
         }
         let orphan = self.list()?.orphans.into_iter().find(|orphan| orphan.virtual_addr == virtual_addr);
         let orphan = orphan.ok_or_else(|| Error::NoSuchMapping { virtual_side: virtual_addr.to_string() })?;
         Self::remove(&mut self.reverse, MAP_ADDR_REVERSE, orphan.real_addr)?;
-        self.remove_stats(&[MappingId::address(Addr::from(virtual_addr))]);
         Ok(Removed::Orphan(orphan.real_addr))
     }
 
@@ -336,12 +351,12 @@ impl MappingTable {
         let mut listing = Listing::default();
         for entry in self.forward.iter() {
             let (key, value) = entry.map_err(|source| Error::map(MAP_ADDR_FORWARD, source))?;
-            listing.mappings.push(Mapping { virtual_addr: key.into(), real_addr: value.into() });
+            listing.mappings.push(Mapping { virtual_addr: key.into(), real_addr: value.addr.into() });
         }
         listing.mappings.sort();
         for entry in self.reverse.iter() {
             let (key, value) = entry.map_err(|source| Error::map(MAP_ADDR_REVERSE, source))?;
-            let entry = Mapping { virtual_addr: value.into(), real_addr: key.into() };
+            let entry = Mapping { virtual_addr: value.addr.into(), real_addr: key.into() };
             if listing.mappings.binary_search(&entry).is_err() {
                 listing.orphans.push(entry);
             }
@@ -355,8 +370,8 @@ impl MappingTable {
                 protocol: key.protocol,
                 virtual_addr: key.addr.into(),
                 virtual_first: u16::from_be_bytes(key.port),
-                real_addr: value.addr.into(),
-                real_first: u16::from_be_bytes(value.port),
+                real_addr: value.endpoint.addr.into(),
+                real_first: u16::from_be_bytes(value.endpoint.port),
                 count: 1,
             });
         }
@@ -377,11 +392,62 @@ impl MappingTable {
         Ok(listing)
     }
 
+    /// Each listed mapping's counters, in the order of [`Listing::rows`]: its reverse
+    /// entries' counts as ingress, its forward entries' as egress. Reads each map once.
+    pub fn counters(&self, listing: &Listing) -> Result<Vec<(Row, MappingStats)>, Error> {
+        fn collect<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+            map: &HashMap<MapData, K, V>,
+            name: &'static str,
+            counts: impl Fn(&V) -> Counts,
+        ) -> Result<std::collections::HashMap<K, Counts>, Error> {
+            map.iter()
+                .map(|entry| entry.map(|(key, value)| (key, counts(&value))).map_err(|source| Error::map(name, source)))
+                .collect()
+        }
+        let forward = collect(&self.forward, MAP_ADDR_FORWARD, |entry: &AddressEntry| entry.counts)?;
+        let reverse = collect(&self.reverse, MAP_ADDR_REVERSE, |entry: &AddressEntry| entry.counts)?;
+        let port_forward = collect(&self.port_forward, MAP_PORT_FORWARD, |entry: &EndpointEntry| entry.counts)?;
+        let port_reverse = collect(&self.port_reverse, MAP_PORT_REVERSE, |entry: &EndpointEntry| entry.counts)?;
+        let prefix_counts = |trie: &PrefixMap, name, key: &Key<Addr>| match trie.get(key, 0) {
+            Ok(entry) => Ok(entry.counts),
+            Err(error) if is_not_found(&error) => Ok(Counts::default()),
+            Err(source) => Err(Error::map(name, source)),
+        };
+        let mut rows = Vec::new();
+        for (row, keys) in listing.rows_with_keys() {
+            let stats = match keys {
+                EntryKeys::Address { virtual_addr, real_addr } => MappingStats::from_entries(
+                    reverse.get(&real_addr).copied().unwrap_or_default(),
+                    forward.get(&virtual_addr).copied().unwrap_or_default(),
+                ),
+                EntryKeys::Prefix { virtual_net, real_net } => MappingStats::from_entries(
+                    prefix_counts(&self.prefix_reverse, MAP_PREFIX_REVERSE, &real_net)?,
+                    prefix_counts(&self.prefix_forward, MAP_PREFIX_FORWARD, &virtual_net)?,
+                ),
+                EntryKeys::Ports(endpoints) => {
+                    let per_port: Vec<MappingStats> = endpoints
+                        .iter()
+                        .map(|(virtual_endpoint, real_endpoint)| {
+                            MappingStats::from_entries(
+                                port_reverse.get(real_endpoint).copied().unwrap_or_default(),
+                                port_forward.get(virtual_endpoint).copied().unwrap_or_default(),
+                            )
+                        })
+                        .collect();
+                    MappingStats::sum(&per_port)
+                }
+            };
+            rows.push((row, stats));
+        }
+        Ok(rows)
+    }
+
     /// Every prefix mapping, read from the forward trie.
     fn read_prefixes(&self) -> Result<Vec<PrefixMapping>, Error> {
         let mut prefixes = Vec::new();
         for entry in self.prefix_forward.iter() {
-            let (key, target) = entry.map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
+            let (key, entry) = entry.map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
+            let target = entry.target;
             let virtual_net = IpAddr::from(key.data());
             let family_bits = if virtual_net.is_ipv4() { 96 } else { 0 };
             let len = u8::try_from(key.prefix_len() - family_bits).unwrap_or(u8::MAX);
@@ -416,20 +482,19 @@ impl MappingTable {
                 Error::map(name, error)
             }
         };
-        self.remove_stats(&[MappingId::prefix(virtual_net, key_len)]);
         self.mark_in_use(None, Some(true))?;
         let reverse_value = PrefixTarget { network: virtual_net, prefix_len: key_len };
-        match self.prefix_reverse.insert(&reverse_key, reverse_value, BPF_NOEXIST) {
+        match self.prefix_reverse.insert(&reverse_key, PrefixEntry::new(reverse_value), BPF_NOEXIST) {
             Ok(()) => {}
             // Left by an add interrupted before its forward entry: this add completes it.
             Err(error)
                 if is_errno(&error, libc::EEXIST)
-                    && self.prefix_reverse.get(&reverse_key, 0).is_ok_and(|value| value == reverse_value) => {}
+                    && self.prefix_reverse.get(&reverse_key, 0).is_ok_and(|entry| entry.target == reverse_value) => {}
             Err(error) => return Err(full(error, MAP_PREFIX_REVERSE)),
         }
         if let Err(error) = self.prefix_forward.insert(
             &forward_key,
-            PrefixTarget { network: real_net, prefix_len: key_len },
+            PrefixEntry::new(PrefixTarget { network: real_net, prefix_len: key_len }),
             BPF_NOEXIST,
         ) {
             let _ = self.prefix_reverse.remove(&reverse_key);
@@ -444,7 +509,7 @@ impl MappingTable {
         let key_len = PrefixMapping::key_len(net, len);
         let forward_key = Key::new(key_len, Addr::from(net));
         let target = match self.prefix_forward.get(&forward_key, 0) {
-            Ok(target) => target,
+            Ok(entry) => entry.target,
             Err(error) if is_not_found(&error) => {
                 return Err(Error::NoSuchMapping { virtual_side: format!("{net}/{len}") });
             }
@@ -456,7 +521,6 @@ impl MappingTable {
             Err(error) if is_not_found(&error) => {}
             Err(source) => return Err(Error::map(MAP_PREFIX_REVERSE, source)),
         }
-        self.remove_stats(&[MappingId::prefix(Addr::from(net), key_len)]);
         self.unmark_empty()?;
         Ok(IpAddr::from(target.network))
     }
@@ -475,26 +539,14 @@ impl MappingTable {
         if plan == AddPlan::Unchanged {
             return Ok(plan);
         }
-        let endpoints: Vec<(Endpoint, Endpoint)> = mapping
-            .ports()
-            .map(|(virtual_port, real_port)| {
-                (
-                    Endpoint::new(Addr::from(mapping.virtual_addr), virtual_port.to_be_bytes(), mapping.protocol),
-                    Endpoint::new(Addr::from(mapping.real_addr), real_port.to_be_bytes(), mapping.protocol),
-                )
-            })
-            .collect();
+        let endpoints: Vec<(Endpoint, Endpoint)> = port_endpoints(mapping).collect();
         self.mark_in_use(Some(true), None)?;
         let mut added_reverse = Vec::new();
         let mut added_forward = Vec::new();
         let mut result = Ok(());
         for (virtual_endpoint, real_endpoint) in &endpoints {
-            match self.port_reverse.insert(real_endpoint, virtual_endpoint, BPF_NOEXIST) {
-                Ok(()) => {
-                    added_reverse.push(*real_endpoint);
-                    // A new port of this VIRTUAL starts counting from zero.
-                    self.remove_stats(&[MappingId::port(*virtual_endpoint)]);
-                }
+            match self.port_reverse.insert(real_endpoint, EndpointEntry::new(*virtual_endpoint), BPF_NOEXIST) {
+                Ok(()) => added_reverse.push(*real_endpoint),
                 // Already there, the same way (the plan checked): leave it.
                 Err(error) if is_errno(&error, libc::EEXIST) => {}
                 Err(error) => {
@@ -505,7 +557,7 @@ impl MappingTable {
         }
         if result.is_ok() {
             for (virtual_endpoint, real_endpoint) in &endpoints {
-                match self.port_forward.insert(virtual_endpoint, real_endpoint, BPF_NOEXIST) {
+                match self.port_forward.insert(virtual_endpoint, EndpointEntry::new(*real_endpoint), BPF_NOEXIST) {
                     Ok(()) => added_forward.push(*virtual_endpoint),
                     Err(error) if is_errno(&error, libc::EEXIST) => {}
                     Err(error) => {
@@ -535,7 +587,7 @@ impl MappingTable {
         for port in first..=last {
             let key = Endpoint::new(Addr::from(virtual_addr), port.to_be_bytes(), protocol);
             let real = match self.port_forward.get(&key, 0) {
-                Ok(real) => real,
+                Ok(entry) => entry.endpoint,
                 Err(error) if is_not_found(&error) => continue,
                 Err(source) => return Err(Error::map(MAP_PORT_FORWARD, source)),
             };
@@ -548,7 +600,6 @@ impl MappingTable {
                     Err(source) => return Err(Error::map(name, source)),
                 }
             }
-            self.remove_stats(&[MappingId::port(key)]);
             removed += 1;
         }
         if removed == 0 {
@@ -562,27 +613,16 @@ impl MappingTable {
     /// Inserts port-scoped mappings known to be new and valid, without the checks
     /// (benchmarks): reverse entries first. Stops at the first error.
     pub fn insert_ports_unchecked(&mut self, mappings: &[PortMapping]) -> Result<(), Error> {
-        let endpoints: Vec<(Endpoint, Endpoint)> = mappings
-            .iter()
-            .flat_map(|mapping| {
-                let mapping = *mapping;
-                mapping.ports().map(move |(virtual_port, real_port)| {
-                    (
-                        Endpoint::new(Addr::from(mapping.virtual_addr), virtual_port.to_be_bytes(), mapping.protocol),
-                        Endpoint::new(Addr::from(mapping.real_addr), real_port.to_be_bytes(), mapping.protocol),
-                    )
-                })
-            })
-            .collect();
+        let endpoints: Vec<(Endpoint, Endpoint)> = mappings.iter().flat_map(port_endpoints).collect();
         self.mark_in_use(Some(true), None)?;
         for (virtual_endpoint, real_endpoint) in &endpoints {
             self.port_reverse
-                .insert(real_endpoint, virtual_endpoint, BPF_ANY)
+                .insert(real_endpoint, EndpointEntry::new(*virtual_endpoint), BPF_ANY)
                 .map_err(|error| self.insert_error(MAP_PORT_REVERSE, error))?;
         }
         for (virtual_endpoint, real_endpoint) in &endpoints {
             self.port_forward
-                .insert(virtual_endpoint, real_endpoint, BPF_ANY)
+                .insert(virtual_endpoint, EndpointEntry::new(*real_endpoint), BPF_ANY)
                 .map_err(|error| self.insert_error(MAP_PORT_FORWARD, error))?;
         }
         Ok(())
@@ -594,10 +634,18 @@ impl MappingTable {
         let (virtual_net, real_net) = (Addr::from(mapping.virtual_net), Addr::from(mapping.real_net));
         self.mark_in_use(None, Some(true))?;
         self.prefix_reverse
-            .insert(&Key::new(key_len, real_net), PrefixTarget { network: virtual_net, prefix_len: key_len }, BPF_ANY)
+            .insert(
+                &Key::new(key_len, real_net),
+                PrefixEntry::new(PrefixTarget { network: virtual_net, prefix_len: key_len }),
+                BPF_ANY,
+            )
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
         self.prefix_forward
-            .insert(&Key::new(key_len, virtual_net), PrefixTarget { network: real_net, prefix_len: key_len }, BPF_ANY)
+            .insert(
+                &Key::new(key_len, virtual_net),
+                PrefixEntry::new(PrefixTarget { network: real_net, prefix_len: key_len }),
+                BPF_ANY,
+            )
             .map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))
     }
 
@@ -674,7 +722,7 @@ impl<'a> LiveView<'a> {
     ) -> Option<(IpAddr, u16)> {
         let key = Endpoint::new(Addr::from(addr), port.to_be_bytes(), protocol);
         match map.get(&key, 0) {
-            Ok(found) => Some((found.addr.into(), u16::from_be_bytes(found.port))),
+            Ok(found) => Some((found.endpoint.addr.into(), u16::from_be_bytes(found.endpoint.port))),
             Err(error) if is_not_found(&error) => None,
             Err(source) => {
                 self.error.set(Some(Error::map(name, source)));

@@ -24,8 +24,9 @@ pub struct Reading {
 impl Reading {
     pub fn take(pins: &PinLayout) -> anyhow::Result<Self> {
         let outcomes = Counters::read(pins)?;
-        let listing = MappingTable::open(pins)?.list()?;
-        let mappings = MappingCounters::read(pins, &listing)?;
+        let table = MappingTable::open(pins)?;
+        let listing = table.list()?;
+        let mappings = MappingCounters::read(&table, &listing)?;
         Ok(Self { outcomes, mappings })
     }
 

@@ -1,17 +1,15 @@
 //! What the programs counted: outcomes per direction (per CPU, summed here), and
 //! packets and bytes per mapping.
 
-use std::collections::HashMap;
-
 use aya::maps::{MapData, PerCpuArray};
 use rewrite_common::{
     counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
-    maps::{MAP_COUNTERS, MAP_MAPPING_STATS, MappingId, MappingStats},
+    maps::{MAP_COUNTERS, MappingStats},
 };
 
 use crate::{
     Error,
-    maps::{Listing, StatsMap, open_pinned},
+    maps::{Listing, MappingTable, open_pinned},
     pins::PinLayout,
 };
 
@@ -66,23 +64,15 @@ pub struct MappingCounters {
 }
 
 impl MappingCounters {
-    /// The counters of every mapping in `listing`, in its order. A mapping whose
-    /// counters are missing (added by a version without them) shows zeros.
-    pub fn read(pins: &PinLayout, listing: &Listing) -> Result<Vec<Self>, Error> {
-        let map = StatsMap::try_from(open_pinned(pins, MAP_MAPPING_STATS)?)
-            .map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
-        let mut by_id: HashMap<MappingId, MappingStats> = HashMap::new();
-        for entry in map.iter() {
-            let (id, stats) = entry.map_err(|source| Error::map(MAP_MAPPING_STATS, source))?;
-            by_id.insert(id, stats);
-        }
-        Ok(listing
-            .rows()
+    /// The counters of every mapping in `listing`, in its order.
+    pub fn read(table: &MappingTable, listing: &Listing) -> Result<Vec<Self>, Error> {
+        Ok(table
+            .counters(listing)?
             .into_iter()
-            .map(|row| MappingCounters {
+            .map(|(row, stats)| MappingCounters {
                 mapping: format!("{} -> {}", row.virtual_side, row.real_side),
                 kind: row.kind,
-                stats: MappingStats::sum(row.ids.iter().filter_map(|id| by_id.get(id))),
+                stats,
             })
             .collect())
     }

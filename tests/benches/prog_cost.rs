@@ -181,20 +181,6 @@ impl Loaded {
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cpus} x {cpu}, Linux {}", kernel.trim())
-}
-
 const ADDRESS_COLUMNS: [&str; 5] =
     ["empty XDP", "XDP address hit", "XDP miss", "TC egress address hit", "TC egress miss"];
 const ALL_COLUMNS: [&str; 7] = [
@@ -319,7 +305,7 @@ fn write_report(plan: &Plan, address_rows: &[(u32, Vec<Cost>)], all_rows: &[(u32
          cache misses on a large table under real traffic.\n\n",
         plan.repeat,
         plan.passes,
-        machine()
+        rewrite_tests::machine::describe()
     );
     let mut csv = String::from("tables,entries,path,median_ns,min_ns,max_ns\n");
     for (title, tables, columns, rows) in [

@@ -3,6 +3,7 @@
 //! the `rewrite` CLI run as a separate process.
 
 pub mod cli;
+pub mod machine;
 pub mod netns;
 pub mod packet;
 pub mod traffic;

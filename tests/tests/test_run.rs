@@ -12,7 +12,8 @@ use aya::{
 };
 use rewrite_common::{
     counters::{self, EGRESS, FRAGMENT_UNMATCHED, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED},
-    maps::{Addr, MAP_ADDR_FORWARD, MappingStats},
+    mapping::PrefixMapping,
+    maps::{Addr, AddressEntry, MAP_ADDR_FORWARD, MappingStats},
     spec::MappingSpec,
 };
 use rewrite_tests::{
@@ -509,7 +510,7 @@ fn half_applied_entries_are_listed_and_repaired() {
     // Simulate a `map del` killed between its two writes: the forward entry is gone,
     // the reverse one is left.
     let path = fixture.layout.map(MAP_ADDR_FORWARD);
-    let mut forward: HashMap<MapData, Addr, Addr> =
+    let mut forward: HashMap<MapData, Addr, AddressEntry> =
         HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).expect("open pin")).expect("map"))
             .expect("hash map");
     forward.remove(&Addr::from(peer_virtual())).expect("remove forward entry");
@@ -675,8 +676,9 @@ fn udp_ports(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> IpSpec {
 
 /// The per-mapping counters of the mapping written `written` (`VIRTUAL -> REAL`).
 fn mapping_stats(fixture: &Fixture, written: &str) -> MappingStats {
-    let listing = fixture.table().list().expect("list");
-    let all = MappingCounters::read(&fixture.layout, &listing).expect("read per-mapping counters");
+    let table = fixture.table();
+    let listing = table.list().expect("list");
+    let all = MappingCounters::read(&table, &listing).expect("read per-mapping counters");
     all.iter()
         .find(|counted| counted.mapping == written)
         .unwrap_or_else(|| panic!("no counters for {written}; have {all:?}"))
@@ -747,21 +749,29 @@ fn per_mapping_counters_count_packets_and_bytes_by_direction() {
     }
     // Packets that match nothing count for no mapping.
     let mut table = fixture.table();
-    let before = MappingCounters::read(&fixture.layout, &table.list().expect("list")).expect("read");
-    let entries = table.counter_entries().expect("count counter entries");
-    // The mappings that carried packets: an IPv4 and two IPv6 address mappings, a
-    // service, two ports of the range, and a prefix.
-    assert_eq!(entries, 7, "one counter entry per mapping (or mapped port) that carried a packet");
+    let before = MappingCounters::read(&table, &table.list().expect("list")).expect("read");
     fixture.expect_unchanged(Hook::TcEgress, &IpSpec::tcp(local(), ip("10.100.0.77")).frame(), NO_MATCH);
-    let after = MappingCounters::read(&fixture.layout, &table.list().expect("list")).expect("read");
+    let after = MappingCounters::read(&table, &table.list().expect("list")).expect("read");
     assert_eq!(before, after, "an unmatched packet moved a mapping's counters");
-    assert_eq!(table.counter_entries().expect("count"), entries, "an unmatched packet made a counter entry");
+    // A retargeted mapping keeps its counts, and counts on at its new REAL.
+    let counted = mapping_stats(&fixture, "10.200.0.2 -> 10.100.0.2");
+    table.add(peer_virtual(), ip("10.100.0.3")).expect("retarget");
+    assert_eq!(mapping_stats(&fixture, "10.200.0.2 -> 10.100.0.3"), counted, "retargeting lost the counts");
+    let moved = IpSpec::udp(ip("10.100.0.3"), local());
+    fixture.expect_rewrite(Hook::TcIngress, &moved, &moved.with_addresses(peer_virtual(), local()));
+    assert_eq!(
+        mapping_stats(&fixture, "10.200.0.2 -> 10.100.0.3").packets,
+        [counted.packets[0] + 1, counted.packets[1]]
+    );
     // Deleting a mapping deletes its counters; the same VIRTUAL added again starts at zero.
     table.remove_mapping(peer_virtual()).expect("delete the address mapping");
-    table.remove_prefix(ip("10.201.0.0"), 16).expect("delete the prefix mapping");
-    assert_eq!(table.counter_entries().expect("count"), entries - 2, "deleted mappings' counters remain");
     table.add(peer_virtual(), peer_real()).expect("add it again");
     assert_eq!(mapping_stats(&fixture, "10.200.0.2 -> 10.100.0.2"), idle, "a re-added mapping starts at zero");
+    table.remove_prefix(ip("10.201.0.0"), 16).expect("delete the prefix mapping");
+    table
+        .add_prefix(&PrefixMapping { virtual_net: ip("10.201.0.0"), real_net: ip("172.20.0.0"), len: 16 })
+        .expect("re-add");
+    assert_eq!(mapping_stats(&fixture, "10.201.0.0/16 -> 172.20.0.0/16"), idle, "a re-added prefix starts at zero");
 }
 
 #[test]

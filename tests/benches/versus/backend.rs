@@ -204,7 +204,10 @@ fn short_close_timeout(topology: &Topology) {
 
 /// Runs `command` with `input` on stdin; returns its wall time and peak RSS (KiB).
 /// Panics with its output if it fails.
-#[expect(clippy::zombie_processes, reason = "the child is reaped with wait4, which also reports its peak RSS")]
+///
+/// The peak RSS is the `VmHWM` of the program's own image, sampled every millisecond
+/// while it runs: `wait4`'s `ru_maxrss` would include the pages the child shared with
+/// this (large) process before it exec'd.
 fn timed(mut command: Command, input: &str) -> (Duration, u64) {
     let started = Instant::now();
     let mut child = command
@@ -213,23 +216,38 @@ fn timed(mut command: Command, input: &str) -> (Duration, u64) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|error| panic!("cannot run {command:?}: {error} (run `cargo xtask setup`)"));
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input.as_bytes()).expect("write the command's input");
-    drop(stdin);
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, writing into live locals.
-    let pid = unsafe { libc::wait4(child.id() as i32, &raw mut status, 0, &raw mut usage) };
+    let status_path = format!("/proc/{}/status", child.id());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (status, peak_kib) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let hwm = std::fs::read_to_string(&status_path).ok().and_then(|status| {
+                    status
+                        .lines()
+                        .find_map(|line| line.strip_prefix("VmHWM:"))
+                        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                });
+                peak = peak.max(hwm.unwrap_or(0));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        });
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input.as_bytes()).expect("write the command's input");
+        drop(stdin);
+        let status = child.wait().expect("wait for the command");
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (status, sampler.join().unwrap_or(0))
+    });
     let elapsed = started.elapsed();
-    assert_eq!(pid, child.id() as i32, "wait4: {}", std::io::Error::last_os_error());
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         use std::io::Read as _;
         let _ = pipe.read_to_string(&mut stderr);
     }
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{command:?} failed: {stderr}");
-    (elapsed, u64::try_from(usage.ru_maxrss).unwrap_or(0))
+    assert!(status.success(), "{command:?} failed: {stderr}");
+    (elapsed, peak_kib)
 }
 
 /// The kernel memory rewrite's maps hold, as their `memlock` in fdinfo reports it.

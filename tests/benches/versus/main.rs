@@ -292,20 +292,9 @@ fn first_line(program: &str, args: &[&str]) -> String {
 }
 
 fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpus = cpuinfo.lines().filter(|line| line.starts_with("processor")).count();
-    let model = cpuinfo
-        .lines()
-        .find_map(|line| line.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, m)| m.trim()))
-        .unwrap_or("unknown CPU");
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| info.lines().next().map(|line| line.split_whitespace().nth(1).unwrap_or("0").to_owned()))
-        .and_then(|kib| kib.parse::<f64>().ok())
-        .map_or("?".to_owned(), |kib| format!("{:.0} GiB", kib / 1024.0 / 1024.0));
     format!(
-        "- CPUs: {cpus} × {model}; memory {memory}\n- kernel: {}\n- {}\n- {}\n- {}\n",
-        first_line("uname", &["-sr"]),
+        "- machine: {}\n- {}\n- {}\n- {}\n",
+        rewrite_tests::machine::describe(),
         first_line("iptables-nft", &["--version"]),
         first_line("iptables-legacy", &["--version"]),
         first_line("nft", &["--version"]),
@@ -412,9 +401,10 @@ checksum.
   batch update for N mappings; and of one CLI process that retargets one mapping
   (`iptables-restore --noflush` with `-R`, `nft` deleting and adding map elements,
   `rewrite map add`) with N installed.
-- **Memory**: the `memlock` the kernel reports for rewrite's maps, divided by N (a
-  fixed part dominates at small N; per-mapping counters exist only for mappings that
-  carried traffic), and the peak RSS of the CLI process that changes one mapping.
+- **Memory**: the `memlock` the kernel reports for rewrite's maps, divided by N. The
+  hash maps allocate their bucket arrays for their whole capacity (1,048,576 mappings by
+  default) when they are created, so that fixed part dominates at small N. And the peak
+  RSS (`VmHWM`, sampled) of the CLI process that changes one mapping.
 - **Conntrack exhaustion**: the init namespace's `nf_conntrack_max` (which bounds each
   namespace's own table) is lowered, more connections than it allows are opened at once
   and held, and those not established within 3 s are counted.
