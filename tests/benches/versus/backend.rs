@@ -80,6 +80,32 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// For the iptables backends, after traffic: checks from the rules' packet counters
+    /// that the traffic walked the whole list (a rule in its last tenth was hit), so
+    /// the figures measure what they claim. Panics otherwise. Returns the number of
+    /// DNAT rules hit, for the progress line.
+    pub fn check_rule_walk(&self, backend: Backend, topology: &Topology, mappings: u32) -> Option<usize> {
+        let iptables = match backend {
+            Backend::IptablesNft => "iptables-nft",
+            Backend::IptablesLegacy => "iptables-legacy",
+            _ => return None,
+        };
+        let out = topology.router.must(iptables, &["-t", "nat", "-L", "PREROUTING", "-v", "-x", "-n"]);
+        // Two header lines, then one line per rule whose first column is its packets.
+        let packets: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(2)
+            .map(|line| line.split_whitespace().next().and_then(|count| count.parse().ok()).unwrap_or(0))
+            .collect();
+        assert_eq!(packets.len(), mappings as usize, "{iptables}: expected one DNAT rule per mapping");
+        let last_tenth = packets.len() - packets.len().div_ceil(10);
+        assert!(
+            packets[last_tenth..].iter().any(|count| *count > 0),
+            "{iptables}: no rule in the last tenth of {mappings} was hit: the traffic did not walk the list"
+        );
+        Some(packets.iter().filter(|count| **count > 0).count())
+    }
+
     /// Detaches rewrite (netfilter goes with the router namespace).
     pub fn remove(self, topology: &Topology) {
         if let Some(pins) = &self.pins {

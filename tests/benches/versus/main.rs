@@ -165,6 +165,7 @@ fn main() {
         let installed = backend::install(backend, &topology, n);
         let target = move |k: u64| backend.target(load::spread(k, n));
         let conn = load::connection_rate(&topology, &target, plan.traffic);
+        let rules_hit = installed.check_rule_walk(backend, &topology, n);
         let gbps = load::bulk_tcp(&topology, backend.target(load::spread(12_345, n)), plan.traffic);
         // Last: it turns the server's REAL block into a sink.
         let packets = load::udp_flood(&topology, &target, plan.traffic);
@@ -178,7 +179,7 @@ fn main() {
         let done = index + 1;
         let eta = started.elapsed().as_secs_f64() / done as f64 * (runs.len() - done) as f64;
         eprintln!(
-            "[{done:>3}/{}] N={:<9} pass {} {:<15} {:>8} conn/s ({} failed)  {:>10} UDP pkt/s  {:>6} Gbit/s  \
+            "[{done:>3}/{}] N={:<9} pass {} {:<15} {:>8} conn/s ({} failed{})  {:>10} UDP pkt/s  {:>6} Gbit/s  \
              install {:>8} s  ({:.1} s, about {:.0} s left)",
             runs.len(),
             thousands(n),
@@ -186,6 +187,7 @@ fn main() {
             backend.name(),
             human(conn.completed as f64 / seconds),
             conn.failed,
+            rules_hit.map_or(String::new(), |hit| format!(", {hit} DNAT rules hit")),
             human(packets as f64 / seconds),
             human(gbps),
             human(installed_seconds(&install, n, backend, pass)),

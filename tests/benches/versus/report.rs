@@ -252,13 +252,15 @@ impl Figure {
                 "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text><path d=\"M{x0},{:.1} L{x1},{:.1}\" stroke=\"#eeeeee\"/>",
                 x0 - 6.0,
                 y(tick) + 4.0,
-                human(tick),
+                if tick < 0.01 { format!("{tick:e}") } else { human(tick) },
                 y(tick),
                 y(tick)
             );
         }
         for (index, (backend, line)) in points.iter().enumerate() {
-            let colour = colours[index % colours.len()];
+            // A backend keeps its colour in every figure, whichever backends the figure has.
+            let colour =
+                colours[SERIES_ORDER.iter().position(|known| known == backend).unwrap_or(index) % colours.len()];
             let path: Vec<String> = line.iter().map(|(n, v)| format!("{:.1},{:.1}", x(*n), y(*v))).collect();
             if !path.is_empty() {
                 let _ = writeln!(
