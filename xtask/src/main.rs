@@ -62,7 +62,7 @@ enum Task {
     },
     /// Benchmark rewrite against plain routing, iptables (nft and legacy) and an
     /// nftables map, and the programs' per-packet cost; writes docs/benchmarks.md with
-    /// CSVs and SVG plots in docs/benchmarks/. Takes about 20 minutes on 2 cores.
+    /// CSVs and SVG plots in docs/benchmarks/. Takes about 30 minutes on 2 cores.
     Bench {
         /// Tiny tables and short runs, in under 5 minutes: proves the harness works.
         /// Writes to target/bench-quick/ and leaves docs/ alone.

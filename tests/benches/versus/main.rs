@@ -60,7 +60,7 @@ impl Plan {
             Self {
                 quick,
                 sizes: vec![1, 100, 1_000, 10_000, 100_000, 1_000_000],
-                passes: 3,
+                passes: 5,
                 traffic: Duration::from_secs(2),
                 conntrack_max: 4_096,
                 held_connections: 6_000,
