@@ -69,6 +69,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// The differential test alone, with more cases: the programs against the
+    /// reference model on generated packets (`cargo xtask test` runs 100,000).
+    Fuzz {
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u32,
+    },
     /// rustfmt check, and clippy on the host crates and on the eBPF crate (BPF target).
     Lint,
 }
@@ -96,6 +102,22 @@ fn main() -> anyhow::Result<()> {
             let mut command = cargo();
             command.args(["test", "--workspace", "--exclude", "rewrite-ebpf", "--no-fail-fast", "--"]).args(&args);
             run_tests(&mut command)
+        }
+        Task::Fuzz { cases } => {
+            setup()?;
+            require_root("the differential test loads eBPF programs")?;
+            build(false)?;
+            let mut command = cargo();
+            command.env("REWRITE_DIFFERENTIAL_CASES", cases.to_string()).args([
+                "test",
+                "--package",
+                "rewrite-tests",
+                "--test",
+                "differential",
+                "--",
+                "--nocapture",
+            ]);
+            run(&mut command, "the differential test")
         }
         Task::Lint => {
             setup()?;
