@@ -1,7 +1,7 @@
 //! Where rewrite keeps its pinned objects in bpffs:
 //!
 //! ```text
-//! <pin dir>/maps/{ADDR,PORT,PREFIX}_{FORWARD,REVERSE}, TABLES_IN_USE, COUNTERS, MAPPING_STATS
+//! <pin dir>/maps/{ADDR,PORT,PREFIX}_{FORWARD,REVERSE}, TABLES_IN_USE, COUNTERS
 //!                                                   the table and counters, shared by all interfaces
 //! <pin dir>/ifaces/<IF>/<program>_prog              the program instance attached to IF
 //! <pin dir>/ifaces/<IF>/<program>_link              its bpf link: removing it detaches
