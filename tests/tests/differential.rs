@@ -300,3 +300,67 @@ fn programs_agree_with_the_model_byte_for_byte() {
     assert!(rewritten >= cases / 5, "only {rewritten} of {cases} cases were rewritten: the generator misses the table");
     assert!(unmatched >= cases / 10, "only {unmatched} of {cases} cases matched nothing");
 }
+
+/// One's complement addition of 16-bit words.
+fn ones_add(a: u16, b: u16) -> u16 {
+    let sum = u32::from(a) + u32::from(b);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
+/// A transport checksum that is wrong must stay wrong by the same amount: an incremental
+/// update carries the error over, which is what lets the receiver still drop the packet.
+/// (Recomputing the checksum from scratch would launder a corrupted packet.) The expected
+/// field is the model's correct checksum plus the input's error, in one's complement,
+/// where 0x0000 and 0xffff are the same number.
+#[test]
+fn wrong_transport_checksums_stay_wrong_by_the_same_amount() {
+    let cases = cases() / 4;
+    let programs = Programs::new();
+    let checked = AtomicU32::new(0);
+    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let result = runner.run(&(case(), 1..=u16::MAX), |(case, wrong)| {
+        let field = match case.spec.transport {
+            Transport::Tcp { .. } => 16,
+            Transport::Udp { zero_checksum: false, .. } => 6,
+            Transport::IcmpEcho { .. } => 2,
+            _ => return Ok(()),
+        };
+        let ip_header = if case.spec.src.is_ipv4() { 20 + case.spec.options.len() } else { 40 };
+        let at = case.spec.l3_offset() + ip_header + field;
+        let mut input = case.spec.frame();
+        let correct_in = u16::from_be_bytes([input[at], input[at + 1]]);
+        if wrong == correct_in {
+            return Ok(());
+        }
+        input[at..at + 2].copy_from_slice(&wrong.to_be_bytes());
+        let error = ones_add(wrong, !correct_in);
+        let (expected_spec, rewrite) = programs.expected(case.hook, &case.spec);
+        let mut expected = if rewrite.is_empty() { input.clone() } else { expected_spec.frame() };
+        let correct_out = u16::from_be_bytes([expected[at], expected[at + 1]]);
+        if !rewrite.is_empty() {
+            expected[at..at + 2].copy_from_slice(&ones_add(correct_out, error).to_be_bytes());
+        }
+        let mut output = programs.run(case.hook, &input)?;
+        // Compare with the two zeros of one's complement made one.
+        for frame in [&mut expected, &mut output] {
+            if frame.len() > at + 1 && frame[at..at + 2] == [0, 0] {
+                frame[at..at + 2].copy_from_slice(&[0xff, 0xff]);
+            }
+        }
+        prop_assert!(
+            output == expected,
+            "{:?}: a wrong checksum was not carried over\ninput:\n{}\noutput:\n{}\nexpected:\n{}",
+            case.hook,
+            hex(&input),
+            hex(&output),
+            hex(&expected)
+        );
+        checked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    });
+    if let Err(error) = result {
+        panic!("a wrong checksum was not carried over (minimal case after shrinking): {error}");
+    }
+    let checked = checked.into_inner();
+    assert!(checked >= cases / 2, "only {checked} of {cases} cases had a checksum to corrupt");
+}
