@@ -303,8 +303,8 @@ fn programs_agree_with_the_model_byte_for_byte() {
 
 /// One's complement addition of 16-bit words.
 fn ones_add(a: u16, b: u16) -> u16 {
-    let sum = u32::from(a) + u32::from(b);
-    ((sum & 0xffff) + (sum >> 16)) as u16
+    let (sum, carry) = a.overflowing_add(b);
+    sum + u16::from(carry)
 }
 
 /// A transport checksum that is wrong must stay wrong by the same amount: an incremental
