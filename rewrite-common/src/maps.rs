@@ -226,12 +226,6 @@ impl MappingStats {
 }
 
 impl PrefixTarget {
-    /// `addr` with the bits after `prefix_len` cleared: the network it lies in.
-    #[inline(always)]
-    pub fn network_of(addr: &Addr, prefix_len: u32) -> Addr {
-        PrefixTarget { network: *addr, prefix_len }.translate(&Addr::default())
-    }
-
     /// `addr` with its first `prefix_len` bits replaced by the network's: NETMAP's
     /// translation, which keeps the host bits.
     #[inline(always)]
@@ -334,13 +328,6 @@ mod tests {
         let v6 = |text: &str| Addr { octets: text.parse::<std::net::Ipv6Addr>().expect("IPv6 address").octets() };
         let target = PrefixTarget { network: v6("2001:db8:aa::"), prefix_len: 48 };
         assert_eq!(target.translate(&v6("fd00:1:2:3::4")), v6("2001:db8:aa:3::4"));
-    }
-
-    #[test]
-    fn network_of_clears_the_host_bits() {
-        assert_eq!(PrefixTarget::network_of(&v4("10.1.255.9"), 96 + 17), v4("10.1.128.0"));
-        assert_eq!(PrefixTarget::network_of(&v4("10.1.255.9"), 96 + 32), v4("10.1.255.9"));
-        assert_eq!(PrefixTarget::network_of(&v4("10.1.255.9"), 96), v4("0.0.0.0"));
     }
 
     #[test]

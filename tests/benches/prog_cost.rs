@@ -20,23 +20,18 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
-};
 use rewrite_common::{
     counters::{EGRESS, INGRESS, NO_MATCH, REWRITTEN},
     mapping::{PortMapping, PrefixMapping},
     maps::{IPPROTO_TCP, MAX_PREFIX_MAPPINGS},
 };
 use rewrite_tests::{
-    netns::PinDir,
     packet::{IpSpec, verify_checksums},
+    programs::LoadedObject,
 };
 use rewrite_user::{
-    loader::{self, PROG_BENCH_XDP_PASS, PROG_TC_EGRESS, PROG_XDP_INGRESS},
-    maps::{Mapping, MappingTable},
-    pins::PinLayout,
+    loader::{PROG_BENCH_XDP_PASS, PROG_TC_EGRESS, PROG_XDP_INGRESS},
+    maps::Mapping,
     stats::Counters,
 };
 
@@ -117,30 +112,20 @@ fn inverse_ports(mapping: &PortMapping) -> PortMapping {
     }
 }
 
-fn run_once(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> Duration {
-    let mut output = vec![0u8; frame.len() + 64];
-    let options =
-        TestRunOptions { data_in: Some(frame), data_out: Some(&mut output), repeat, ..TestRunOptions::default() };
-    let loaded = ebpf.program(program).expect("program in object");
-    let result = if program == PROG_TC_EGRESS {
-        let tc: &SchedClassifier = loaded.try_into().expect("TC program");
-        tc.test_run(options)
-    } else {
-        let xdp: &Xdp = loaded.try_into().expect("XDP program");
-        xdp.test_run(options)
-    };
-    let result = result.unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {program}: {error:?}"));
-    output.truncate(result.data_size_out as usize);
-    verify_checksums(&output).expect("benchmark output must stay valid");
-    result.duration
+fn run_once(loaded: &LoadedObject, program: &str, frame: &[u8], repeat: u32) -> Duration {
+    let (result, duration) = loaded
+        .test_run(program, frame, repeat)
+        .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {program}: {error:?}"));
+    verify_checksums(&result.output).expect("benchmark output must stay valid");
+    duration
 }
 
 /// Median, min and max of the plan's passes, in nanoseconds per packet, after checking
 /// that every run counted `outcome` (when given) in `direction`.
-fn measure(plan: &Plan, loaded: &Loaded, program: &str, frame: &[u8], expect: Option<(u32, u32)>) -> Cost {
+fn measure(plan: &Plan, loaded: &LoadedObject, program: &str, frame: &[u8], expect: Option<(u32, u32)>) -> Cost {
     let before = Counters::read(&loaded.layout).expect("read counters");
     let mut samples: Vec<f64> =
-        (0..plan.passes).map(|_| run_once(&loaded.ebpf, program, frame, plan.repeat).as_secs_f64() * 1e9).collect();
+        (0..plan.passes).map(|_| run_once(loaded, program, frame, plan.repeat).as_secs_f64() * 1e9).collect();
     if let Some((direction, outcome)) = expect {
         let runs = Counters::read(&loaded.layout).expect("read counters").get(direction, outcome)
             - before.get(direction, outcome);
@@ -154,31 +139,9 @@ fn measure(plan: &Plan, loaded: &Loaded, program: &str, frame: &[u8], expect: Op
     Cost { median: samples[plan.passes / 2], min: samples[0], max: samples[plan.passes - 1] }
 }
 
-/// The object loaded with fresh maps in its own pin directory.
-struct Loaded {
-    _pins: PinDir,
-    layout: PinLayout,
-    ebpf: Ebpf,
-}
-
-impl Loaded {
-    fn new() -> Self {
-        let pins = PinDir::new("bench");
-        let layout = PinLayout::new(pins.path());
-        layout.create_dir(&layout.maps_dir()).expect("pin dir on bpffs");
-        let mut ebpf = loader::load(&layout.maps_dir(), None).expect("load object");
-        for name in [PROG_XDP_INGRESS, PROG_BENCH_XDP_PASS] {
-            let xdp: &mut Xdp = ebpf.program_mut(name).expect("program").try_into().expect("XDP");
-            xdp.load().expect("verifier accepts");
-        }
-        let tc: &mut SchedClassifier = ebpf.program_mut(PROG_TC_EGRESS).expect("program").try_into().expect("TC");
-        tc.load().expect("verifier accepts");
-        Self { _pins: pins, layout, ebpf }
-    }
-
-    fn table(&self) -> MappingTable {
-        MappingTable::open(&self.layout).expect("open maps")
-    }
+/// The object with fresh maps and the programs measured.
+fn load() -> LoadedObject {
+    LoadedObject::new("bench", None, &[PROG_XDP_INGRESS, PROG_BENCH_XDP_PASS, PROG_TC_EGRESS])
 }
 
 const ADDRESS_COLUMNS: [&str; 5] =
@@ -202,7 +165,7 @@ fn main() {
     // skip their lookups. This is the table the netfilter comparison uses.
     let mut address_rows = Vec::new();
     {
-        let loaded = Loaded::new();
+        let loaded = load();
         let mut table = loaded.table();
         let mut installed = 0;
         for &size in &plan.sizes {
@@ -234,7 +197,7 @@ fn main() {
 
     // Every table holding that many entries (the prefix trie at most its capacity).
     let mut all_rows = Vec::new();
-    let loaded = Loaded::new();
+    let loaded = load();
     let mut table = loaded.table();
     let mut installed = 0;
     for &size in &plan.sizes {

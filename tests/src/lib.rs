@@ -6,4 +6,5 @@ pub mod cli;
 pub mod machine;
 pub mod netns;
 pub mod packet;
+pub mod programs;
 pub mod traffic;

@@ -12,10 +12,6 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use aya::{
-    Ebpf,
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
-};
 use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},
@@ -26,14 +22,10 @@ use rewrite_common::{
     spec::MappingSpec,
 };
 use rewrite_tests::{
-    netns::PinDir,
     packet::{IpSpec, Transport, hex, verify_checksums},
+    programs::LoadedObject,
 };
-use rewrite_user::{
-    loader::{self, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
-    maps::MappingTable,
-    pins::PinLayout,
-};
+use rewrite_user::loader::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
 
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC.
@@ -97,24 +89,14 @@ impl Hook {
 }
 
 struct Programs {
-    _pins: PinDir,
-    ebpf: Ebpf,
+    object: LoadedObject,
     model: ModelTable,
 }
 
 impl Programs {
     fn new() -> Self {
-        let pins = PinDir::new("differential");
-        let layout = PinLayout::new(pins.path());
-        layout.create_dir(&layout.maps_dir()).expect("create the pin directory on bpffs");
-        let mut ebpf = loader::load(&layout.maps_dir(), None).expect("load the eBPF object");
-        let xdp: &mut Xdp = ebpf.program_mut(PROG_XDP_INGRESS).expect("XDP program").try_into().expect("is XDP");
-        xdp.load().expect("the verifier accepts the XDP program");
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
-            let tc: &mut SchedClassifier = ebpf.program_mut(name).expect("TC program").try_into().expect("is TC");
-            tc.load().unwrap_or_else(|error| panic!("the verifier rejects {name}: {error:?}"));
-        }
-        let mut table = MappingTable::open(&layout).expect("open the pinned maps");
+        let object = LoadedObject::new("differential", None, &[PROG_XDP_INGRESS, PROG_TC_INGRESS, PROG_TC_EGRESS]);
+        let mut table = object.table();
         let mut model = ModelTable::default();
         for (virtual_side, real_side) in MAPPINGS {
             let spec = MappingSpec::parse(virtual_side, real_side).expect("a valid mapping");
@@ -133,28 +115,22 @@ impl Programs {
                 }
             }
         }
-        Self { _pins: pins, ebpf, model }
+        Self { object, model }
     }
 
     /// The program's output frame, after checking its verdict (always "pass").
     fn run(&self, hook: Hook, input: &[u8]) -> Result<Vec<u8>, TestCaseError> {
-        let mut output = vec![0u8; input.len() + 256];
-        let options = TestRunOptions { data_in: Some(input), data_out: Some(&mut output), ..TestRunOptions::default() };
-        let (result, pass) = match hook {
-            Hook::XdpIngress => {
-                let xdp: &Xdp = self.ebpf.program(PROG_XDP_INGRESS).expect("XDP").try_into().expect("is XDP");
-                (xdp.test_run(options), XDP_PASS)
-            }
-            Hook::TcIngress | Hook::TcEgress => {
-                let name = if hook == Hook::TcEgress { PROG_TC_EGRESS } else { PROG_TC_INGRESS };
-                let tc: &SchedClassifier = self.ebpf.program(name).expect("TC").try_into().expect("is TC");
-                (tc.test_run(options), TC_NEXT)
-            }
+        let (program, pass) = match hook {
+            Hook::XdpIngress => (PROG_XDP_INGRESS, XDP_PASS),
+            Hook::TcIngress => (PROG_TC_INGRESS, TC_NEXT),
+            Hook::TcEgress => (PROG_TC_EGRESS, TC_NEXT),
         };
-        let result = result.map_err(|error| TestCaseError::fail(format!("BPF_PROG_TEST_RUN failed: {error:?}")))?;
-        prop_assert_eq!(result.return_value, pass, "{:?} must let every packet pass", hook);
-        output.truncate(result.data_size_out as usize);
-        Ok(output)
+        let (result, _) = self
+            .object
+            .test_run(program, input, 1)
+            .map_err(|error| TestCaseError::fail(format!("BPF_PROG_TEST_RUN failed: {error:?}")))?;
+        prop_assert_eq!(result.verdict, pass, "{:?} must let every packet pass", hook);
+        Ok(result.output)
     }
 
     /// What the model says `spec` becomes through `hook`.

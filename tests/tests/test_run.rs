@@ -5,11 +5,7 @@
 
 use std::net::IpAddr;
 
-use aya::{
-    Ebpf,
-    maps::{HashMap, Map, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
-};
+use aya::maps::{HashMap, Map, MapData};
 use rewrite_common::{
     counters::{self, EGRESS, FRAGMENT_UNMATCHED, INGRESS, MALFORMED, NO_MATCH, REWRITTEN, UNSUPPORTED},
     mapping::PrefixMapping,
@@ -17,17 +13,16 @@ use rewrite_common::{
     spec::MappingSpec,
 };
 use rewrite_tests::{
-    netns::PinDir,
     packet::{
         ETH_LEN, IPV6_DESTINATION_OPTIONS, IPV6_HOP_BY_HOP, IPV6_ROUTING, IpSpec, Transport, hex, unhex,
         verify_checksums,
     },
+    programs::LoadedObject,
 };
 use rewrite_user::{
     Error,
-    loader::{self, PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
+    loader::{PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
     maps::{Mapping, MappingTable, Removed},
-    pins::PinLayout,
     stats::{Counters, MappingCounters},
 };
 
@@ -115,9 +110,7 @@ impl Hook {
 /// The object loaded with its maps pinned in a private bpffs directory, the three
 /// programs loaded into the kernel, and the table holding two mappings.
 struct Fixture {
-    _pins: PinDir,
-    layout: PinLayout,
-    ebpf: Ebpf,
+    object: LoadedObject,
 }
 
 impl Fixture {
@@ -126,17 +119,9 @@ impl Fixture {
     }
 
     fn with_capacity(max_mappings: Option<u32>) -> Self {
-        let pins = PinDir::new("fixture");
-        let layout = PinLayout::new(pins.path());
-        layout.create_dir(&layout.maps_dir()).expect("create the pin directory on bpffs");
-        let mut ebpf = loader::load(&layout.maps_dir(), max_mappings).expect("load the eBPF object");
-        let xdp: &mut Xdp = ebpf.program_mut(PROG_XDP_INGRESS).expect("XDP program").try_into().expect("is XDP");
-        xdp.load().expect("the verifier accepts the XDP ingress program");
-        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS] {
-            let tc: &mut SchedClassifier = ebpf.program_mut(name).expect("TC program").try_into().expect("is TC");
-            tc.load().unwrap_or_else(|error| panic!("the verifier rejects {name}: {error:?}"));
-        }
-        let mut table = MappingTable::open(&layout).expect("open the pinned maps");
+        let programs = [PROG_XDP_INGRESS, PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS];
+        let object = LoadedObject::new("fixture", max_mappings, &programs);
+        let mut table = object.table();
         table.add(peer_virtual(), peer_real()).expect("add peer mapping");
         table.add(own_virtual(), own_real()).expect("add own mapping");
         table.add(peer6_virtual(), peer6_real()).expect("add IPv6 peer mapping");
@@ -149,36 +134,26 @@ impl Fixture {
             }
             .unwrap_or_else(|error| panic!("add {virtual_side} -> {real_side}: {error}"));
         }
-        Self { _pins: pins, layout, ebpf }
+        Self { object }
     }
 
     fn table(&self) -> MappingTable {
-        MappingTable::open(&self.layout).expect("open the pinned maps")
+        self.object.table()
     }
 
     /// Runs `hook` on `input`; returns the output frame after checking the verdict.
     fn run(&self, hook: Hook, input: &[u8]) -> Vec<u8> {
-        let mut output = vec![0u8; input.len() + 256];
-        let options = TestRunOptions { data_in: Some(input), data_out: Some(&mut output), ..TestRunOptions::default() };
-        let (result, pass) = match hook {
-            Hook::XdpIngress => {
-                let xdp: &Xdp = self.ebpf.program(PROG_XDP_INGRESS).expect("XDP program").try_into().expect("is XDP");
-                (xdp.test_run(options), XDP_PASS)
-            }
-            Hook::TcIngress | Hook::TcEgress | Hook::TcIcmpErrors => {
-                let tc: &SchedClassifier =
-                    self.ebpf.program(hook.program()).expect("TC program").try_into().expect("is TC");
-                (tc.test_run(options), TC_NEXT)
-            }
-        };
-        let result = result.unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {hook:?} failed: {error:?}"));
-        assert_eq!(result.return_value, pass, "{hook:?} must let every packet pass");
-        output.truncate(result.data_size_out as usize);
-        output
+        let pass = if hook == Hook::XdpIngress { XDP_PASS } else { TC_NEXT };
+        let (result, _) = self
+            .object
+            .test_run(hook.program(), input, 1)
+            .unwrap_or_else(|error| panic!("BPF_PROG_TEST_RUN of {hook:?} failed: {error:?}"));
+        assert_eq!(result.verdict, pass, "{hook:?} must let every packet pass");
+        result.output
     }
 
     fn counters(&self) -> Counters {
-        Counters::read(&self.layout).expect("read counters")
+        Counters::read(&self.object.layout).expect("read counters")
     }
 
     /// Runs `input` through `hook`, expects exactly `expected` back and exactly one
@@ -509,7 +484,7 @@ fn half_applied_entries_are_listed_and_repaired() {
     let fixture = Fixture::new();
     // Simulate a `map del` killed between its two writes: the forward entry is gone,
     // the reverse one is left.
-    let path = fixture.layout.map(MAP_ADDR_FORWARD);
+    let path = fixture.object.layout.map(MAP_ADDR_FORWARD);
     let mut forward: HashMap<MapData, Addr, AddressEntry> =
         HashMap::try_from(Map::from_map_data(MapData::from_pin(&path).expect("open pin")).expect("map"))
             .expect("hash map");

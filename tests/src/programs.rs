@@ -1,0 +1,74 @@
+//! The eBPF object loaded for BPF_PROG_TEST_RUN: maps pinned in a private bpffs
+//! directory, the programs a test needs loaded into the kernel, and one way to run them.
+
+use aya::{
+    Ebpf,
+    programs::{Program, ProgramError, TestRun as _, TestRunOptions},
+};
+use rewrite_user::{loader, maps::MappingTable, pins::PinLayout};
+
+use crate::netns::PinDir;
+
+pub struct LoadedObject {
+    /// Removed on drop, which frees the maps.
+    pub pins: PinDir,
+    pub layout: PinLayout,
+    pub ebpf: Ebpf,
+}
+
+/// What a run returned: the program's verdict and the packet as it left.
+#[derive(Debug)]
+pub struct RunResult {
+    pub verdict: u32,
+    pub output: Vec<u8>,
+}
+
+impl std::fmt::Debug for LoadedObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedObject").field("pins", &self.pins).finish_non_exhaustive()
+    }
+}
+
+impl LoadedObject {
+    /// Loads the object with fresh pinned maps (`max_mappings` as `attach --max-mappings`)
+    /// and loads `programs` into the kernel, panicking with the verifier's reason.
+    pub fn new(tag: &str, max_mappings: Option<u32>, programs: &[&str]) -> Self {
+        let pins = PinDir::new(tag);
+        let layout = PinLayout::new(pins.path());
+        layout.create_dir(&layout.maps_dir()).expect("create the pin directory on bpffs");
+        let mut ebpf = loader::load(&layout.maps_dir(), max_mappings).expect("load the eBPF object");
+        for &name in programs {
+            let result = match ebpf.program_mut(name) {
+                Some(Program::Xdp(program)) => program.load(),
+                Some(Program::SchedClassifier(program)) => program.load(),
+                other => panic!("{name} is not an XDP or TC program in the object: {other:?}"),
+            };
+            result.unwrap_or_else(|error| panic!("the verifier rejects {name}: {error:?}"));
+        }
+        Self { pins, layout, ebpf }
+    }
+
+    pub fn table(&self) -> MappingTable {
+        MappingTable::open(&self.layout).expect("open the pinned maps")
+    }
+
+    /// Runs `program` on `input` `repeat` times (0 and 1 both mean once) with
+    /// BPF_PROG_TEST_RUN. Returns the verdict, the output frame and the mean time per run.
+    pub fn test_run(
+        &self,
+        program: &str,
+        input: &[u8],
+        repeat: u32,
+    ) -> Result<(RunResult, std::time::Duration), ProgramError> {
+        let mut output = vec![0u8; input.len() + 256];
+        let options =
+            TestRunOptions { data_in: Some(input), data_out: Some(&mut output), repeat, ..TestRunOptions::default() };
+        let result = match self.ebpf.program(program) {
+            Some(Program::Xdp(program)) => program.test_run(options)?,
+            Some(Program::SchedClassifier(program)) => program.test_run(options)?,
+            other => panic!("{program} is not an XDP or TC program in the object: {other:?}"),
+        };
+        output.truncate(result.data_size_out as usize);
+        Ok((RunResult { verdict: result.return_value, output }, result.duration))
+    }
+}
