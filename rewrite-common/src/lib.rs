@@ -11,6 +11,8 @@ pub mod maps;
 #[cfg(any(test, feature = "user"))]
 pub mod model;
 #[cfg(any(test, feature = "user"))]
+pub mod reference;
+#[cfg(any(test, feature = "user"))]
 pub mod spec;
 #[cfg(any(test, feature = "user"))]
 pub mod validate;

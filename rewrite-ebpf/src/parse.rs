@@ -80,6 +80,9 @@ pub struct IpPacket {
     pub icmp_check: u16,
     /// For an ICMP error: where the quoted packet (its IP header) starts; 0 if none.
     pub quoted: u16,
+    /// Where the datagram ends (at most 65,535; only ICMP errors, which are small, need
+    /// it): a quote must lie inside it, since the ICMP checksum covers nothing beyond.
+    pub datagram_end: u16,
 }
 
 /// Parses an Ethernet frame carrying IPv4 or IPv6, or returns the outcome counter that
@@ -136,6 +139,7 @@ fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         later_fragment: !first_fragment,
         icmp_check: 0,
         quoted: quoted.and_then(|offset| u16::try_from(offset).ok()).unwrap_or(0),
+        datagram_end: u16::try_from(l3 + total_len).unwrap_or(u16::MAX),
     })
 }
 
@@ -190,6 +194,7 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         later_fragment: !first_fragment,
         icmp_check: 0,
         quoted: quoted.and_then(|offset| u16::try_from(offset).ok()).unwrap_or(0),
+        datagram_end: u16::try_from(end).unwrap_or(u16::MAX),
     })
 }
 
@@ -269,20 +274,24 @@ fn transport<P: Packet>(
 }
 
 /// Parses the packet quoted by an ICMP error at `l3` (same family as the error). The
-/// quote is cut short by design, so only the fields the rewrite touches must be there:
+/// quote is cut short by design, so only the fields the rewrite touches must be there,
+/// inside the error's datagram (which ends at `end`, before any Ethernet padding):
 /// the IP header, and the ports when the quoted packet is a first (or only) fragment of
 /// TCP or UDP. Its transport checksum is left alone (nobody verifies a quote's), and
 /// every change is folded into the error's own checksum at `icmp_check`.
 #[inline(always)]
-pub fn parse_quoted<P: Packet>(packet: &P, l3: usize, ipv6: bool, icmp_check: usize) -> Option<IpPacket> {
+pub fn parse_quoted<P: Packet>(packet: &P, l3: usize, ipv6: bool, icmp_check: usize, end: usize) -> Option<IpPacket> {
     let (src, dst, src_offset, dst_offset, ipv4_check, protocol, l4, first_fragment) = if ipv6 {
         let ip: Ipv6Hdr = packet.read(l3)?;
+        if l3 + Ipv6Hdr::LEN > end || ip.vcf[0] >> 4 != 6 {
+            return None;
+        }
         let addresses = (Addr { octets: ip.src_addr }, Addr { octets: ip.dst_addr });
         (addresses.0, addresses.1, l3 + IPV6_SRC, l3 + IPV6_DST, None, ip.next_hdr, l3 + Ipv6Hdr::LEN, true)
     } else {
         let ip: Ipv4Hdr = packet.read(l3)?;
         let header_len = usize::from(ip.vihl & 0x0f) * 4;
-        if ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
+        if l3 + Ipv4Hdr::LEN > end || ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
             return None;
         }
         let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
@@ -294,7 +303,7 @@ pub fn parse_quoted<P: Packet>(packet: &P, l3: usize, ipv6: bool, icmp_check: us
         return None;
     }
     let ports = match protocol {
-        IPPROTO_TCP | IPPROTO_UDP if first_fragment => packet
+        IPPROTO_TCP | IPPROTO_UDP if first_fragment && l4 + 4 <= end => packet
             .read::<[u8; 4]>(l4)
             .map(|ports| (PacketPorts { protocol, src: [ports[0], ports[1]], dst: [ports[2], ports[3]] }, l4)),
         _ => None,
@@ -310,5 +319,6 @@ pub fn parse_quoted<P: Packet>(packet: &P, l3: usize, ipv6: bool, icmp_check: us
         later_fragment: false,
         icmp_check: u16::try_from(icmp_check).ok()?,
         quoted: 0,
+        datagram_end: 0,
     })
 }

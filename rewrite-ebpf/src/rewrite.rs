@@ -75,7 +75,13 @@ fn rewrite<P: Packet, const DIRECTION: u32, const PACKETS: u32>(packet: &mut P) 
     // the same table applies to it, side by side, so that the sender's stack matches
     // the error to its socket. Path MTU discovery depends on it.
     let icmp_check = quoted_l3 - ICMP_HEADER + ICMP_CHECK;
-    *quoted = match parse_quoted(packet, quoted_l3, outer.ipv4_check.is_none(), icmp_check) {
+    *quoted = match parse_quoted(
+        packet,
+        quoted_l3,
+        outer.ipv4_check.is_none(),
+        icmp_check,
+        usize::from(outer.datagram_end),
+    ) {
         Some(parsed) => parsed,
         None => return Ok(outcome(outer_rewritten, outer)),
     };

@@ -41,6 +41,13 @@ pub enum Transport {
         seq: u16,
         payload: Vec<u8>,
     },
+    /// An ICMP (IPv4) or ICMPv6 message of any type: its 4 bytes after the checksum
+    /// are zero, then `body` (for an error, the quoted packet from its IP header on).
+    Icmp {
+        kind: u8,
+        code: u8,
+        body: Vec<u8>,
+    },
     /// Bytes after the IP headers, taken as they are (non-first fragments, other
     /// protocols).
     Raw {
@@ -121,6 +128,22 @@ impl IpSpec {
     /// Where the IP header starts in the frame.
     pub fn l3_offset(&self) -> usize {
         ETH_LEN + if self.vlan.is_some() { VLAN_LEN } else { 0 }
+    }
+
+    /// Where the transport header starts in the frame.
+    pub fn l4_offset(&self) -> usize {
+        let ip_header = if self.src.is_ipv4() {
+            20 + self.options.len()
+        } else {
+            let fragment = if self.fragment_offset != 0 || self.more_fragments { 8 } else { 0 };
+            40 + self.extension_headers.iter().map(|(_, body)| body.len() + 2).sum::<usize>() + fragment
+        };
+        self.l3_offset() + ip_header
+    }
+
+    /// The IP packet alone (from its IP header on), as an ICMP error quotes it.
+    pub fn ip_packet(&self) -> Vec<u8> {
+        self.frame().split_off(self.l3_offset())
     }
 
     /// The whole Ethernet frame, with every checksum computed in full.
@@ -241,18 +264,32 @@ impl IpSpec {
             }
             Transport::IcmpEcho { id, seq, payload } => {
                 let echo_request = if icmp_protocol == IPPROTO_ICMP { 8 } else { 128 };
-                let mut icmp = vec![echo_request, 0, 0, 0];
-                icmp.extend_from_slice(&id.to_be_bytes());
-                icmp.extend_from_slice(&seq.to_be_bytes());
-                icmp.extend_from_slice(payload);
-                // ICMP over IPv4 has no pseudo-header; ICMPv6 has one.
-                let check =
-                    if icmp_protocol == IPPROTO_ICMP { full::icmp(&icmp) } else { l4(IPPROTO_ICMPV6, &icmp, 2) };
-                icmp[2..4].copy_from_slice(&check.to_be_bytes());
-                (icmp_protocol, icmp)
+                let mut body = id.to_be_bytes().to_vec();
+                body.extend_from_slice(&seq.to_be_bytes());
+                body.extend_from_slice(payload);
+                Self::icmp_message(echo_request, 0, &[], &body, &l4, icmp_protocol)
             }
+            Transport::Icmp { kind, code, body } => Self::icmp_message(*kind, *code, &[0; 4], body, &l4, icmp_protocol),
             Transport::Raw { protocol, bytes } => (*protocol, bytes.clone()),
         }
+    }
+
+    /// An ICMP or ICMPv6 message: type, code, checksum, then `rest` and `body`.
+    fn icmp_message(
+        kind: u8,
+        code: u8,
+        rest: &[u8],
+        body: &[u8],
+        l4: impl Fn(u8, &[u8], usize) -> u16,
+        icmp_protocol: u8,
+    ) -> (u8, Vec<u8>) {
+        let mut icmp = vec![kind, code, 0, 0];
+        icmp.extend_from_slice(rest);
+        icmp.extend_from_slice(body);
+        // ICMP over IPv4 has no pseudo-header; ICMPv6 has one.
+        let check = if icmp_protocol == IPPROTO_ICMP { full::icmp(&icmp) } else { l4(IPPROTO_ICMPV6, &icmp, 2) };
+        icmp[2..4].copy_from_slice(&check.to_be_bytes());
+        (icmp_protocol, icmp)
     }
 }
 

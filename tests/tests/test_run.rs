@@ -948,3 +948,39 @@ fn icmp_errors_have_their_quoted_packet_rewritten_too() {
     assert_eq!(fixture.run(Hook::TcIcmpErrors, &other), other, "only ICMP errors are its business");
     assert_eq!(fixture.counters(), before, "and it counts nothing else");
 }
+
+/// Regression (found by the differential test): the quote of an ICMP error must lie
+/// inside the error's datagram. The programs used to bound it by the frame, so with
+/// Ethernet padding after a short datagram they rewrote bytes past its end and folded
+/// the change into an ICMP checksum that does not cover them.
+#[test]
+fn an_icmp_error_quote_is_read_only_inside_the_datagram() {
+    let fixture = Fixture::new();
+    let router = ip("10.100.0.254");
+    let mtu = [0, 0, 0x05, 0x00];
+    let padded = |quoted: &[u8], inside: usize| {
+        let mut frame = icmp_error(router, local(), 3, 4, mtu, &quoted[..inside]);
+        frame.extend_from_slice(&quoted[inside..]);
+        frame
+    };
+    // The quoted IP header is cut after 17 bytes: its destination (REAL, mapped) lies
+    // past the datagram's end.
+    let sent = IpSpec::tcp(local(), peer_real()).frame()[ETH_LEN..].to_vec();
+    for hook in [Hook::TcIngress, Hook::TcIcmpErrors] {
+        fixture.expect_unchanged(hook, &padded(&sent, 17), NO_MATCH);
+    }
+    // The quoted header is whole, its ports are cut: the port-scoped mapping that the
+    // ports past the end would match must not apply, and nothing else matches.
+    let sent = tcp_ports(local(), 40000, ip("10.100.0.30"), 9400).frame()[ETH_LEN..].to_vec();
+    for hook in [Hook::TcIngress, Hook::TcIcmpErrors] {
+        fixture.expect_unchanged(hook, &padded(&sent, 22), NO_MATCH);
+    }
+    // The header is whole and its address mapped: the addresses are rewritten, the
+    // ICMP checksum covers the datagram only, and the padding is kept as it was.
+    let sent = IpSpec::tcp(local(), peer_real()).frame()[ETH_LEN..].to_vec();
+    let mut expected = icmp_error(router, local(), 3, 4, mtu, &requote(&sent[..22], local(), peer_virtual(), None));
+    expected.extend_from_slice(&sent[22..]);
+    for hook in [Hook::TcIngress, Hook::TcIcmpErrors] {
+        fixture.expect(hook, &padded(&sent, 22), &expected, REWRITTEN);
+    }
+}
