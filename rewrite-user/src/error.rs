@@ -7,6 +7,12 @@ use rewrite_common::validate::MappingConflict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "this build of rewrite has no eBPF programs (it was built with REWRITE_WITHOUT_EBPF set, for \
+         tools that only parse); build it without that variable"
+    )]
+    BuiltWithoutPrograms,
+
     #[error("interface {name:?} does not exist in this network namespace")]
     NoSuchInterface { name: String },
 

@@ -1,6 +1,7 @@
 //! The userspace side of rewrite, as a library so that the tests and benchmarks drive
 //! exactly the code the `rewrite` binary runs.
 
+pub mod cli;
 pub mod error;
 pub mod iface;
 pub mod loader;

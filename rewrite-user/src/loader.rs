@@ -103,6 +103,9 @@ impl IngressMode {
 /// capacity of the mapping maps if this load creates them. Programs are not loaded
 /// into the kernel yet: callers load only those they attach or test.
 pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(Error::BuiltWithoutPrograms);
+    }
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(maps_dir);
     if let Some(capacity) = max_mappings {

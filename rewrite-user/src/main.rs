@@ -1,13 +1,13 @@
 //! `rewrite`: load the dataplane, attach it to interfaces and edit the mapping table.
 
-mod cli;
+mod commands;
 mod report;
 
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
-    match cli::run(cli) {
+    let cli = rewrite_user::cli::Cli::parse();
+    match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");

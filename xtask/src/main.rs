@@ -2,7 +2,9 @@
 //!
 //! * `setup`: idempotent; installs the rust-src component, bpf-linker built against this
 //!   toolchain's own libLLVM, the apt packages the tests use, and mounts bpffs.
-//! * `build`, `run -- ARGS`, `test`, `bench`: run `setup` first.
+//! * `build`, `run -- ARGS`, `test`, `bench`, `fuzz`: run `setup` first.
+
+mod fuzz;
 
 use std::{
     env,
@@ -69,11 +71,19 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// The differential test alone, with more cases: the programs against the
-    /// reference model on generated packets (`cargo xtask test` runs 100,000).
+    /// The differential tests with more cases (the programs against the reference
+    /// model on generated frames; `cargo xtask test` runs 100,000), then each libFuzzer
+    /// target (fuzz/) for a bounded time. Needs the nightly toolchain for libFuzzer.
     Fuzz {
+        /// Differential cases; 0 skips the differential tests.
         #[arg(long, default_value_t = 1_000_000)]
         cases: u32,
+        /// Seconds per libFuzzer target; 0 skips them.
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+        /// Only these targets (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = fuzz::TARGETS.map(String::from))]
+        targets: Vec<String>,
     },
     /// rustfmt check, and clippy on the host crates and on the eBPF crate (BPF target).
     Lint,
@@ -103,21 +113,28 @@ fn main() -> anyhow::Result<()> {
             command.args(["test", "--workspace", "--exclude", "rewrite-ebpf", "--no-fail-fast", "--"]).args(&args);
             run_tests(&mut command)
         }
-        Task::Fuzz { cases } => {
+        Task::Fuzz { cases, seconds, targets } => {
             setup()?;
-            require_root("the differential test loads eBPF programs")?;
-            build(false)?;
-            let mut command = cargo();
-            command.env("REWRITE_DIFFERENTIAL_CASES", cases.to_string()).args([
-                "test",
-                "--package",
-                "rewrite-tests",
-                "--test",
-                "differential",
-                "--",
-                "--nocapture",
-            ]);
-            run(&mut command, "the differential test")
+            if cases > 0 {
+                require_root("the differential tests load eBPF programs")?;
+                build(false)?;
+                let mut command = cargo();
+                command.env("REWRITE_DIFFERENTIAL_CASES", cases.to_string()).args([
+                    "test",
+                    "--package",
+                    "rewrite-tests",
+                    "--test",
+                    "differential",
+                    "--",
+                    "--nocapture",
+                ]);
+                run(&mut command, "the differential tests")?;
+            }
+            if seconds > 0 {
+                fuzz::setup()?;
+                fuzz::run_targets(&root, &targets, seconds)?;
+            }
+            Ok(())
         }
         Task::Lint => {
             setup()?;

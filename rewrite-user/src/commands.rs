@@ -1,0 +1,150 @@
+//! What each command does. Every command is a short-lived process: the dataplane lives
+//! in pinned BPF objects, so no daemon is needed and any later process sees the same
+//! state.
+
+use std::net::IpAddr;
+
+use anyhow::{Context as _, bail};
+use rewrite_common::{
+    spec::{MappingSpec, Side},
+    validate::AddPlan,
+};
+use rewrite_user::{
+    cli::{Cli, Command, MapCommand},
+    iface, loader,
+    maps::{MappingTable, Removed, describe_ports},
+    pins::PinLayout,
+};
+
+use crate::report::{DEFAULT_TOP, Reading};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "rewrite must run as root: its pins are root-only, and loading programs and editing \
+             their maps needs CAP_BPF and CAP_NET_ADMIN"
+        );
+    }
+    let pins = PinLayout::new(cli.pin_dir);
+    match cli.command {
+        Command::Attach { iface, ingress, max_mappings } => {
+            let attachment = loader::attach(&pins, &iface, ingress, max_mappings)
+                .with_context(|| format!("cannot attach to {iface}"))?;
+            println!("attached to {} (ingress: {}, egress: tc)", attachment.iface, attachment.ingress);
+        }
+        Command::Detach { iface } => {
+            loader::detach(&pins, &iface).with_context(|| format!("cannot detach from {iface}"))?;
+            println!("detached from {iface}");
+        }
+        Command::Map(command) => run_map(&pins, command)?,
+        Command::Status => {
+            let attachments = loader::attached(&pins)?;
+            if attachments.is_empty() {
+                println!("no interface attached (pins in {})", pins.root().display());
+            }
+            for attachment in attachments {
+                println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
+            }
+        }
+        Command::Stats { json, top, watch, interval, count } => {
+            let top = top.or((!json).then_some(DEFAULT_TOP));
+            let mut previous = Reading::take(&pins)?;
+            previous.print(None, json, top);
+            let mut printed = 1;
+            while watch && count.is_none_or(|count| printed < count) {
+                std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+                let current = Reading::take(&pins)?;
+                current.print(Some((&previous, interval)), json, top);
+                previous = current;
+                printed += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
+    let mut table = MappingTable::open(pins)?;
+    match command {
+        MapCommand::Add { virtual_side, real_side } => match MappingSpec::new(virtual_side, real_side)? {
+            MappingSpec::Address { virtual_addr, real_addr } => {
+                let plan = table.add(virtual_addr, real_addr)?;
+                match plan {
+                    AddPlan::Unchanged => println!("unchanged {virtual_addr} -> {real_addr}"),
+                    AddPlan::Insert => println!("added {virtual_addr} -> {real_addr}"),
+                    AddPlan::Replace { old_real } => {
+                        println!("changed {virtual_addr} -> {real_addr} (was {old_real})");
+                    }
+                }
+                warn_if_own_virtual_missing(virtual_addr, real_addr);
+            }
+            MappingSpec::Prefix(mapping) => {
+                let plan = table.add_prefix(&mapping)?;
+                let verb = if plan == AddPlan::Unchanged { "unchanged" } else { "added" };
+                println!("{verb} {0}/{2} -> {1}/{2}", mapping.virtual_net, mapping.real_net, mapping.len);
+            }
+            MappingSpec::Ports(mapping) => {
+                let plan = table.add_ports(&mapping)?;
+                let verb = if plan == AddPlan::Unchanged { "unchanged" } else { "added" };
+                println!("{verb} {}", describe_ports(&mapping));
+                warn_if_own_virtual_missing(mapping.virtual_addr, mapping.real_addr);
+            }
+        },
+        MapCommand::Del { virtual_side } => match virtual_side {
+            Side::Address(virtual_addr) => match table.remove_mapping(virtual_addr)? {
+                Removed::Mapping(real_addr) => println!("deleted {virtual_addr} -> {real_addr}"),
+                Removed::Orphan(real_addr) => {
+                    println!("deleted the half-applied reverse entry {real_addr} -> {virtual_addr}");
+                }
+            },
+            Side::Prefix { net, len } => {
+                let real_net = table.remove_prefix(net, len)?;
+                println!("deleted {net}/{len} -> {real_net}/{len}");
+            }
+            Side::Service { addr, first, last, protocol } => {
+                let removed = table.remove_ports(protocol, addr, first, last)?;
+                println!("deleted {removed} mapped port(s) of {virtual_side}");
+            }
+        },
+        MapCommand::List { json } => {
+            let listing = table.list()?;
+            for orphan in &listing.orphans {
+                eprintln!(
+                    "warning: half-applied entry: ingress rewrites REAL {} to {} but no mapping sends \
+                     {} anywhere (an earlier command was interrupted); `rewrite map del {}` removes it",
+                    orphan.real_addr, orphan.virtual_addr, orphan.virtual_addr, orphan.virtual_addr
+                );
+            }
+            let rows = listing.rows();
+            if json {
+                let rows: Vec<serde_json::Value> = rows
+                    .into_iter()
+                    .map(|row| serde_json::json!({ "virtual": row.virtual_side, "real": row.real_side, "kind": row.kind }))
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for row in rows {
+                    println!("{} -> {}", row.virtual_side, row.real_side);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// When REAL is this host, ingress packets to REAL are delivered to VIRTUAL, which the
+/// stack drops unless VIRTUAL is a local address too.
+fn warn_if_own_virtual_missing(virtual_addr: IpAddr, real_addr: IpAddr) {
+    let Ok(local) = iface::local_addresses() else {
+        eprintln!("warning: could not list local addresses to check {real_addr}");
+        return;
+    };
+    if local.contains(&real_addr) && !local.contains(&virtual_addr) {
+        let host_prefix = if virtual_addr.is_ipv4() { 32 } else { 128 };
+        eprintln!(
+            "warning: REAL {real_addr} is an address of this host, but VIRTUAL {virtual_addr} is not \
+             configured on any local interface: ingress packets to {real_addr} will be delivered to \
+             {virtual_addr} and dropped. Add it, for example: ip addr add {virtual_addr}/{host_prefix} dev lo"
+        );
+    }
+}
