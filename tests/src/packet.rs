@@ -360,12 +360,35 @@ fn verify_l4(protocol: u8, segment: &[u8], l4: impl Fn(u8, usize) -> u16, icmp_p
             }
             ("UDP", 6, l4(IPPROTO_UDP, 6))
         }
-        IPPROTO_ICMP if icmp_protocol == IPPROTO_ICMP => ("ICMP", 2, full::icmp(segment)),
+        IPPROTO_ICMP if icmp_protocol == IPPROTO_ICMP => {
+            verify_quoted_ipv4_header(segment)?;
+            ("ICMP", 2, full::icmp(segment))
+        }
         IPPROTO_ICMPV6 if icmp_protocol == IPPROTO_ICMPV6 => ("ICMPv6", 2, l4(IPPROTO_ICMPV6, 2)),
         _ => return Ok(()),
     };
     let found = u16::from_be_bytes([segment[offset], segment[offset + 1]]);
     if found == expected { Ok(()) } else { Err(format!("{name} checksum {found:#06x}, expected {expected:#06x}")) }
+}
+
+/// The IPv4 header quoted by an ICMP error (types 3, 11, 12), when it is there whole:
+/// the programs keep its checksum right when they rewrite its addresses.
+fn verify_quoted_ipv4_header(message: &[u8]) -> Result<(), String> {
+    if message.len() < 8 || ![3, 11, 12].contains(&message[0]) {
+        return Ok(());
+    }
+    let quote = &message[8..];
+    let Some(&first) = quote.first() else { return Ok(()) };
+    let header_len = usize::from(first & 0x0f) * 4;
+    let Some(header) = quote.get(..header_len).filter(|_| first >> 4 == 4 && header_len >= 20) else {
+        return Ok(());
+    };
+    let (found, expected) = (u16::from_be_bytes([header[10], header[11]]), full::ipv4_header(header));
+    if found == expected {
+        Ok(())
+    } else {
+        Err(format!("quoted IPv4 header checksum {found:#06x}, expected {expected:#06x}"))
+    }
 }
 
 /// Hex dump for assertion messages: 16 bytes a line, with offsets.

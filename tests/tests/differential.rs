@@ -159,6 +159,26 @@ impl Programs {
         Ok(Some(result.output))
     }
 
+    /// Checks that ingress turns `there` (what egress made of `original`) back into
+    /// `original`: by TC, and by XDP with the TC program for ICMP errors beside it, as
+    /// `--ingress xdp` attaches them.
+    fn expect_round_trip(&self, original: &[u8], there: &[u8]) -> Result<(), TestCaseError> {
+        let back_tc = self.run(Program::TcIngress, there)?.expect("a whole frame");
+        let back_xdp = self.run(Program::XdpIngress, there)?.expect("a whole frame");
+        let back_xdp = self.run(Program::TcIcmpErrors, &back_xdp)?.expect("a whole frame");
+        for (path, back) in [("TC", &back_tc), ("XDP and TC for ICMP errors", &back_xdp)] {
+            prop_assert!(
+                back == original,
+                "egress then ingress ({}) is not the identity\noriginal:\n{}\nafter egress:\n{}\nafter ingress:\n{}",
+                path,
+                hex(original),
+                hex(there),
+                hex(back)
+            );
+        }
+        Ok(())
+    }
+
     /// Runs `program` on `input` and checks it against the model: the output frame
     /// byte for byte, and the one outcome counter that moved. Returns the output and
     /// the outcome.
@@ -521,6 +541,7 @@ struct Tally {
     left_to_other_program: AtomicU32,
     refused_by_test_run: AtomicU32,
     checksums_verified: AtomicU32,
+    round_trips: AtomicU32,
 }
 
 #[test]
@@ -545,6 +566,13 @@ fn programs_agree_with_the_model_byte_for_byte() {
             verify_checksums(&output)
                 .map_err(|error| TestCaseError::fail(format!("checksums of the rewritten frame: {error}")))?;
             tally.checksums_verified.fetch_add(1, Ordering::Relaxed);
+            // Back the other way, when ingress would leave the original alone (none of
+            // its addresses is a REAL): the original bytes again.
+            let untouched_by_ingress = reference::run(&programs.model, Program::TcIngress, &input).outcome;
+            if case.program == Program::TcEgress && untouched_by_ingress != Some(REWRITTEN) {
+                programs.expect_round_trip(&input, &output)?;
+                tally.round_trips.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     });
@@ -556,10 +584,11 @@ fn programs_agree_with_the_model_byte_for_byte() {
     eprintln!(
         "{cases} cases, all as the model says: by outcome {outcomes:?} (rewritten, no match, malformed, unsupported, \
          helper error, fragment unmatched); {} left to the other program; {} refused by BPF_PROG_TEST_RUN; {} \
-         rewritten frames re-verified",
+         rewritten frames re-verified; {} egress rewrites taken back by ingress",
         count(&tally.left_to_other_program),
         count(&tally.refused_by_test_run),
-        count(&tally.checksums_verified)
+        count(&tally.checksums_verified),
+        count(&tally.round_trips)
     );
     let share = |part: u32, of: u32| u64::from(part) * u64::from(of) >= u64::from(cases);
     assert!(share(outcomes[0], 8), "fewer than 1/8 of the cases were rewritten: {outcomes:?}");
@@ -569,6 +598,7 @@ fn programs_agree_with_the_model_byte_for_byte() {
     assert!(share(outcomes[5], 200), "fewer than 1/200 were unmatched later fragments: {outcomes:?}");
     assert_eq!(outcomes[4], 0, "no case may end in a helper error");
     assert!(share(count(&tally.checksums_verified), 10), "fewer than 1/10 of the cases re-verified checksums");
+    assert!(share(count(&tally.round_trips), 100), "fewer than 1/100 of the cases made a round trip");
     assert!(
         count(&tally.refused_by_test_run) * 20 < cases,
         "BPF_PROG_TEST_RUN refused more than 1/20 of the frames: the generator wastes cases"
@@ -590,20 +620,7 @@ fn rewritten_there_and_back_returns_the_original_bytes() {
         if there != original {
             changed.fetch_add(1, Ordering::Relaxed);
         }
-        let back_tc = programs.run(Program::TcIngress, &there)?.expect("a whole frame");
-        let back_xdp = programs.run(Program::XdpIngress, &there)?.expect("a whole frame");
-        let back_xdp = programs.run(Program::TcIcmpErrors, &back_xdp)?.expect("a whole frame");
-        for (path, back) in [("TC", &back_tc), ("XDP and TC for ICMP errors", &back_xdp)] {
-            prop_assert!(
-                *back == original,
-                "egress then ingress ({}) is not the identity\noriginal:\n{}\nafter egress:\n{}\nafter ingress:\n{}",
-                path,
-                hex(&original),
-                hex(&there),
-                hex(back)
-            );
-        }
-        Ok(())
+        programs.expect_round_trip(&original, &there)
     });
     if let Err(error) = result {
         panic!("a round trip changed the frame (minimal case after shrinking): {error}");
