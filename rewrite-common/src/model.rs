@@ -73,6 +73,25 @@ impl ModelTable {
         Some(real)
     }
 
+    /// Removes the port-scoped entries of `virtual_addr` from `first` to `last` (both
+    /// directions); returns how many there were.
+    pub fn remove_ports(&mut self, protocol: u8, virtual_addr: IpAddr, first: u16, last: u16) -> usize {
+        let mut removed = 0;
+        for port in first..=last {
+            if let Some(real) = self.port_forward.remove(&(protocol, virtual_addr, port)) {
+                self.port_reverse.remove(&(protocol, real.0, real.1));
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes the prefix mapping of VIRTUAL `net`/`len`; returns its REAL network.
+    pub fn remove_prefix(&mut self, net: IpAddr, len: u8) -> Option<IpAddr> {
+        let index = self.prefixes.iter().position(|prefix| prefix.virtual_net == net && prefix.len == len)?;
+        Some(self.prefixes.remove(index).real_net)
+    }
+
     /// Address mappings as (VIRTUAL, REAL), ordered by VIRTUAL.
     pub fn iter(&self) -> impl Iterator<Item = (IpAddr, IpAddr)> + '_ {
         self.forward.iter().map(|(v, r)| (*v, *r))

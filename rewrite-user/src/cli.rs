@@ -54,6 +54,32 @@ pub enum Command {
     Map(MapCommand),
     /// Show attached interfaces.
     Status,
+    /// Make the live state equal to a config file: check the whole file first (every
+    /// problem is reported with its line and column, and nothing is applied if there is
+    /// one), attach the interfaces it names that are not attached, then print and apply
+    /// the difference in the mapping table (added, removed, changed).
+    Apply {
+        /// The TOML config (see `rewrite export` for the format).
+        file: PathBuf,
+        /// Check the file and print the difference; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the live state (attached interfaces and mappings) as a config file;
+    /// applying it back changes nothing.
+    Export,
+    /// Keep the dataplane equal to a config file, in the foreground (for systemd):
+    /// apply it at start, on every change to the file and on SIGHUP; serve Prometheus
+    /// metrics; log in JSON (level from REWRITE_LOG, default info). Killing the agent
+    /// leaves the dataplane running, and a new agent adopts it.
+    Agent {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to serve `/metrics`. Loopback by default: expose it deliberately.
+        #[arg(long, value_name = "ADDR:PORT", default_value_t = crate::metrics::default_address())]
+        metrics: std::net::SocketAddr,
+    },
     /// Show the counters, summed over CPUs: packets by outcome and direction, then
     /// packets and bytes per mapping and direction, busiest first.
     Stats {

@@ -2,7 +2,7 @@
 //! in pinned BPF objects, so no daemon is needed and any later process sees the same
 //! state.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, bail};
 use rewrite_common::{
@@ -10,8 +10,9 @@ use rewrite_common::{
     validate::AddPlan,
 };
 use rewrite_user::{
+    agent, apply,
     cli::{Cli, Command, MapCommand},
-    iface, loader,
+    config, iface, loader,
     maps::{MappingTable, Removed, describe_ports},
     pins::PinLayout,
 };
@@ -46,6 +47,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
             }
         }
+        Command::Apply { file, dry_run } => apply_config(&pins, &file, dry_run)?,
+        Command::Export => print!("{}", export(&pins)?),
+        Command::Agent { config, metrics } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("REWRITE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
+            agent::run(agent::AgentOptions { config, metrics, pins })?;
+        }
         Command::Stats { json, top, watch, interval, count } => {
             let top = top.or((!json).then_some(DEFAULT_TOP));
             let mut previous = Reading::take(&pins)?;
@@ -61,6 +70,57 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `rewrite apply`: validate, attach what is missing, then apply the difference.
+fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<()> {
+    let config = config::load(file)?;
+    let prepared = apply::prepare(pins, file, &config)?;
+    let prefix = if dry_run { "would be " } else { "" };
+    for interface in &prepared.to_attach {
+        println!("{prefix}attached {} (ingress: {:?})", interface.name, interface.ingress);
+    }
+    for line in prepared.plan.lines() {
+        println!("{prefix}{line}");
+    }
+    for name in &prepared.unlisted {
+        eprintln!(
+            "note: {name} is attached but not in {}; left as it is (`rewrite detach --iface {name}`)",
+            file.display()
+        );
+    }
+    if dry_run {
+        println!("dry run: nothing changed");
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    apply::execute(pins, &prepared)?;
+    let plan = &prepared.plan;
+    println!(
+        "applied: {} added, {} removed, {} changed in {:.3} s",
+        plan.added.len(),
+        plan.removed.len() + plan.orphans.len(),
+        plan.changed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The live state as a config file.
+fn export(pins: &PinLayout) -> anyhow::Result<String> {
+    let interfaces = loader::attached(pins)?
+        .into_iter()
+        .map(|attachment| config::InterfaceConfig { name: attachment.iface, ingress: attachment.ingress.mode() })
+        .collect();
+    let (max_mappings, mappings) = if pins.maps_dir().exists() {
+        let table = MappingTable::open(pins)?;
+        let specs = apply::live_specs(&table.list()?);
+        let mappings = specs.into_iter().map(|spec| config::ConfigMapping { spec, label: None, line: 0 }).collect();
+        (Some(table.capacity()), mappings)
+    } else {
+        (None, Vec::new())
+    };
+    Ok(config::render(&config::Config { max_mappings, interfaces, mappings }))
 }
 
 fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {

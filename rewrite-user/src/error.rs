@@ -86,6 +86,25 @@ pub enum Error {
     #[error("no mapping for VIRTUAL {virtual_side}")]
     NoSuchMapping { virtual_side: String },
 
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+
+    #[error(
+        "another agent (pid {}) already keeps this dataplane (lock {}); stop it first",
+        pid.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string()),
+        lock.display()
+    )]
+    AgentRunning { pid: Option<u32>, lock: PathBuf },
+
+    #[error("cannot serve metrics on {address}: {source}")]
+    MetricsBind { address: std::net::SocketAddr, source: io::Error },
+
+    #[error("cannot encode the metrics")]
+    MetricsEncoding,
+
+    #[error("{what} {mapping}: {why}; nothing was applied")]
+    ApplyRefused { what: &'static str, mapping: String, why: String },
+
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
 

@@ -1,11 +1,15 @@
 //! The userspace side of rewrite, as a library so that the tests and benchmarks drive
 //! exactly the code the `rewrite` binary runs.
 
+pub mod agent;
+pub mod apply;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod iface;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod pins;
 pub mod stats;
 

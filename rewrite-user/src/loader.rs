@@ -71,6 +71,17 @@ impl IngressHook {
     const ALL: [Self; 3] = [Self::XdpDriver, Self::XdpGeneric, Self::Tc];
 }
 
+impl IngressHook {
+    /// The mode that attaches exactly this hook.
+    pub const fn mode(self) -> IngressMode {
+        match self {
+            Self::XdpDriver => IngressMode::Xdp,
+            Self::XdpGeneric => IngressMode::XdpSkb,
+            Self::Tc => IngressMode::Tc,
+        }
+    }
+}
+
 impl fmt::Display for IngressHook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -161,6 +172,16 @@ fn map_data(map: &Map) -> &aya::maps::MapData {
 pub struct Attachment {
     pub iface: String,
     pub ingress: IngressHook,
+}
+
+/// Creates the pinned mapping table without attaching anything (`apply` of a config
+/// that names no interface).
+pub fn create_table(pins: &PinLayout, max_mappings: Option<u32>) -> Result<(), Error> {
+    if max_mappings == Some(0) {
+        return Err(Error::ZeroCapacity);
+    }
+    pins.create_dir(&pins.maps_dir())?;
+    load(&pins.maps_dir(), max_mappings).map(drop)
 }
 
 /// Loads the programs, attaches egress (TC) and ingress (`mode`) to `iface`, and pins

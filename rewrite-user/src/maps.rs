@@ -145,9 +145,8 @@ impl Listing {
             rows.push((row, keys));
         }
         for mapping in &self.port_mappings {
-            let described = describe_ports(mapping);
-            let (virtual_side, real_side) = described.split_once(" -> ").expect("describe_ports writes an arrow");
-            let row = Row { virtual_side: virtual_side.to_owned(), real_side: real_side.to_owned(), kind: "port" };
+            let (virtual_side, real_side) = port_sides(mapping);
+            let row = Row { virtual_side, real_side, kind: "port" };
             rows.push((row, EntryKeys::Ports(port_endpoints(mapping).collect())));
         }
         rows
@@ -375,20 +374,7 @@ impl MappingTable {
                 count: 1,
             });
         }
-        entries.sort();
-        // Merge runs of consecutive ports that move together into one range.
-        for entry in entries {
-            if let Some(last) = listing.port_mappings.last_mut()
-                && (last.protocol, last.virtual_addr, last.real_addr)
-                    == (entry.protocol, entry.virtual_addr, entry.real_addr)
-                && u32::from(last.virtual_first) + u32::from(last.count) == u32::from(entry.virtual_first)
-                && u32::from(last.real_first) + u32::from(last.count) == u32::from(entry.real_first)
-            {
-                last.count += 1;
-                continue;
-            }
-            listing.port_mappings.push(entry);
-        }
+        listing.port_mappings = merge_port_runs(entries);
         Ok(listing)
     }
 
@@ -793,20 +779,49 @@ impl MappingView for LiveView<'_> {
     }
 }
 
+/// Port-scoped mappings in their canonical form, as `map list` shows them: every port
+/// on its own, then runs of consecutive ports that move together merged into one range.
+pub fn merge_port_runs(mappings: impl IntoIterator<Item = PortMapping>) -> Vec<PortMapping> {
+    let mut single: Vec<PortMapping> = mappings
+        .into_iter()
+        .flat_map(|mapping| {
+            mapping.ports().map(move |(virtual_first, real_first)| PortMapping {
+                virtual_first,
+                real_first,
+                count: 1,
+                ..mapping
+            })
+        })
+        .collect();
+    single.sort();
+    let mut merged: Vec<PortMapping> = Vec::new();
+    for entry in single {
+        if let Some(last) = merged.last_mut()
+            && (last.protocol, last.virtual_addr, last.real_addr)
+                == (entry.protocol, entry.virtual_addr, entry.real_addr)
+            && u32::from(last.virtual_first) + u32::from(last.count) == u32::from(entry.virtual_first)
+            && u32::from(last.real_first) + u32::from(last.count) == u32::from(entry.real_first)
+        {
+            last.count += 1;
+            continue;
+        }
+        merged.push(entry);
+    }
+    merged
+}
+
 /// `VIRTUAL -> REAL` of a port-scoped mapping in the written form.
 pub fn describe_ports(mapping: &PortMapping) -> String {
-    let last = |first: u16| first.saturating_add(mapping.count - 1);
-    let virtual_side = Side::Service {
-        addr: mapping.virtual_addr,
-        first: mapping.virtual_first,
-        last: last(mapping.virtual_first),
-        protocol: mapping.protocol,
-    };
-    let real_side = Side::Service {
-        addr: mapping.real_addr,
-        first: mapping.real_first,
-        last: last(mapping.real_first),
-        protocol: mapping.protocol,
-    };
+    let (virtual_side, real_side) = port_sides(mapping);
     format!("{virtual_side} -> {real_side}")
+}
+
+/// The VIRTUAL and REAL sides of a port-scoped mapping in the written form.
+pub fn port_sides(mapping: &PortMapping) -> (String, String) {
+    let last = |first: u16| first.saturating_add(mapping.count - 1);
+    let side = |addr, first| Side::Service { addr, first, last: last(first), protocol: mapping.protocol };
+    (
+        side(mapping.virtual_addr, mapping.virtual_first).to_string(),
+        side(mapping.real_addr, mapping.real_first).to_string(),
+    )
 }

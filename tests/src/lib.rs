@@ -2,7 +2,9 @@
 //! packet builders with independently computed checksums, real socket traffic, and
 //! the `rewrite` CLI run as a separate process.
 
+pub mod agent;
 pub mod cli;
+pub mod hosts;
 pub mod machine;
 pub mod netns;
 pub mod packet;

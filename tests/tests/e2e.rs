@@ -11,6 +11,7 @@ use std::{
 
 use rewrite_tests::{
     cli::RewriteCli,
+    hosts::{A_MAC, A_REAL, B_MAC, B_REAL, B_VIRTUAL, Family, V4, V6, two_hosts},
     netns::{Netns, VethEnd, veth},
     traffic::{
         assert_no_checksum_errors_since, assert_receiver_verifies_checksums, checksum_errors, tcp_connects,
@@ -19,8 +20,6 @@ use rewrite_tests::{
 };
 
 const MIB: usize = 1 << 20;
-const A_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 0x01];
-const B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 0x02];
 const C_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 0x03];
 const MC_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x04];
 const MB_MAC: [u8; 6] = [0x02, 0xdd, 0, 0, 0, 0x05];
@@ -31,48 +30,6 @@ fn ip(text: &str) -> IpAddr {
 
 fn sock(addr: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip(addr), port)
-}
-
-/// Host A (10.100.0.1, runs rewrite on `va`) and host B (10.100.0.2) on one veth
-/// pair. A knows B as VIRTUAL 10.200.0.2, routed towards B. Both ends have checksum
-/// offload off, so each side computes full checksums and verifies what it receives.
-struct TwoHosts {
-    a: Netns,
-    b: Netns,
-}
-
-const A_REAL: &str = "10.100.0.1";
-const B_REAL: &str = "10.100.0.2";
-const B_VIRTUAL: &str = "10.200.0.2";
-
-/// The same hosts in IPv6.
-struct Family {
-    any: &'static str,
-    a_real: &'static str,
-    b_real: &'static str,
-    b_virtual: &'static str,
-}
-
-const V4: Family = Family { any: "0.0.0.0", a_real: A_REAL, b_real: B_REAL, b_virtual: B_VIRTUAL };
-const V6: Family = Family { any: "::", a_real: "2001:db8:100::1", b_real: "2001:db8:100::2", b_virtual: "fd00:200::2" };
-
-fn two_hosts() -> TwoHosts {
-    let a = Netns::new("a");
-    let b = Netns::new("b");
-    veth(
-        VethEnd { netns: &a, name: "va", mac: A_MAC },
-        "10.100.0.1/24",
-        VethEnd { netns: &b, name: "vb", mac: B_MAC },
-        "10.100.0.2/24",
-    );
-    a.ip(&["route", "add", "10.200.0.0/24", "via", B_REAL]);
-    // nodad: the addresses are usable at once, instead of after duplicate detection.
-    a.ip(&["addr", "add", "2001:db8:100::1/64", "dev", "va", "nodad"]);
-    b.ip(&["addr", "add", "2001:db8:100::2/64", "dev", "vb", "nodad"]);
-    a.ip(&["route", "add", "fd00:200::/64", "via", V6.b_real]);
-    a.offload("va", false, false);
-    b.offload("vb", false, false);
-    TwoHosts { a, b }
 }
 
 fn stats_json(rewrite: &RewriteCli<'_>) -> String {

@@ -1,0 +1,267 @@
+//! Making the live table equal to a config: the difference (added, removed, changed),
+//! an order of map writes in which no packet ever sees half a mapping, and a dry run of
+//! that order on the table model before any map is touched.
+//!
+//! The guarantee, per mapping: a reverse entry (REAL -> VIRTUAL) is written before its
+//! forward entry and removed after it, so a packet sent to REAL always has its reply
+//! restored. An address mapping that changes REAL is retargeted in place (new reverse
+//! entry, forward entry swapped, old reverse entry removed): its packets never see it
+//! absent. A port range or prefix that changes is removed and then added again: between
+//! the two writes its packets see no mapping (never half of one). Removals come first,
+//! then changes, then additions, so a REAL freed by one mapping can be taken by another.
+//! The config as a whole is not switched atomically: while it is applied, a packet may
+//! meet some mappings old and some new.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use rewrite_common::{mapping::PortMapping, mapping::PrefixMapping, model::ModelTable, spec::MappingSpec};
+
+use crate::{
+    Error,
+    config::{self, Config, ConfigError, ConfigMapping, InterfaceConfig, written},
+    iface, loader,
+    maps::{Listing, MappingTable, merge_port_runs},
+    pins::PinLayout,
+};
+
+/// What applying a config will do, checked against the live state.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Interfaces the config names that are not attached yet.
+    pub to_attach: Vec<InterfaceConfig>,
+    /// Attached interfaces the config does not name: left as they are.
+    pub unlisted: Vec<String>,
+    pub plan: Plan,
+    max_mappings: Option<u32>,
+}
+
+/// Checks `config` (read from `path`) against the live state and works out what
+/// applying it does. Changes nothing.
+pub fn prepare(pins: &PinLayout, path: &std::path::Path, config: &Config) -> Result<Prepared, Error> {
+    for interface in &config.interfaces {
+        iface::ensure_ethernet(&interface.name)?;
+    }
+    let attached: Vec<String> = loader::attached(pins)?.into_iter().map(|attachment| attachment.iface).collect();
+    let to_attach = config.interfaces.iter().filter(|interface| !attached.contains(&interface.name)).cloned().collect();
+    let unlisted = attached
+        .into_iter()
+        .filter(|name| !config.interfaces.iter().any(|interface| &interface.name == name))
+        .collect();
+    let (listing, capacity) = if pins.maps_dir().exists() {
+        let table = MappingTable::open(pins)?;
+        (table.list()?, Some(table.capacity()))
+    } else {
+        (Listing::default(), None)
+    };
+    let plan = plan(&listing, &config.mappings)?;
+    if let Some(capacity) = capacity {
+        // A retarget holds the old and the new reverse entry for a moment.
+        let room = if plan.needs_spare_slot() { capacity.saturating_sub(1) } else { capacity };
+        config::check_capacity(&config.mappings, room, "the live table's capacity").map_err(|problem| {
+            Error::Config(ConfigError::Invalid { path: path.to_owned(), problems: vec![problem] })
+        })?;
+    }
+    Ok(Prepared { to_attach, unlisted, plan, max_mappings: config.max_mappings })
+}
+
+/// Attaches the missing interfaces, then applies the mapping plan.
+pub fn execute(pins: &PinLayout, prepared: &Prepared) -> Result<(), Error> {
+    for interface in &prepared.to_attach {
+        loader::attach(pins, &interface.name, interface.ingress, prepared.max_mappings)?;
+    }
+    if !pins.maps_dir().exists() {
+        loader::create_table(pins, prepared.max_mappings)?;
+    }
+    apply(&mut MappingTable::open(pins)?, &prepared.plan)
+}
+
+/// What applying a config changes, in the order it is applied.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Half-applied reverse entries left by an interrupted command: (VIRTUAL, REAL).
+    pub orphans: Vec<(IpAddr, IpAddr)>,
+    pub removed: Vec<MappingSpec>,
+    /// (live, config): the same VIRTUAL, another REAL.
+    pub changed: Vec<(MappingSpec, MappingSpec)>,
+    pub added: Vec<MappingSpec>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.orphans.is_empty() && self.removed.is_empty() && self.changed.is_empty() && self.added.is_empty()
+    }
+
+    /// One line per change: `added V -> R`, `removed V -> R`, `changed V -> R (was R0)`.
+    pub fn lines(&self) -> Vec<String> {
+        let arrow = |spec: &MappingSpec| {
+            let (virtual_side, real_side) = written(spec);
+            format!("{virtual_side} -> {real_side}")
+        };
+        let orphans = self
+            .orphans
+            .iter()
+            .map(|(virtual_addr, real_addr)| format!("removed half-applied {real_addr} -> {virtual_addr}"));
+        let removed = self.removed.iter().map(|spec| format!("removed {}", arrow(spec)));
+        let changed =
+            self.changed.iter().map(|(live, config)| format!("changed {} (was {})", arrow(config), written(live).1));
+        let added = self.added.iter().map(|spec| format!("added {}", arrow(spec)));
+        orphans.chain(removed).chain(changed).chain(added).collect()
+    }
+
+    /// How many entries the table needs at most while the plan is applied, per map:
+    /// the config's own, plus one for an address retarget's second reverse entry.
+    pub fn needs_spare_slot(&self) -> bool {
+        self.changed.iter().any(|(live, _)| matches!(live, MappingSpec::Address { .. }))
+    }
+}
+
+/// The live table and the config, each in canonical form: port ranges split into
+/// ports and consecutive ports merged again, as `map list` shows them.
+fn canonical(mappings: impl IntoIterator<Item = MappingSpec>) -> Vec<MappingSpec> {
+    let mut others = Vec::new();
+    let mut ports = Vec::new();
+    for spec in mappings {
+        match spec {
+            MappingSpec::Ports(mapping) => ports.push(mapping),
+            other => others.push(other),
+        }
+    }
+    others.extend(merge_port_runs(ports).into_iter().map(MappingSpec::Ports));
+    others
+}
+
+pub fn live_specs(listing: &Listing) -> Vec<MappingSpec> {
+    let addresses = listing
+        .mappings
+        .iter()
+        .map(|mapping| MappingSpec::Address { virtual_addr: mapping.virtual_addr, real_addr: mapping.real_addr });
+    let prefixes = listing.prefixes.iter().copied().map(MappingSpec::Prefix);
+    let ports = listing.port_mappings.iter().copied().map(MappingSpec::Ports);
+    addresses.chain(prefixes).chain(ports).collect()
+}
+
+/// What identifies a mapping's VIRTUAL side, for pairing live and config mappings.
+fn virtual_side(spec: &MappingSpec) -> String {
+    written(spec).0
+}
+
+/// The difference between the live table and `config`, checked by applying it, in
+/// order, to a model of the live table: if any step would be refused, nothing is done
+/// and the error says which mapping.
+pub fn plan(listing: &Listing, config: &[ConfigMapping]) -> Result<Plan, Error> {
+    let live = canonical(live_specs(listing));
+    let wanted = canonical(config.iter().map(|mapping| mapping.spec));
+    let mut plan = Plan {
+        orphans: listing.orphans.iter().map(|orphan| (orphan.virtual_addr, orphan.real_addr)).collect(),
+        ..Plan::default()
+    };
+    let wanted_by_virtual: HashMap<String, &MappingSpec> =
+        wanted.iter().map(|spec| (virtual_side(spec), spec)).collect();
+    let mut live_virtuals = HashSet::new();
+    for spec in &live {
+        let key = virtual_side(spec);
+        match wanted_by_virtual.get(&key) {
+            Some(other) if *other == spec => {}
+            Some(other) => plan.changed.push((*spec, **other)),
+            None => plan.removed.push(*spec),
+        }
+        live_virtuals.insert(key);
+    }
+    plan.added = wanted.iter().filter(|spec| !live_virtuals.contains(&virtual_side(spec))).copied().collect();
+    rehearse(&live, &plan)?;
+    Ok(plan)
+}
+
+/// Runs `plan` on a model of the live table, in the order [`apply`] follows.
+fn rehearse(live: &[MappingSpec], plan: &Plan) -> Result<(), Error> {
+    let mut model = ModelTable::default();
+    for spec in live {
+        add_to_model(&mut model, spec)
+            .map_err(|error| refused("the live table does not load into the model", spec, &error))?;
+    }
+    for spec in &plan.removed {
+        remove_from_model(&mut model, spec);
+    }
+    for (live_spec, config_spec) in &plan.changed {
+        if !matches!(live_spec, MappingSpec::Address { .. }) {
+            remove_from_model(&mut model, live_spec);
+        }
+        add_to_model(&mut model, config_spec).map_err(|error| refused("cannot change", config_spec, &error))?;
+    }
+    for spec in &plan.added {
+        add_to_model(&mut model, spec).map_err(|error| refused("cannot add", spec, &error))?;
+    }
+    Ok(())
+}
+
+fn refused(what: &'static str, spec: &MappingSpec, error: &dyn std::fmt::Display) -> Error {
+    let (virtual_side, real_side) = written(spec);
+    Error::ApplyRefused { what, mapping: format!("{virtual_side} -> {real_side}"), why: error.to_string() }
+}
+
+fn add_to_model(model: &mut ModelTable, spec: &MappingSpec) -> Result<(), rewrite_common::validate::MappingConflict> {
+    match spec {
+        MappingSpec::Address { virtual_addr, real_addr } => model.add(*virtual_addr, *real_addr).map(drop),
+        MappingSpec::Ports(mapping) => model.add_ports(mapping).map(drop),
+        MappingSpec::Prefix(mapping) => model.add_prefix(mapping).map(drop),
+    }
+}
+
+fn remove_from_model(model: &mut ModelTable, spec: &MappingSpec) {
+    match spec {
+        MappingSpec::Address { virtual_addr, .. } => drop(model.remove(*virtual_addr)),
+        MappingSpec::Ports(mapping) => {
+            drop(model.remove_ports(mapping.protocol, mapping.virtual_addr, mapping.virtual_first, last_port(mapping)))
+        }
+        MappingSpec::Prefix(mapping) => drop(model.remove_prefix(mapping.virtual_net, mapping.len)),
+    }
+}
+
+fn last_port(mapping: &PortMapping) -> u16 {
+    mapping.virtual_first.saturating_add(mapping.count - 1)
+}
+
+/// Applies `plan` to the live table in the order documented above. Each write is one
+/// of the table's own operations, which keep the reverse-first order per mapping.
+pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
+    for (virtual_addr, _) in &plan.orphans {
+        table.remove_mapping(*virtual_addr)?;
+    }
+    for spec in &plan.removed {
+        remove(table, spec)?;
+    }
+    for (live_spec, config_spec) in &plan.changed {
+        // An address mapping is retargeted in place; a range or prefix goes and comes.
+        if !matches!(live_spec, MappingSpec::Address { .. }) {
+            remove(table, live_spec)?;
+        }
+        add(table, config_spec)?;
+    }
+    for spec in &plan.added {
+        add(table, spec)?;
+    }
+    Ok(())
+}
+
+fn add(table: &mut MappingTable, spec: &MappingSpec) -> Result<(), Error> {
+    match spec {
+        MappingSpec::Address { virtual_addr, real_addr } => table.add(*virtual_addr, *real_addr).map(drop),
+        MappingSpec::Ports(mapping) => table.add_ports(mapping).map(drop),
+        MappingSpec::Prefix(mapping) => table.add_prefix(mapping).map(drop),
+    }
+}
+
+fn remove(table: &mut MappingTable, spec: &MappingSpec) -> Result<(), Error> {
+    match spec {
+        MappingSpec::Address { virtual_addr, .. } => table.remove_mapping(*virtual_addr).map(drop),
+        MappingSpec::Ports(mapping) => table
+            .remove_ports(mapping.protocol, mapping.virtual_addr, mapping.virtual_first, last_port(mapping))
+            .map(drop),
+        MappingSpec::Prefix(PrefixMapping { virtual_net, len, .. }) => {
+            table.remove_prefix(*virtual_net, *len).map(drop)
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The declarative config file (TOML): the interfaces to attach and the mappings the
+//! table must hold, each in the form `map add` takes, with an optional label.
+//!
+//! ```toml
+//! max_mappings = 100000            # optional: capacity of a table this config creates
+//!
+//! [[interface]]
+//! name = "eth0"
+//! ingress = "auto"                 # optional: auto, xdp, xdp-skb or tc
+//!
+//! [[mapping]]
+//! virtual = "10.0.0.5"
+//! real = "192.0.2.5"
+//! label = "es-data-1"              # optional
+//! ```
+//!
+//! [`parse`] checks the whole file before anything is applied and reports every
+//! problem it finds with its line and column: TOML syntax, unknown keys, bad
+//! addresses, ranges of different widths, duplicate VIRTUALs, REALs claimed twice,
+//! any conflict the table would refuse, and a table that would overflow.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use clap::ValueEnum as _;
+use rewrite_common::{
+    maps::{DEFAULT_MAX_MAPPINGS, MAX_PREFIX_MAPPINGS},
+    model::ModelTable,
+    spec::MappingSpec,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::loader::IngressMode;
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Capacity of the mapping maps, if this config's first attach creates them.
+    pub max_mappings: Option<u32>,
+    pub interfaces: Vec<InterfaceConfig>,
+    pub mappings: Vec<ConfigMapping>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub ingress: IngressMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigMapping {
+    pub spec: MappingSpec,
+    pub label: Option<String>,
+    /// The line of the mapping's `virtual` key (1-based), for messages.
+    pub line: usize,
+}
+
+/// One problem in a config file, at a 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", Invalid { path, problems })]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+/// Renders problems as `FILE:LINE:COLUMN: message`, one per line, with a count.
+struct Invalid<'a> {
+    path: &'a Path,
+    problems: &'a [Problem],
+}
+
+impl fmt::Display for Invalid<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(
+            f,
+            "{} has {count} problem{}; nothing was applied",
+            self.path.display(),
+            if count == 1 { "" } else { "s" }
+        )?;
+        for problem in self.problems {
+            write!(f, "\n  {}:{}:{}: {}", self.path.display(), problem.line, problem.column, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    max_mappings: Option<Spanned<u32>>,
+    #[serde(default, rename = "interface")]
+    interfaces: Vec<RawInterface>,
+    #[serde(default, rename = "mapping")]
+    mappings: Vec<RawMapping>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Spanned<String>,
+    ingress: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapping {
+    #[serde(rename = "virtual")]
+    virtual_side: Spanned<String>,
+    #[serde(rename = "real")]
+    real_side: Spanned<String>,
+    label: Option<String>,
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    parse(path, &text)
+}
+
+/// Validates `text` (the contents of `path`, which names it in messages) as a whole:
+/// either every mapping can be in one table, or every problem is reported.
+/// `capacity` limits are those of a table created by this config (or the default);
+/// [`check_capacity`] checks against a live table's.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let locate = Locator::new(text);
+    let invalid = |problems| ConfigError::Invalid { path: path.to_owned(), problems };
+    let raw: RawConfig = toml::from_str(text).map_err(|error| {
+        let at = error.span().map_or(0, |span| span.start);
+        invalid(vec![locate.problem(at, error.message().to_owned())])
+    })?;
+    let mut problems = Vec::new();
+    let max_mappings = match raw.max_mappings {
+        Some(value) if *value.get_ref() == 0 => {
+            problems.push(locate.problem(value.span().start, "max_mappings must be at least 1".into()));
+            None
+        }
+        other => other.map(Spanned::into_inner),
+    };
+    let interfaces = interfaces(&raw.interfaces, &locate, &mut problems);
+    let mappings = mappings(&raw.mappings, &locate, &mut problems);
+    if problems.is_empty() {
+        let capacity = max_mappings.unwrap_or(DEFAULT_MAX_MAPPINGS);
+        problems.extend(check_capacity(&mappings, capacity, "max_mappings").err());
+    }
+    if problems.is_empty() {
+        Ok(Config { max_mappings, interfaces, mappings })
+    } else {
+        problems.sort_by_key(|problem| (problem.line, problem.column));
+        Err(invalid(problems))
+    }
+}
+
+fn interfaces(raw: &[RawInterface], locate: &Locator, problems: &mut Vec<Problem>) -> Vec<InterfaceConfig> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut interfaces = Vec::new();
+    for interface in raw {
+        let name = interface.name.get_ref();
+        let at = interface.name.span().start;
+        let mut valid = true;
+        if let Err(error) = crate::iface::validate_name(name) {
+            problems.push(locate.problem(at, error.to_string()));
+            valid = false;
+        } else if let Some(line) = seen.insert(name, locate.line(at)) {
+            problems.push(locate.problem(at, format!("interface {name} is already listed on line {line}")));
+            valid = false;
+        }
+        let ingress = match &interface.ingress {
+            None => IngressMode::Auto,
+            Some(text) => IngressMode::from_str(text.get_ref(), false).unwrap_or_else(|_| {
+                let message = format!("ingress {:?} is not one of auto, xdp, xdp-skb, tc", text.get_ref());
+                problems.push(locate.problem(text.span().start, message));
+                valid = false;
+                IngressMode::Auto
+            }),
+        };
+        if !valid {
+            continue;
+        }
+        interfaces.push(InterfaceConfig { name: name.clone(), ingress });
+    }
+    interfaces
+}
+
+/// What a mapping occupies, to find a second mapping of the same VIRTUAL.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum VirtualKey {
+    Address(IpAddr),
+    Port(u8, IpAddr, u16),
+    Prefix(IpAddr, u8),
+}
+
+fn virtual_keys(spec: &MappingSpec) -> Vec<VirtualKey> {
+    match spec {
+        MappingSpec::Address { virtual_addr, .. } => vec![VirtualKey::Address(*virtual_addr)],
+        MappingSpec::Ports(mapping) => {
+            mapping.ports().map(|(port, _)| VirtualKey::Port(mapping.protocol, mapping.virtual_addr, port)).collect()
+        }
+        MappingSpec::Prefix(mapping) => vec![VirtualKey::Prefix(mapping.virtual_net, mapping.len)],
+    }
+}
+
+fn mappings(raw: &[RawMapping], locate: &Locator, problems: &mut Vec<Problem>) -> Vec<ConfigMapping> {
+    let mut model = ModelTable::default();
+    let mut claimed: HashMap<VirtualKey, usize> = HashMap::new();
+    let mut mappings = Vec::new();
+    for mapping in raw {
+        let at = mapping.virtual_side.span().start;
+        let line = locate.line(at);
+        let spec = match MappingSpec::parse(mapping.virtual_side.get_ref(), mapping.real_side.get_ref()) {
+            Ok(spec) => spec,
+            Err(error) => {
+                problems.push(locate.problem(at, error.to_string()));
+                continue;
+            }
+        };
+        if let Some(first) = virtual_keys(&spec).iter().find_map(|key| claimed.get(key)) {
+            let message = format!("VIRTUAL {} is already mapped on line {first}", mapping.virtual_side.get_ref());
+            problems.push(locate.problem(at, message));
+            continue;
+        }
+        let added = match &spec {
+            MappingSpec::Address { virtual_addr, real_addr } => model.add(*virtual_addr, *real_addr),
+            MappingSpec::Ports(ports) => model.add_ports(ports),
+            MappingSpec::Prefix(prefix) => model.add_prefix(prefix),
+        };
+        if let Err(conflict) = added {
+            problems.push(locate.problem(at, conflict.to_string()));
+            continue;
+        }
+        claimed.extend(virtual_keys(&spec).into_iter().map(|key| (key, line)));
+        mappings.push(ConfigMapping { spec, label: mapping.label.clone(), line });
+    }
+    mappings
+}
+
+/// Checks that `mappings` fit a table of `capacity` entries per map (and the fixed
+/// prefix table). The problem points at the first mapping that would not fit;
+/// `limit` names where the capacity comes from.
+pub fn check_capacity(mappings: &[ConfigMapping], capacity: u32, limit: &str) -> Result<(), Problem> {
+    let (mut addresses, mut ports, mut prefixes) = (0u64, 0u64, 0u64);
+    for mapping in mappings {
+        let (used, table, holds) = match &mapping.spec {
+            MappingSpec::Address { .. } => {
+                addresses += 1;
+                (addresses, "address", u64::from(capacity))
+            }
+            MappingSpec::Ports(ports_mapping) => {
+                ports += u64::from(ports_mapping.count);
+                (ports, "port", u64::from(capacity))
+            }
+            MappingSpec::Prefix(_) => {
+                prefixes += 1;
+                (prefixes, "prefix", u64::from(MAX_PREFIX_MAPPINGS))
+            }
+        };
+        if used > holds {
+            let message = format!(
+                "the {table} table would overflow here: it holds {holds} entries ({limit}) and this mapping \
+                 needs entry {used}"
+            );
+            return Err(Problem { line: mapping.line, column: 1, message });
+        }
+    }
+    Ok(())
+}
+
+/// Turns byte offsets into 1-based lines and columns.
+struct Locator {
+    line_starts: Vec<usize>,
+}
+
+impl Locator {
+    fn new(text: &str) -> Self {
+        let line_starts =
+            std::iter::once(0).chain(text.match_indices('\n').map(|(at, _)| at + 1)).collect::<Vec<usize>>();
+        Self { line_starts }
+    }
+
+    fn line(&self, at: usize) -> usize {
+        self.line_starts.partition_point(|&start| start <= at)
+    }
+
+    fn problem(&self, at: usize, message: String) -> Problem {
+        let line = self.line(at);
+        Problem { line, column: at - self.line_starts[line - 1] + 1, message }
+    }
+}
+
+/// Writes `config` as a TOML config file that [`parse`] reads back to the same config.
+pub fn render(config: &Config) -> String {
+    let mut out = String::from("# rewrite config, written by `rewrite export`\n");
+    if let Some(capacity) = config.max_mappings {
+        out.push_str(&format!("max_mappings = {capacity}\n"));
+    }
+    for interface in &config.interfaces {
+        let ingress = interface.ingress.to_possible_value().map(|value| value.get_name().to_owned());
+        out.push_str(&format!("\n[[interface]]\nname = {}\n", quoted(&interface.name)));
+        out.push_str(&format!("ingress = {}\n", quoted(&ingress.unwrap_or_else(|| "auto".into()))));
+    }
+    for mapping in &config.mappings {
+        let (virtual_side, real_side) = written(&mapping.spec);
+        out.push_str(&format!("\n[[mapping]]\nvirtual = {}\nreal = {}\n", quoted(&virtual_side), quoted(&real_side)));
+        if let Some(label) = &mapping.label {
+            out.push_str(&format!("label = {}\n", quoted(label)));
+        }
+    }
+    out
+}
+
+/// A TOML basic string.
+fn quoted(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+/// The two sides of a mapping in the form `map add` takes.
+pub fn written(spec: &MappingSpec) -> (String, String) {
+    match spec {
+        MappingSpec::Address { virtual_addr, real_addr } => (virtual_addr.to_string(), real_addr.to_string()),
+        MappingSpec::Prefix(prefix) => {
+            (format!("{}/{}", prefix.virtual_net, prefix.len), format!("{}/{}", prefix.real_net, prefix.len))
+        }
+        MappingSpec::Ports(ports) => crate::maps::port_sides(ports),
+    }
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics, read from the maps at each scrape: per-mapping packets and
+//! bytes, the outcome counters, how full each map is, and the result of the agent's
+//! last apply. Served over HTTP by the agent (`/metrics`, 127.0.0.1:9464 by default).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use rewrite_common::{
+    counters::{DIRECTION_NAMES, OUTCOME_NAMES},
+    maps::MAX_PREFIX_MAPPINGS,
+};
+
+use crate::{Error, maps::MappingTable, pins::PinLayout, stats::Counters};
+
+type Labels = Vec<(String, String)>;
+
+/// What the agent last did, for the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyStatus {
+    /// Seconds since the epoch of the last apply attempt; 0 before the first.
+    pub timestamp: f64,
+    pub succeeded: bool,
+    pub attempts_succeeded: u64,
+    pub attempts_failed: u64,
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+}
+
+/// The metrics text for the dataplane pinned at `pins`, in the Prometheus text format.
+pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
+    let mut registry = Registry::with_prefix("rewrite");
+
+    let last_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    last_timestamp.set(apply.timestamp);
+    registry.register(
+        "last_apply_timestamp_seconds",
+        "When the agent last applied (or tried to apply) its config",
+        last_timestamp,
+    );
+    let last_success = Gauge::<i64>::default();
+    last_success.set(i64::from(apply.succeeded));
+    registry.register("last_apply_success", "1 if the last apply succeeded, 0 if it was refused", last_success);
+    let applies = Family::<Labels, Counter>::default();
+    applies.get_or_create(&labels(&[("result", "success")])).inc_by(apply.attempts_succeeded);
+    applies.get_or_create(&labels(&[("result", "failure")])).inc_by(apply.attempts_failed);
+    registry.register("applies", "Config applies by result", applies);
+
+    if pins.maps_dir().exists() {
+        let table = MappingTable::open(pins)?;
+        let listing = table.list()?;
+
+        let outcomes = Family::<Labels, Counter>::default();
+        let counters = Counters::read(pins)?;
+        for (direction, row) in counters.values.iter().enumerate() {
+            for (outcome, value) in row.iter().enumerate() {
+                let key = labels(&[("direction", DIRECTION_NAMES[direction]), ("outcome", OUTCOME_NAMES[outcome])]);
+                outcomes.get_or_create(&key).inc_by(*value);
+            }
+        }
+        registry.register("packets", "Packets seen by the programs, by direction and outcome", outcomes);
+
+        let (packets, bytes) = (Family::<Labels, Counter>::default(), Family::<Labels, Counter>::default());
+        for (row, stats) in table.counters(&listing)? {
+            for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
+                let key = labels(&[
+                    ("virtual", &row.virtual_side),
+                    ("real", &row.real_side),
+                    ("kind", row.kind),
+                    ("direction", name),
+                ]);
+                packets.get_or_create(&key).inc_by(stats.packets[direction]);
+                bytes.get_or_create(&key).inc_by(stats.bytes[direction]);
+            }
+        }
+        registry.register("mapping_packets", "Packets rewritten by each mapping, by direction", packets);
+        registry.register("mapping_bytes", "Bytes (whole frames) rewritten by each mapping, by direction", bytes);
+
+        let capacity = u64::from(table.capacity());
+        let port_entries: u64 = listing.port_mappings.iter().map(|mapping| u64::from(mapping.count)).sum();
+        let address_entries = (listing.mappings.len() + listing.orphans.len()) as u64;
+        let fill = [
+            ("address", address_entries, capacity),
+            ("port", port_entries, capacity),
+            ("prefix", listing.prefixes.len() as u64, u64::from(MAX_PREFIX_MAPPINGS)),
+        ];
+        let (entries, capacities, ratios) = (
+            Family::<Labels, Gauge>::default(),
+            Family::<Labels, Gauge>::default(),
+            Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default(),
+        );
+        for (table_name, used, holds) in fill {
+            let key = labels(&[("table", table_name)]);
+            entries.get_or_create(&key).set(i64::try_from(used).unwrap_or(i64::MAX));
+            capacities.get_or_create(&key).set(i64::try_from(holds).unwrap_or(i64::MAX));
+            ratios.get_or_create(&key).set(used as f64 / holds as f64);
+        }
+        registry.register("map_entries", "Mappings (reverse entries) in each table", entries);
+        registry.register("map_capacity", "Room in each table", capacities);
+        registry.register("map_fill_ratio", "Entries divided by capacity, per table", ratios);
+    }
+
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|_| Error::MetricsEncoding)?;
+    Ok(text)
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped. `status` is read at
+/// each scrape.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    pins: Arc<PinLayout>,
+    status: Arc<std::sync::Mutex<ApplyStatus>>,
+) -> Result<(), Error> {
+    loop {
+        let (stream, _) =
+            listener.accept().await.map_err(|error| Error::io("accepting on", "metrics socket", error))?;
+        let (pins, status) = (pins.clone(), status.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let (pins, status) = (pins.clone(), status.clone());
+                async move { Ok::<_, Infallible>(respond(&pins, &status, &request)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(%error, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(
+    pins: &PinLayout,
+    status: &std::sync::Mutex<ApplyStatus>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, content_type: &str, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = code;
+        if let Ok(value) = content_type.parse() {
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+        }
+        response
+    };
+    if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served here\n".into());
+    }
+    let apply = status.lock().map(|status| status.clone()).unwrap_or_default();
+    match render(pins, &apply) {
+        Ok(text) => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the maps for /metrics");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{error}\n"))
+        }
+    }
+}
+
+/// Where the metrics listen unless `--metrics` says otherwise: loopback only.
+pub fn default_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}

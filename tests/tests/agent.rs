@@ -1,0 +1,137 @@
+//! `rewrite agent` in a network namespace, as systemd would run it: it applies its
+//! config, follows changes to the file and SIGHUP, keeps the dataplane as it is when the
+//! config is wrong, serves metrics that count exactly the traffic sent, and can be
+//! killed and replaced without the dataplane noticing.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+use rewrite_tests::{
+    agent::{AgentProcess, ConfigFile, sample},
+    cli::RewriteCli,
+    hosts::{B_REAL, B_VIRTUAL, two_hosts},
+    traffic::udp_echo,
+};
+
+const BASE: &str = r#"[[interface]]
+name = "va"
+ingress = "tc"
+
+[[mapping]]
+virtual = "10.200.0.2"
+real = "10.100.0.2"
+label = "host b"
+"#;
+
+/// UDP payload of `traffic::udp_echo`: a 4-byte sequence number and 1000 bytes.
+const ECHO_FRAME: u64 = 14 + 20 + 8 + 4 + 1000;
+/// Its final "STOP" datagram.
+const STOP_FRAME: u64 = 14 + 20 + 8 + 4;
+
+fn sock(addr: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(addr.parse::<IpAddr>().expect("address"), port)
+}
+
+fn wait_until(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn metrics_count_exactly_the_traffic_sent() {
+    let hosts = two_hosts();
+    let cli = RewriteCli::new(&hosts.a);
+    let config = ConfigFile::new("agent-metrics", BASE);
+    let agent = AgentProcess::start(&hosts.a, cli.pins().path(), &config, 9464);
+    assert!(cli.ok(&["status"]).contains("va\tingress: tc"), "the agent attaches what its config names");
+    let text = agent.scrape().expect("metrics");
+    assert_eq!(sample(&text, "rewrite_last_apply_success", &[]), Some(1.0), "metrics:\n{text}");
+    assert_eq!(sample(&text, "rewrite_map_entries", &[("table", "address")]), Some(1.0), "metrics:\n{text}");
+
+    let count = 200;
+    let report =
+        udp_echo(&hosts.b, sock("0.0.0.0", 7100), &hosts.a, sock(B_VIRTUAL, 7100), count, Duration::from_secs(2));
+    assert_eq!(report.echoed, count, "every datagram must come back: {report:?}");
+
+    let text = agent.scrape().expect("metrics");
+    let count = u64::from(count);
+    let mapping = |direction| [("virtual", B_VIRTUAL), ("real", B_REAL), ("kind", "address"), ("direction", direction)];
+    // Egress: the datagrams and the final STOP; ingress: the echoes.
+    let expected = [
+        ("rewrite_mapping_packets_total", "egress", count + 1),
+        ("rewrite_mapping_packets_total", "ingress", count),
+        ("rewrite_mapping_bytes_total", "egress", count * ECHO_FRAME + STOP_FRAME),
+        ("rewrite_mapping_bytes_total", "ingress", count * ECHO_FRAME),
+    ];
+    for (metric, direction, value) in expected {
+        let found = sample(&text, metric, &mapping(direction));
+        assert_eq!(found, Some(value as f64), "{metric} {direction}\nmetrics:\n{text}");
+    }
+    for (direction, value) in [("egress", count + 1), ("ingress", count)] {
+        let found = sample(&text, "rewrite_packets_total", &[("direction", direction), ("outcome", "rewritten")]);
+        assert_eq!(found, Some(value as f64), "rewritten {direction}\nmetrics:\n{text}");
+    }
+    // The same numbers as `rewrite stats`.
+    let stats: serde_json::Value = serde_json::from_str(&cli.ok(&["stats", "--json"])).expect("stats --json");
+    assert_eq!(stats["egress"]["rewritten"].as_u64(), Some(count + 1));
+}
+
+#[test]
+fn the_agent_follows_its_config_and_keeps_the_state_when_the_config_is_wrong() {
+    let hosts = two_hosts();
+    let cli = RewriteCli::new(&hosts.a);
+    let config = ConfigFile::new("agent-follow", BASE);
+    let agent = AgentProcess::start(&hosts.a, cli.pins().path(), &config, 9465);
+    let listing = || cli.ok(&["map", "list"]);
+
+    // One agent per dataplane.
+    let second = cli.fails(&["agent", "--config", config.as_arg(), "--metrics", "127.0.0.1:9466"]);
+    assert!(second.contains(&format!("another agent (pid {})", agent.pid())), "a second agent must refuse: {second}");
+
+    // A change to the file (replaced, as editors do) is applied.
+    let with_v6 = format!("{BASE}\n[[mapping]]\nvirtual = \"fd00:200::2\"\nreal = \"2001:db8:100::2\"\n");
+    config.write(&with_v6);
+    wait_until("the added mapping", Duration::from_secs(5), || listing().contains("fd00:200::2 -> 2001:db8:100::2"));
+
+    // A wrong file is refused with its line, and the dataplane keeps its state.
+    let before = listing();
+    config.write(&format!("{with_v6}\n[[mapping]]\nvirtual = \"10.200.0.300\"\nreal = \"10.100.0.3\"\n"));
+    agent.wait_for("the refused apply", Duration::from_secs(5), |text| {
+        sample(text, "rewrite_last_apply_success", &[]) == Some(0.0)
+    });
+    assert_eq!(listing(), before, "a refused config must change nothing");
+    let log = agent.log();
+    assert!(log.contains(&format!("{}:15:", config.path().display())), "the log names the line:\n{log}");
+    for line in log.lines() {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("log line is not JSON ({error}): {line}"));
+        assert!(entry["level"].is_string() && entry["fields"]["message"].is_string(), "structured: {line}");
+    }
+
+    // SIGHUP re-applies the (fixed) file, which undoes drift from the CLI.
+    config.write(&with_v6);
+    agent.wait_for("the fixed config", Duration::from_secs(5), |text| {
+        sample(text, "rewrite_last_apply_success", &[]) == Some(1.0)
+    });
+    cli.ok(&["map", "del", "10.200.0.2"]);
+    agent.signal(Signal::SIGHUP);
+    wait_until("the mapping restored by SIGHUP", Duration::from_secs(5), || {
+        listing().contains("10.200.0.2 -> 10.100.0.2")
+    });
+
+    // kill -9: the dataplane goes on; a new agent adopts it without attaching again.
+    let status = cli.ok(&["status"]);
+    agent.kill();
+    let report = udp_echo(&hosts.b, sock("0.0.0.0", 7101), &hosts.a, sock(B_VIRTUAL, 7101), 20, Duration::from_secs(2));
+    assert_eq!(report.echoed, 20, "traffic flows with no agent: {report:?}");
+    let agent = AgentProcess::start(&hosts.a, cli.pins().path(), &config, 9465);
+    assert_eq!(cli.ok(&["status"]), status, "the new agent adopts the attachment as it is");
+    let log = agent.log();
+    assert!(log.contains("\"attached\":0"), "the new agent attaches nothing:\n{log}");
+}

@@ -1,0 +1,127 @@
+//! `rewrite apply` and `rewrite export` with real pinned maps: a config is checked as a
+//! whole, every problem is reported with its line, nothing is applied when anything is
+//! wrong, and a valid config is applied as a difference.
+
+use rewrite_tests::{agent::ConfigFile, cli::RewriteCli, netns::Netns};
+
+const BASE: &str = r#"max_mappings = 8
+
+[[mapping]]
+virtual = "10.200.0.2"
+real = "10.100.0.2"
+label = "es-data-1"
+
+[[mapping]]
+virtual = "10.200.0.3:5000-5001/udp"
+real = "10.100.0.31:6000-6001/udp"
+
+[[mapping]]
+virtual = "10.201.0.0/16"
+real = "172.20.0.0/16"
+"#;
+
+fn listing(cli: &RewriteCli<'_>) -> String {
+    cli.ok(&["map", "list", "--json"])
+}
+
+#[test]
+fn invalid_configs_name_each_problem_by_line_and_change_nothing() {
+    let netns = Netns::new("config-invalid");
+    let cli = RewriteCli::new(&netns);
+    let base = ConfigFile::new("base", BASE);
+    cli.ok(&["apply", base.as_arg()]);
+    let before = listing(&cli);
+    assert!(before.contains("10.100.0.2") && before.contains("172.20.0.0/16"), "the base config is applied: {before}");
+
+    let mapping = |virtual_side: &str, real_side: &str| {
+        format!("\n[[mapping]]\nvirtual = \"{virtual_side}\"\nreal = \"{real_side}\"\n")
+    };
+    // (what is wrong, the config, the line the error must name, words it must use)
+    let cases: Vec<(&str, String, usize, &str)> = vec![
+        (
+            "a duplicate VIRTUAL",
+            format!("{BASE}{}", mapping("10.200.0.2", "10.100.0.9")),
+            17,
+            "already mapped on line 4",
+        ),
+        ("a REAL claimed twice", format!("{BASE}{}", mapping("10.200.0.9", "10.100.0.2")), 17, "10.100.0.2"),
+        ("a bad address", format!("{BASE}{}", mapping("10.200.0.300", "10.100.0.9")), 17, "10.200.0.300"),
+        (
+            "a range of another width",
+            format!("{BASE}{}", mapping("10.200.0.4:1-10/tcp", "10.100.0.4:1-11/tcp")),
+            17,
+            "same width",
+        ),
+        ("an unknown key", format!("{BASE}lable = \"typo\"\n"), 15, "lable"),
+        (
+            "a table that would overflow",
+            format!(
+                "{BASE}{}",
+                (0..8).map(|i| mapping(&format!("10.202.0.{i}"), &format!("10.102.0.{i}"))).collect::<String>()
+            ),
+            45,
+            "overflow",
+        ),
+    ];
+    for (what, text, line, words) in &cases {
+        let file = ConfigFile::new("invalid", text);
+        let stderr = cli.fails(&["apply", file.as_arg()]);
+        let located = format!("{}:{line}:", file.as_arg());
+        assert!(stderr.contains(&located), "{what}: the error must name line {line} ({located}), got:\n{stderr}");
+        assert!(stderr.contains(words), "{what}: the error must say {words:?}, got:\n{stderr}");
+        assert!(stderr.contains("nothing was applied"), "{what}: the error must say nothing was applied:\n{stderr}");
+        assert_eq!(listing(&cli), before, "{what}: the live maps must be unchanged");
+        let stderr = cli.fails(&["apply", "--dry-run", file.as_arg()]);
+        assert!(stderr.contains(&located), "{what}: --dry-run reports the same problem:\n{stderr}");
+    }
+    // Several problems at once are all reported.
+    let two = ConfigFile::new(
+        "two",
+        &format!("{BASE}{}{}", mapping("10.200.0.300", "10.100.0.9"), mapping("10.200.0.9", "10.100.0.2")),
+    );
+    let stderr = cli.fails(&["apply", two.as_arg()]);
+    assert!(
+        stderr.contains("2 problems") && stderr.contains(":17:") && stderr.contains(":21:"),
+        "both problems:\n{stderr}"
+    );
+}
+
+#[test]
+fn apply_prints_and_applies_the_difference_and_export_round_trips() {
+    let netns = Netns::new("config-apply");
+    let cli = RewriteCli::new(&netns);
+    let base = ConfigFile::new("apply-base", BASE);
+    let first = cli.ok(&["apply", base.as_arg()]);
+    for line in
+        ["added 10.200.0.2 -> 10.100.0.2", "added 10.201.0.0/16 -> 172.20.0.0/16", "added 10.200.0.3:5000-5001/udp"]
+    {
+        assert!(first.contains(line), "first apply must print {line:?}:\n{first}");
+    }
+    // Change one REAL, drop the prefix, add a mapping.
+    let changed = BASE.replace("real = \"10.100.0.2\"", "real = \"10.100.0.7\"").replace(
+        "[[mapping]]\nvirtual = \"10.201.0.0/16\"\nreal = \"172.20.0.0/16\"\n",
+        "[[mapping]]\nvirtual = \"fd00::2\"\nreal = \"2001:db8::2\"\n",
+    );
+    let next = ConfigFile::new("apply-next", &changed);
+    let dry = cli.ok(&["apply", "--dry-run", next.as_arg()]);
+    assert!(dry.contains("would be changed 10.200.0.2 -> 10.100.0.7 (was 10.100.0.2)"), "dry run:\n{dry}");
+    assert!(listing(&cli).contains("10.100.0.2"), "a dry run changes nothing");
+    let applied = cli.ok(&["apply", next.as_arg()]);
+    for line in [
+        "changed 10.200.0.2 -> 10.100.0.7 (was 10.100.0.2)",
+        "removed 10.201.0.0/16 -> 172.20.0.0/16",
+        "added fd00::2 -> 2001:db8::2",
+        "applied: 1 added, 1 removed, 1 changed",
+    ] {
+        assert!(applied.contains(line), "apply must print {line:?}:\n{applied}");
+    }
+    let live = listing(&cli);
+    assert!(live.contains("10.100.0.7") && !live.contains("10.100.0.2\"") && !live.contains("172.20.0.0"), "{live}");
+    // Applying it again changes nothing; so does applying the export.
+    let again = cli.ok(&["apply", next.as_arg()]);
+    assert!(again.contains("applied: 0 added, 0 removed, 0 changed"), "a second apply is a no-op:\n{again}");
+    let exported = ConfigFile::new("exported", &cli.ok(&["export"]));
+    let from_export = cli.ok(&["apply", exported.as_arg()]);
+    assert!(from_export.contains("applied: 0 added, 0 removed, 0 changed"), "export round-trips:\n{from_export}");
+    assert_eq!(listing(&cli), live);
+}
