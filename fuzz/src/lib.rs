@@ -12,14 +12,18 @@ use rewrite_common::{
     reference::{self, Datagram, Program},
     spec::{MappingSpec, Side},
 };
-use rewrite_user::cli::Cli;
+use rewrite_user::{cli::Cli, config};
 
 /// A target's body.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `cargo fuzz` and the corpus directories call them.
-pub const TARGETS: [(&str, Target); 3] =
-    [("reference_model", reference_model), ("mapping_syntax", mapping_syntax), ("cli_arguments", cli_arguments)];
+pub const TARGETS: [(&str, Target); 4] = [
+    ("reference_model", reference_model),
+    ("mapping_syntax", mapping_syntax),
+    ("cli_arguments", cli_arguments),
+    ("config_file", config_file),
+];
 
 /// A table with every kind of mapping in both families.
 fn table() -> &'static ModelTable {
@@ -106,5 +110,34 @@ pub fn cli_arguments(data: &[u8]) {
     match Cli::try_parse_from(arguments) {
         Ok(cli) => drop(format!("{cli:?}")),
         Err(error) => drop(error.render().to_string()),
+    }
+}
+
+/// The config file parser: no panic, every problem located inside the text, and a
+/// valid config written back by `render` (as `rewrite export` does) parses to the same
+/// config.
+pub fn config_file(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let path = std::path::Path::new("fuzz.toml");
+    match config::parse(path, text) {
+        Ok(parsed) => {
+            let written = config::render(&parsed);
+            let again = config::parse(path, &written)
+                .unwrap_or_else(|error| panic!("the written config does not parse: {error}\n{written}"));
+            let essence = |config: &config::Config| {
+                let mappings: Vec<_> =
+                    config.mappings.iter().map(|mapping| (mapping.spec, mapping.label.clone())).collect();
+                (config.max_mappings, config.interfaces.clone(), mappings)
+            };
+            assert_eq!(essence(&again), essence(&parsed), "written as:\n{written}");
+        }
+        Err(config::ConfigError::Invalid { problems, .. }) => {
+            let lines = text.lines().count().max(1);
+            for problem in problems {
+                assert!(problem.line >= 1 && problem.line <= lines + 1, "line {} of {lines}", problem.line);
+                assert!(problem.column >= 1 && !problem.message.is_empty(), "{problem:?}");
+            }
+        }
+        Err(error) => panic!("parse cannot fail to read: {error}"),
     }
 }

@@ -17,7 +17,12 @@ use std::{
     net::IpAddr,
 };
 
-use rewrite_common::{mapping::PortMapping, mapping::PrefixMapping, model::ModelTable, spec::MappingSpec};
+use rewrite_common::{
+    mapping::{PortMapping, PrefixMapping},
+    model::ModelTable,
+    spec::MappingSpec,
+    validate::AddPlan,
+};
 
 use crate::{
     Error,
@@ -210,13 +215,18 @@ fn add_to_model(model: &mut ModelTable, spec: &MappingSpec) -> Result<(), rewrit
     }
 }
 
+/// Removes `spec` from the model; what it removed does not matter here.
 fn remove_from_model(model: &mut ModelTable, spec: &MappingSpec) {
     match spec {
-        MappingSpec::Address { virtual_addr, .. } => drop(model.remove(*virtual_addr)),
-        MappingSpec::Ports(mapping) => {
-            drop(model.remove_ports(mapping.protocol, mapping.virtual_addr, mapping.virtual_first, last_port(mapping)))
+        MappingSpec::Address { virtual_addr, .. } => {
+            model.remove(*virtual_addr);
         }
-        MappingSpec::Prefix(mapping) => drop(model.remove_prefix(mapping.virtual_net, mapping.len)),
+        MappingSpec::Ports(mapping) => {
+            model.remove_ports(mapping.protocol, mapping.virtual_addr, mapping.virtual_first, last_port(mapping));
+        }
+        MappingSpec::Prefix(mapping) => {
+            model.remove_prefix(mapping.virtual_net, mapping.len);
+        }
     }
 }
 
@@ -234,11 +244,17 @@ pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
         remove(table, spec)?;
     }
     for (live_spec, config_spec) in &plan.changed {
-        // An address mapping is retargeted in place; a range or prefix goes and comes.
-        if !matches!(live_spec, MappingSpec::Address { .. }) {
-            remove(table, live_spec)?;
+        match (live_spec, config_spec) {
+            // An address mapping is retargeted in place.
+            (MappingSpec::Address { real_addr: old_real, .. }, MappingSpec::Address { virtual_addr, real_addr }) => {
+                table.add_planned(*virtual_addr, *real_addr, AddPlan::Replace { old_real: *old_real })?;
+            }
+            // A range or a prefix goes and comes back.
+            _ => {
+                remove(table, live_spec)?;
+                add(table, config_spec)?;
+            }
         }
-        add(table, config_spec)?;
     }
     for spec in &plan.added {
         add(table, spec)?;
@@ -248,7 +264,10 @@ pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
 
 fn add(table: &mut MappingTable, spec: &MappingSpec) -> Result<(), Error> {
     match spec {
-        MappingSpec::Address { virtual_addr, real_addr } => table.add(*virtual_addr, *real_addr).map(drop),
+        // Checked on the model already (see `rehearse`): no per-mapping table scan.
+        MappingSpec::Address { virtual_addr, real_addr } => {
+            table.add_planned(*virtual_addr, *real_addr, AddPlan::Insert).map(drop)
+        }
         MappingSpec::Ports(mapping) => table.add_ports(mapping).map(drop),
         MappingSpec::Prefix(mapping) => table.add_prefix(mapping).map(drop),
     }

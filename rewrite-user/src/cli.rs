@@ -52,8 +52,25 @@ pub enum Command {
     /// Edit or show the mapping table.
     #[command(subcommand)]
     Map(MapCommand),
-    /// Show attached interfaces.
-    Status,
+    /// Show attached interfaces with their ingress mode and programs (ids and tags),
+    /// the table's capacity and use, the version of the programs this binary carries,
+    /// and whether an agent keeps this dataplane.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the programs on every attached interface by those of this binary (or
+    /// of `--object`), atomically per attachment (BPF link update). The pinned maps and
+    /// their contents stay; a map layout the new programs do not share is refused
+    /// before anything changes.
+    Upgrade {
+        /// An eBPF object file built from rewrite-ebpf, instead of the embedded one.
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
+    },
+    /// Remove everything rewrite created here: every interface's programs and links,
+    /// the maps with their mappings, and the pin directory. Nothing else is touched.
+    Down,
     /// Make the live state equal to a config file: check the whole file first (every
     /// problem is reported with its line and column, and nothing is applied if there is
     /// one), attach the interfaces it names that are not attached, then print and apply

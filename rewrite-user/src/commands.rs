@@ -38,14 +38,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("detached from {iface}");
         }
         Command::Map(command) => run_map(&pins, command)?,
-        Command::Status => {
-            let attachments = loader::attached(&pins)?;
-            if attachments.is_empty() {
-                println!("no interface attached (pins in {})", pins.root().display());
+        Command::Status { json } => print_status(&pins, json)?,
+        Command::Upgrade { object } => {
+            let bytes = match &object {
+                Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+                None => loader::EBPF_OBJECT.to_vec(),
+            };
+            let upgraded = loader::upgrade(&pins, &bytes).context("upgrade refused; the running programs stay")?;
+            if upgraded.is_empty() {
+                println!("no interface attached; nothing to upgrade");
             }
-            for attachment in attachments {
-                println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
+            for change in &upgraded {
+                println!("{}: {} id {} -> {}", change.iface, change.program, change.old_id, change.new_id);
             }
+            println!("programs now at version {}", loader::object_version(&bytes));
+        }
+        Command::Down => {
+            for iface in loader::down(&pins)? {
+                println!("detached from {iface}");
+            }
+            println!("removed {}", pins.root().display());
         }
         Command::Apply { file, dry_run } => apply_config(&pins, &file, dry_run)?,
         Command::Export => print!("{}", export(&pins)?),
@@ -103,6 +115,70 @@ fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<
         plan.changed.len(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// `rewrite status`.
+fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
+    let mut interfaces = Vec::new();
+    for attachment in loader::attached(pins)? {
+        let programs = loader::attached_programs(pins, &attachment.iface)?;
+        interfaces.push((attachment, programs));
+    }
+    // The table is read apart: status must still show the programs when it cannot be.
+    let table = pins.maps_dir().exists().then(|| {
+        let table = MappingTable::open(pins)?;
+        let listing = table.list()?;
+        let ports: u64 = listing.port_mappings.iter().map(|mapping| u64::from(mapping.count)).sum();
+        Ok::<_, rewrite_user::Error>((table.capacity(), listing.mappings.len(), ports, listing.prefixes.len()))
+    });
+    let agent = agent::running_agent(pins);
+    let version = loader::object_version(loader::EBPF_OBJECT);
+    if json {
+        let interfaces: Vec<serde_json::Value> = interfaces
+            .iter()
+            .map(|(attachment, programs)| {
+                serde_json::json!({ "name": attachment.iface, "ingress": attachment.ingress.to_string(), "programs": programs })
+            })
+            .collect();
+        let table = table.map(|table| match table {
+            Ok((capacity, addresses, ports, prefixes)) => serde_json::json!({ "capacity": capacity,
+                "address_entries": addresses, "port_entries": ports, "prefix_entries": prefixes,
+                "prefix_capacity": rewrite_common::maps::MAX_PREFIX_MAPPINGS }),
+            Err(error) => serde_json::json!({ "error": format!("{error:#}") }),
+        });
+        let status = serde_json::json!({
+            "pin_dir": pins.root(),
+            "version": version,
+            "agent": { "running": agent.is_some(), "pid": agent },
+            "interfaces": interfaces,
+            "table": table,
+        });
+        println!("{status}");
+        return Ok(());
+    }
+    if interfaces.is_empty() {
+        println!("no interface attached (pins in {})", pins.root().display());
+    }
+    for (attachment, programs) in &interfaces {
+        println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
+        for program in programs {
+            println!("  {}\tid {}\ttag {}", program.pin, program.id, program.tag);
+        }
+    }
+    match table {
+        Some(Err(error)) => println!("table: cannot be read: {error}"),
+        Some(Ok((capacity, addresses, ports, prefixes))) => println!(
+            "table: {addresses} address and {ports} port entries of {capacity} each, {prefixes} prefixes of {}",
+            rewrite_common::maps::MAX_PREFIX_MAPPINGS
+        ),
+        None => println!("table: none"),
+    }
+    match agent {
+        Some(pid) => println!("agent: running (pid {pid})"),
+        None => println!("agent: not running"),
+    }
+    println!("this binary carries programs version {version}");
     Ok(())
 }
 

@@ -102,6 +102,12 @@ pub enum Error {
     #[error("cannot encode the metrics")]
     MetricsEncoding,
 
+    #[error("cannot read the pinned program {}", path.display())]
+    PinnedProgram { path: PathBuf, source: Box<aya::programs::ProgramError> },
+
+    #[error("cannot use the pinned link {}", path.display())]
+    PinnedLink { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+
     #[error("{what} {mapping}: {why}; nothing was applied")]
     ApplyRefused { what: &'static str, mapping: String, why: String },
 

@@ -114,7 +114,12 @@ impl IngressMode {
 /// capacity of the mapping maps if this load creates them. Programs are not loaded
 /// into the kernel yet: callers load only those they attach or test.
 pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
-    if EBPF_OBJECT.is_empty() {
+    load_object(EBPF_OBJECT, maps_dir, max_mappings)
+}
+
+/// [`load`] for any build of the object (`rewrite upgrade --object`).
+pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
+    if object.is_empty() {
         return Err(Error::BuiltWithoutPrograms);
     }
     let mut loader = EbpfLoader::new();
@@ -124,7 +129,7 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
             loader.map_max_entries(map, capacity);
         }
     }
-    let ebpf = loader.load(EBPF_OBJECT).map_err(|error| Error::Load(Box::new(error)))?;
+    let ebpf = loader.load(object).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<AddressEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_REVERSE, size_of::<Addr>(), size_of::<AddressEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_PORT_FORWARD, size_of::<Endpoint>(), size_of::<EndpointEntry>())?;
@@ -375,4 +380,142 @@ pub fn attached(pins: &PinLayout) -> Result<Vec<Attachment>, Error> {
     }
     attachments.sort_by(|a, b| a.iface.cmp(&b.iface));
     Ok(attachments)
+}
+
+/// A build's version: the first 12 hex digits of the SHA-256 of its object file.
+pub fn object_version(object: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(object).iter().take(6).map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// One program attached to an interface, as its pin shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttachedProgram {
+    /// The pin's file name (`egress_tc_prog`, `ingress_xdp_prog`, ...).
+    pub pin: String,
+    pub name: String,
+    pub id: u32,
+    /// The kernel's tag of its instructions, in hex.
+    pub tag: String,
+}
+
+/// The programs pinned for `iface`, sorted by pin name.
+pub fn attached_programs(pins: &PinLayout, iface: &str) -> Result<Vec<AttachedProgram>, Error> {
+    let dir = pins.iface_dir(iface)?;
+    let entries = std::fs::read_dir(&dir).map_err(|error| Error::io("listing", &dir, error))?;
+    let mut programs = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|error| Error::io("listing", &dir, error))?.path();
+        let Some(pin) = path.file_name().map(|name| name.to_string_lossy().into_owned()) else { continue };
+        if !pin.ends_with("_prog") {
+            continue;
+        }
+        let info = aya::programs::ProgramInfo::from_pin(&path)
+            .map_err(|source| Error::PinnedProgram { path: path.clone(), source: Box::new(source) })?;
+        programs.push(AttachedProgram {
+            pin,
+            name: info.name_as_str().unwrap_or("?").to_owned(),
+            id: info.id(),
+            tag: format!("{:016x}", info.tag()),
+        });
+    }
+    programs.sort_by(|a, b| a.pin.cmp(&b.pin));
+    Ok(programs)
+}
+
+/// What [`upgrade`] replaced on one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upgraded {
+    pub iface: String,
+    pub program: &'static str,
+    pub old_id: u32,
+    pub new_id: u32,
+}
+
+/// Replaces the programs on every attached interface by those of `object`, atomically
+/// per attachment: each pinned link is pointed at the new program (BPF_LINK_UPDATE), so
+/// every packet meets either the old program or the new one. The new programs share
+/// the pinned maps, which keep their contents; a map whose layout the new object does
+/// not share is refused before anything changes.
+pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> {
+    let mut ebpf = load_object(object, &pins.maps_dir(), None)?;
+    let mut loaded: Vec<&'static str> = Vec::new();
+    let mut upgraded = Vec::new();
+    for attachment in attached(pins)? {
+        let iface_dir = pins.iface_dir(&attachment.iface)?;
+        let mut slots =
+            vec![(PROG_TC_EGRESS, EGRESS_PIN_NAMES), (attachment.ingress.program(), attachment.ingress.pin_names())];
+        if attachment.ingress != IngressHook::Tc {
+            slots.push((PROG_TC_ICMP_ERRORS, ICMP_ERRORS_PIN_NAMES));
+        }
+        for (program, (prog_pin, link_pin)) in slots {
+            let iface = attachment.iface.as_str();
+            let prog_path = iface_dir.join(prog_pin);
+            let old_id = aya::programs::ProgramInfo::from_pin(&prog_path)
+                .map_err(|source| Error::PinnedProgram { path: prog_path.clone(), source: Box::new(source) })?
+                .id();
+            let link_path = iface_dir.join(link_pin);
+            let link = FdLink::from(
+                aya::programs::links::PinnedLink::from_pin(&link_path)
+                    .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?,
+            );
+            let first_load = !loaded.contains(&program);
+            if program == PROG_XDP_INGRESS {
+                let xdp: &mut Xdp = typed_program(&mut ebpf, program, iface)?;
+                if first_load {
+                    xdp.load().map_err(|source| program_error("loading", program, iface, source))?;
+                }
+                let link = aya::programs::xdp::XdpLink::try_from(link)
+                    .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?;
+                let id =
+                    xdp.attach_to_link(link).map_err(|source| program_error("replacing", program, iface, source))?;
+                drop(xdp.take_link(id).map_err(|source| program_error("taking the link", program, iface, source))?);
+            } else {
+                let classifier: &mut SchedClassifier = typed_program(&mut ebpf, program, iface)?;
+                if first_load {
+                    classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
+                }
+                let link = aya::programs::tc::SchedClassifierLink::try_from(link)
+                    .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?;
+                let id = classifier
+                    .attach_to_link(link)
+                    .map_err(|source| program_error("replacing", program, iface, source))?;
+                drop(
+                    classifier
+                        .take_link(id)
+                        .map_err(|source| program_error("taking the link", program, iface, source))?,
+                );
+            }
+            if first_load {
+                loaded.push(program);
+            }
+            // The link now runs the new program; the pin names it instead of the old one,
+            // which the kernel frees once nothing refers to it.
+            std::fs::remove_file(&prog_path).map_err(|error| Error::io("unpinning", &prog_path, error))?;
+            let loaded_program = ebpf.program_mut(program).ok_or(Error::NotLoaded { path: prog_path.clone() })?;
+            loaded_program
+                .pin(&prog_path)
+                .map_err(|source| Error::Pin { path: prog_path.clone(), source: Box::new(source) })?;
+            let new_id = aya::programs::ProgramInfo::from_pin(&prog_path)
+                .map_err(|source| Error::PinnedProgram { path: prog_path.clone(), source: Box::new(source) })?
+                .id();
+            upgraded.push(Upgraded { iface: attachment.iface.clone(), program, old_id, new_id });
+        }
+    }
+    Ok(upgraded)
+}
+
+/// Removes everything rewrite created under `pins`: every interface's links (which
+/// detaches the programs) and programs, the maps, and the pin directory itself.
+/// Returns the interfaces it detached.
+pub fn down(pins: &PinLayout) -> Result<Vec<String>, Error> {
+    let interfaces: Vec<String> = attached(pins)?.into_iter().map(|attachment| attachment.iface).collect();
+    for iface in &interfaces {
+        detach(pins, iface)?;
+    }
+    match std::fs::remove_dir_all(pins.root()) {
+        Ok(()) => Ok(interfaces),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(interfaces),
+        Err(error) => Err(Error::io("removing", pins.root(), error)),
+    }
 }

@@ -288,6 +288,15 @@ impl MappingTable {
             }
             plan.map_err(conflict)?
         };
+        self.add_planned(virtual_addr, real_addr, plan)
+    }
+
+    /// Writes `virtual_addr -> real_addr` as `plan` says, without checking it against
+    /// the live table: for callers that checked the whole change on a model first
+    /// (`apply`). Reading the table for each of 10,000 mappings would make a bulk
+    /// apply quadratic. REAL's uniqueness is still enforced by the map (NOEXIST).
+    pub fn add_planned(&mut self, virtual_addr: IpAddr, real_addr: IpAddr, plan: AddPlan) -> Result<AddPlan, Error> {
+        let conflict = |conflict| Error::Conflict { mapping: format!("{virtual_addr} -> {real_addr}"), conflict };
         if plan == AddPlan::Unchanged {
             return Ok(plan);
         }

@@ -54,6 +54,19 @@ impl<'a> RewriteCli<'a> {
             .expect("run rewrite")
     }
 
+    /// Like [`Self::ok`] with another pin directory than the test's own.
+    pub fn run_with_pin_dir_ok(&self, pin_dir: &Path, args: &[&str]) -> String {
+        let out = self.run_with_pin_dir(pin_dir, args);
+        assert!(
+            out.status.success(),
+            "rewrite {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Like [`Self::fails`] with another pin directory than the test's own.
     pub fn fails_with_pin_dir(&self, pin_dir: &Path, args: &[&str]) -> String {
         let out = self.run_with_pin_dir(pin_dir, args);

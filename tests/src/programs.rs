@@ -72,3 +72,29 @@ impl LoadedObject {
         Ok((RunResult { verdict: result.return_value, output }, result.duration))
     }
 }
+
+/// Creates a BPF hash map with the given sizes and pins it at `path`, straight through
+/// the bpf(2) syscall: a map of a layout no build of rewrite has, to check that
+/// loading over it is refused.
+pub fn pin_foreign_hash_map(path: &std::path::Path, key_size: u32, value_size: u32) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries.
+    let mut create = [0u32; 32];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, 16]);
+    // SAFETY: bpf(2) reads `size` bytes of a zero-padded, correctly laid out attribute.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, create.as_ptr(), std::mem::size_of_val(&create)) };
+    assert!(fd >= 0, "BPF_MAP_CREATE failed: {}", std::io::Error::last_os_error());
+    let name = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL in the path");
+    // For BPF_OBJ_PIN: pathname (a pointer as u64), then bpf_fd.
+    let mut pin = [0u64; 16];
+    pin[0] = name.as_ptr() as u64;
+    pin[1] = u64::try_from(fd).expect("a file descriptor");
+    // SAFETY: as above; `name` outlives the call.
+    let pinned = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), std::mem::size_of_val(&pin)) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours and closed once; the pin keeps the map.
+    unsafe { libc::close(i32::try_from(fd).expect("a file descriptor")) };
+    assert_eq!(pinned, 0, "BPF_OBJ_PIN {} failed: {error}", path.display());
+}

@@ -324,3 +324,80 @@ pub fn assert_receiver_verifies_checksums(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// What [`udp_stream_during`] saw.
+#[derive(Debug)]
+pub struct StreamReport {
+    pub sent: u64,
+    pub received: u64,
+    /// Sequence numbers sent but never received (at most the first 20).
+    pub missing: Vec<u64>,
+    pub duplicates: u64,
+}
+
+/// Streams numbered UDP datagrams from `client_ns` to `send_to` (one every
+/// `interval`) while `during` runs, received on `server_ns` at `listen`; then stops,
+/// lets the last datagrams arrive, and reports which sequence numbers never came.
+pub fn udp_stream_during(
+    server_ns: &Netns,
+    listen: SocketAddr,
+    client_ns: &Netns,
+    send_to: SocketAddr,
+    interval: Duration,
+    during: impl FnOnce(),
+) -> StreamReport {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            server_ns.enter();
+            let socket = UdpSocket::bind(listen).unwrap_or_else(|error| panic!("bind {listen}: {error}"));
+            // A deep buffer: a datagram lost to a full socket would not be the network's.
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &(8 << 20))
+                .expect("set SO_RCVBUF");
+            socket.set_read_timeout(Some(Duration::from_millis(500))).expect("set timeout");
+            ready_tx.send(()).expect("the sender waits");
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 64];
+            loop {
+                match socket.recv(&mut buffer) {
+                    Ok(len) if len >= 8 => {
+                        seen.push(u64::from_be_bytes(buffer[..8].try_into().expect("8 bytes")));
+                    }
+                    Ok(_) => {}
+                    // Quiet for 500 ms after the sender stopped: everything is in.
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            seen
+        });
+        ready_rx.recv_timeout(IO_TIMEOUT).expect("the receiver did not start");
+        let sender = scope.spawn(|| {
+            client_ns.enter();
+            let any: SocketAddr = if send_to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
+            let socket = UdpSocket::bind(any).expect("bind sender");
+            let mut sequence = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut datagram = sequence.to_be_bytes().to_vec();
+                datagram.extend_from_slice(b"rewrite-seq");
+                socket.send_to(&datagram, send_to).unwrap_or_else(|error| panic!("send to {send_to}: {error}"));
+                sequence += 1;
+                std::thread::sleep(interval);
+            }
+            sequence
+        });
+        during();
+        stop.store(true, Ordering::Relaxed);
+        let sent = sender.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let mut seen = receiver.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let received = seen.len() as u64;
+        seen.sort_unstable();
+        let before = seen.len();
+        seen.dedup();
+        let duplicates = (before - seen.len()) as u64;
+        let missing = (0..sent).filter(|sequence| seen.binary_search(sequence).is_err()).take(20).collect();
+        StreamReport { sent, received, missing, duplicates }
+    })
+}

@@ -126,12 +126,96 @@ fn the_agent_follows_its_config_and_keeps_the_state_when_the_config_is_wrong() {
     });
 
     // kill -9: the dataplane goes on; a new agent adopts it without attaching again.
-    let status = cli.ok(&["status"]);
+    // Interfaces, program ids and the table: everything but the agent's own line.
+    let dataplane =
+        || cli.ok(&["status"]).lines().filter(|line| !line.starts_with("agent:")).collect::<Vec<_>>().join("\n");
+    let status = dataplane();
+    assert!(status.contains("egress_tc_prog\tid "), "status shows program ids:\n{status}");
     agent.kill();
     let report = udp_echo(&hosts.b, sock("0.0.0.0", 7101), &hosts.a, sock(B_VIRTUAL, 7101), 20, Duration::from_secs(2));
     assert_eq!(report.echoed, 20, "traffic flows with no agent: {report:?}");
     let agent = AgentProcess::start(&hosts.a, cli.pins().path(), &config, 9465);
-    assert_eq!(cli.ok(&["status"]), status, "the new agent adopts the attachment as it is");
+    assert_eq!(dataplane(), status, "the new agent adopts the attachment as it is: same programs, same ids");
+    assert!(cli.ok(&["status"]).contains(&format!("agent: running (pid {})", agent.pid())), "status names the agent");
     let log = agent.log();
     assert!(log.contains("\"attached\":0"), "the new agent attaches nothing:\n{log}");
+}
+
+/// A config with the mapping the traffic uses and `others` more; the first `changed`
+/// of those point at other REALs.
+fn big_config(others: u32, changed: u32) -> String {
+    let mut text = BASE.to_owned();
+    for index in 0..others {
+        let (high, low) = (index / 250, index % 250 + 1);
+        let real_net = if index < changed { 120 } else { 110 };
+        text.push_str(&format!(
+            "\n[[mapping]]\nvirtual = \"10.210.{high}.{low}\"\nreal = \"10.{real_net}.{high}.{low}\"\n"
+        ));
+    }
+    text
+}
+
+/// No datagram is lost while the agent is killed and replaced, the programs are
+/// upgraded to another build, and the agent applies a 10,000-entry config that changes
+/// 1,000 entries.
+#[test]
+fn no_datagram_is_lost_across_agent_restart_upgrade_and_a_big_apply() {
+    let object = std::env::var("REWRITE_UPGRADE_OBJECT").unwrap_or_else(|_| {
+        panic!("REWRITE_UPGRADE_OBJECT is not set: run the tests with `cargo xtask test`, which builds a second object")
+    });
+    let hosts = two_hosts();
+    let cli = RewriteCli::new(&hosts.a);
+    let config = ConfigFile::new("agent-no-loss", &big_config(9_999, 0));
+    let agent = AgentProcess::start(&hosts.a, cli.pins().path(), &config, 9467);
+    let version_before = cli.ok(&["status", "--json"]);
+
+    let report = rewrite_tests::traffic::udp_stream_during(
+        &hosts.b,
+        sock("0.0.0.0", 7200),
+        &hosts.a,
+        sock(B_VIRTUAL, 7200),
+        Duration::from_micros(200),
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            // kill -9 and a new agent.
+            agent.kill();
+            std::thread::sleep(Duration::from_millis(300));
+            let agent = AgentProcess::start(&hosts.a, cli.pins().path(), &config, 9467);
+            std::thread::sleep(Duration::from_millis(300));
+            // Another build of the programs, swapped in under the traffic.
+            let upgraded = cli.ok(&["upgrade", "--object", &object]);
+            assert!(upgraded.contains("va: rewrite_tc_egress id "), "upgrade output:\n{upgraded}");
+            std::thread::sleep(Duration::from_millis(300));
+            // 1,000 of 10,000 entries change.
+            config.write(&big_config(9_999, 1_000));
+            agent.wait_for("the big apply", Duration::from_secs(30), |text| {
+                sample(text, "rewrite_applies_total", &[("result", "success")]) == Some(2.0)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let log = agent.log();
+            let applied = log.lines().find(|line| line.contains("\"changed\":1000"));
+            let applied = applied.unwrap_or_else(|| panic!("the agent changed 1,000 entries:\n{log}"));
+            eprintln!("the big apply: {applied}");
+        },
+    );
+    eprintln!("stream: {report:?}");
+    assert!(report.sent > 1_000, "the stream must run long enough to mean something: {report:?}");
+    assert!(report.missing.is_empty() && report.received == report.sent, "datagrams were lost: {report:?}");
+    let listing = cli.ok(&["map", "list"]);
+    assert!(listing.contains("10.210.0.1 -> 10.120.0.1") && listing.contains("10.210.36.1 -> 10.110.36.1"));
+    let version_after = cli.ok(&["status", "--json"]);
+    let ids = |json: &str| -> Vec<u64> {
+        let value: serde_json::Value = serde_json::from_str(json).expect("status --json");
+        value["interfaces"][0]["programs"]
+            .as_array()
+            .expect("programs")
+            .iter()
+            .filter_map(|p| p["id"].as_u64())
+            .collect()
+    };
+    let (before, after) = (ids(&version_before), ids(&version_after));
+    assert!(
+        !before.is_empty() && before.iter().all(|id| !after.contains(id)),
+        "new program ids: {before:?} -> {after:?}"
+    );
 }

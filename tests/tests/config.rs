@@ -125,3 +125,17 @@ fn apply_prints_and_applies_the_difference_and_export_round_trips() {
     assert!(from_export.contains("applied: 0 added, 0 removed, 0 changed"), "export round-trips:\n{from_export}");
     assert_eq!(listing(&cli), live);
 }
+
+/// The unit file in deploy/ starts the agent with a command line the CLI accepts.
+#[test]
+fn the_systemd_unit_runs_a_command_line_the_cli_accepts() {
+    use clap::Parser as _;
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rewrite-agent.service"))
+        .expect("read deploy/rewrite-agent.service");
+    let exec = unit.lines().find_map(|line| line.strip_prefix("ExecStart=")).expect("an ExecStart line");
+    let mut words = exec.split_whitespace();
+    assert!(words.next().is_some_and(|binary| binary.ends_with("/rewrite")), "ExecStart runs rewrite: {exec}");
+    let cli = rewrite_user::cli::Cli::try_parse_from(std::iter::once("rewrite").chain(words))
+        .unwrap_or_else(|error| panic!("ExecStart={exec} is not a valid command line: {error}"));
+    assert!(matches!(cli.command, rewrite_user::cli::Command::Agent { .. }), "the unit runs the agent: {cli:?}");
+}

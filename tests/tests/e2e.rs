@@ -10,6 +10,7 @@ use std::{
 };
 
 use rewrite_tests::{
+    agent::ConfigFile,
     cli::RewriteCli,
     hosts::{A_MAC, A_REAL, B_MAC, B_REAL, B_VIRTUAL, Family, V4, V6, two_hosts},
     netns::{Netns, VethEnd, veth},
@@ -658,4 +659,52 @@ fn path_mtu_discovery_with_xdp_ingress() {
 #[test]
 fn path_mtu_discovery_over_ipv6() {
     path_mtu_discovery_works_through_the_rewrite("tc", &V6);
+}
+
+/// `rewrite upgrade` refuses a pinned map whose layout its programs do not share, and
+/// leaves the running programs as they were; `rewrite down` then removes everything
+/// this dataplane created, and nothing of another.
+#[test]
+fn upgrade_refuses_a_foreign_map_layout_and_down_removes_everything() {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+    rewrite.ok(&["attach", "--iface", "va", "--ingress", "tc"]);
+    rewrite.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+    let ids = || {
+        let status: serde_json::Value =
+            serde_json::from_str(&rewrite.ok(&["status", "--json"])).expect("status --json");
+        status["interfaces"][0]["programs"]
+            .as_array()
+            .expect("programs")
+            .iter()
+            .map(|program| program["id"].clone())
+            .collect::<Vec<_>>()
+    };
+    let before = ids();
+    // Another dataplane's pins in the same namespace: `down` must leave them.
+    let other = rewrite_tests::netns::PinDir::new("down-other");
+    let other_config = ConfigFile::new("down-other", "[[mapping]]\nvirtual = \"10.9.0.1\"\nreal = \"10.8.0.1\"\n");
+    let applied = rewrite.run_with_pin_dir_ok(other.path(), &["apply", other_config.as_arg()]);
+    assert!(applied.contains("added 10.9.0.1 -> 10.8.0.1"), "{applied}");
+
+    // A map of another layout pinned where ADDR_FORWARD was: the running programs keep
+    // the old map (they hold it), a new load would reuse the foreign one.
+    let forward = rewrite.pins().path().join("maps/ADDR_FORWARD");
+    std::fs::remove_file(&forward).expect("unpin ADDR_FORWARD");
+    rewrite_tests::programs::pin_foreign_hash_map(&forward, 16, 8);
+    let refused = rewrite.fails(&["upgrade"]);
+    assert!(refused.contains("upgrade refused") && refused.contains("value size 8"), "a clear refusal: {refused}");
+    assert_eq!(ids(), before, "the running programs stay");
+    let echo = udp_echo(&hosts.b, sock("0.0.0.0", 7300), &hosts.a, sock(B_VIRTUAL, 7300), 10, Duration::from_secs(2));
+    assert_eq!(echo.echoed, 10, "and still rewrite: {echo:?}");
+
+    let down = rewrite.ok(&["down"]);
+    assert!(down.contains("detached from va"), "{down}");
+    assert!(!rewrite.pins().path().exists(), "the pin directory is gone");
+    assert!(rewrite.ok(&["status"]).starts_with("no interface attached"));
+    let echo =
+        udp_echo(&hosts.b, sock("0.0.0.0", 7301), &hosts.a, sock(B_VIRTUAL, 7301), 3, Duration::from_millis(300));
+    assert_eq!(echo.echoed, 0, "nothing rewrites any more: {echo:?}");
+    let listed = rewrite.run_with_pin_dir_ok(other.path(), &["map", "list"]);
+    assert!(listed.contains("10.9.0.1 -> 10.8.0.1"), "the other dataplane is untouched: {listed}");
 }

@@ -16,7 +16,7 @@ use super::{on_path, output, run, step};
 /// The cargo-fuzz release the targets are run with.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The targets in fuzz/Cargo.toml.
-pub const TARGETS: [&str; 3] = ["reference_model", "mapping_syntax", "cli_arguments"];
+pub const TARGETS: [&str; 4] = ["reference_model", "mapping_syntax", "cli_arguments", "config_file"];
 
 /// `cargo +nightly`, without the variables the outer (stable) cargo set for xtask, so
 /// that nothing of the pinned toolchain leaks into the nightly build.

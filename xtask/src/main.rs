@@ -109,7 +109,9 @@ fn main() -> anyhow::Result<()> {
             setup()?;
             require_root("the tests attach eBPF programs and create network namespaces")?;
             build(false)?;
+            let upgrade_object = build_upgrade_object(&root)?;
             let mut command = cargo();
+            command.env("REWRITE_UPGRADE_OBJECT", &upgrade_object);
             command.args(["test", "--workspace", "--exclude", "rewrite-ebpf", "--no-fail-fast", "--"]).args(&args);
             run_tests(&mut command)
         }
@@ -421,6 +423,27 @@ fn build(release: bool) -> anyhow::Result<()> {
         command.arg("--release");
     }
     run(&mut command, "cargo build")
+}
+
+/// A second build of the eBPF programs, with its own build tag (so its bytes, and its
+/// version, differ from the embedded one), for the upgrade test. Built as the
+/// `rewrite-user` build script builds the embedded object, in a target directory of
+/// its own.
+fn build_upgrade_object(root: &Path) -> anyhow::Result<PathBuf> {
+    let target_dir = root.join("target").join("upgrade-object");
+    run(
+        cargo()
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("REWRITE_BUILD_TAG", "upgrade-test")
+            .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf")
+            .args(["build", "--package", "rewrite-ebpf", "--bins", "--release", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--target-dir"])
+            .arg(&target_dir),
+        "cargo build (the second eBPF object, for the upgrade test)",
+    )?;
+    let object = target_dir.join("bpfel-unknown-none").join("release").join("rewrite-ebpf");
+    ensure!(object.is_file(), "the second eBPF object is missing at {}", object.display());
+    Ok(object)
 }
 
 fn run_as_root(binary: &Path, args: &[String]) -> anyhow::Result<()> {
