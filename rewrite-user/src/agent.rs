@@ -26,11 +26,9 @@ use nix::{
 use crate::{
     Error, apply, config,
     metrics::{self, ApplyStatus},
-    pins::PinLayout,
+    pins::{PinLayout, RUN_DIR},
 };
 
-/// Where agents record themselves: one lock file per pin directory.
-const RUN_DIR: &str = "/run/rewrite";
 /// Changes to the config closer together than this are applied once.
 const SETTLE: Duration = Duration::from_millis(100);
 
@@ -43,9 +41,7 @@ pub struct AgentOptions {
 
 /// The lock file of the agent for `pins`.
 fn lock_path(pins: &PinLayout) -> PathBuf {
-    let name: String =
-        pins.root().to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    Path::new(RUN_DIR).join(format!("agent{name}.lock"))
+    pins.run_record("agent").with_extension("lock")
 }
 
 /// Takes the agent lock for `pins` (one agent per dataplane) and writes this process's

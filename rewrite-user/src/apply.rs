@@ -28,7 +28,7 @@ use crate::{
     Error,
     config::{self, Config, ConfigError, ConfigMapping, InterfaceConfig, written},
     iface, loader,
-    maps::{Listing, MappingTable, merge_port_runs},
+    maps::{Listing, Mapping, MappingTable, merge_port_runs},
     pins::PinLayout,
 };
 
@@ -240,7 +240,11 @@ pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
     for (virtual_addr, _) in &plan.orphans {
         table.remove_mapping(*virtual_addr)?;
     }
-    for spec in &plan.removed {
+    // Address mappings in batches (forward entries first, then reverse); the few port
+    // ranges and prefixes one by one.
+    let removed_addresses: Vec<Mapping> = plan.removed.iter().filter_map(address_mapping).collect();
+    table.remove_batch(&removed_addresses)?;
+    for spec in plan.removed.iter().filter(|spec| address_mapping(spec).is_none()) {
         remove(table, spec)?;
     }
     for (live_spec, config_spec) in &plan.changed {
@@ -256,10 +260,21 @@ pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
             }
         }
     }
-    for spec in &plan.added {
+    let added_addresses: Vec<Mapping> = plan.added.iter().filter_map(address_mapping).collect();
+    table.insert_new_batch(&added_addresses)?;
+    for spec in plan.added.iter().filter(|spec| address_mapping(spec).is_none()) {
         add(table, spec)?;
     }
     Ok(())
+}
+
+fn address_mapping(spec: &MappingSpec) -> Option<Mapping> {
+    match spec {
+        MappingSpec::Address { virtual_addr, real_addr } => {
+            Some(Mapping { virtual_addr: *virtual_addr, real_addr: *real_addr })
+        }
+        _ => None,
+    }
 }
 
 fn add(table: &mut MappingTable, spec: &MappingSpec) -> Result<(), Error> {

@@ -138,7 +138,8 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
         let interfaces: Vec<serde_json::Value> = interfaces
             .iter()
             .map(|(attachment, programs)| {
-                serde_json::json!({ "name": attachment.iface, "ingress": attachment.ingress.to_string(), "programs": programs })
+                serde_json::json!({ "name": attachment.iface, "ingress": attachment.ingress.to_string(),
+                    "version": pins.recorded_version(&attachment.iface), "programs": programs })
             })
             .collect();
         let table = table.map(|table| match table {
@@ -161,7 +162,8 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
         println!("no interface attached (pins in {})", pins.root().display());
     }
     for (attachment, programs) in &interfaces {
-        println!("{}\tingress: {}\tegress: tc", attachment.iface, attachment.ingress);
+        let version = pins.recorded_version(&attachment.iface).unwrap_or_else(|| "unknown".into());
+        println!("{}\tingress: {}\tegress: tc\tversion: {version}", attachment.iface, attachment.ingress);
         for program in programs {
             println!("  {}\tid {}\ttag {}", program.pin, program.id, program.tag);
         }

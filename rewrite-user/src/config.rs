@@ -76,6 +76,9 @@ pub enum ConfigError {
     Invalid { path: PathBuf, problems: Vec<Problem> },
 }
 
+/// Problems listed in a message; a generated file can have thousands of one kind.
+const SHOWN_PROBLEMS: usize = 100;
+
 /// Renders problems as `FILE:LINE:COLUMN: message`, one per line, with a count.
 struct Invalid<'a> {
     path: &'a Path,
@@ -91,8 +94,11 @@ impl fmt::Display for Invalid<'_> {
             self.path.display(),
             if count == 1 { "" } else { "s" }
         )?;
-        for problem in self.problems {
+        for problem in self.problems.iter().take(SHOWN_PROBLEMS) {
             write!(f, "\n  {}:{}:{}: {}", self.path.display(), problem.line, problem.column, problem.message)?;
+        }
+        if count > SHOWN_PROBLEMS {
+            write!(f, "\n  … and {} more", count - SHOWN_PROBLEMS)?;
         }
         Ok(())
     }

@@ -102,6 +102,12 @@ pub enum Error {
     #[error("cannot encode the metrics")]
     MetricsEncoding,
 
+    #[error("the kernel still holds links {ids:?} after their pins were removed; they detach when it releases them")]
+    LinksNotReleased { ids: Vec<u32> },
+
+    #[error("a batch write to map {map} stopped after {done} entries")]
+    Batch { map: &'static str, done: usize, source: io::Error },
+
     #[error("cannot read the pinned program {}", path.display())]
     PinnedProgram { path: PathBuf, source: Box<aya::programs::ProgramError> },
 

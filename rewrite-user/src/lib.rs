@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod apply;
+mod batch;
 pub mod cli;
 pub mod config;
 pub mod error;

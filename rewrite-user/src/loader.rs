@@ -237,7 +237,9 @@ pub fn attach(
             let _ = std::fs::remove_dir_all(pins.maps_dir());
         }
     }
-    attached.map(|ingress| Attachment { iface: iface_name.to_owned(), ingress })
+    let ingress = attached?;
+    pins.record_version(iface_name, &object_version(EBPF_OBJECT))?;
+    Ok(Attachment { iface: iface_name.to_owned(), ingress })
 }
 
 fn attach_and_pin(
@@ -352,12 +354,54 @@ fn pin_program_and_link(
 /// maps stay, with their mappings, for the other interfaces and later attaches.
 pub fn detach(pins: &PinLayout, iface: &str) -> Result<(), Error> {
     let iface_dir = pins.iface_dir(iface)?;
+    let links = pinned_link_ids(&iface_dir);
     match std::fs::remove_dir_all(&iface_dir) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            pins.forget_version(Some(iface));
+            wait_until_released(&links)
+        }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             Err(Error::NotAttached { name: iface.to_owned(), dir: iface_dir })
         }
         Err(error) => Err(Error::io("removing", iface_dir, error)),
+    }
+}
+
+/// The ids of the links pinned in `iface_dir` (none if it cannot be read).
+fn pinned_link_ids(iface_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(iface_dir) else { return Vec::new() };
+    entries
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if !path.file_name()?.to_string_lossy().ends_with("_link") {
+                return None;
+            }
+            // The descriptor is closed at the end of this statement: holding it would
+            // keep the link alive.
+            FdLink::from(aya::programs::links::PinnedLink::from_pin(&path).ok()?).info().ok().map(|info| info.id())
+        })
+        .collect()
+}
+
+/// How long detaching may take: the kernel releases an unpinned link from a workqueue.
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the kernel has released `links`, so that when `detach` returns, no
+/// packet meets the programs any more.
+fn wait_until_released(links: &[u32]) -> Result<(), Error> {
+    let deadline = std::time::Instant::now() + RELEASE_TIMEOUT;
+    loop {
+        let remaining: Vec<u32> = aya::programs::loaded_links()
+            .filter_map(|link| link.ok().map(|info| info.id()))
+            .filter(|id| links.contains(id))
+            .collect();
+        if remaining.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::LinksNotReleased { ids: remaining });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -501,6 +545,7 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
                 .id();
             upgraded.push(Upgraded { iface: attachment.iface.clone(), program, old_id, new_id });
         }
+        pins.record_version(&attachment.iface, &object_version(object))?;
     }
     Ok(upgraded)
 }
@@ -513,6 +558,7 @@ pub fn down(pins: &PinLayout) -> Result<Vec<String>, Error> {
     for iface in &interfaces {
         detach(pins, iface)?;
     }
+    pins.forget_version(None);
     match std::fs::remove_dir_all(pins.root()) {
         Ok(()) => Ok(interfaces),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(interfaces),

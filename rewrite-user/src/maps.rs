@@ -58,6 +58,9 @@ pub struct MappingTable {
     prefix_reverse: PrefixMap,
     in_use: Array<MapData, TablesInUse>,
     capacity: u32,
+    /// The address maps again, for the batch commands aya's typed maps do not offer.
+    forward_batch: MapData,
+    reverse_batch: MapData,
 }
 
 /// What [`MappingTable::remove_mapping`] removed.
@@ -200,7 +203,20 @@ impl MappingTable {
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
         let in_use = Array::try_from(open_pinned(pins, MAP_TABLES_IN_USE)?)
             .map_err(|source| Error::map(MAP_TABLES_IN_USE, source))?;
-        Ok(Self { forward, reverse, port_forward, port_reverse, prefix_forward, prefix_reverse, in_use, capacity })
+        let batch_handle =
+            |name: &'static str| MapData::from_pin(pins.map(name)).map_err(|source| Error::map(name, source));
+        Ok(Self {
+            forward,
+            reverse,
+            port_forward,
+            port_reverse,
+            prefix_forward,
+            prefix_reverse,
+            in_use,
+            capacity,
+            forward_batch: batch_handle(MAP_ADDR_FORWARD)?,
+            reverse_batch: batch_handle(MAP_ADDR_REVERSE)?,
+        })
     }
 
     /// Updates the flags that let the programs skip empty tables. Call with `true`
@@ -642,6 +658,39 @@ impl MappingTable {
                 BPF_ANY,
             )
             .map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))
+    }
+
+    /// Adds many address mappings that were checked beforehand (as `apply` checks a
+    /// whole config on its model) with batch map updates: every reverse entry first,
+    /// then every forward entry, so no packet is sent to a REAL whose reply would not
+    /// be restored. Batch updates take no NOEXIST (the kernel allows only BPF_F_LOCK
+    /// per element), so REAL's uniqueness rests on that check and on one writer at a
+    /// time, as for every other edit.
+    pub fn insert_new_batch(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
+        let reals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.real_addr)).collect();
+        let virtuals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.virtual_addr)).collect();
+        let entries = |addrs: &[Addr]| addrs.iter().map(|addr| AddressEntry::new(*addr)).collect::<Vec<_>>();
+        crate::batch::update(&self.reverse_batch, &reals, &entries(&virtuals), BPF_ANY)
+            .map_err(|error| self.batch_error(MAP_ADDR_REVERSE, error))?;
+        crate::batch::update(&self.forward_batch, &virtuals, &entries(&reals), BPF_ANY)
+            .map_err(|error| self.batch_error(MAP_ADDR_FORWARD, error))
+    }
+
+    /// Removes many address mappings with batch deletes: every forward entry first,
+    /// then every reverse entry.
+    pub fn remove_batch(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
+        let virtuals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.virtual_addr)).collect();
+        let reals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.real_addr)).collect();
+        crate::batch::delete(&self.forward_batch, &virtuals)
+            .map_err(|error| self.batch_error(MAP_ADDR_FORWARD, error))?;
+        crate::batch::delete(&self.reverse_batch, &reals).map_err(|error| self.batch_error(MAP_ADDR_REVERSE, error))
+    }
+
+    fn batch_error(&self, map: &'static str, error: crate::batch::BatchError) -> Error {
+        match error.source.raw_os_error() {
+            Some(libc::E2BIG | libc::ENOMEM) => Error::TableFull { capacity: self.capacity },
+            _ => Error::Batch { map, done: error.done, source: error.source },
+        }
     }
 
     /// Inserts many mappings that are known to be new and valid (benchmarks and bulk

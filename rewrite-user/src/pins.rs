@@ -7,6 +7,10 @@
 //! <pin dir>/ifaces/<IF>/<program>_link              its bpf link: removing it detaches
 //! ```
 //!
+//! bpffs holds only BPF objects, so the few plain records about a pin directory live
+//! under `/run/rewrite`, named after it: the agent's lock, and the version of the
+//! programs attached to each interface.
+//!
 //! Everything is created root-only (directories 0700; bpffs creates pins 0600), since
 //! whoever can write the maps can redirect the host's traffic.
 
@@ -20,6 +24,9 @@ use crate::Error;
 
 /// The default pin directory; `--pin-dir` or `REWRITE_PIN_DIR` overrides it.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rewrite";
+
+/// Where the plain records about pin directories live.
+pub const RUN_DIR: &str = "/run/rewrite";
 
 /// `BPF_FS_MAGIC` from linux/magic.h: what statfs reports for a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -36,6 +43,40 @@ impl PinLayout {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `/run/rewrite/<kind><pin dir with every other character as '_'>`: a record about
+    /// this pin directory.
+    pub fn run_record(&self, kind: &str) -> PathBuf {
+        let name: String =
+            self.root.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        Path::new(RUN_DIR).join(format!("{kind}{name}"))
+    }
+
+    /// Records that the programs attached to `iface` are of build `version`.
+    pub fn record_version(&self, iface: &str, version: &str) -> Result<(), Error> {
+        let dir = self.run_record("versions");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|error| Error::io("creating", &dir, error))?;
+        let path = dir.join(iface);
+        std::fs::write(&path, version).map_err(|error| Error::io("writing", &path, error))
+    }
+
+    /// The build of the programs attached to `iface`, if recorded.
+    pub fn recorded_version(&self, iface: &str) -> Option<String> {
+        std::fs::read_to_string(self.run_record("versions").join(iface)).ok().map(|text| text.trim().to_owned())
+    }
+
+    /// Forgets the version of `iface`'s programs (`None`: of every interface).
+    pub fn forget_version(&self, iface: Option<&str>) {
+        let dir = self.run_record("versions");
+        let _ = match iface {
+            Some(iface) => std::fs::remove_file(dir.join(iface)),
+            None => std::fs::remove_dir_all(dir),
+        };
     }
 
     pub fn maps_dir(&self) -> PathBuf {

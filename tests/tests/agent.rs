@@ -218,4 +218,16 @@ fn no_datagram_is_lost_across_agent_restart_upgrade_and_a_big_apply() {
         !before.is_empty() && before.iter().all(|id| !after.contains(id)),
         "new program ids: {before:?} -> {after:?}"
     );
+    // The version status reports is the digest of the object now running.
+    let version = |json: &str| -> String {
+        let value: serde_json::Value = serde_json::from_str(json).expect("status --json");
+        value["interfaces"][0]["version"].as_str().expect("a recorded version").to_owned()
+    };
+    let digest: String = {
+        use sha2::Digest as _;
+        let bytes = std::fs::read(&object).expect("read the second object");
+        sha2::Sha256::digest(&bytes).iter().take(6).map(|byte| format!("{byte:02x}")).collect()
+    };
+    assert_ne!(version(&version_before), digest, "the second build must be another version");
+    assert_eq!(version(&version_after), digest, "status must report the upgraded build");
 }

@@ -124,6 +124,18 @@ fn apply_prints_and_applies_the_difference_and_export_round_trips() {
     let from_export = cli.ok(&["apply", exported.as_arg()]);
     assert!(from_export.contains("applied: 0 added, 0 removed, 0 changed"), "export round-trips:\n{from_export}");
     assert_eq!(listing(&cli), live);
+    // Dropping an address mapping removes both its entries.
+    let without_v6 = ConfigFile::new(
+        "apply-without-v6",
+        &changed.replace("\n[[mapping]]\nvirtual = \"fd00::2\"\nreal = \"2001:db8::2\"\n", ""),
+    );
+    let removed = cli.ok(&["apply", without_v6.as_arg()]);
+    assert!(
+        removed.contains("removed fd00::2 -> 2001:db8::2") && removed.contains("applied: 0 added, 1 removed"),
+        "{removed}"
+    );
+    let live = listing(&cli);
+    assert!(!live.contains("fd00::2") && !live.contains("2001:db8::2") && live.contains("10.100.0.7"), "{live}");
 }
 
 /// The unit file in deploy/ starts the agent with a command line the CLI accepts.
