@@ -79,9 +79,15 @@ pub fn running_agent(pins: &PinLayout) -> Option<u32> {
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT. Fails at start if another agent runs for the
-/// same pins, if the metrics address cannot be bound, or if the config cannot be read
-/// or applied the first time.
+/// Removes the agent lock file of `pins` when no agent holds it (`rewrite down`).
+pub fn remove_stale_lock(pins: &PinLayout) {
+    if running_agent(pins).is_none() {
+        let _ = std::fs::remove_file(lock_path(pins));
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT. Fails at start only if another agent runs
+/// for the same pins, or if the metrics address cannot be bound.
 pub fn run(options: AgentOptions) -> Result<(), Error> {
     let _lock = take_lock(&options.pins)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -95,7 +101,9 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
     let pins = Arc::new(options.pins);
     let status = Arc::new(Mutex::new(ApplyStatus::default()));
     let config_path = options.config;
-    apply_config(&pins, &config_path, &status, "start")?;
+    // A config refused at start is logged and counted like any other: the agent stays up,
+    // serves metrics that show it, and applies the file once it is fixed.
+    let _ = apply_config(&pins, &config_path, &status, "start");
 
     let listener = tokio::net::TcpListener::bind(options.metrics)
         .await

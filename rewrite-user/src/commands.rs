@@ -54,7 +54,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("programs now at version {}", loader::object_version(&bytes));
         }
         Command::Down => {
-            for iface in loader::down(&pins)? {
+            if let Some(pid) = agent::running_agent(&pins) {
+                bail!(
+                    "an agent (pid {pid}) keeps this dataplane and would attach it again; stop it first \
+                     (systemctl stop rewrite-agent)"
+                );
+            }
+            let detached = loader::down(&pins)?;
+            agent::remove_stale_lock(&pins);
+            for iface in detached {
                 println!("detached from {iface}");
             }
             println!("removed {}", pins.root().display());

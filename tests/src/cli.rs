@@ -80,25 +80,11 @@ impl<'a> RewriteCli<'a> {
 
     /// Runs `rewrite args...`, panics unless it succeeds, and returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "rewrite {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.run_with_pin_dir_ok(self.pins.path(), args)
     }
 
     /// Runs `rewrite args...`, panics if it succeeds, and returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "rewrite {args:?} should have failed, but printed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        self.fails_with_pin_dir(self.pins.path(), args)
     }
 }

@@ -151,8 +151,7 @@ pub fn udp_echo_sized(
         ready_rx.recv_timeout(IO_TIMEOUT).expect("server did not start");
         let client = scope.spawn(|| {
             client_ns.enter();
-            let any: SocketAddr = if send_to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
-            let socket = UdpSocket::bind(any).expect("bind client");
+            let socket = unspecified_udp_socket(send_to);
             socket.set_read_timeout(Some(wait)).expect("set timeout");
             let mut echoed = 0;
             let mut echo_sources = Vec::new();
@@ -325,6 +324,12 @@ pub fn assert_receiver_verifies_checksums(
     }
 }
 
+/// A UDP socket on an ephemeral port of the unspecified address of `peer`'s family.
+fn unspecified_udp_socket(peer: SocketAddr) -> UdpSocket {
+    let any: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
+    UdpSocket::bind(any).unwrap_or_else(|error| panic!("bind {any}: {error}"))
+}
+
 /// What [`udp_stream_during`] saw.
 #[derive(Debug)]
 pub struct StreamReport {
@@ -376,8 +381,7 @@ pub fn udp_stream_during(
         ready_rx.recv_timeout(IO_TIMEOUT).expect("the receiver did not start");
         let sender = scope.spawn(|| {
             client_ns.enter();
-            let any: SocketAddr = if send_to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
-            let socket = UdpSocket::bind(any).expect("bind sender");
+            let socket = unspecified_udp_socket(send_to);
             let mut sequence = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let mut datagram = sequence.to_be_bytes().to_vec();

@@ -231,3 +231,29 @@ fn no_datagram_is_lost_across_agent_restart_upgrade_and_a_big_apply() {
     assert_ne!(version(&version_before), digest, "the second build must be another version");
     assert_eq!(version(&version_after), digest, "status must report the upgraded build");
 }
+
+/// An agent started with a wrong config stays up, shows the refusal in its metrics,
+/// and applies the file once it is fixed.
+#[test]
+fn an_agent_started_with_a_wrong_config_waits_for_a_fixed_one() {
+    let hosts = two_hosts();
+    let cli = RewriteCli::new(&hosts.a);
+    let config = ConfigFile::new("agent-wrong-start", &BASE.replace("10.100.0.2", "10.100.0.300"));
+    let agent = AgentProcess::start(&hosts.a, cli.pins().path(), &config, 9468);
+    let text = agent.scrape().expect("metrics");
+    assert_eq!(sample(&text, "rewrite_last_apply_success", &[]), Some(0.0), "metrics:\n{text}");
+    assert_eq!(sample(&text, "rewrite_applies_total", &[("result", "failure")]), Some(1.0), "metrics:\n{text}");
+    assert!(sample(&text, "rewrite_last_apply_timestamp_seconds", &[]).is_some_and(|at| at > 1.0e9), "{text}");
+    assert!(cli.ok(&["status"]).starts_with("no interface attached"), "nothing is applied");
+    config.write(BASE);
+    agent.wait_for("the fixed config", Duration::from_secs(5), |text| {
+        sample(text, "rewrite_last_apply_success", &[]) == Some(1.0)
+    });
+    assert!(cli.ok(&["status"]).contains("va\tingress: tc"), "applied once fixed");
+    // `down` would be undone by the agent: it refuses while one runs.
+    let refused = cli.fails(&["down"]);
+    assert!(refused.contains(&format!("an agent (pid {})", agent.pid())), "{refused}");
+    agent.kill();
+    assert!(cli.ok(&["down"]).contains("detached from va"));
+    assert!(cli.ok(&["status"]).contains("agent: not running"));
+}
