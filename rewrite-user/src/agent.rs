@@ -39,7 +39,7 @@ pub struct AgentOptions {
     pub pins: PinLayout,
 }
 
-/// The lock file of the agent for `pins`.
+/// The lock file of the agent for `pins` (`PinLayout::remove_run_records` knows it too).
 fn lock_path(pins: &PinLayout) -> PathBuf {
     pins.run_record("agent").with_extension("lock")
 }
@@ -76,13 +76,6 @@ pub fn running_agent(pins: &PinLayout) -> Option<u32> {
         // Nobody holds it: no agent.
         Ok(_unlocked_on_drop) => None,
         Err(_) => read_pid(&path),
-    }
-}
-
-/// Removes the agent lock file of `pins` when no agent holds it (`rewrite down`).
-pub fn remove_stale_lock(pins: &PinLayout) {
-    if running_agent(pins).is_none() {
-        let _ = std::fs::remove_file(lock_path(pins));
     }
 }
 

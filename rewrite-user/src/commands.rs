@@ -60,9 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                      (systemctl stop rewrite-agent)"
                 );
             }
-            let detached = loader::down(&pins)?;
-            agent::remove_stale_lock(&pins);
-            for iface in detached {
+            for iface in loader::down(&pins)? {
                 println!("detached from {iface}");
             }
             println!("removed {}", pins.root().display());

@@ -558,7 +558,8 @@ pub fn down(pins: &PinLayout) -> Result<Vec<String>, Error> {
     for iface in &interfaces {
         detach(pins, iface)?;
     }
-    pins.forget_version(None);
+    // No agent runs (the CLI checks): its lock file is stale.
+    pins.remove_run_records();
     match std::fs::remove_dir_all(pins.root()) {
         Ok(()) => Ok(interfaces),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(interfaces),

@@ -70,6 +70,13 @@ impl PinLayout {
         std::fs::read_to_string(self.run_record("versions").join(iface)).ok().map(|text| text.trim().to_owned())
     }
 
+    /// Removes every record about this pin directory (`down`, and tests cleaning up):
+    /// the versions and the agent's lock file.
+    pub fn remove_run_records(&self) {
+        self.forget_version(None);
+        let _ = std::fs::remove_file(self.run_record("agent").with_extension("lock"));
+    }
+
     /// Forgets the version of `iface`'s programs (`None`: of every interface).
     pub fn forget_version(&self, iface: Option<&str>) {
         let dir = self.run_record("versions");
