@@ -9,13 +9,14 @@
 //! the dataplane keeps the state it has.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     fs::File,
     io::Write as _,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use nix::{
@@ -23,9 +24,17 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 
+use rewrite_common::maps::DEFAULT_MAX_MAPPINGS;
+
 use crate::{
-    Error, apply, config,
-    metrics::{self, ApplyStatus},
+    Error, apply,
+    config::{self, Config},
+    desired::{Capacity, Change, DesiredTable, Source, is_own},
+    fleet::{FleetMapping, FleetSettings},
+    follow::{self, KeyChange, Update},
+    iface,
+    maps::MappingTable,
+    metrics::{self, ApplyStatus, FleetStatus},
     pins::{PinLayout, RUN_DIR},
 };
 
@@ -34,9 +43,13 @@ const SETTLE: Duration = Duration::from_millis(100);
 
 #[derive(Debug)]
 pub struct AgentOptions {
-    pub config: PathBuf,
+    /// The config file, if any (an agent may follow a fleet table alone).
+    pub config: Option<PathBuf>,
     pub metrics: SocketAddr,
     pub pins: PinLayout,
+    /// The fleet table to follow, from the command line; overrides the config's
+    /// `[fleet]` section.
+    pub fleet: Option<FleetSettings>,
 }
 
 /// The lock file of the agent for `pins` (`PinLayout::remove_run_records` knows it too).
@@ -93,10 +106,10 @@ pub fn run(options: AgentOptions) -> Result<(), Error> {
 async fn serve(options: AgentOptions) -> Result<(), Error> {
     let pins = Arc::new(options.pins);
     let status = Arc::new(Mutex::new(ApplyStatus::default()));
-    let config_path = options.config;
+    let mut dataplane = Dataplane::new(pins.clone(), options.config.clone(), status.clone());
     // A config refused at start is logged and counted like any other: the agent stays up,
     // serves metrics that show it, and applies the file once it is fixed.
-    let _ = apply_config(&pins, &config_path, &status, "start");
+    dataplane.apply_config("start");
 
     let listener = tokio::net::TcpListener::bind(options.metrics)
         .await
@@ -104,7 +117,31 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
     tracing::info!(address = %options.metrics, "serving metrics at /metrics");
     let metrics_task = tokio::spawn(metrics::serve(listener, pins.clone(), status.clone()));
 
-    let mut changes = watch(&config_path)?;
+    // The fleet settings are read once: changing them takes a restart.
+    let fleet = options.fleet.or_else(|| dataplane.local.as_ref().and_then(|config| config.fleet.clone()));
+    let (updates_sender, mut updates) = tokio::sync::mpsc::unbounded_channel();
+    let mut fleet_tasks = Vec::new();
+    if let Some(fleet) = fleet {
+        tracing::info!(endpoints = %fleet.store.endpoints.join(","), prefix = %fleet.store.prefix, "following the fleet table");
+        dataplane.follow_fleet(fleet.node.is_some());
+        let table = follow::follow_table(fleet.store.clone(), fleet.retry_max, updates_sender.clone());
+        fleet_tasks.push(tokio::spawn(table));
+        if let Some(node) = fleet.node {
+            fleet_tasks.push(tokio::spawn(follow::keep_registered(
+                fleet.store,
+                node,
+                fleet.retry_max,
+                updates_sender.clone(),
+            )));
+        }
+    }
+    drop(updates_sender);
+
+    let mut changes = match &options.config {
+        Some(path) => watch(path)?,
+        // No file to watch: a channel that never delivers.
+        None => tokio::sync::mpsc::unbounded_channel().1,
+    };
     let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -117,13 +154,19 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
                 while changes.try_recv().is_ok() {}
                 "config changed"
             }
+            Some(update) = updates.recv() => {
+                dataplane.fleet_update(update);
+                continue;
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         };
-        // A refused config is logged and counted; the dataplane keeps its state.
-        let _ = apply_config(&pins, &config_path, &status, reason);
+        dataplane.apply_config(reason);
     }
     metrics_task.abort();
+    for task in fleet_tasks {
+        task.abort();
+    }
     tracing::info!("agent stopping; the dataplane stays pinned and keeps running");
     Ok(())
 }
@@ -132,47 +175,312 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
     tokio::signal::unix::signal(kind).map_err(|error| Error::io("handling", "a signal", error))
 }
 
-/// Loads, checks and applies the config, logging what changed and recording the
-/// result for the metrics.
-fn apply_config(pins: &PinLayout, path: &Path, status: &Mutex<ApplyStatus>, reason: &str) -> Result<(), Error> {
-    let started = std::time::Instant::now();
-    let result = config::load(path).map_err(Error::from).and_then(|config| {
-        let prepared = apply::prepare(pins, path, &config)?;
-        apply::execute(pins, &prepared)?;
-        Ok(prepared)
-    });
-    let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64());
-    if let Ok(mut status) = status.lock() {
-        status.timestamp = timestamp;
-        status.succeeded = result.is_ok();
-        if result.is_ok() {
-            status.attempts_succeeded += 1;
-        } else {
-            status.attempts_failed += 1;
+fn now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// What the agent keeps the maps equal to, and what it knows of the fleet table.
+/// The only writer of the maps.
+struct Dataplane {
+    pins: Arc<PinLayout>,
+    config_path: Option<PathBuf>,
+    /// The last config applied; `None` before the first (or without a config file).
+    local: Option<Config>,
+    /// The fleet table as last read and watched; `None` if not following one, or
+    /// before its first read.
+    fleet: Option<BTreeMap<String, Result<FleetMapping, String>>>,
+    /// What the maps hold, as admitted; `None` until the first full sync.
+    desired: Option<DesiredTable>,
+    /// Fleet keys not admitted, with the reason.
+    refused: BTreeMap<String, String>,
+    /// Fleet keys whose REAL is this host: not applied here (see [`is_own`]).
+    own: BTreeSet<String>,
+    status: Arc<Mutex<ApplyStatus>>,
+}
+
+impl Dataplane {
+    fn new(pins: Arc<PinLayout>, config_path: Option<PathBuf>, status: Arc<Mutex<ApplyStatus>>) -> Self {
+        Self {
+            pins,
+            config_path,
+            local: None,
+            fleet: None,
+            desired: None,
+            refused: BTreeMap::new(),
+            own: BTreeSet::new(),
+            status,
         }
     }
-    match result {
-        Ok(prepared) => {
-            let plan = &prepared.plan;
-            tracing::info!(
-                reason,
-                config = %path.display(),
-                attached = prepared.to_attach.len(),
-                added = plan.added.len(),
-                removed = plan.removed.len() + plan.orphans.len(),
-                changed = plan.changed.len(),
-                seconds = started.elapsed().as_secs_f64(),
-                "applied config"
-            );
-            for line in plan.lines() {
-                tracing::debug!(change = %line, "mapping");
+
+    fn follow_fleet(&mut self, registers: bool) {
+        self.fleet_status(|fleet| fleet.registered = registers.then_some(false));
+    }
+
+    fn fleet_status(&self, change: impl FnOnce(&mut FleetStatus)) {
+        if let Ok(mut status) = self.status.lock() {
+            change(status.fleet.get_or_insert_with(FleetStatus::default));
+        }
+    }
+
+    /// Fleet changes wait for the first valid config, when there is a config file:
+    /// before it, a full sync would take the local mappings out of the maps.
+    fn ready_for_fleet(&self) -> bool {
+        self.config_path.is_none() || self.local.is_some()
+    }
+
+    /// Loads, checks and applies the config (with the fleet table as last known),
+    /// logging what changed and recording the result for the metrics.
+    fn apply_config(&mut self, reason: &str) {
+        let Some(path) = self.config_path.clone() else { return };
+        let started = Instant::now();
+        let result = config::load(&path).map_err(Error::from).and_then(|config| {
+            if self.local.as_ref().is_some_and(|local| local.fleet != config.fleet) {
+                tracing::warn!("the [fleet] section changed; restart the agent to use the new settings");
             }
-            Ok(())
+            let prepared = self.sync(&config)?;
+            self.local = Some(config);
+            Ok(prepared)
+        });
+        if let Ok(mut status) = self.status.lock() {
+            status.timestamp = now();
+            status.succeeded = result.is_ok();
+            if result.is_ok() {
+                status.attempts_succeeded += 1;
+            } else {
+                status.attempts_failed += 1;
+            }
         }
-        Err(error) => {
-            tracing::error!(reason, config = %path.display(), %error, "config refused; the dataplane keeps its state");
-            Err(error)
+        match result {
+            Ok(prepared) => log_applied(&prepared, reason, &path.display().to_string(), started),
+            Err(error) => {
+                tracing::error!(reason, config = %path.display(), %error, "config refused; the dataplane keeps its state");
+            }
         }
+    }
+
+    /// Makes the maps equal to `local` plus the fleet table as last known: every
+    /// mapping admitted in order (local first, then the fleet's in key order), then the
+    /// difference with the live maps applied as a plan.
+    fn sync(&mut self, local: &Config) -> Result<apply::Prepared, Error> {
+        let capacity = if self.pins.maps_dir().exists() {
+            MappingTable::open(&self.pins)?.capacity()
+        } else {
+            local.max_mappings.unwrap_or(DEFAULT_MAX_MAPPINGS)
+        };
+        let mut desired = DesiredTable::new(Capacity::of_table(capacity));
+        for mapping in &local.mappings {
+            desired.admit(mapping.spec, mapping.label.clone(), Source::Local).map_err(|refusal| {
+                let (virtual_side, real_side) = config::written(&mapping.spec);
+                Error::ApplyRefused {
+                    what: "cannot add",
+                    mapping: format!("{virtual_side} -> {real_side}"),
+                    why: refusal.to_string(),
+                }
+            })?;
+        }
+        let mut refused = BTreeMap::new();
+        let mut own = BTreeSet::new();
+        let local_addrs = iface::local_addresses()?;
+        for (key, entry) in self.fleet.iter().flatten() {
+            if entry.as_ref().is_ok_and(|mapping| is_own(&mapping.spec, &local_addrs)) {
+                own.insert(key.clone());
+                continue;
+            }
+            let admitted = entry.clone().and_then(|mapping| {
+                desired
+                    .admit(mapping.spec, mapping.label, Source::Fleet)
+                    .map(drop)
+                    .map_err(|refusal| refusal.to_string())
+            });
+            if let Err(why) = admitted {
+                refused.insert(key.clone(), why);
+            }
+        }
+        let config = Config { mappings: desired.mappings(), fleet: None, ..local.clone() };
+        let origin = self.config_path.clone().unwrap_or_else(|| PathBuf::from("the fleet table"));
+        let prepared = apply::prepare(&self.pins, &origin, &config)?;
+        apply::execute(&self.pins, &prepared)?;
+        self.log_refusals(&refused);
+        self.refused = refused;
+        self.own = own;
+        self.desired = Some(desired);
+        self.publish_fleet_counts();
+        Ok(prepared)
+    }
+
+    fn log_refusals(&self, refused: &BTreeMap<String, String>) {
+        for (key, why) in refused.iter().filter(|(key, _)| !self.refused.contains_key(*key)) {
+            tracing::warn!(key = %key, %why, "fleet mapping not applied");
+        }
+    }
+
+    fn publish_fleet_counts(&self) {
+        let (mappings, refused, own) =
+            (self.fleet.as_ref().map_or(0, BTreeMap::len), self.refused.len(), self.own.len());
+        self.fleet_status(|fleet| {
+            fleet.mappings = mappings;
+            fleet.refused = refused;
+            fleet.own = own;
+        });
+    }
+
+    fn fleet_update(&mut self, update: Update) {
+        match update {
+            Update::Snapshot { revision, entries, reason } => {
+                let started = Instant::now();
+                self.fleet = Some(entries.into_iter().collect());
+                self.full_sync(reason, revision, started);
+            }
+            Update::Changes { revision, changes } => self.apply_changes(revision, changes),
+            Update::Disconnected { error } => {
+                tracing::warn!(%error, "lost the fleet table; the dataplane keeps the last state it knew, retrying");
+                self.fleet_status(|fleet| {
+                    if fleet.connected {
+                        fleet.disconnects += 1;
+                    }
+                    fleet.connected = false;
+                });
+            }
+            Update::Registered { pairs } => {
+                for (real, virtual_addr) in &pairs {
+                    tracing::info!(%real, %virtual_addr, "registered in the fleet table");
+                    // Ingress restores packets to REAL to this VIRTUAL: the host must own it.
+                    match iface::ensure_loopback_address(*virtual_addr) {
+                        Ok(true) => tracing::info!(%virtual_addr, "added the claimed VIRTUAL to lo"),
+                        Ok(false) => {}
+                        Err(error) => tracing::error!(%virtual_addr, %error, "cannot add the claimed VIRTUAL to lo"),
+                    }
+                }
+                self.fleet_status(|fleet| fleet.registered = Some(true));
+            }
+            Update::RegistrationFailed { error } => {
+                tracing::error!(%error, "fleet registration failed; retrying");
+                self.fleet_status(|fleet| fleet.registered = Some(false));
+            }
+        }
+    }
+
+    fn full_sync(&mut self, reason: &'static str, revision: i64, started: Instant) {
+        self.fleet_status(|fleet| {
+            fleet.connected = true;
+            *fleet.resyncs.entry(reason).or_default() += 1;
+        });
+        if !self.ready_for_fleet() {
+            tracing::warn!("fleet table read, but the config is not valid yet: waiting for it before syncing");
+            return;
+        }
+        let local = self.local.clone().unwrap_or_else(empty_config);
+        match self.sync(&local) {
+            Ok(prepared) => {
+                log_applied(&prepared, reason, "fleet table", started);
+                let seconds = started.elapsed().as_secs_f64();
+                self.fleet_status(|fleet| {
+                    fleet.revision = revision;
+                    fleet.last_sync_seconds = seconds;
+                });
+            }
+            Err(error) => tracing::error!(reason, %error, "fleet sync failed; the dataplane keeps its state"),
+        }
+    }
+
+    /// Applies single changes from the watch: a few map writes each. A change the table
+    /// refuses is logged and counted, and a mapping it replaces is taken out (the maps
+    /// never keep a mapping the table no longer has). Refused keys are tried again after
+    /// every change, since a change can free what they need.
+    fn apply_changes(&mut self, revision: i64, changes: Vec<KeyChange>) {
+        let Some(fleet) = self.fleet.as_mut() else { return };
+        for (key, entry) in &changes {
+            match entry {
+                Some(entry) => fleet.insert(key.clone(), entry.clone()),
+                None => fleet.remove(key),
+            };
+        }
+        if !self.ready_for_fleet() || self.desired.is_none() {
+            return;
+        }
+        let table = MappingTable::open(&self.pins);
+        let result = table.and_then(|mut table| {
+            let local_addrs = iface::local_addresses()?;
+            let mut writes = Vec::new();
+            for (key, entry) in changes {
+                writes.push(self.admit_change(&key, entry, &local_addrs));
+            }
+            let retry: Vec<String> = self.refused.keys().cloned().collect();
+            for key in retry {
+                if let Some(Ok(mapping)) = self.fleet.as_ref().and_then(|fleet| fleet.get(&key)).cloned() {
+                    writes.push(self.admit_change(&key, Some(Ok(mapping)), &local_addrs));
+                }
+            }
+            for change in &writes {
+                apply::apply_change(&mut table, change)?;
+            }
+            Ok(writes.len())
+        });
+        self.publish_fleet_counts();
+        match result {
+            Ok(count) => {
+                tracing::debug!(revision, count, "applied fleet changes");
+                self.fleet_status(|fleet| {
+                    fleet.revision = revision;
+                    fleet.changes += 1;
+                });
+            }
+            Err(error) => {
+                // The maps may now differ from what was admitted: start again from the table.
+                tracing::error!(revision, %error, "a fleet change could not be written; syncing the whole table again");
+                self.full_sync("repair", revision, Instant::now());
+            }
+        }
+    }
+
+    /// Admits one key's new state into the desired table and says what the maps must do.
+    fn admit_change(&mut self, key: &str, entry: Option<Result<FleetMapping, String>>, local: &[IpAddr]) -> Change {
+        let Some(desired) = self.desired.as_mut() else { return Change::Unchanged };
+        self.own.remove(key);
+        let refusal = match entry {
+            None => {
+                self.refused.remove(key);
+                return desired.remove(key, Source::Fleet);
+            }
+            Some(Ok(mapping)) if is_own(&mapping.spec, local) => {
+                self.refused.remove(key);
+                self.own.insert(key.to_owned());
+                return desired.remove(key, Source::Fleet);
+            }
+            Some(Ok(mapping)) => match desired.admit(mapping.spec, mapping.label, Source::Fleet) {
+                Ok(change) => {
+                    self.refused.remove(key);
+                    return change;
+                }
+                Err(refusal) => refusal.to_string(),
+            },
+            Some(Err(why)) => why,
+        };
+        if self.refused.insert(key.to_owned(), refusal.clone()).is_none() {
+            tracing::warn!(key, why = %refusal, "fleet mapping not applied");
+        }
+        desired.remove(key, Source::Fleet)
+    }
+}
+
+fn empty_config() -> Config {
+    Config { max_mappings: None, interfaces: Vec::new(), mappings: Vec::new(), fleet: None }
+}
+
+fn log_applied(prepared: &apply::Prepared, reason: &str, source: &str, started: Instant) {
+    let plan = &prepared.plan;
+    tracing::info!(
+        reason,
+        source,
+        attached = prepared.to_attach.len(),
+        added = plan.added.len(),
+        removed = plan.removed.len() + plan.orphans.len(),
+        changed = plan.changed.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "applied"
+    );
+    for line in plan.lines() {
+        tracing::debug!(change = %line, "mapping");
     }
 }
 

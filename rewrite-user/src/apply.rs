@@ -17,16 +17,12 @@ use std::{
     net::IpAddr,
 };
 
-use rewrite_common::{
-    mapping::{PortMapping, PrefixMapping},
-    model::ModelTable,
-    spec::MappingSpec,
-    validate::AddPlan,
-};
+use rewrite_common::{mapping::PrefixMapping, model::ModelTable, spec::MappingSpec, validate::AddPlan};
 
 use crate::{
     Error,
     config::{self, Config, ConfigError, ConfigMapping, InterfaceConfig, written},
+    desired::{Change, add_to_model, last_port, remove_from_model},
     iface, loader,
     maps::{Listing, Mapping, MappingTable, merge_port_runs},
     pins::PinLayout,
@@ -207,33 +203,6 @@ fn refused(what: &'static str, spec: &MappingSpec, error: &dyn std::fmt::Display
     Error::ApplyRefused { what, mapping: format!("{virtual_side} -> {real_side}"), why: error.to_string() }
 }
 
-fn add_to_model(model: &mut ModelTable, spec: &MappingSpec) -> Result<(), rewrite_common::validate::MappingConflict> {
-    match spec {
-        MappingSpec::Address { virtual_addr, real_addr } => model.add(*virtual_addr, *real_addr).map(drop),
-        MappingSpec::Ports(mapping) => model.add_ports(mapping).map(drop),
-        MappingSpec::Prefix(mapping) => model.add_prefix(mapping).map(drop),
-    }
-}
-
-/// Removes `spec` from the model; what it removed does not matter here.
-fn remove_from_model(model: &mut ModelTable, spec: &MappingSpec) {
-    match spec {
-        MappingSpec::Address { virtual_addr, .. } => {
-            model.remove(*virtual_addr);
-        }
-        MappingSpec::Ports(mapping) => {
-            model.remove_ports(mapping.protocol, mapping.virtual_addr, mapping.virtual_first, last_port(mapping));
-        }
-        MappingSpec::Prefix(mapping) => {
-            model.remove_prefix(mapping.virtual_net, mapping.len);
-        }
-    }
-}
-
-fn last_port(mapping: &PortMapping) -> u16 {
-    mapping.virtual_first.saturating_add(mapping.count - 1)
-}
-
 /// Applies `plan` to the live table in the order documented above. Each write is one
 /// of the table's own operations, which keep the reverse-first order per mapping.
 pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
@@ -266,6 +235,18 @@ pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
         add(table, spec)?;
     }
     Ok(())
+}
+
+/// Applies one admitted change (see [`crate::desired`]) with the same per-mapping
+/// order as a whole plan.
+pub fn apply_change(table: &mut MappingTable, change: &Change) -> Result<(), Error> {
+    let plan = match *change {
+        Change::Unchanged => return Ok(()),
+        Change::Added(spec) => Plan { added: vec![spec], ..Plan::default() },
+        Change::Changed { old, new } => Plan { changed: vec![(old, new)], ..Plan::default() },
+        Change::Removed(spec) => Plan { removed: vec![spec], ..Plan::default() },
+    };
+    apply(table, &plan)
 }
 
 fn address_mapping(spec: &MappingSpec) -> Option<Mapping> {

@@ -85,17 +85,36 @@ pub enum Command {
     /// Print the live state (attached interfaces and mappings) as a config file;
     /// applying it back changes nothing.
     Export,
-    /// Keep the dataplane equal to a config file, in the foreground (for systemd):
-    /// apply it at start, on every change to the file and on SIGHUP; serve Prometheus
-    /// metrics; log in JSON (level from REWRITE_LOG, default info). Killing the agent
-    /// leaves the dataplane running, and a new agent adopts it.
+    /// Keep the dataplane equal to a config file and, with `--etcd`, to a fleet table,
+    /// in the foreground (for systemd): apply the config at start, on every change to
+    /// the file and on SIGHUP; follow the fleet table (full sync at start, on reconnect
+    /// and after compaction, single changes as they come); serve Prometheus metrics;
+    /// log in JSON (level from REWRITE_LOG, default info). Killing the agent leaves the
+    /// dataplane running, and a new agent adopts it.
     Agent {
-        /// The TOML config.
-        #[arg(long)]
-        config: PathBuf,
+        /// The TOML config. Its `[fleet]` section is used unless `--etcd` is given.
+        #[arg(long, required_unless_present = "etcd")]
+        config: Option<PathBuf>,
         /// Where to serve `/metrics`. Loopback by default: expose it deliberately.
         #[arg(long, value_name = "ADDR:PORT", default_value_t = crate::metrics::default_address())]
         metrics: std::net::SocketAddr,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Longest pause between two attempts to reach etcd (the pause doubles from
+        /// 100 ms up to this).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        etcd_retry_max: u64,
+    },
+    /// Edit the fleet table in etcd that agents started with `--etcd` follow. Every
+    /// change is checked against the whole table as `apply` checks a config, and
+    /// committed only if nobody changed the table meanwhile.
+    Fleet {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(subcommand)]
+        command: FleetCommand,
     },
     /// Show the counters, summed over CPUs: packets by outcome and direction, then
     /// packets and bytes per mapping and direction, busiest first.
@@ -152,6 +171,135 @@ pub enum MapCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// How to reach the fleet table in etcd.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StoreArgs {
+    /// etcd endpoints, comma-separated (http://HOST:PORT, or https:// with --etcd-ca).
+    #[arg(long, value_name = "URL[,URL...]", env = "REWRITE_ETCD", value_delimiter = ',', requires = "prefix")]
+    pub etcd: Vec<String>,
+    /// The cluster's key prefix, e.g. /rewrite/prod.
+    #[arg(long, value_name = "PREFIX", env = "REWRITE_FLEET_PREFIX", requires = "etcd")]
+    pub prefix: Option<String>,
+    /// CA certificate (PEM) of the etcd servers; turns TLS on.
+    #[arg(long, value_name = "FILE", requires = "etcd")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that check client certificates.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user.
+    #[arg(long, value_name = "NAME", requires = "etcd")]
+    pub etcd_user: Option<String>,
+    /// File whose first line is the etcd user's password.
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+    /// Seconds without an answer to an HTTP/2 ping after which the connection to etcd
+    /// counts as lost.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub etcd_keepalive: u64,
+}
+
+/// Registration of this node in the fleet table.
+#[derive(Clone, Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Register this node under this id: it claims a VIRTUAL address from `--pool` for
+    /// each `--node-real` (the same one again after a restart).
+    #[arg(long, value_name = "ID", requires_all = ["etcd", "node_real", "pool"])]
+    pub node: Option<String>,
+    /// A REAL address of this node (repeat for IPv4 and IPv6).
+    #[arg(long, value_name = "ADDR", requires = "node")]
+    pub node_real: Vec<std::net::IpAddr>,
+    /// The pool to claim from.
+    #[arg(long, value_name = "POOL", requires = "node")]
+    pub pool: Option<String>,
+    /// The registration lease's TTL: a node that stops renewing it is gone this long
+    /// after.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=86400))]
+    pub lease_ttl: u64,
+    /// When a gone node's mappings leave the table: `lease` (with its lease), a grace
+    /// period after it (`90s`, `10m`, `2h`), or `never` (only `rewrite fleet del`).
+    #[arg(long, value_name = "WHEN", default_value = "lease")]
+    pub expire_after: crate::fleet::MappingExpiry,
+}
+
+impl StoreArgs {
+    /// The store these arguments name, if `--etcd` was given.
+    pub fn options(&self) -> Option<crate::fleet::StoreOptions> {
+        let prefix = self.prefix.clone()?;
+        let mut options = crate::fleet::StoreOptions::new(self.etcd.clone(), prefix);
+        options.ca = self.etcd_ca.clone();
+        options.cert = self.etcd_cert.clone();
+        options.key = self.etcd_key.clone();
+        options.user = self.etcd_user.clone();
+        options.password_file = self.etcd_password_file.clone();
+        options.keepalive = std::time::Duration::from_secs(self.etcd_keepalive);
+        Some(options)
+    }
+}
+
+impl NodeArgs {
+    pub fn options(&self) -> Option<crate::fleet::NodeOptions> {
+        Some(crate::fleet::NodeOptions {
+            id: self.node.clone()?,
+            reals: self.node_real.clone(),
+            pool: self.pool.clone()?,
+            lease_ttl: std::time::Duration::from_secs(self.lease_ttl),
+            expiry: self.expire_after,
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// List the fleet table's mappings (and keys that are not valid mappings).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a mapping to the fleet table, or retarget one (forms as in `map add`).
+    Add {
+        #[arg(value_name = "VIRTUAL", value_parser = parse_side)]
+        virtual_side: Side,
+        #[arg(value_name = "REAL", value_parser = parse_side)]
+        real_side: Side,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Delete the fleet mapping of VIRTUAL.
+    Del {
+        #[arg(value_name = "VIRTUAL", value_parser = parse_side)]
+        virtual_side: Side,
+    },
+    /// Address pools that nodes claim VIRTUAL addresses from.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// List pools with their size and claims.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a pool from one or more prefixes (IPv4 and IPv6 may be mixed).
+    Add {
+        name: String,
+        #[arg(value_name = "PREFIX", required = true)]
+        prefixes: Vec<String>,
+    },
+    /// Delete a pool and its claims (mappings stay).
+    Del { name: String },
+    /// Free an address a node claimed, so that the pool can hand it out again.
+    Release {
+        name: String,
+        #[arg(value_name = "ADDRESS")]
+        address: std::net::IpAddr,
     },
 }
 

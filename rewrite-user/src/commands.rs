@@ -20,6 +20,10 @@ use rewrite_user::{
 use crate::report::{DEFAULT_TOP, Reading};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // The fleet table lives in etcd: editing it needs no pins, and no root.
+    if let Command::Fleet { store, command } = cli.command {
+        return crate::fleet_commands::run(&store, command);
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "rewrite must run as root: its pins are root-only, and loading programs and editing \
@@ -67,12 +71,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Apply { file, dry_run } => apply_config(&pins, &file, dry_run)?,
         Command::Export => print!("{}", export(&pins)?),
-        Command::Agent { config, metrics } => {
+        Command::Agent { config, metrics, store, node, etcd_retry_max } => {
+            let fleet = store.options().map(|store| rewrite_user::fleet::FleetSettings {
+                store,
+                node: node.options(),
+                retry_max: std::time::Duration::from_secs(etcd_retry_max),
+            });
             let filter = tracing_subscriber::EnvFilter::try_from_env("REWRITE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
-            agent::run(agent::AgentOptions { config, metrics, pins })?;
+            agent::run(agent::AgentOptions { config, metrics, pins, fleet })?;
         }
+        Command::Fleet { .. } => unreachable!("handled before the root check"),
         Command::Stats { json, top, watch, interval, count } => {
             let top = top.or((!json).then_some(DEFAULT_TOP));
             let mut previous = Reading::take(&pins)?;
@@ -204,7 +214,7 @@ fn export(pins: &PinLayout) -> anyhow::Result<String> {
     } else {
         (None, Vec::new())
     };
-    Ok(config::render(&config::Config { max_mappings, interfaces, mappings }))
+    Ok(config::render(&config::Config { max_mappings, interfaces, mappings, fleet: None }))
 }
 
 fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {

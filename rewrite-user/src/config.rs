@@ -12,6 +12,22 @@
 //! virtual = "10.0.0.5"
 //! real = "192.0.2.5"
 //! label = "es-data-1"              # optional
+//!
+//! [fleet]                          # optional: follow a fleet table in etcd
+//! etcd = ["https://10.1.0.1:2379"]
+//! prefix = "/rewrite/prod"
+//! ca = "/etc/rewrite/etcd-ca.pem"   # optional: TLS; cert and key for client auth
+//! user = "rewrite"                  # optional, with password_file
+//! password_file = "/etc/rewrite/etcd-password"
+//! keepalive_seconds = 10           # optional
+//! retry_max_seconds = 10           # optional
+//!
+//! [fleet.node]                     # optional: register this node
+//! id = "es-data-1"
+//! real = ["192.0.2.5"]
+//! pool = "overlay"
+//! lease_ttl_seconds = 10           # optional
+//! expire_after = "lease"           # optional: lease, never, or a grace period (90s, 10m)
 //! ```
 //!
 //! [`parse`] checks the whole file before anything is applied and reports every
@@ -35,7 +51,10 @@ use rewrite_common::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::loader::IngressMode;
+use crate::{
+    fleet::{FleetSettings, Layout, MappingExpiry, NodeOptions, StoreOptions, check_name},
+    loader::IngressMode,
+};
 
 /// A validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +63,8 @@ pub struct Config {
     pub max_mappings: Option<u32>,
     pub interfaces: Vec<InterfaceConfig>,
     pub mappings: Vec<ConfigMapping>,
+    /// The fleet table to follow, if any.
+    pub fleet: Option<FleetSettings>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,6 +133,32 @@ struct RawConfig {
     interfaces: Vec<RawInterface>,
     #[serde(default, rename = "mapping")]
     mappings: Vec<RawMapping>,
+    fleet: Option<RawFleet>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFleet {
+    etcd: Spanned<Vec<String>>,
+    prefix: Spanned<String>,
+    ca: Option<PathBuf>,
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    keepalive_seconds: Option<Spanned<u64>>,
+    retry_max_seconds: Option<Spanned<u64>>,
+    node: Option<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: Spanned<String>,
+    real: Spanned<Vec<String>>,
+    pool: Spanned<String>,
+    lease_ttl_seconds: Option<Spanned<u64>>,
+    expire_after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -158,12 +205,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     };
     let interfaces = interfaces(&raw.interfaces, &locate, &mut problems);
     let mappings = mappings(&raw.mappings, &locate, &mut problems);
+    let fleet = raw.fleet.as_ref().and_then(|fleet| fleet_settings(fleet, &locate, &mut problems));
     if problems.is_empty() {
         let capacity = max_mappings.unwrap_or(DEFAULT_MAX_MAPPINGS);
         problems.extend(check_capacity(&mappings, capacity, "max_mappings").err());
     }
     if problems.is_empty() {
-        Ok(Config { max_mappings, interfaces, mappings })
+        Ok(Config { max_mappings, interfaces, mappings, fleet })
     } else {
         problems.sort_by_key(|problem| (problem.line, problem.column));
         Err(invalid(problems))
@@ -201,15 +249,90 @@ fn interfaces(raw: &[RawInterface], locate: &Locator, problems: &mut Vec<Problem
     interfaces
 }
 
+/// A number of seconds within `range`, or a problem at its value.
+fn seconds(
+    value: Option<&Spanned<u64>>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+    name: &str,
+    locate: &Locator,
+    problems: &mut Vec<Problem>,
+) -> std::time::Duration {
+    let seconds = value.map_or(default, |value| *value.get_ref());
+    if let Some(value) = value.filter(|_| !range.contains(&seconds)) {
+        let message = format!("{name} must be from {} to {}", range.start(), range.end());
+        problems.push(locate.problem(value.span().start, message));
+    }
+    std::time::Duration::from_secs(seconds)
+}
+
+fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Vec<Problem>) -> Option<FleetSettings> {
+    let before = problems.len();
+    if raw.etcd.get_ref().is_empty() {
+        problems.push(locate.problem(raw.etcd.span().start, "etcd needs at least one endpoint URL".into()));
+    }
+    for endpoint in raw.etcd.get_ref() {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            let message = format!("etcd endpoint {endpoint:?} must start with http:// or https://");
+            problems.push(locate.problem(raw.etcd.span().start, message));
+        }
+    }
+    if let Err(error) = Layout::new(raw.prefix.get_ref()) {
+        problems.push(locate.problem(raw.prefix.span().start, error.to_string()));
+    }
+    match (&raw.cert, &raw.key) {
+        (Some(_), Some(_)) | (None, None) => {}
+        (Some(half), None) | (None, Some(half)) => {
+            problems.push(locate.problem(half.span().start, "cert and key go together: give both or neither".into()));
+        }
+    }
+    let mut store = StoreOptions::new(raw.etcd.get_ref().clone(), raw.prefix.get_ref().clone());
+    store.ca = raw.ca.clone();
+    store.cert = raw.cert.as_ref().map(|cert| cert.get_ref().clone());
+    store.key = raw.key.as_ref().map(|key| key.get_ref().clone());
+    store.user = raw.user.clone();
+    store.password_file = raw.password_file.clone();
+    store.keepalive = seconds(raw.keepalive_seconds.as_ref(), 10, 1..=600, "keepalive_seconds", locate, problems);
+    let retry_max = seconds(raw.retry_max_seconds.as_ref(), 10, 1..=3600, "retry_max_seconds", locate, problems);
+    let node = raw.node.as_ref().map(|node| {
+        if let Err(error) = check_name("node", node.id.get_ref()) {
+            problems.push(locate.problem(node.id.span().start, error.to_string()));
+        }
+        if let Err(error) = check_name("pool", node.pool.get_ref()) {
+            problems.push(locate.problem(node.pool.span().start, error.to_string()));
+        }
+        let mut reals = Vec::new();
+        for text in node.real.get_ref() {
+            match text.parse() {
+                Ok(addr) => reals.push(addr),
+                Err(_) => problems.push(locate.problem(node.real.span().start, format!("{text:?} is not an address"))),
+            }
+        }
+        if node.real.get_ref().is_empty() {
+            problems.push(locate.problem(node.real.span().start, "real needs at least one address".into()));
+        }
+        let lease_ttl = seconds(node.lease_ttl_seconds.as_ref(), 10, 2..=86400, "lease_ttl_seconds", locate, problems);
+        let expiry = match &node.expire_after {
+            None => MappingExpiry::WithLease,
+            Some(text) => text.get_ref().parse().unwrap_or_else(|message| {
+                problems.push(locate.problem(text.span().start, message));
+                MappingExpiry::WithLease
+            }),
+        };
+        NodeOptions { id: node.id.get_ref().clone(), reals, pool: node.pool.get_ref().clone(), lease_ttl, expiry }
+    });
+    (problems.len() == before).then_some(FleetSettings { store, node, retry_max })
+}
+
 /// What a mapping occupies, to find a second mapping of the same VIRTUAL.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum VirtualKey {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum VirtualKey {
     Address(IpAddr),
     Port(u8, IpAddr, u16),
     Prefix(IpAddr, u8),
 }
 
-fn virtual_keys(spec: &MappingSpec) -> Vec<VirtualKey> {
+pub(crate) fn virtual_keys(spec: &MappingSpec) -> Vec<VirtualKey> {
     match spec {
         MappingSpec::Address { virtual_addr, .. } => vec![VirtualKey::Address(*virtual_addr)],
         MappingSpec::Ports(mapping) => {
@@ -340,5 +463,78 @@ pub fn written(spec: &MappingSpec) -> (String, String) {
             (format!("{}/{}", prefix.virtual_net, prefix.len), format!("{}/{}", prefix.real_net, prefix.len))
         }
         MappingSpec::Ports(ports) => crate::maps::port_sides(ports),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn problems(text: &str) -> Vec<(usize, String)> {
+        match parse(Path::new("test.toml"), text) {
+            Ok(config) => panic!("must be refused, parsed as {config:?}"),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|problem| (problem.line, problem.message)).collect()
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn a_fleet_section_is_read_with_its_node() {
+        let text = r#"
+[fleet]
+etcd = ["https://10.1.0.1:2379", "https://10.1.0.2:2379"]
+prefix = "/rewrite/prod/"
+ca = "/etc/rewrite/ca.pem"
+cert = "/etc/rewrite/client.pem"
+key = "/etc/rewrite/client.key"
+keepalive_seconds = 5
+
+[fleet.node]
+id = "es-data-1"
+real = ["192.0.2.5", "2001:db8::5"]
+pool = "overlay"
+expire_after = "10m"
+"#;
+        let config = parse(Path::new("test.toml"), text).expect("a valid config");
+        let fleet = config.fleet.expect("a fleet section");
+        assert_eq!(fleet.store.endpoints.len(), 2);
+        assert_eq!(fleet.store.keepalive, Duration::from_secs(5));
+        assert_eq!(fleet.retry_max, Duration::from_secs(10));
+        let node = fleet.node.expect("a node");
+        assert_eq!(node.reals.len(), 2);
+        assert_eq!(node.lease_ttl, Duration::from_secs(10));
+        assert_eq!(node.expiry, MappingExpiry::After(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn a_bad_fleet_section_names_each_problem() {
+        let text = r#"[fleet]
+etcd = ["10.1.0.1:2379"]
+prefix = "rewrite"
+cert = "/etc/rewrite/client.pem"
+retry_max_seconds = 0
+
+[fleet.node]
+id = "a/b"
+real = ["not-an-address"]
+pool = "overlay"
+expire_after = "soon"
+"#;
+        let found = problems(text);
+        let lines: Vec<usize> = found.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 8, 9, 11], "{found:?}");
+        assert!(found[0].1.contains("http://"), "{found:?}");
+        assert!(found[1].1.contains("must start with '/'"), "{found:?}");
+        assert!(found[2].1.contains("cert and key go together"), "{found:?}");
+        assert!(found[6].1.contains("grace period"), "{found:?}");
+        assert!(
+            problems("[fleet]\netcd = [\"http://a:1\"]\nprefix = \"/r/x\"\ntimeout = 3\n")[0]
+                .1
+                .contains("unknown field")
+        );
     }
 }

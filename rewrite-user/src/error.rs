@@ -89,6 +89,12 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
 
+    #[error("`{command}` failed: {output}")]
+    Command { command: String, output: String },
+
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+
     #[error(
         "another agent (pid {}) already keeps this dataplane (lock {}); stop it first",
         pid.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string()),

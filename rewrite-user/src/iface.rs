@@ -132,6 +132,26 @@ pub fn is_wire_device(name: &str) -> Result<bool, Error> {
 }
 
 /// Every IPv4 and IPv6 address configured on an interface of this network namespace.
+/// Makes `addr` an address of this host (a host route on `lo`), so that packets whose
+/// destination ingress restores to it are delivered. Returns whether it was added.
+/// Uses iproute2: a netlink client for one address change is not worth its weight.
+pub fn ensure_loopback_address(addr: IpAddr) -> Result<bool, Error> {
+    if local_addresses()?.contains(&addr) {
+        return Ok(false);
+    }
+    let host = format!("{addr}/{}", if addr.is_ipv4() { 32 } else { 128 });
+    let args = ["addr", "add", host.as_str(), "dev", "lo"];
+    let command = format!("ip {}", args.join(" "));
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| Error::io("running", &command, source))?;
+    if !output.status.success() {
+        return Err(Error::Command { command, output: String::from_utf8_lossy(&output.stderr).trim().to_owned() });
+    }
+    Ok(true)
+}
+
 pub fn local_addresses() -> Result<Vec<IpAddr>, Error> {
     let addresses = nix::ifaddrs::getifaddrs().map_err(|errno| Error::Netdevice {
         what: "listing addresses",

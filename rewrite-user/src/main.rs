@@ -1,6 +1,7 @@
 //! `rewrite`: load the dataplane, attach it to interfaces and edit the mapping table.
 
 mod commands;
+mod fleet_commands;
 mod report;
 
 use clap::Parser as _;

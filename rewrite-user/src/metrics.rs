@@ -29,6 +29,30 @@ pub struct ApplyStatus {
     pub succeeded: bool,
     pub attempts_succeeded: u64,
     pub attempts_failed: u64,
+    /// The fleet table's state, if the agent follows one.
+    pub fleet: Option<FleetStatus>,
+}
+
+/// What the agent knows of its fleet table, for the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct FleetStatus {
+    pub connected: bool,
+    /// The etcd revision the maps reflect.
+    pub revision: i64,
+    /// Full reads of the table, by reason (start, reconnect, compaction, config, repair).
+    pub resyncs: std::collections::BTreeMap<&'static str, u64>,
+    pub disconnects: u64,
+    /// Single changes applied from the watch.
+    pub changes: u64,
+    /// Mappings of the table, and those of them not applied (refused), now.
+    pub mappings: usize,
+    pub refused: usize,
+    /// Mappings of the table whose REAL is this host, not applied here.
+    pub own: usize,
+    /// Seconds the last full sync took.
+    pub last_sync_seconds: f64,
+    /// Whether this node's registration is current (None: the agent registers none).
+    pub registered: Option<bool>,
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -53,6 +77,9 @@ pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
     applies.get_or_create(&labels(&[("result", "success")])).inc_by(apply.attempts_succeeded);
     applies.get_or_create(&labels(&[("result", "failure")])).inc_by(apply.attempts_failed);
     registry.register("applies", "Config applies by result", applies);
+    if let Some(fleet) = &apply.fleet {
+        register_fleet(&mut registry, fleet);
+    }
 
     if pins.maps_dir().exists() {
         let table = MappingTable::open(pins)?;
@@ -111,6 +138,60 @@ pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
     let mut text = String::new();
     encode(&mut text, &registry).map_err(|_| Error::MetricsEncoding)?;
     Ok(text)
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+    let gauge = Gauge::<i64>::default();
+    gauge.set(value);
+    registry.register(name, help, gauge);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(value);
+    registry.register(name, help, counter);
+}
+
+fn register_fleet(registry: &mut Registry, fleet: &FleetStatus) {
+    let count = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+    gauge(
+        registry,
+        "fleet_connected",
+        "1 while the agent is connected to etcd and watching the fleet table",
+        i64::from(fleet.connected),
+    );
+    gauge(registry, "fleet_revision", "The etcd revision of the fleet table the maps reflect", fleet.revision);
+    gauge(registry, "fleet_mappings", "Mappings in the fleet table", count(fleet.mappings));
+    gauge(
+        registry,
+        "fleet_refused_mappings",
+        "Fleet mappings not applied because they conflict or are malformed (see the log)",
+        count(fleet.refused),
+    );
+    gauge(
+        registry,
+        "fleet_own_mappings",
+        "Fleet mappings whose REAL is this host: not applied here, since a host does not rewrite traffic to itself",
+        count(fleet.own),
+    );
+    counter(registry, "fleet_disconnects", "Connections to etcd lost", fleet.disconnects);
+    counter(registry, "fleet_changes", "Fleet table changes applied from the watch", fleet.changes);
+    let resyncs = Family::<Labels, Counter>::default();
+    for (reason, value) in &fleet.resyncs {
+        resyncs.get_or_create(&labels(&[("reason", reason)])).inc_by(*value);
+    }
+    registry.register("fleet_resyncs", "Full reads of the fleet table, by reason", resyncs);
+    let seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    seconds.set(fleet.last_sync_seconds);
+    registry.register("fleet_last_sync_seconds", "How long the last full sync of the fleet table took", seconds);
+    if let Some(registered) = fleet.registered {
+        gauge(
+            registry,
+            "fleet_registered",
+            "1 while this node's registration in the fleet table is current",
+            i64::from(registered),
+        );
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped. `status` is read at

@@ -62,29 +62,48 @@ impl<'a> AgentProcess<'a> {
     /// Starts `rewrite --pin-dir PINS agent --config CONFIG --metrics 127.0.0.1:PORT` in
     /// `netns` and waits until it serves metrics.
     pub fn start(netns: &'a Netns, pin_dir: &Path, config: &ConfigFile, port: u16) -> Self {
+        Self::start_with(netns, pin_dir, &["--config", config.as_arg()], port)
+    }
+
+    /// Starts `rewrite --pin-dir PINS agent ARGS --metrics 127.0.0.1:PORT` in `netns` and
+    /// waits until it serves metrics.
+    pub fn start_with(netns: &'a Netns, pin_dir: &Path, args: &[&str], port: u16) -> Self {
+        let mut agent = Self::spawn_with(netns, pin_dir, args, port);
+        agent.wait_serving();
+        agent
+    }
+
+    /// Like [`Self::start_with`], without waiting: for agents that must start together.
+    pub fn spawn_with(netns: &'a Netns, pin_dir: &Path, args: &[&str], port: u16) -> Self {
         let metrics = SocketAddr::from(([127, 0, 0, 1], port));
-        let log = std::env::temp_dir().join(format!("rewrite-test-{}-agent-{port}.log", std::process::id()));
+        let log =
+            std::env::temp_dir().join(format!("rewrite-test-{}-{}-agent-{port}.log", std::process::id(), netns.name()));
         let log_file = std::fs::File::create(&log).unwrap_or_else(|error| panic!("create {}: {error}", log.display()));
         let child = netns
             .command(rewrite_binary().to_str().expect("utf-8 path"))
             .arg("--pin-dir")
             .arg(pin_dir)
-            .args(["agent", "--config", config.as_arg(), "--metrics", &metrics.to_string()])
-            .env("REWRITE_LOG", "debug")
+            .arg("agent")
+            .args(args)
+            .args(["--metrics", &metrics.to_string()])
+            .env("REWRITE_LOG", "rewrite_user=debug,info")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
             .expect("start rewrite agent");
-        let mut agent = Self { netns, child, metrics, log };
+        Self { netns, child, metrics, log }
+    }
+
+    /// Waits until the agent serves metrics; panics with its log if it exits first.
+    pub fn wait_serving(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while agent.scrape().is_none() {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("the agent exited at start ({status}):\n{}", agent.log());
+        while self.scrape().is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the agent exited at start ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "the agent serves no metrics after 10 s:\n{}", agent.log());
+            assert!(Instant::now() < deadline, "the agent serves no metrics after 10 s:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
-        agent
     }
 
     pub fn pid(&self) -> u32 {

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod fleet;
 pub mod hosts;
 pub mod machine;
 pub mod netns;

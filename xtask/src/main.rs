@@ -19,8 +19,10 @@ use clap::{Parser, Subcommand};
 
 /// The bpf-linker release this project is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests and benchmarks call, with a binary that proves each.
-/// iptables and nftables are the baselines of `cargo xtask bench`.
+/// Debian packages the build, tests and benchmarks call, with a binary that proves each.
+/// iptables and nftables are the baselines of `cargo xtask bench`; protoc compiles
+/// etcd's protobufs for the etcd client; etcd-server is the store the fleet tests run
+/// (each in its own namespace); openssl makes their TLS certificates.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
@@ -28,6 +30,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     ("iptables", "iptables-legacy"),
     ("nftables", "nft"),
+    ("protobuf-compiler", "protoc"),
+    ("etcd-server", "etcd"),
+    ("openssl", "openssl"),
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 

@@ -1,0 +1,531 @@
+//! The fleet control plane on a real etcd: agents in three namespaces follow one fleet
+//! table, nodes register and claim VIRTUAL addresses from a pool, and real TCP and UDP
+//! traffic flows between the nodes on those addresses.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use rewrite_tests::{
+    agent::{AgentProcess, sample},
+    fleet::{Etcd, Fleet, HUB_ADDR, Node, PREFIX, wait_until},
+    netns::Netns,
+    traffic::{tcp_exchange, udp_echo},
+};
+use rewrite_user::fleet::{FleetError, MappingExpiry, NodeOptions, Store, StoreOptions};
+
+const SYNC: Duration = Duration::from_secs(10);
+
+fn metric(agent: &AgentProcess<'_>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    sample(&agent.scrape().unwrap_or_default(), name, labels)
+}
+
+fn wait_metric(
+    agent: &AgentProcess<'_>,
+    what: &str,
+    name: &'static str,
+    labels: &[(&str, &str)],
+    wanted: impl Fn(f64) -> bool,
+) {
+    agent.wait_for(what, SYNC, |text| sample(text, name, labels).is_some_and(&wanted));
+}
+
+fn register_args(node: &Node, pool: &str) -> Vec<String> {
+    ["--node", &format!("node{}", node.index), "--node-real", &node.real(), "--pool", pool, "--lease-ttl", "3"]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+fn start_registered<'a>(node: &'a Node, pool: &str) -> AgentProcess<'a> {
+    let args = register_args(node, pool);
+    node.start_agent(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("an address"), port)
+}
+
+fn wait_for_mapping(node: &Node, virtual_side: &str, real_side: &str) {
+    wait_until(
+        &format!("node {} maps {virtual_side} -> {real_side}", node.index),
+        SYNC,
+        || node.has_mapping(virtual_side, real_side),
+        || node.map_list(),
+    );
+}
+
+fn wait_for_no_mapping(node: &Node, virtual_side: &str) {
+    wait_until(
+        &format!("node {} no longer maps {virtual_side}", node.index),
+        SYNC,
+        || !node.maps_virtual(virtual_side),
+        || node.map_list(),
+    );
+}
+
+#[test]
+fn registered_nodes_claim_stable_addresses_and_reach_each_other_on_them() {
+    let fleet = Fleet::new(3);
+    fleet.fleet_ok(&["pool", "add", "overlay", "100.64.0.0/24"]);
+    let mut agents: Vec<AgentProcess<'_>> = fleet.nodes.iter().map(|node| start_registered(node, "overlay")).collect();
+    for agent in &agents {
+        wait_metric(agent, "registered", "rewrite_fleet_registered", &[], |value| value == 1.0);
+    }
+    let virtuals: Vec<IpAddr> = (1..=3).map(|index| fleet.claim_of("overlay", &format!("node{index}"))).collect();
+    assert_eq!(fleet.claims("overlay").len(), 3, "one claim per node");
+    for (index, virtual_addr) in virtuals.iter().enumerate() {
+        let (text, owner) = (virtual_addr.to_string(), fleet.node(index + 1));
+        assert!(text.starts_with("100.64.0.") && text != "100.64.0.0" && text != "100.64.0.255", "{text}");
+        for node in fleet.nodes.iter().filter(|node| node.index != owner.index) {
+            wait_for_mapping(node, &text, &owner.real());
+        }
+        // A node does not rewrite traffic to itself: its own mapping stays out of its
+        // maps (it would turn every packet to its REAL into one to its VIRTUAL).
+        assert!(!owner.maps_virtual(&text), "node {} must not map its own VIRTUAL:\n{}", owner.index, owner.map_list());
+        assert_eq!(metric(&agents[index], "rewrite_fleet_own_mappings", &[]), Some(1.0));
+        // The agent made its claimed VIRTUAL an address of its host, so that the host
+        // reaches its own VIRTUAL too.
+        let lo = String::from_utf8_lossy(&owner.netns.ip(&["-o", "addr", "show", "dev", "lo"]).stdout).into_owned();
+        assert!(lo.contains(&format!("{text}/32")), "node {} lo lacks {text}: {lo}", owner.index);
+    }
+
+    // UDP from node 1 to node 2's VIRTUAL: node 2 sees node 1's VIRTUAL, and the echoes
+    // come back from node 2's VIRTUAL.
+    let (v1, v2, v3) = (virtuals[0], virtuals[1], virtuals[2]);
+    let report = udp_echo(
+        &fleet.node(2).netns,
+        addr("0.0.0.0", 7000),
+        &fleet.node(1).netns,
+        SocketAddr::new(v2, 7000),
+        20,
+        Duration::from_secs(2),
+    );
+    assert_eq!(report.echoed, 20, "every datagram to node 2's VIRTUAL is echoed: {report:?}");
+    assert!(
+        report.server_sources.iter().all(|source| source.ip() == v1),
+        "node 2 must see node 1's VIRTUAL: {report:?}"
+    );
+    assert!(
+        report.echo_sources.iter().all(|source| source.ip() == v2),
+        "echoes must come from node 2's VIRTUAL: {report:?}"
+    );
+    // TCP from node 3 to node 1's VIRTUAL, 256 KiB each way checked by hash.
+    let tcp = tcp_exchange(
+        &fleet.node(1).netns,
+        addr("0.0.0.0", 7001),
+        &fleet.node(3).netns,
+        SocketAddr::new(v1, 7001),
+        256 * 1024,
+    );
+    assert_eq!(tcp.client_seen_by_server.ip(), v3, "node 1 must see node 3's VIRTUAL");
+
+    // A restarted node gets the same VIRTUAL back: its claim is stable.
+    agents.remove(1).kill();
+    let restarted = start_registered(fleet.node(2), "overlay");
+    wait_metric(&restarted, "registered again", "rewrite_fleet_registered", &[], |value| value == 1.0);
+    assert!(
+        restarted.log().contains(&format!("\"virtual_addr\":\"{v2}\"")),
+        "node 2 must register {v2} again:\n{}",
+        restarted.log()
+    );
+    assert_eq!(fleet.claim_of("overlay", "node2"), v2);
+    assert_eq!(fleet.claims("overlay").len(), 3, "a restart claims nothing new");
+    drop(agents);
+}
+
+#[test]
+fn a_mapping_added_with_fleet_add_reaches_every_node_and_a_deleted_one_stops_working() {
+    let fleet = Fleet::new(3);
+    // Node 3 is known to the others as 100.64.1.3.
+    let (v3, r3) = ("100.64.1.3", fleet.node(3).real());
+    let agents: Vec<AgentProcess<'_>> = fleet.nodes.iter().map(|node| node.start_agent(&[])).collect();
+    for agent in &agents {
+        wait_metric(agent, "connected", "rewrite_fleet_connected", &[], |value| value == 1.0);
+    }
+    let before = udp_echo(
+        &fleet.node(3).netns,
+        addr("0.0.0.0", 7000),
+        &fleet.node(1).netns,
+        addr(v3, 7000),
+        2,
+        Duration::from_millis(300),
+    );
+    assert_eq!(before.echoed, 0, "before the mapping, {v3} must not be reachable: {before:?}");
+
+    assert_eq!(fleet.fleet_ok(&["add", v3, &r3, "--label", "node3"]).trim(), format!("added {v3} -> {r3}"));
+    for node in &fleet.nodes[..2] {
+        wait_for_mapping(node, v3, &r3);
+    }
+    wait_metric(&agents[2], "node 3 knows the mapping is its own", "rewrite_fleet_own_mappings", &[], |value| {
+        value == 1.0
+    });
+    assert!(!fleet.node(3).maps_virtual(v3), "node 3 must not map itself:\n{}", fleet.node(3).map_list());
+    for client in [1, 2] {
+        let report = udp_echo(
+            &fleet.node(3).netns,
+            addr("0.0.0.0", 7000),
+            &fleet.node(client).netns,
+            addr(v3, 7000),
+            10,
+            Duration::from_secs(2),
+        );
+        assert_eq!(report.echoed, 10, "node {client} must reach {v3}: {report:?}");
+        let real = fleet.node(client).real();
+        assert!(report.server_sources.iter().all(|source| source.ip().to_string() == real), "{report:?}");
+        assert!(report.echo_sources.iter().all(|source| source.ip().to_string() == v3), "{report:?}");
+    }
+    let listed = fleet.fleet_ok(&["list"]);
+    assert!(listed.contains(&format!("{v3} -> {r3}  # node3")), "{listed}");
+
+    // The same checks as `apply`: a REAL claimed twice is refused, and nothing changes.
+    let refused = fleet.fleet(&["add", "100.64.1.4", &r3]);
+    assert!(!refused.status.success(), "a second VIRTUAL for {r3} must be refused");
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("refuses") && message.contains(&r3), "unclear refusal: {message}");
+    assert_eq!(fleet.fleet_ok(&["list"]), listed, "a refused add must change nothing");
+
+    assert_eq!(fleet.fleet_ok(&["del", v3]).trim(), format!("deleted {v3} -> {r3}"));
+    for node in &fleet.nodes[..2] {
+        wait_for_no_mapping(node, v3);
+    }
+    for client in [1, 2] {
+        let after = udp_echo(
+            &fleet.node(3).netns,
+            addr("0.0.0.0", 7000),
+            &fleet.node(client).netns,
+            addr(v3, 7000),
+            3,
+            Duration::from_millis(300),
+        );
+        assert_eq!(after.echoed, 0, "after the delete, node {client} must not reach {v3}: {after:?}");
+    }
+    let missing = fleet.fleet(&["del", v3]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no fleet mapping for VIRTUAL 100.64.1.3"),
+        "{missing:?}"
+    );
+    drop(agents);
+}
+
+#[test]
+fn traffic_outlives_an_etcd_outage_and_a_cut_off_agent_converges_after_reconnecting() {
+    let mut fleet = Fleet::new(3);
+    let r3 = fleet.node(3).real();
+    fleet.fleet_ok(&["add", "100.64.1.3", &r3]);
+    let (etcd, nodes) = (&mut fleet.etcd, &fleet.nodes);
+    let agents: Vec<AgentProcess<'_>> = nodes.iter().map(|node| node.start_agent(&[])).collect();
+    for node in &nodes[..2] {
+        wait_for_mapping(node, "100.64.1.3", &r3);
+    }
+
+    // etcd dies: every agent notices, and traffic on the mappings they have goes on.
+    etcd.kill();
+    for agent in &agents {
+        wait_metric(agent, "disconnected", "rewrite_fleet_connected", &[], |value| value == 0.0);
+    }
+    let during = udp_echo(
+        &nodes[2].netns,
+        addr("0.0.0.0", 7000),
+        &nodes[0].netns,
+        addr("100.64.1.3", 7000),
+        20,
+        Duration::from_secs(2),
+    );
+    assert_eq!(during.echoed, 20, "traffic must go on while etcd is down: {during:?}");
+    assert!(nodes[0].has_mapping("100.64.1.3", &r3), "the dataplane keeps the last state it knew");
+    etcd.restart();
+    for agent in &agents {
+        wait_metric(agent, "reconnected", "rewrite_fleet_resyncs_total", &[("reason", "reconnect")], |value| {
+            value >= 1.0
+        });
+        wait_metric(agent, "connected", "rewrite_fleet_connected", &[], |value| value == 1.0);
+        assert!(metric(agent, "rewrite_fleet_disconnects_total", &[]).is_some_and(|value| value >= 1.0));
+    }
+
+    // Node 1 alone loses etcd (its packets to etcd vanish, so only the keepalive can
+    // tell), and the table changes meanwhile.
+    let cut = ["OUTPUT", "-p", "tcp", "-d", HUB_ADDR, "--dport", "2379", "-j", "DROP"];
+    nodes[0].netns.must("iptables", &[&["-I"], &cut[..]].concat());
+    wait_metric(&agents[0], "node 1 cut off", "rewrite_fleet_connected", &[], |value| value == 0.0);
+    drop(fleet_ok_in(&nodes[1], &["del", "100.64.1.3"]));
+    drop(fleet_ok_in(&nodes[1], &["add", "100.64.1.33", &r3]));
+    wait_for_mapping(&nodes[1], "100.64.1.33", &r3);
+    wait_for_no_mapping(&nodes[1], "100.64.1.3");
+    assert!(nodes[0].has_mapping("100.64.1.3", &r3), "a cut-off node cannot know of the change yet");
+    nodes[0].netns.must("iptables", &[&["-D"], &cut[..]].concat());
+    wait_for_mapping(&nodes[0], "100.64.1.33", &r3);
+    wait_for_no_mapping(&nodes[0], "100.64.1.3");
+    assert!(
+        metric(&agents[0], "rewrite_fleet_resyncs_total", &[("reason", "reconnect")]).is_some_and(|value| value >= 2.0)
+    );
+    let after = udp_echo(
+        &nodes[2].netns,
+        addr("0.0.0.0", 7000),
+        &nodes[0].netns,
+        addr("100.64.1.33", 7000),
+        10,
+        Duration::from_secs(2),
+    );
+    assert_eq!(after.echoed, 10, "node 1 reaches the new mapping after converging: {after:?}");
+    drop(agents);
+}
+
+/// `rewrite fleet ARGS` from a node, over the bridge.
+fn fleet_ok_in(node: &Node, args: &[&str]) -> String {
+    let url = format!("http://{HUB_ADDR}:2379");
+    let out = node
+        .netns
+        .command(rewrite_tests::cli::rewrite_binary().to_str().expect("utf-8 path"))
+        .args(["fleet", "--etcd", &url, "--prefix", PREFIX])
+        .args(args)
+        .output()
+        .expect("run rewrite fleet");
+    assert!(out.status.success(), "rewrite fleet {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn two_agents_racing_for_the_last_free_address_one_wins() {
+    let fleet = Fleet::new(2);
+    fleet.fleet_ok(&["pool", "add", "last", "100.64.2.7/32"]);
+    // Both start at once; neither waits for the other.
+    let (args1, args2) = (register_args(fleet.node(1), "last"), register_args(fleet.node(2), "last"));
+    let mut first = fleet.node(1).spawn_agent(&args1.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut second = fleet.node(2).spawn_agent(&args2.iter().map(String::as_str).collect::<Vec<_>>());
+    first.wait_serving();
+    second.wait_serving();
+    let outcome = |agent: &AgentProcess<'_>| metric(agent, "rewrite_fleet_registered", &[]);
+    wait_until(
+        "one agent registered and the other refused",
+        SYNC,
+        || {
+            let outcomes = [outcome(&first), outcome(&second)];
+            outcomes.contains(&Some(1.0)) && outcomes.contains(&Some(0.0))
+        },
+        || format!("node 1:\n{}\nnode 2:\n{}", first.log(), second.log()),
+    );
+    let claims = fleet.claims("last");
+    assert_eq!(claims.len(), 1, "exactly one claim: {claims:?}");
+    let (winner, loser) = if outcome(&first) == Some(1.0) { (&first, &second) } else { (&second, &first) };
+    let winner_node = if std::ptr::eq(winner, &first) { 1 } else { 2 };
+    assert_eq!(claims.values().next().map(String::as_str), Some(format!("node{winner_node}").as_str()));
+    assert!(loser.log().contains("has no free IPv4 address left"), "the loser must say why:\n{}", loser.log());
+    // The loser's node reaches the winner on the claimed address; the winner does not
+    // map itself.
+    wait_for_mapping(fleet.node(3 - winner_node), "100.64.2.7", &fleet.node(winner_node).real());
+    assert!(!fleet.node(winner_node).maps_virtual("100.64.2.7"), "{}", fleet.node(winner_node).map_list());
+}
+
+/// Registers `node` on a fresh connection with leases of its own.
+async fn register(options: &StoreOptions, node: NodeOptions) -> Result<Vec<(IpAddr, IpAddr)>, FleetError> {
+    let mut store = Store::connect(options).await?;
+    let lease = store.grant(node.lease_ttl).await?;
+    store.register(&node, lease, Some(lease)).await
+}
+
+#[test]
+fn concurrent_registrations_never_claim_one_address_twice() {
+    let fleet = Fleet::new(0);
+    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
+    fleet.hub.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
+            let node = |id: String, real: &str| NodeOptions {
+                id,
+                reals: vec![real.parse().expect("an address")],
+                pool: String::new(),
+                lease_ttl: Duration::from_secs(30),
+                expiry: MappingExpiry::WithLease,
+            };
+            for round in 0..20u8 {
+                let pool = format!("race{round}");
+                store.pool_add(&pool, &[format!("100.65.{round}.1/32")]).await.expect("add a pool");
+                let a = NodeOptions { pool: pool.clone(), ..node(format!("a{round}"), &format!("10.211.1.{round}")) };
+                let b = NodeOptions { pool: pool.clone(), ..node(format!("b{round}"), &format!("10.211.2.{round}")) };
+                let (first, second) = tokio::join!(register(&options, a), register(&options, b));
+                let won = [&first, &second].iter().filter(|result| result.is_ok()).count();
+                assert_eq!(won, 1, "round {round}: exactly one must win: {first:?} {second:?}");
+                let lost = if first.is_ok() { &second } else { &first };
+                assert!(matches!(lost, Err(FleetError::PoolExhausted { .. })), "round {round}: {lost:?}");
+                let claimed = store.pools().await.expect("list pools");
+                let claims = &claimed.iter().find(|view| view.name == pool).expect("the pool").claims;
+                assert_eq!(claims.len(), 1, "round {round}: {claims:?}");
+            }
+            let snapshot = store.snapshot().await.expect("read the table");
+            assert_eq!(snapshot.entries.len(), 20, "one mapping per round");
+        });
+    });
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with
+/// openssl in a directory removed on drop.
+struct Certificates {
+    dir: std::path::PathBuf,
+}
+
+impl Certificates {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("rewrite-test-{}-tls", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the certificate directory");
+        let certificates = Self { dir };
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .current_dir(&certificates.dir)
+                .args(args)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rewrite-test-ca",
+        ]);
+        for (name, extension) in [("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")]
+        {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            std::fs::write(certificates.dir.join(format!("{name}.ext")), extension).expect("write an extension file");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        certificates
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().expect("utf-8 path").to_owned()
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fleet_command(netns: &Netns, args: &[&str]) -> std::process::Output {
+    netns
+        .command(rewrite_tests::cli::rewrite_binary().to_str().expect("utf-8 path"))
+        .args(["fleet", "--prefix", PREFIX])
+        .args(args)
+        .output()
+        .expect("run rewrite fleet")
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "must fail, but printed: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_fleet_table_is_reached_over_tls_with_client_certificates() {
+    let certificates = Certificates::new();
+    let netns = Netns::new("tls");
+    let tls = ["--cert-file", "server.pem", "--key-file", "server.key", "--trusted-ca-file", "ca.pem"]
+        .iter()
+        .map(|arg| if arg.starts_with("--") { (*arg).to_owned() } else { certificates.path(arg) })
+        .chain(["--client-cert-auth".to_owned()])
+        .collect::<Vec<_>>();
+    let _etcd = Etcd::start(&netns, "https://127.0.0.1:2379", &tls);
+    let (ca, cert, key) =
+        (certificates.path("ca.pem"), certificates.path("client.pem"), certificates.path("client.key"));
+    let url = "https://127.0.0.1:2379";
+    let with_tls = ["--etcd", url, "--etcd-ca", &ca, "--etcd-cert", &cert, "--etcd-key", &key];
+    let added = fleet_command(&netns, &[&with_tls[..], &["add", "10.0.0.5", "192.0.2.5"]].concat());
+    assert!(added.status.success(), "over TLS: {}", String::from_utf8_lossy(&added.stderr));
+    let listed = fleet_command(&netns, &[&with_tls[..], &["list"]].concat());
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "10.0.0.5 -> 192.0.2.5");
+
+    let no_client_certificate = stderr_of(&fleet_command(&netns, &["--etcd", url, "--etcd-ca", &ca, "list"]));
+    assert!(
+        no_client_certificate.contains("cannot connect to etcd at https://127.0.0.1:2379"),
+        "{no_client_certificate}"
+    );
+    let unknown_ca = stderr_of(&fleet_command(
+        &netns,
+        &["--etcd", url, "--etcd-ca", &cert, "--etcd-cert", &cert, "--etcd-key", &key, "list"],
+    ));
+    assert!(
+        unknown_ca.contains("cannot connect to etcd"),
+        "a server signed by another CA must be refused: {unknown_ca}"
+    );
+    let half = stderr_of(&fleet_command(&netns, &["--etcd", url, "--etcd-cert", &cert, "list"]));
+    assert!(half.contains("--etcd-key"), "a certificate without its key must be refused by name: {half}");
+    let missing = stderr_of(&fleet_command(&netns, &["--etcd", url, "--etcd-ca", "/nonexistent/ca.pem", "list"]));
+    assert!(missing.contains("cannot read the etcd CA certificate /nonexistent/ca.pem"), "{missing}");
+}
+
+#[test]
+fn the_fleet_table_is_reached_with_a_user_and_password() {
+    let netns = Netns::new("auth");
+    let _etcd = Etcd::start(&netns, "http://127.0.0.1:2379", &[]);
+    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
+    netns.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
+            let client = store.client();
+            client.user_add("root", "s3cret-pw", None).await.expect("add the root user");
+            client.user_grant_role("root", "root").await.expect("grant root");
+            client.auth_enable().await.expect("enable authentication");
+        });
+    });
+    let password = std::env::temp_dir().join(format!("rewrite-test-{}-password", std::process::id()));
+    std::fs::write(&password, "s3cret-pw\n").expect("write the password file");
+    let wrong = std::env::temp_dir().join(format!("rewrite-test-{}-wrong-password", std::process::id()));
+    std::fs::write(&wrong, "guess\n").expect("write the password file");
+    let url = "http://127.0.0.1:2379";
+    let as_root = ["--etcd", url, "--etcd-user", "root", "--etcd-password-file", password.to_str().expect("utf-8")];
+    let added = fleet_command(&netns, &[&as_root[..], &["add", "10.0.0.5", "192.0.2.5"]].concat());
+    let anonymous = fleet_command(&netns, &["--etcd", url, "list"]);
+    let guessed = fleet_command(
+        &netns,
+        &["--etcd", url, "--etcd-user", "root", "--etcd-password-file", wrong.to_str().expect("utf-8"), "list"],
+    );
+    let _ = std::fs::remove_file(&password);
+    let _ = std::fs::remove_file(&wrong);
+    assert!(added.status.success(), "as root: {}", String::from_utf8_lossy(&added.stderr));
+    let anonymous = stderr_of(&anonymous);
+    assert!(anonymous.contains("cannot connect to etcd") && anonymous.contains("user name is empty"), "{anonymous}");
+    let guessed = stderr_of(&guessed);
+    assert!(guessed.contains("authentication failed"), "{guessed}");
+}
