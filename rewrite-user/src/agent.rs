@@ -374,6 +374,8 @@ impl Dataplane {
             Ok(prepared) => {
                 log_applied(&prepared, reason, "fleet table", started);
                 let seconds = started.elapsed().as_secs_f64();
+                drop(prepared);
+                release_freed_memory();
                 self.fleet_status(|fleet| {
                     fleet.revision = revision;
                     fleet.last_sync_seconds = seconds;
@@ -460,6 +462,17 @@ impl Dataplane {
             tracing::warn!(key, why = %refusal, "fleet mapping not applied");
         }
         desired.remove(key, Source::Fleet)
+    }
+}
+
+/// A full sync of a large table allocates a few times what the agent keeps (the
+/// snapshot, the plan, the model it is rehearsed on). glibc keeps freed memory in its
+/// heap; give it back, so that the agent's resident size is what it holds.
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists; it is
+    // safe to call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -239,6 +239,16 @@ impl MappingTable {
         self.mark_in_use(ports_empty.then_some(false), prefixes_empty.then_some(false))
     }
 
+    /// The REAL that VIRTUAL `virtual_addr` is sent to by an address mapping, if any:
+    /// one map lookup.
+    pub fn real_of(&self, virtual_addr: IpAddr) -> Result<Option<IpAddr>, Error> {
+        match self.forward.get(&Addr::from(virtual_addr), 0) {
+            Ok(entry) => Ok(Some(IpAddr::from(entry.addr))),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(source) => Err(Error::map(MAP_ADDR_FORWARD, source)),
+        }
+    }
+
     /// How many mappings the maps can hold.
     pub fn capacity(&self) -> u32 {
         self.capacity

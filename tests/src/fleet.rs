@@ -189,6 +189,11 @@ impl Node {
 
     /// Like [`Self::start_agent`], without waiting for it to serve.
     pub fn spawn_agent(&self, extra: &[&str]) -> AgentProcess<'_> {
+        self.spawn_agent_on(PREFIX, extra)
+    }
+
+    /// Like [`Self::spawn_agent`], following the table at `prefix`.
+    pub fn spawn_agent_on(&self, prefix: &str, extra: &[&str]) -> AgentProcess<'_> {
         let url = format!("http://{HUB_ADDR}:{ETCD_PORT}");
         let mut args = vec![
             "--config",
@@ -196,7 +201,7 @@ impl Node {
             "--etcd",
             &url,
             "--prefix",
-            PREFIX,
+            prefix,
             "--etcd-keepalive",
             "2",
             "--etcd-retry-max",
