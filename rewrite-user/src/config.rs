@@ -440,12 +440,52 @@ pub fn render(config: &Config) -> String {
         out.push_str(&format!("\n[[interface]]\nname = {}\n", quoted(&interface.name)));
         out.push_str(&format!("ingress = {}\n", quoted(&ingress.unwrap_or_else(|| "auto".into()))));
     }
+    if let Some(fleet) = &config.fleet {
+        out.push_str(&render_fleet(fleet));
+    }
     for mapping in &config.mappings {
         let (virtual_side, real_side) = written(&mapping.spec);
         out.push_str(&format!("\n[[mapping]]\nvirtual = {}\nreal = {}\n", quoted(&virtual_side), quoted(&real_side)));
         if let Some(label) = &mapping.label {
             out.push_str(&format!("label = {}\n", quoted(label)));
         }
+    }
+    out
+}
+
+/// The `[fleet]` section (and `[fleet.node]`), as [`parse`] reads it.
+fn render_fleet(fleet: &FleetSettings) -> String {
+    let list =
+        |items: Vec<String>| format!("[{}]", items.iter().map(|item| quoted(item)).collect::<Vec<_>>().join(", "));
+    let path = |path: &Path| quoted(&path.to_string_lossy());
+    let store = &fleet.store;
+    let mut out = format!("\n[fleet]\netcd = {}\nprefix = {}\n", list(store.endpoints.clone()), quoted(&store.prefix));
+    for (key, value) in
+        [("ca", &store.ca), ("cert", &store.cert), ("key", &store.key), ("password_file", &store.password_file)]
+    {
+        if let Some(value) = value {
+            out.push_str(&format!("{key} = {}\n", path(value)));
+        }
+    }
+    if let Some(user) = &store.user {
+        out.push_str(&format!("user = {}\n", quoted(user)));
+    }
+    out.push_str(&format!("keepalive_seconds = {}\n", store.keepalive.as_secs()));
+    out.push_str(&format!("retry_max_seconds = {}\n", fleet.retry_max.as_secs()));
+    if let Some(node) = &fleet.node {
+        let expire_after = match node.expiry {
+            MappingExpiry::WithLease => "lease".to_owned(),
+            MappingExpiry::Never => "never".to_owned(),
+            MappingExpiry::After(grace) => format!("{}s", grace.as_secs()),
+        };
+        out.push_str(&format!(
+            "\n[fleet.node]\nid = {}\nreal = {}\npool = {}\nlease_ttl_seconds = {}\nexpire_after = {}\n",
+            quoted(&node.id),
+            list(node.reals.iter().map(ToString::to_string).collect()),
+            quoted(&node.pool),
+            node.lease_ttl.as_secs(),
+            quoted(&expire_after)
+        ));
     }
     out
 }
@@ -500,6 +540,8 @@ pool = "overlay"
 expire_after = "10m"
 "#;
         let config = parse(Path::new("test.toml"), text).expect("a valid config");
+        let written = render(&config);
+        assert_eq!(parse(Path::new("written.toml"), &written).expect("the written config parses"), config, "{written}");
         let fleet = config.fleet.expect("a fleet section");
         assert_eq!(fleet.store.endpoints.len(), 2);
         assert_eq!(fleet.store.keepalive, Duration::from_secs(5));
