@@ -3,6 +3,7 @@
 //! traffic flows between the nodes on those addresses.
 
 use std::{
+    fmt::Display,
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -11,7 +12,7 @@ use rewrite_tests::{
     agent::{AgentProcess, sample},
     fleet::{Etcd, Fleet, HUB_ADDR, Node, PREFIX, wait_until},
     netns::Netns,
-    traffic::{tcp_exchange, udp_echo},
+    traffic::{UdpReport, tcp_exchange, udp_echo},
 };
 use rewrite_user::fleet::{FleetError, MappingExpiry, NodeOptions, Store, StoreOptions};
 
@@ -45,6 +46,12 @@ fn start_registered<'a>(node: &'a Node, pool: &str) -> AgentProcess<'a> {
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("an address"), port)
+}
+
+/// `count` datagrams from `client` to port 7000 of `virtual_ip`, echoed by a server on
+/// `server`'s port 7000.
+fn echo_to_virtual(server: &Node, client: &Node, virtual_ip: impl Display, count: u32, wait: Duration) -> UdpReport {
+    udp_echo(&server.netns, addr("0.0.0.0", 7000), &client.netns, addr(&virtual_ip.to_string(), 7000), count, wait)
 }
 
 fn wait_for_mapping(node: &Node, virtual_side: &str, real_side: &str) {
@@ -94,14 +101,7 @@ fn registered_nodes_claim_stable_addresses_and_reach_each_other_on_them() {
     // UDP from node 1 to node 2's VIRTUAL: node 2 sees node 1's VIRTUAL, and the echoes
     // come back from node 2's VIRTUAL.
     let (v1, v2, v3) = (virtuals[0], virtuals[1], virtuals[2]);
-    let report = udp_echo(
-        &fleet.node(2).netns,
-        addr("0.0.0.0", 7000),
-        &fleet.node(1).netns,
-        SocketAddr::new(v2, 7000),
-        20,
-        Duration::from_secs(2),
-    );
+    let report = echo_to_virtual(fleet.node(2), fleet.node(1), v2, 20, Duration::from_secs(2));
     assert_eq!(report.echoed, 20, "every datagram to node 2's VIRTUAL is echoed: {report:?}");
     assert!(
         report.server_sources.iter().all(|source| source.ip() == v1),
@@ -144,14 +144,7 @@ fn a_mapping_added_with_fleet_add_reaches_every_node_and_a_deleted_one_stops_wor
     for agent in &agents {
         wait_metric(agent, "connected", "rewrite_fleet_connected", &[], |value| value == 1.0);
     }
-    let before = udp_echo(
-        &fleet.node(3).netns,
-        addr("0.0.0.0", 7000),
-        &fleet.node(1).netns,
-        addr(v3, 7000),
-        2,
-        Duration::from_millis(300),
-    );
+    let before = echo_to_virtual(fleet.node(3), fleet.node(1), v3, 2, Duration::from_millis(300));
     assert_eq!(before.echoed, 0, "before the mapping, {v3} must not be reachable: {before:?}");
 
     assert_eq!(fleet.fleet_ok(&["add", v3, &r3, "--label", "node3"]).trim(), format!("added {v3} -> {r3}"));
@@ -163,14 +156,7 @@ fn a_mapping_added_with_fleet_add_reaches_every_node_and_a_deleted_one_stops_wor
     });
     assert!(!fleet.node(3).maps_virtual(v3), "node 3 must not map itself:\n{}", fleet.node(3).map_list());
     for client in [1, 2] {
-        let report = udp_echo(
-            &fleet.node(3).netns,
-            addr("0.0.0.0", 7000),
-            &fleet.node(client).netns,
-            addr(v3, 7000),
-            10,
-            Duration::from_secs(2),
-        );
+        let report = echo_to_virtual(fleet.node(3), fleet.node(client), v3, 10, Duration::from_secs(2));
         assert_eq!(report.echoed, 10, "node {client} must reach {v3}: {report:?}");
         let real = fleet.node(client).real();
         assert!(report.server_sources.iter().all(|source| source.ip().to_string() == real), "{report:?}");
@@ -191,14 +177,7 @@ fn a_mapping_added_with_fleet_add_reaches_every_node_and_a_deleted_one_stops_wor
         wait_for_no_mapping(node, v3);
     }
     for client in [1, 2] {
-        let after = udp_echo(
-            &fleet.node(3).netns,
-            addr("0.0.0.0", 7000),
-            &fleet.node(client).netns,
-            addr(v3, 7000),
-            3,
-            Duration::from_millis(300),
-        );
+        let after = echo_to_virtual(fleet.node(3), fleet.node(client), v3, 3, Duration::from_millis(300));
         assert_eq!(after.echoed, 0, "after the delete, node {client} must not reach {v3}: {after:?}");
     }
     let missing = fleet.fleet(&["del", v3]);
@@ -225,14 +204,7 @@ fn traffic_outlives_an_etcd_outage_and_a_cut_off_agent_converges_after_reconnect
     for agent in &agents {
         wait_metric(agent, "disconnected", "rewrite_fleet_connected", &[], |value| value == 0.0);
     }
-    let during = udp_echo(
-        &nodes[2].netns,
-        addr("0.0.0.0", 7000),
-        &nodes[0].netns,
-        addr("100.64.1.3", 7000),
-        20,
-        Duration::from_secs(2),
-    );
+    let during = echo_to_virtual(&nodes[2], &nodes[0], "100.64.1.3", 20, Duration::from_secs(2));
     assert_eq!(during.echoed, 20, "traffic must go on while etcd is down: {during:?}");
     assert!(nodes[0].has_mapping("100.64.1.3", &r3), "the dataplane keeps the last state it knew");
     etcd.restart();
@@ -260,14 +232,7 @@ fn traffic_outlives_an_etcd_outage_and_a_cut_off_agent_converges_after_reconnect
     assert!(
         metric(&agents[0], "rewrite_fleet_resyncs_total", &[("reason", "reconnect")]).is_some_and(|value| value >= 2.0)
     );
-    let after = udp_echo(
-        &nodes[2].netns,
-        addr("0.0.0.0", 7000),
-        &nodes[0].netns,
-        addr("100.64.1.33", 7000),
-        10,
-        Duration::from_secs(2),
-    );
+    let after = echo_to_virtual(&nodes[2], &nodes[0], "100.64.1.33", 10, Duration::from_secs(2));
     assert_eq!(after.echoed, 10, "node 1 reaches the new mapping after converging: {after:?}");
     drop(agents);
 }
