@@ -4,6 +4,7 @@
 //! mapping semantics), so that the host can unit-test what the kernel runs.
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
 
+pub mod bounce;
 pub mod checksum;
 pub mod counters;
 pub mod mapping;

@@ -9,6 +9,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod bounce;
 mod maps;
 mod packet;
 mod parse;
@@ -68,6 +69,14 @@ pub fn rewrite_tc_icmp_errors(ctx: TcContext) -> i32 {
 fn try_rewrite_tc<const DIRECTION: u32, const PACKETS: u32>(mut ctx: TcContext) -> Result<i32, ()> {
     rewrite_and_count::<_, DIRECTION, PACKETS>(&mut TcPacket::new(&mut ctx))?;
     Ok(TC_ACT_UNSPEC)
+}
+
+/// Bounce mode (see `bounce`), on the ingress of every attached device, after the
+/// rewrite programs: a full NAT for packets to LISTEN endpoints and their flows, which
+/// it forwards straight to their egress device.
+#[classifier]
+pub fn bounce_tc_ingress(mut ctx: TcContext) -> i32 {
+    bounce::bounce(&mut ctx).unwrap_or(bounce::PASS)
 }
 
 /// An XDP program that does nothing: the baseline that benchmarks subtract from the

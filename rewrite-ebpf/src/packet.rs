@@ -215,6 +215,13 @@ impl<'a> TcPacket<'a> {
         Self { ctx }
     }
 
+    /// The program's context, for the helpers that are not about the packet's bytes
+    /// (route lookup, redirect).
+    #[inline(always)]
+    pub fn context(&mut self) -> &mut TcContext {
+        self.ctx
+    }
+
     /// Folds the change of one 32-bit word of the pseudo-header into the transport
     /// checksum, with the helper that also keeps CHECKSUM_PARTIAL and
     /// CHECKSUM_COMPLETE skbs consistent.

@@ -43,6 +43,10 @@ pub enum Command {
         /// table, can set it [default: 1048576].
         #[arg(long, value_name = "N")]
         max_mappings: Option<u32>,
+        /// Room for this many bounce flows (two table entries each). Only the first
+        /// attach, which creates the flow table, can set it [default: 1000000].
+        #[arg(long, value_name = "N")]
+        max_flows: Option<u32>,
     },
     /// Detach from an interface. The mapping table stays.
     Detach {
@@ -116,6 +120,11 @@ pub enum Command {
         #[command(subcommand)]
         command: FleetCommand,
     },
+    /// Bounce mode: forward what arrives at LISTEN to TARGET in the kernel, as a full
+    /// NAT (the replacement for `socat TCP-LISTEN:P,fork TCP:NEW:P` and Barefoot). Runs
+    /// on the ingress of every attached interface; needs IP forwarding on.
+    #[command(subcommand)]
+    Bounce(BounceCommand),
     /// Show the counters, summed over CPUs: packets by outcome and direction, then
     /// packets and bytes per mapping and direction, busiest first.
     Stats {
@@ -172,6 +181,73 @@ pub enum MapCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BounceCommand {
+    /// Add a service, or change where an existing LISTEN goes. Takes effect for the
+    /// next new flow; flows already open keep their target.
+    ///
+    /// `rewrite bounce add 10.0.0.1:9200/tcp 192.0.2.7:9200`: flows to 10.0.0.1:9200
+    /// go to 192.0.2.7:9200, from this host's address on the route there and a port of
+    /// `--ports`; replies go back to the client from 10.0.0.1:9200.
+    Add {
+        /// ADDR:PORT/PROTO that clients connect to ([ADDR]:PORT/PROTO for IPv6).
+        #[arg(value_name = "LISTEN")]
+        listen: String,
+        /// ADDR:PORT the flows go to.
+        #[arg(value_name = "TARGET")]
+        target: String,
+        /// The address the target sees the flows come from [default: the source address
+        /// of the route to TARGET].
+        #[arg(long, value_name = "ADDR")]
+        source: Option<std::net::IpAddr>,
+        /// Source ports for the flows, FIRST-LAST; at most this many flows at once per
+        /// service [default: 61000-65535, above Linux's ephemeral ports].
+        #[arg(long, value_name = "FIRST-LAST", value_parser = parse_bounce_ports)]
+        ports: Option<(u16, u16)>,
+    },
+    /// Delete a service and drop its open flows.
+    Del {
+        #[arg(value_name = "LISTEN")]
+        listen: String,
+    },
+    /// List the services with their live flows.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the counters (connects, closes by reason, port exhaustion, unroutable,
+    /// events lost), the flows in the table and the flows evicted from it.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print connect and disconnect events as they happen (one reader at a time).
+    Log {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+        timeout: Option<f64>,
+    },
+    /// Set the idle timeouts after which a flow ends (and its port is free again).
+    Timeouts {
+        /// UDP flows [default: 60].
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+        udp: Option<f64>,
+        /// TCP flows that neither closed nor reset [default: 7200].
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+        tcp: Option<f64>,
+    },
+}
+
+fn parse_bounce_ports(text: &str) -> Result<(u16, u16), String> {
+    crate::bounce::parse_port_range(text).map_err(|error| error.to_string())
 }
 
 /// How to reach the fleet table in etcd.

@@ -32,8 +32,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let pins = PinLayout::new(cli.pin_dir);
     match cli.command {
-        Command::Attach { iface, ingress, max_mappings } => {
-            let attachment = loader::attach(&pins, &iface, ingress, max_mappings)
+        Command::Attach { iface, ingress, max_mappings, max_flows } => {
+            let capacity = loader::Capacity { mappings: max_mappings, flows: max_flows };
+            let attachment = loader::attach(&pins, &iface, ingress, capacity)
                 .with_context(|| format!("cannot attach to {iface}"))?;
             println!("attached to {} (ingress: {}, egress: tc)", attachment.iface, attachment.ingress);
         }
@@ -83,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             agent::run(agent::AgentOptions { config, metrics, pins, fleet })?;
         }
         Command::Fleet { .. } => unreachable!("handled before the root check"),
+        Command::Bounce(command) => crate::bounce_commands::run(&pins, command)?,
         Command::Stats { json, top, watch, interval, count } => {
             let top = top.or((!json).then_some(DEFAULT_TOP));
             let mut previous = Reading::take(&pins)?;

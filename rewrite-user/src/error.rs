@@ -71,7 +71,7 @@ pub enum Error {
     )]
     CapacityMismatch { existing: u32, requested: u32 },
 
-    #[error("--max-mappings must be at least 1")]
+    #[error("a table needs room for at least 1 entry (--max-mappings, --max-flows)")]
     ZeroCapacity,
 
     #[error("the mapping table is full ({capacity} mappings); delete mappings before adding more")]
@@ -94,6 +94,9 @@ pub enum Error {
 
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+
+    #[error(transparent)]
+    Bounce(#[from] crate::bounce::BounceError),
 
     #[error(
         "another agent (pid {}) already keeps this dataplane (lock {}); stop it first",

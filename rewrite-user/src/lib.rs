@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod apply;
 mod batch;
+pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod desired;

@@ -9,6 +9,10 @@ use aya::{
     maps::Map,
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
+use rewrite_common::bounce::{
+    BounceService, BounceSettings, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_FLOWS, MAP_BOUNCE_SERVICES,
+    MAP_BOUNCE_SETTINGS,
+};
 use rewrite_common::maps::{
     Addr, AddressEntry, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD,
     MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixEntry, TablesInUse,
@@ -26,6 +30,10 @@ pub const PROG_TC_EGRESS: &str = "rewrite_tc_egress";
 /// the XDP ingress program, which leaves them alone.
 pub const PROG_TC_ICMP_ERRORS: &str = "rewrite_tc_icmp_errors";
 const ICMP_ERRORS_PIN_NAMES: (&str, &str) = ("ingress_tc_icmp_errors_prog", "ingress_tc_icmp_errors_link");
+/// Bounce mode's TC ingress program, beside the rewrite programs on every attached
+/// interface (it returns at once while no bounce service exists).
+pub const PROG_TC_BOUNCE: &str = "bounce_tc_ingress";
+const BOUNCE_PIN_NAMES: (&str, &str) = ("ingress_tc_bounce_prog", "ingress_tc_bounce_link");
 /// An XDP program that only returns XDP_PASS: the baseline for benchmarks.
 pub const PROG_BENCH_XDP_PASS: &str = "bench_xdp_pass";
 
@@ -109,25 +117,46 @@ impl IngressMode {
     }
 }
 
+/// The sizes of the tables a load creates (`None`: the default). Tables that already
+/// exist keep theirs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// Mappings (`attach --max-mappings`).
+    pub mappings: Option<u32>,
+    /// Bounce flows (`attach --max-flows`), two flow table entries each.
+    pub flows: Option<u32>,
+}
+
+impl From<Option<u32>> for Capacity {
+    /// A capacity for mappings only.
+    fn from(mappings: Option<u32>) -> Self {
+        Self { mappings, flows: None }
+    }
+}
+
 /// Loads the object with its maps pinned in (or reused from) `maps_dir`, and checks
-/// that reused maps have the layout this build expects. `max_mappings` sets the
-/// capacity of the mapping maps if this load creates them. Programs are not loaded
+/// that reused maps have the layout this build expects. `capacity` sets the sizes of
+/// the tables this load creates. Programs are not loaded
 /// into the kernel yet: callers load only those they attach or test.
-pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
-    load_object(EBPF_OBJECT, maps_dir, max_mappings)
+pub fn load(maps_dir: &Path, capacity: impl Into<Capacity>) -> Result<Ebpf, Error> {
+    load_object(EBPF_OBJECT, maps_dir, capacity)
 }
 
 /// [`load`] for any build of the object (`rewrite upgrade --object`).
-pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
+pub fn load_object(object: &[u8], maps_dir: &Path, capacity: impl Into<Capacity>) -> Result<Ebpf, Error> {
     if object.is_empty() {
         return Err(Error::BuiltWithoutPrograms);
     }
+    let capacity = capacity.into();
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(maps_dir);
-    if let Some(capacity) = max_mappings {
+    if let Some(mappings) = capacity.mappings {
         for map in [MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD, MAP_PORT_REVERSE] {
-            loader.map_max_entries(map, capacity);
+            loader.map_max_entries(map, mappings);
         }
+    }
+    if let Some(flows) = capacity.flows {
+        loader.map_max_entries(MAP_BOUNCE_FLOWS, flows.saturating_mul(2));
     }
     let ebpf = loader.load(object).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<AddressEntry>())?;
@@ -140,6 +169,10 @@ pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) ->
     check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_TABLES_IN_USE, size_of::<u32>(), size_of::<TablesInUse>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_SERVICES, size_of::<Endpoint>(), size_of::<BounceService>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_FLOWS, size_of::<FlowTuple>(), size_of::<FlowEntry>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_SETTINGS, size_of::<u32>(), size_of::<BounceSettings>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
 }
 
@@ -167,6 +200,8 @@ fn map_data(map: &Map) -> &aya::maps::MapData {
         | Map::PerCpuArray(data)
         | Map::Array(data)
         | Map::PerCpuHashMap(data)
+        | Map::LruHashMap(data)
+        | Map::RingBuf(data)
         | Map::LpmTrie(data) => data,
         other => unreachable!("rewrite's object declares no map of type {other:?}"),
     }
@@ -181,12 +216,13 @@ pub struct Attachment {
 
 /// Creates the pinned mapping table without attaching anything (`apply` of a config
 /// that names no interface).
-pub fn create_table(pins: &PinLayout, max_mappings: Option<u32>) -> Result<(), Error> {
-    if max_mappings == Some(0) {
+pub fn create_table(pins: &PinLayout, capacity: impl Into<Capacity>) -> Result<(), Error> {
+    let capacity = capacity.into();
+    if capacity.mappings == Some(0) || capacity.flows == Some(0) {
         return Err(Error::ZeroCapacity);
     }
     pins.create_dir(&pins.maps_dir())?;
-    load(&pins.maps_dir(), max_mappings).map(drop)
+    load(&pins.maps_dir(), capacity).map(drop)
 }
 
 /// Loads the programs, attaches egress (TC) and ingress (`mode`) to `iface`, and pins
@@ -197,8 +233,9 @@ pub fn attach(
     pins: &PinLayout,
     iface_name: &str,
     mode: IngressMode,
-    max_mappings: Option<u32>,
+    capacity: impl Into<Capacity>,
 ) -> Result<Attachment, Error> {
+    let capacity = capacity.into();
     let iface_dir = pins.iface_dir(iface_name)?;
     iface::ensure_ethernet(iface_name)?;
     if iface_dir.exists() {
@@ -211,7 +248,10 @@ pub fn attach(
     }
     let hook = mode.resolve(iface_name)?;
     let creates_table = !pins.maps_dir().exists();
-    if let Some(requested) = max_mappings {
+    if capacity.flows == Some(0) {
+        return Err(Error::ZeroCapacity);
+    }
+    if let Some(requested) = capacity.mappings {
         if requested == 0 {
             return Err(Error::ZeroCapacity);
         }
@@ -228,7 +268,7 @@ pub fn attach(
         return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
     }
     let fallback_to_tc = mode == IngressMode::Auto;
-    let attached = attach_and_pin(pins, &iface_dir, iface_name, hook, fallback_to_tc, max_mappings);
+    let attached = attach_and_pin(pins, &iface_dir, iface_name, hook, fallback_to_tc, capacity);
     if attached.is_err() {
         // Unpinning the links that did get pinned detaches them again; a table that
         // this attach created goes too, so a failed first attach leaves nothing.
@@ -248,10 +288,10 @@ fn attach_and_pin(
     iface_name: &str,
     hook: IngressHook,
     fallback_to_tc: bool,
-    max_mappings: Option<u32>,
+    capacity: Capacity,
 ) -> Result<IngressHook, Error> {
     pins.create_dir(&pins.maps_dir())?;
-    let mut ebpf = load(&pins.maps_dir(), max_mappings)?;
+    let mut ebpf = load(&pins.maps_dir(), capacity)?;
     let egress_link = attach_tc(&mut ebpf, PROG_TC_EGRESS, iface_name, TcAttachType::Egress)?;
     let (hook, ingress_link) = match hook {
         IngressHook::XdpDriver => match attach_xdp(&mut ebpf, iface_name, XdpMode::Driver) {
@@ -272,6 +312,10 @@ fn attach_and_pin(
         let link = attach_tc(&mut ebpf, PROG_TC_ICMP_ERRORS, iface_name, TcAttachType::Ingress)?;
         pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_ICMP_ERRORS, ICMP_ERRORS_PIN_NAMES, link)?;
     }
+    // Last on the ingress: the rewrite programs pass to it ("next"), and a bounced
+    // packet leaves the device with a redirect.
+    let link = attach_tc(&mut ebpf, PROG_TC_BOUNCE, iface_name, TcAttachType::Ingress)?;
+    pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_BOUNCE, BOUNCE_PIN_NAMES, link)?;
     Ok(hook)
 }
 
@@ -491,6 +535,10 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
             vec![(PROG_TC_EGRESS, EGRESS_PIN_NAMES), (attachment.ingress.program(), attachment.ingress.pin_names())];
         if attachment.ingress != IngressHook::Tc {
             slots.push((PROG_TC_ICMP_ERRORS, ICMP_ERRORS_PIN_NAMES));
+        }
+        // Attachments made before bounce mode existed have no bounce program.
+        if iface_dir.join(BOUNCE_PIN_NAMES.1).exists() {
+            slots.push((PROG_TC_BOUNCE, BOUNCE_PIN_NAMES));
         }
         for (program, (prog_pin, link_pin)) in slots {
             let iface = attachment.iface.as_str();

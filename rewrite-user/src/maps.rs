@@ -39,7 +39,7 @@ pub(crate) fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, E
 }
 
 /// A missing key: lookups report `KeyNotFound`, deletes a plain ENOENT.
-fn is_not_found(error: &MapError) -> bool {
+pub(crate) fn is_not_found(error: &MapError) -> bool {
     matches!(error, MapError::KeyNotFound) || is_errno(error, libc::ENOENT)
 }
 

@@ -3,6 +3,7 @@
 //! the `rewrite` CLI run as a separate process.
 
 pub mod agent;
+pub mod bounce;
 pub mod cli;
 pub mod fleet;
 pub mod hosts;

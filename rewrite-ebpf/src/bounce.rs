@@ -1,0 +1,412 @@
+//! Bounce mode's datapath (see `rewrite_common::bounce` for the flow model): find the
+//! packet's flow, or open one for a packet to a LISTEN endpoint; translate addresses
+//! and ports with the TC checksum helpers; and forward the packet straight to the
+//! egress device the route lookup names, past the host's own stack (which would see
+//! the translated source as one of its own addresses and drop the packet as a martian).
+//!
+//! Anything that is not a bounced flow passes unchanged and uncounted. A packet to a
+//! LISTEN endpoint that cannot be bounced (no free port, no route) passes unchanged
+//! too, and is counted: the host then answers it as it would without rewrite (a TCP
+//! RST when nothing listens), so the client sees the failure at once.
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys and values live in the per-CPU scratch area; passed by value they would be copied onto the \
+              512-byte stack"
+)]
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use rewrite_common::{
+    bounce::{
+        BOUNCE_CLOSED_EVICTED, BOUNCE_CLOSED_FIN, BOUNCE_CLOSED_IDLE, BOUNCE_CLOSED_RST, BOUNCE_CONNECTS,
+        BOUNCE_ERRORS, BOUNCE_EVENTS_LOST, BOUNCE_FORWARDED, BOUNCE_NO_FLOW, BOUNCE_PORT_EXHAUSTED, BOUNCE_UNROUTABLE,
+        BounceEvent, EVENT_CONNECT, EVENT_DISCONNECT, FIN_SENT, FROM_CLIENT, FlowEntry, FlowTuple, PORT_PROBES,
+        REASON_EVICTED, REASON_IDLE, REASON_NONE, REASON_RST, TcpStep, candidate_port, is_idle, opens_flow, tcp_step,
+    },
+    maps::{Addr, Endpoint, IPPROTO_TCP},
+};
+
+use crate::{
+    maps::{
+        bounce::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, scratch},
+        headers,
+    },
+    packet::{Packet, TcPacket},
+    parse::{IpPacket, parse},
+};
+
+/// Where the TCP flags sit in the TCP header.
+const TCP_FLAGS: usize = 13;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// The route lookup's parameter block, 64 bytes.
+#[expect(clippy::cast_possible_truncation, reason = "64 fits an i32 (asserted below)")]
+const FIB_PARAMS_LEN: i32 = core::mem::size_of::<bpf_fib_lookup>() as i32;
+const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() == 64);
+
+/// What the program returns for a packet it leaves to the stack.
+pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
+
+/// Bounces `ctx` if it belongs to a flow or opens one; returns the TC action.
+#[inline(always)]
+pub fn bounce(ctx: &mut TcContext) -> Result<i32, ()> {
+    let settings = match SETTINGS.get(0) {
+        Some(settings) if settings.enabled != 0 => *settings,
+        _ => return Ok(PASS),
+    };
+    let mut packet = TcPacket::new(ctx);
+    // The parsed headers live in the per-CPU area, as in the rewrite programs.
+    let parsed = &mut headers().ok_or(())?.outer;
+    *parsed = match parse(&packet) {
+        Ok(parsed) => parsed,
+        Err(_) => return Ok(PASS),
+    };
+    let parsed: &IpPacket = parsed;
+    let work = scratch().ok_or(())?;
+    // Bounced flows are TCP and UDP; ICMP and fragments after the first carry no ports
+    // and pass (ICMP errors about a bounced flow are not translated).
+    let Some((ports, l4)) = parsed.ports else { return Ok(PASS) };
+    work.key = FlowTuple {
+        src: parsed.src,
+        dst: parsed.dst,
+        src_port: ports.src,
+        dst_port: ports.dst,
+        protocol: ports.protocol,
+        reserved: [0; 3],
+    };
+    let tcp_flags =
+        if ports.protocol == IPPROTO_TCP { packet.read::<[u8; 1]>(l4 + TCP_FLAGS).ok_or(())?[0] } else { 0 };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let idle_ns = if ports.protocol == IPPROTO_TCP { settings.tcp_idle_ns } else { settings.udp_idle_ns };
+
+    // A flow that ends here (an evicted half, or idle) gives way: a packet that may
+    // open a new one goes on to do so.
+    if let Some(entry) = FLOWS.get_ptr_mut(&work.key)
+        && let Some(step) = existing_flow(work, entry, now, idle_ns, tcp_flags)
+    {
+        return forward(&mut packet, parsed, work, entry, step);
+    }
+    open_flow(&mut packet, parsed, work, now, tcp_flags)
+}
+
+/// Checks the flow of `entry` (found for `work.key`): its partner must still be there
+/// and it must not be idle. Returns what the packet does to a TCP flow, or `None` when
+/// the flow is gone (its remains removed and reported).
+#[inline(always)]
+fn existing_flow(
+    work: &mut BounceScratch,
+    entry: *mut FlowEntry,
+    now: u64,
+    idle_ns: u64,
+    tcp_flags: u8,
+) -> Option<TcpStep> {
+    // SAFETY: a live map value, valid for the program's run.
+    let this = unsafe { &mut *entry };
+    work.partner = this.out.reversed();
+    let Some(partner) = FLOWS.get_ptr_mut(&work.partner) else {
+        // The other half was evicted from a full table: this half is useless, and
+        // would translate to a port another flow may hold by now.
+        work.entries[0] = *this;
+        let _ = FLOWS.remove(&work.key);
+        count(BOUNCE_CLOSED_EVICTED);
+        report(EVENT_DISCONNECT, REASON_EVICTED, &work.key, &work.entries[0], None);
+        return None;
+    };
+    // SAFETY: as above.
+    let other = unsafe { &mut *partner };
+    if is_idle(this.last_seen_ns, now, idle_ns) && is_idle(other.last_seen_ns, now, idle_ns) {
+        close(work, this, other, REASON_IDLE);
+        count(BOUNCE_CLOSED_IDLE);
+        return None;
+    }
+    let step = if work.key.protocol == IPPROTO_TCP { tcp_step(tcp_flags, this.fin, other.fin) } else { TcpStep::Keep };
+    Some(step)
+}
+
+/// Opens a flow for a packet to a LISTEN endpoint, then forwards the packet on it.
+#[inline(always)]
+fn open_flow(
+    packet: &mut TcPacket<'_>,
+    parsed: &IpPacket,
+    work: &mut BounceScratch,
+    now: u64,
+    tcp_flags: u8,
+) -> Result<i32, ()> {
+    work.service_key = Endpoint::new(work.key.dst, work.key.dst_port, work.key.protocol);
+    let Some(service) = SERVICES.get_ptr(&work.service_key) else { return Ok(PASS) };
+    // SAFETY: a live map value, copied at once (userspace may change it meanwhile).
+    work.service = unsafe { *service };
+    if work.key.protocol == IPPROTO_TCP && !opens_flow(tcp_flags) {
+        count(BOUNCE_NO_FLOW);
+        return Ok(PASS);
+    }
+    // Route first: a flow the bouncer cannot forward is not opened.
+    let target_addr = work.service.target.addr;
+    let Some(target_dev) = route(packet, work, &target_addr, parsed) else {
+        count(BOUNCE_UNROUTABLE);
+        return Ok(PASS);
+    };
+    // SAFETY: a helper without arguments. A random start spreads flows over the range,
+    // so a new flow rarely probes far.
+    let start = unsafe { bpf_get_prandom_u32() };
+    for probe in 0..PORT_PROBES {
+        let port = candidate_port(work.service.port_first, work.service.port_last, start, probe);
+        let flow = &mut work.new_flow;
+        flow.fill(&work.key, &work.service, port, now);
+        // The target's half first, with NOEXIST: it is the one that claims the port.
+        if FLOWS.insert(&flow.target_key, &flow.from_target, u64::from(BPF_NOEXIST)).is_err()
+            && !take_over_idle(work, now)
+        {
+            continue;
+        }
+        work.partner = work.new_flow.target_key;
+        if FLOWS.insert(&work.key, &work.new_flow.from_client, 0).is_err() {
+            let _ = FLOWS.remove(&work.partner);
+            count(BOUNCE_ERRORS);
+            return Ok(PASS);
+        }
+        count(BOUNCE_CONNECTS);
+        report(EVENT_CONNECT, REASON_NONE, &work.key, &work.new_flow.from_client, None);
+        let Some(entry) = FLOWS.get_ptr_mut(&work.key) else {
+            count(BOUNCE_ERRORS);
+            return Ok(PASS);
+        };
+        return translate_and_redirect(packet, parsed, entry, target_dev);
+    }
+    count(BOUNCE_PORT_EXHAUSTED);
+    Ok(PASS)
+}
+
+/// When the port the new flow's target half claims is held by an entry idle past the
+/// timeout, replaces it (and removes its partner). Returns whether the port is now
+/// claimed.
+#[inline(always)]
+fn take_over_idle(work: &mut BounceScratch, now: u64) -> bool {
+    let Some(settings) = SETTINGS.get(0) else { return false };
+    let flow = &work.new_flow;
+    let idle_ns = if flow.target_key.protocol == IPPROTO_TCP { settings.tcp_idle_ns } else { settings.udp_idle_ns };
+    let Some(held) = FLOWS.get_ptr(&flow.target_key) else { return false };
+    // SAFETY: a live map value, valid for the program's run.
+    let held = unsafe { &*held };
+    if !is_idle(held.last_seen_ns, now, idle_ns) {
+        return false;
+    }
+    work.partner = held.out.reversed();
+    if let Some(partner) = FLOWS.get_ptr(&work.partner) {
+        // SAFETY: as above.
+        if !is_idle(unsafe { (*partner).last_seen_ns }, now, idle_ns) {
+            return false;
+        }
+        let _ = FLOWS.remove(&work.partner);
+    }
+    count(BOUNCE_CLOSED_IDLE);
+    FLOWS.insert(&flow.target_key, &flow.from_target, 0).is_ok()
+}
+
+/// Forwards a packet of an existing flow and applies `step` to the flow.
+#[inline(always)]
+fn forward(
+    packet: &mut TcPacket<'_>,
+    parsed: &IpPacket,
+    work: &mut BounceScratch,
+    entry: *mut FlowEntry,
+    step: TcpStep,
+) -> Result<i32, ()> {
+    // SAFETY: a live map value, valid for the program's run.
+    let out_dst = unsafe { (*entry).out.dst };
+    let Some(dev) = route(packet, work, &out_dst, parsed) else {
+        count(BOUNCE_UNROUTABLE);
+        return Ok(PASS);
+    };
+    let action = translate_and_redirect(packet, parsed, entry, dev)?;
+    match step {
+        TcpStep::Keep => {}
+        // SAFETY: as above; a one-byte store the other CPU can only repeat.
+        TcpStep::MarkFin => unsafe { (*entry).fin |= FIN_SENT },
+        TcpStep::Close(reason) => {
+            if let Some(partner) = FLOWS.get_ptr_mut(&work.partner) {
+                // SAFETY: both are live map values, valid for the program's run.
+                close(work, unsafe { &mut *entry }, unsafe { &mut *partner }, reason);
+                count(if reason == REASON_RST { BOUNCE_CLOSED_RST } else { BOUNCE_CLOSED_FIN });
+            }
+        }
+    }
+    Ok(action)
+}
+
+/// Removes both entries of a flow (`work.key`'s, whose entry is `this`, and
+/// `work.partner`'s) and reports the disconnect.
+#[inline(always)]
+fn close(work: &mut BounceScratch, this: &FlowEntry, other: &FlowEntry, reason: u32) {
+    work.entries[0] = *this;
+    work.entries[1] = *other;
+    let _ = FLOWS.remove(&work.key);
+    let _ = FLOWS.remove(&work.partner);
+    report(EVENT_DISCONNECT, reason, &work.key, &work.entries[0], Some(&work.entries[1]));
+}
+
+/// Sends an event about the flow whose entry `this` was found under `key` (`other` is
+/// its partner, unless it was lost), or counts it as lost when the ring buffer is full.
+/// Written field by field into the ring's memory: a whole event does not fit the stack.
+#[inline(always)]
+fn report(kind: u32, reason: u32, key: &FlowTuple, this: &FlowEntry, other: Option<&FlowEntry>) {
+    let Some(mut slot) = EVENTS.reserve::<BounceEvent>(0) else {
+        count(BOUNCE_EVENTS_LOST);
+        return;
+    };
+    let event = slot.as_mut_ptr();
+    // SAFETY: `event` points to the reserved slot, which is ours until submitted; every
+    // field is written before the submit.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        (*event).time_ns = now;
+        (*event).kind = kind;
+        (*event).reason = reason;
+        (*event).duration_ns = now.saturating_sub(this.created_ns);
+        // The client's half is found under client -> LISTEN and sends SOURCE -> TARGET;
+        // the target's half is found under TARGET -> SOURCE and sends LISTEN -> client.
+        let (client_side, target_side) = if this.side == FROM_CLIENT { (0, 1) } else { (1, 0) };
+        if this.side == FROM_CLIENT {
+            (*event).client = *key;
+            (*event).target = this.out;
+        } else {
+            (*event).client = this.out.reversed();
+            (*event).target = key.reversed();
+        }
+        (*event).packets[client_side] = this.packets;
+        (*event).bytes[client_side] = this.bytes;
+        (*event).packets[target_side] = other.map_or(0, |entry| entry.packets);
+        (*event).bytes[target_side] = other.map_or(0, |entry| entry.bytes);
+    }
+    slot.submit(0);
+}
+
+/// Looks the route to `dst` up from the packet's ingress device. Fills the MAC
+/// addresses into `work.fib` and returns the egress device, or `None` when the packet
+/// cannot be forwarded there.
+#[inline(always)]
+fn route(packet: &mut TcPacket<'_>, work: &mut BounceScratch, dst: &Addr, parsed: &IpPacket) -> Option<Route> {
+    let ctx = packet.context();
+    // SAFETY: zero is a valid bit pattern for the plain C struct.
+    work.fib = unsafe { core::mem::zeroed::<bpf_fib_lookup>() };
+    let fib = &mut work.fib;
+    // SAFETY: reading the ingress device index of the skb the program runs on.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.l4_protocol = work.key.protocol;
+    if parsed.ipv4_check.is_some() {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst.v4());
+    } else {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_4.ipv6_dst = words(dst);
+    }
+    // SAFETY: the helper reads and writes `work.fib`, whose size it is given.
+    let result = unsafe { fib_lookup(ctx.skb.skb.cast(), &raw mut work.fib, FIB_PARAMS_LEN, 0) };
+    match u32::try_from(result).unwrap_or(u32::MAX) {
+        BPF_FIB_LKUP_RET_SUCCESS => Some(Route { ifindex: work.fib.ifindex, macs: Some(macs(&work.fib)) }),
+        // The next hop's MAC is not known yet: bpf_redirect_neigh resolves it.
+        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Route { ifindex: work.fib.ifindex, macs: None }),
+        _ => None,
+    }
+}
+
+/// Where a packet leaves: the egress device, and the destination and source MAC
+/// addresses when the route lookup resolved them.
+#[derive(Clone, Copy)]
+struct Route {
+    ifindex: u32,
+    macs: Option<[u8; 12]>,
+}
+
+/// The 16 octets of an IPv6 address as the four 32-bit words the helpers take.
+#[inline(always)]
+fn words(addr: &Addr) -> [u32; 4] {
+    let o = &addr.octets;
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// Rewrites the packet to the entry's `out` tuple, counts it in the entry, and
+/// redirects it to the egress device.
+#[inline(always)]
+fn translate_and_redirect(
+    packet: &mut TcPacket<'_>,
+    parsed: &IpPacket,
+    entry: *mut FlowEntry,
+    route: Route,
+) -> Result<i32, ()> {
+    // SAFETY: a live map value, valid for the program's run. Copied: the rewrite below
+    // must not see a concurrent update half done.
+    let out = unsafe { (*entry).out };
+    let Some((ports, l4)) = parsed.ports else { return Ok(PASS) };
+    let len = packet.len() as u64;
+    let done = translate(packet, parsed, &out, ports.src, ports.dst, l4);
+    if done.is_err() {
+        // The packet may be half translated: letting it go on would deliver garbage.
+        count(BOUNCE_ERRORS);
+        return Ok(aya_ebpf::bindings::TC_ACT_SHOT);
+    }
+    // SAFETY: as above; the counters are only ever updated atomically.
+    unsafe {
+        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        crate::maps::atomic_add(&raw mut (*entry).packets, 1);
+        crate::maps::atomic_add(&raw mut (*entry).bytes, len);
+    }
+    count(BOUNCE_FORWARDED);
+    let action = match route.macs {
+        Some(macs) => {
+            packet.context().store(0, &macs, 0).map_err(|_| count(BOUNCE_ERRORS))?;
+            // SAFETY: a helper call with a plain device index.
+            unsafe { bpf_redirect(route.ifindex, 0) }
+        }
+        // SAFETY: a null neighbour asks the kernel to resolve the packet's own
+        // destination on that device.
+        None => unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) },
+    };
+    // The redirect helpers return a TC action (TC_ACT_REDIRECT, or TC_ACT_SHOT for a
+    // bad device index), which fits an i32.
+    Ok(i32::try_from(action).unwrap_or(aya_ebpf::bindings::TC_ACT_SHOT))
+}
+
+/// Destination then source MAC, as the Ethernet header starts.
+#[inline(always)]
+fn macs(fib: &bpf_fib_lookup) -> [u8; 12] {
+    let mut both = [0u8; 12];
+    both[..6].copy_from_slice(&fib.dmac);
+    both[6..].copy_from_slice(&fib.smac);
+    both
+}
+
+/// Rewrites the addresses and ports of a TCP or UDP packet to `out`.
+#[inline(always)]
+fn translate(
+    packet: &mut TcPacket<'_>,
+    parsed: &IpPacket,
+    out: &FlowTuple,
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    l4: usize,
+) -> Result<(), ()> {
+    if parsed.src != out.src {
+        packet.replace_address(parsed.src_offset, parsed.ipv4_check, parsed.l4, None, &parsed.src, &out.src)?;
+    }
+    if parsed.dst != out.dst {
+        packet.replace_address(parsed.dst_offset, parsed.ipv4_check, parsed.l4, None, &parsed.dst, &out.dst)?;
+    }
+    if src_port != out.src_port {
+        packet.replace_port(l4, parsed.l4, None, src_port, out.src_port)?;
+    }
+    if dst_port != out.dst_port {
+        packet.replace_port(l4 + 2, parsed.l4, None, dst_port, out.dst_port)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `rewrite bounce ...`: what each bounce command does (the grammar is in `cli`).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rewrite_user::{
+    bounce::{Added, BounceStats, BounceTable, Event, ServiceSpec, follow_events, parse_listen},
+    cli::BounceCommand,
+    pins::PinLayout,
+};
+
+pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
+    match command {
+        BounceCommand::Add { listen, target, source, ports } => {
+            let spec = ServiceSpec::new(&listen, &target, source, ports)?;
+            let mut table = open(pins)?;
+            let verb = match table.add(&spec)? {
+                Added::New => "added",
+                Added::Changed => "changed",
+                Added::Unchanged => "unchanged",
+            };
+            println!("{verb} bounce {}/{} -> {}", spec.listen, spec.protocol, spec.target);
+        }
+        BounceCommand::Del { listen } => {
+            let (listen, protocol) = parse_listen(&listen)?;
+            let flows = open(pins)?.remove(listen, protocol)?;
+            println!("deleted bounce {listen}/{protocol} ({flows} open flows dropped)");
+        }
+        BounceCommand::List { json } => {
+            let rows = open(pins)?.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<28} {:<28} {:<18} {:<13} {:>10}", "LISTEN", "TARGET", "SOURCE", "PORTS", "LIVE FLOWS");
+                for row in rows {
+                    println!(
+                        "{:<28} {:<28} {:<18} {:<13} {:>10}",
+                        format!("{}/{}", row.listen, row.protocol),
+                        row.target.to_string(),
+                        row.source.to_string(),
+                        format!("{}-{}", row.ports.0, row.ports.1),
+                        row.live_flows
+                    );
+                }
+            }
+        }
+        BounceCommand::Stats { json } => {
+            let stats = BounceStats::read(pins).context("cannot read the bounce counters")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                for (name, value) in &stats.counters {
+                    println!("{name:<16} {value}");
+                }
+                println!("{:<16} {}", "live_flows", stats.live_flows);
+                println!(
+                    "{:<16} {} of {} entries",
+                    "table",
+                    stats.table_entries,
+                    u64::from(stats.table_capacity_flows) * 2
+                );
+                println!("{:<16} {}", "evicted_flows", stats.evicted_flows);
+            }
+        }
+        BounceCommand::Log { json, count, timeout } => {
+            let deadline = timeout.map(|seconds| Instant::now() + Duration::from_secs_f64(seconds));
+            let mut printed = 0u64;
+            follow_events(pins, deadline, |event: Event| {
+                if json {
+                    println!("{}", serde_json::to_string(&event).unwrap_or_default());
+                } else {
+                    println!("{event}");
+                }
+                printed += 1;
+                count.is_none_or(|count| printed < count)
+            })?;
+        }
+        BounceCommand::Timeouts { udp, tcp } => {
+            let mut table = open(pins)?;
+            table.set_timeouts(udp.map(Duration::from_secs_f64), tcp.map(Duration::from_secs_f64))?;
+            let (udp, tcp) = table.timeouts()?;
+            println!("idle timeouts: udp {} s, tcp {} s", udp.as_secs_f64(), tcp.as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+fn open(pins: &PinLayout) -> anyhow::Result<BounceTable> {
+    BounceTable::open(pins).context("no bounce tables here: attach rewrite to an interface first (rewrite attach)")
+}
