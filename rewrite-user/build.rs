@@ -17,7 +17,9 @@ fn main() -> anyhow::Result<()> {
     // rust-src for build-std. An empty object makes `loader::load` fail clearly.
     if std::env::var_os("REWRITE_WITHOUT_EBPF").is_some() {
         let out_dir = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
-        std::fs::write(format!("{out_dir}/rewrite-ebpf"), []).context("writing the empty eBPF object")?;
+        for object in ["rewrite-ebpf", "rewrite-bounce"] {
+            std::fs::write(format!("{out_dir}/{object}"), []).context("writing an empty eBPF object")?;
+        }
         println!("cargo:warning=REWRITE_WITHOUT_EBPF is set: this build cannot load the eBPF programs");
         return Ok(());
     }

@@ -30,10 +30,8 @@ use rewrite_common::{
 };
 
 use crate::{
-    maps::{
-        bounce::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, scratch},
-        headers,
-    },
+    atomic::atomic_add,
+    bounce_maps::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, parsed, scratch},
     packet::{Packet, TcPacket},
     parse::{IpPacket, parse},
 };
@@ -59,14 +57,14 @@ pub fn bounce(ctx: &mut TcContext) -> Result<i32, ()> {
         _ => return Ok(PASS),
     };
     let mut packet = TcPacket::new(ctx);
+    let work = scratch().ok_or(())?;
     // The parsed headers live in the per-CPU area, as in the rewrite programs.
-    let parsed = &mut headers().ok_or(())?.outer;
+    let parsed = parsed().ok_or(())?;
     *parsed = match parse(&packet) {
-        Ok(parsed) => parsed,
+        Ok(headers) => headers,
         Err(_) => return Ok(PASS),
     };
     let parsed: &IpPacket = parsed;
-    let work = scratch().ok_or(())?;
     // Bounced flows are TCP and UDP; ICMP and fragments after the first carry no ports
     // and pass (ICMP errors about a bounced flow are not translated).
     let Some((ports, l4)) = parsed.ports else { return Ok(PASS) };
@@ -358,8 +356,8 @@ fn translate_and_redirect(
     // SAFETY: as above; the counters are only ever updated atomically.
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
-        crate::maps::atomic_add(&raw mut (*entry).packets, 1);
-        crate::maps::atomic_add(&raw mut (*entry).bytes, len);
+        atomic_add(&raw mut (*entry).packets, 1);
+        atomic_add(&raw mut (*entry).bytes, len);
     }
     count(BOUNCE_FORWARDED);
     let action = match route.macs {

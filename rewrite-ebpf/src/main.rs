@@ -4,13 +4,14 @@
 //! the direction; everything else is shared, so XDP and TC cannot drift apart.
 #![no_std]
 #![no_main]
-// For `atomic_xadd` (see `maps::atomic_add`). The crate is built with RUSTC_BOOTSTRAP
+// For `atomic_xadd` (see `atomic::atomic_add`). The crate is built with RUSTC_BOOTSTRAP
 // already, for -Z build-std.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod bounce;
+mod atomic;
 mod maps;
+mod object;
 mod packet;
 mod parse;
 mod rewrite;
@@ -71,50 +72,9 @@ fn try_rewrite_tc<const DIRECTION: u32, const PACKETS: u32>(mut ctx: TcContext) 
     Ok(TC_ACT_UNSPEC)
 }
 
-/// Bounce mode (see `bounce`), on the ingress of every attached device, after the
-/// rewrite programs: a full NAT for packets to LISTEN endpoints and their flows, which
-/// it forwards straight to their egress device.
-#[classifier]
-pub fn bounce_tc_ingress(mut ctx: TcContext) -> i32 {
-    bounce::bounce(&mut ctx).unwrap_or(bounce::PASS)
-}
-
 /// An XDP program that does nothing: the baseline that benchmarks subtract from the
 /// rewrite programs' BPF_PROG_TEST_RUN cost. The loader never attaches it.
 #[xdp]
 pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any reachable panic path, so this is never executed.
-    loop {}
-}
-
-/// The build's identity, kept in the object so that builds from different inputs
-/// differ even when their code does not: `REWRITE_BUILD_TAG` at build time (the
-/// upgrade test builds a second object with its own tag). `rewrite status` shows each
-/// object's version, a digest of its bytes.
-#[used]
-#[unsafe(no_mangle)]
-static REWRITE_BUILD_TAG: [u8; 32] = build_tag();
-
-const fn build_tag() -> [u8; 32] {
-    let text = match option_env!("REWRITE_BUILD_TAG") {
-        Some(text) => text.as_bytes(),
-        None => b"default",
-    };
-    let mut tag = [0u8; 32];
-    let mut index = 0;
-    while index < text.len() && index < tag.len() {
-        tag[index] = text[index];
-        index += 1;
-    }
-    tag
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,7 +1,9 @@
 //! The maps, pinned by name so that every program instance on the host (one per
 //! attached interface) and every later CLI process share one table.
 
-use core::{intrinsics::AtomicOrdering, ptr};
+use core::ptr;
+
+use crate::atomic::atomic_add;
 
 use crate::parse::IpPacket;
 use aya_ebpf::{
@@ -56,22 +58,6 @@ pub unsafe fn count_in_entry(counts: *mut Counts, bytes: u64) {
         atomic_add(&raw mut (*counts).packets, 1);
         atomic_add(&raw mut (*counts).bytes, bytes);
     }
-}
-
-/// Adds `value` to `*counter` with one BPF atomic add instruction (`lock ... +=`).
-/// Not per CPU: per-CPU entries cost the kernel about 20 µs each to allocate (which
-/// halved the connection rate when a migration's first packets touched 100,000
-/// mappings) and grow with the CPU count; an uncontended atomic add costs nanoseconds.
-/// `AtomicU64::fetch_add` is not available: the BPF target has no compare-and-swap, so
-/// core offers atomic loads and stores only. The result is unused, so LLVM emits the
-/// plain atomic add every BPF CPU version has.
-///
-/// # Safety
-/// `counter` must point to a live, aligned u64 that is only ever updated atomically.
-#[inline(always)]
-pub unsafe fn atomic_add(counter: *mut u64, value: u64) {
-    // SAFETY: as the caller guarantees.
-    unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
 }
 
 /// Which optional tables hold entries, see `TablesInUse`.
@@ -177,72 +163,5 @@ pub fn count(direction: u32, outcome: u32) {
         // SAFETY: the pointer is this CPU's slot of a per-CPU array; nothing else runs
         // on this CPU while the program does, so the increment cannot race.
         unsafe { *slot += 1 };
-    }
-}
-
-/// Bounce mode's maps, see `rewrite_common::bounce`.
-pub mod bounce {
-    use aya_ebpf::{
-        macros::map,
-        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    };
-    use rewrite_common::{
-        bounce::{
-            BOUNCE_COUNTER_SLOTS, BounceService, BounceSettings, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowEntry, FlowTuple,
-            MAX_SERVICES, NewFlow,
-        },
-        maps::{BPF_F_NO_PREALLOC, Endpoint},
-    };
-
-    /// LISTEN endpoint -> service.
-    #[map(name = "BOUNCE_SERVICES")]
-    pub static SERVICES: HashMap<Endpoint, BounceService> = HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
-
-    /// Two entries per flow. `rewrite attach --max-flows` sets the size when it creates
-    /// the table. Preallocated, as LRU maps must be: evicting needs the free lists.
-    #[map(name = "BOUNCE_FLOWS")]
-    pub static FLOWS: LruHashMap<FlowTuple, FlowEntry> = LruHashMap::pinned(DEFAULT_MAX_FLOWS * 2, 0);
-
-    #[map(name = "BOUNCE_SETTINGS")]
-    pub static SETTINGS: Array<BounceSettings> = Array::pinned(1, 0);
-
-    #[map(name = "BOUNCE_COUNTERS")]
-    static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(BOUNCE_COUNTER_SLOTS, 0);
-
-    #[map(name = "BOUNCE_EVENTS")]
-    pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
-
-    /// Counts one occurrence of `counter` (a `rewrite_common::bounce::BOUNCE_*` index).
-    #[inline(always)]
-    pub fn count(counter: u32) {
-        if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
-            // SAFETY: this CPU's slot of a per-CPU array, see `super::count`.
-            unsafe { *slot += 1 };
-        }
-    }
-
-    /// Working memory of the bounce program, per CPU (see `super::Scratch`): two flow
-    /// keys, a new flow's two entries and the route lookup's parameters do not fit the
-    /// 512-byte stack.
-    #[repr(C)]
-    pub struct BounceScratch {
-        pub key: FlowTuple,
-        pub partner: FlowTuple,
-        pub service_key: Endpoint,
-        pub service: BounceService,
-        /// Copies of a closing flow's entries (the map's are gone after the delete).
-        pub entries: [FlowEntry; 2],
-        pub new_flow: NewFlow,
-        pub fib: aya_ebpf::bindings::bpf_fib_lookup,
-    }
-
-    #[map(name = "BOUNCE_SCRATCH")]
-    static SCRATCH: PerCpuArray<BounceScratch> = PerCpuArray::with_max_entries(1, 0);
-
-    /// This CPU's bounce scratch area.
-    #[inline(always)]
-    pub fn scratch() -> Option<&'static mut BounceScratch> {
-        // SAFETY: the slot belongs to this CPU for the program's run.
-        SCRATCH.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
     }
 }

@@ -181,19 +181,31 @@ impl ServiceSpec {
         Ok(Self { listen, protocol, target, source, ports: ports.unwrap_or((DEFAULT_PORT_FIRST, DEFAULT_PORT_LAST)) })
     }
 
-    fn key(&self) -> Endpoint {
-        endpoint(self.listen, self.protocol)
+    /// Completes the service from the host: the source address (the route's, unless
+    /// given) and a check that the kernel forwards its family.
+    pub fn resolve(&self) -> Result<ResolvedService, BounceError> {
+        let source = match self.source {
+            Some(source) => source,
+            None => route_source(self.target.ip())?,
+        };
+        check_forwarding(self.listen.ip())?;
+        Ok(ResolvedService {
+            key: endpoint(self.listen, self.protocol),
+            value: BounceService {
+                target: endpoint(self.target, self.protocol),
+                source: Addr::from(source),
+                port_first: self.ports.0,
+                port_last: self.ports.1,
+            },
+        })
     }
+}
 
-    /// The map value, with the source resolved.
-    fn value(&self, source: IpAddr) -> BounceService {
-        BounceService {
-            target: endpoint(self.target, self.protocol),
-            source: Addr::from(source),
-            port_first: self.ports.0,
-            port_last: self.ports.1,
-        }
-    }
+/// A service as the map holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResolvedService {
+    pub key: Endpoint,
+    pub value: BounceService,
 }
 
 fn endpoint(addr: SocketAddr, protocol: Protocol) -> Endpoint {
@@ -292,14 +304,8 @@ impl BounceTable {
 
     /// Adds or changes a service. The settings' "enabled" flag goes on before the first
     /// service, so that no packet to it is missed.
-    pub fn add(&mut self, spec: &ServiceSpec) -> Result<Added, Error> {
-        let source = match spec.source {
-            Some(source) => source,
-            None => route_source(spec.target.ip())?,
-        };
-        check_forwarding(spec.listen.ip())?;
-        let key = spec.key();
-        let value = spec.value(source);
+    pub fn add(&mut self, service: &ResolvedService) -> Result<Added, Error> {
+        let ResolvedService { key, value } = *service;
         let existing = match self.services.get(&key, 0) {
             Ok(existing) => Some(existing),
             Err(MapError::KeyNotFound) => None,

@@ -6,15 +6,22 @@ use anyhow::Context as _;
 use rewrite_user::{
     bounce::{Added, BounceStats, BounceTable, Event, ServiceSpec, follow_events, parse_listen},
     cli::BounceCommand,
+    loader,
     pins::PinLayout,
 };
 
 pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
     match command {
-        BounceCommand::Add { listen, target, source, ports } => {
+        BounceCommand::Add { listen, target, source, ports, max_flows } => {
             let spec = ServiceSpec::new(&listen, &target, source, ports)?;
+            // Everything is checked before bounce mode starts, so a refused service
+            // changes nothing.
+            let resolved = spec.resolve()?;
+            for iface in loader::enable_bounce(pins, max_flows).context("cannot start bounce mode")? {
+                println!("bounce program attached to {iface}");
+            }
             let mut table = open(pins)?;
-            let verb = match table.add(&spec)? {
+            let verb = match table.add(&resolved)? {
                 Added::New => "added",
                 Added::Changed => "changed",
                 Added::Unchanged => "unchanged",
@@ -86,5 +93,5 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
 }
 
 fn open(pins: &PinLayout) -> anyhow::Result<BounceTable> {
-    BounceTable::open(pins).context("no bounce tables here: attach rewrite to an interface first (rewrite attach)")
+    BounceTable::open(pins).context("bounce mode is not in use here: `rewrite bounce add` starts it")
 }

@@ -43,10 +43,6 @@ pub enum Command {
         /// table, can set it [default: 1048576].
         #[arg(long, value_name = "N")]
         max_mappings: Option<u32>,
-        /// Room for this many bounce flows (two table entries each). Only the first
-        /// attach, which creates the flow table, can set it [default: 1000000].
-        #[arg(long, value_name = "N")]
-        max_flows: Option<u32>,
     },
     /// Detach from an interface. The mapping table stays.
     Detach {
@@ -206,6 +202,12 @@ pub enum BounceCommand {
         /// service [default: 61000-65535, above Linux's ephemeral ports].
         #[arg(long, value_name = "FIRST-LAST", value_parser = parse_bounce_ports)]
         ports: Option<(u16, u16)>,
+        /// Room for this many flows at once over all services. Only the first bounce add,
+        /// which creates the flow table (and attaches the bounce program to every
+        /// attached interface), can set it; the table takes about 400 bytes of kernel
+        /// memory per flow, allocated up front [default: 1000000].
+        #[arg(long, value_name = "N")]
+        max_flows: Option<u32>,
     },
     /// Delete a service and drop its open flows.
     Del {

@@ -32,9 +32,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let pins = PinLayout::new(cli.pin_dir);
     match cli.command {
-        Command::Attach { iface, ingress, max_mappings, max_flows } => {
-            let capacity = loader::Capacity { mappings: max_mappings, flows: max_flows };
-            let attachment = loader::attach(&pins, &iface, ingress, capacity)
+        Command::Attach { iface, ingress, max_mappings } => {
+            let attachment = loader::attach(&pins, &iface, ingress, max_mappings)
                 .with_context(|| format!("cannot attach to {iface}"))?;
             println!("attached to {} (ingress: {}, egress: tc)", attachment.iface, attachment.ingress);
         }

@@ -98,6 +98,15 @@ pub enum Error {
     #[error(transparent)]
     Bounce(#[from] crate::bounce::BounceError),
 
+    #[error("no interface is attached here: attach rewrite to the interfaces bounce mode serves first")]
+    NothingAttached,
+
+    #[error(
+        "the flow table exists with room for {existing} flows; --max-flows {requested} only applies when the \
+         first bounce add creates it (rewrite down removes it)"
+    )]
+    FlowCapacityMismatch { existing: u32, requested: u32 },
+
     #[error(
         "another agent (pid {}) already keeps this dataplane (lock {}); stop it first",
         pid.map_or_else(|| "unknown".to_owned(), |pid| pid.to_string()),

@@ -22,6 +22,9 @@ use crate::{Error, iface, pins::PinLayout};
 
 /// The compiled eBPF object, built by this crate's build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rewrite-ebpf"));
+/// Bounce mode's object (rewrite-ebpf's second binary), loaded by the first
+/// `rewrite bounce add`.
+pub static BOUNCE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rewrite-bounce"));
 
 pub const PROG_XDP_INGRESS: &str = "rewrite_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "rewrite_tc_ingress";
@@ -31,7 +34,7 @@ pub const PROG_TC_EGRESS: &str = "rewrite_tc_egress";
 pub const PROG_TC_ICMP_ERRORS: &str = "rewrite_tc_icmp_errors";
 const ICMP_ERRORS_PIN_NAMES: (&str, &str) = ("ingress_tc_icmp_errors_prog", "ingress_tc_icmp_errors_link");
 /// Bounce mode's TC ingress program, beside the rewrite programs on every attached
-/// interface (it returns at once while no bounce service exists).
+/// interface once bounce mode is in use (it returns at once while no service exists).
 pub const PROG_TC_BOUNCE: &str = "bounce_tc_ingress";
 const BOUNCE_PIN_NAMES: (&str, &str) = ("ingress_tc_bounce_prog", "ingress_tc_bounce_link");
 /// An XDP program that only returns XDP_PASS: the baseline for benchmarks.
@@ -117,46 +120,25 @@ impl IngressMode {
     }
 }
 
-/// The sizes of the tables a load creates (`None`: the default). Tables that already
-/// exist keep theirs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Capacity {
-    /// Mappings (`attach --max-mappings`).
-    pub mappings: Option<u32>,
-    /// Bounce flows (`attach --max-flows`), two flow table entries each.
-    pub flows: Option<u32>,
-}
-
-impl From<Option<u32>> for Capacity {
-    /// A capacity for mappings only.
-    fn from(mappings: Option<u32>) -> Self {
-        Self { mappings, flows: None }
-    }
-}
-
 /// Loads the object with its maps pinned in (or reused from) `maps_dir`, and checks
-/// that reused maps have the layout this build expects. `capacity` sets the sizes of
-/// the tables this load creates. Programs are not loaded
+/// that reused maps have the layout this build expects. `max_mappings` sets the
+/// capacity of the mapping maps if this load creates them. Programs are not loaded
 /// into the kernel yet: callers load only those they attach or test.
-pub fn load(maps_dir: &Path, capacity: impl Into<Capacity>) -> Result<Ebpf, Error> {
-    load_object(EBPF_OBJECT, maps_dir, capacity)
+pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
+    load_object(EBPF_OBJECT, maps_dir, max_mappings)
 }
 
 /// [`load`] for any build of the object (`rewrite upgrade --object`).
-pub fn load_object(object: &[u8], maps_dir: &Path, capacity: impl Into<Capacity>) -> Result<Ebpf, Error> {
+pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     if object.is_empty() {
         return Err(Error::BuiltWithoutPrograms);
     }
-    let capacity = capacity.into();
     let mut loader = EbpfLoader::new();
     loader.default_map_pin_directory(maps_dir);
-    if let Some(mappings) = capacity.mappings {
+    if let Some(capacity) = max_mappings {
         for map in [MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD, MAP_PORT_REVERSE] {
-            loader.map_max_entries(map, mappings);
+            loader.map_max_entries(map, capacity);
         }
-    }
-    if let Some(flows) = capacity.flows {
-        loader.map_max_entries(MAP_BOUNCE_FLOWS, flows.saturating_mul(2));
     }
     let ebpf = loader.load(object).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, MAP_ADDR_FORWARD, size_of::<Addr>(), size_of::<AddressEntry>())?;
@@ -169,11 +151,76 @@ pub fn load_object(object: &[u8], maps_dir: &Path, capacity: impl Into<Capacity>
     check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_TABLES_IN_USE, size_of::<u32>(), size_of::<TablesInUse>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
+    Ok(ebpf)
+}
+
+/// Loads the bounce object with its maps pinned in (or reused from) `maps_dir`.
+/// `max_flows` sets the flow table's size (two entries per flow) if this load
+/// creates it.
+pub fn load_bounce(maps_dir: &Path, max_flows: Option<u32>) -> Result<Ebpf, Error> {
+    if BOUNCE_OBJECT.is_empty() {
+        return Err(Error::BuiltWithoutPrograms);
+    }
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(maps_dir);
+    if let Some(flows) = max_flows {
+        loader.map_max_entries(MAP_BOUNCE_FLOWS, flows.saturating_mul(2));
+    }
+    let ebpf = loader.load(BOUNCE_OBJECT).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_SERVICES, size_of::<Endpoint>(), size_of::<BounceService>())?;
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_FLOWS, size_of::<FlowTuple>(), size_of::<FlowEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_SETTINGS, size_of::<u32>(), size_of::<BounceSettings>())?;
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
+}
+
+/// Whether bounce mode is in use here: its maps exist (the first `bounce add` created
+/// them), so every attached interface runs the bounce program.
+pub fn bounce_enabled(pins: &PinLayout) -> bool {
+    pins.map(MAP_BOUNCE_SERVICES).exists()
+}
+
+/// Attaches the bounce program to every attached interface that does not run it yet,
+/// creating its maps (with room for `max_flows` flows) if they do not exist. Returns
+/// the interfaces it attached to.
+pub fn enable_bounce(pins: &PinLayout, max_flows: Option<u32>) -> Result<Vec<String>, Error> {
+    if max_flows == Some(0) {
+        return Err(Error::ZeroCapacity);
+    }
+    let attachments = attached(pins)?;
+    if attachments.is_empty() {
+        return Err(Error::NothingAttached);
+    }
+    if let Some(requested) = max_flows
+        && bounce_enabled(pins)
+    {
+        let existing = aya::maps::MapData::from_pin(pins.map(MAP_BOUNCE_FLOWS))
+            .and_then(|data| data.info())
+            .map(|info| info.max_entries() / 2)
+            .map_err(|source| Error::map(MAP_BOUNCE_FLOWS, source))?;
+        if existing != requested {
+            return Err(Error::FlowCapacityMismatch { existing, requested });
+        }
+    }
+    let mut ebpf = load_bounce(&pins.maps_dir(), max_flows)?;
+    let mut enabled = Vec::new();
+    for attachment in attachments {
+        let iface_dir = pins.iface_dir(&attachment.iface)?;
+        if iface_dir.join(BOUNCE_PIN_NAMES.1).exists() {
+            continue;
+        }
+        attach_bounce(&mut ebpf, &iface_dir, &attachment.iface)?;
+        enabled.push(attachment.iface);
+    }
+    Ok(enabled)
+}
+
+/// Attaches the loaded bounce program to `iface`, last on its ingress (the rewrite
+/// programs pass to it, and a bounced packet leaves the device with a redirect), and
+/// pins it.
+fn attach_bounce(ebpf: &mut Ebpf, iface_dir: &Path, iface: &str) -> Result<(), Error> {
+    let link = attach_tc(ebpf, PROG_TC_BOUNCE, iface, TcAttachType::Ingress)?;
+    pin_program_and_link(ebpf, iface_dir, PROG_TC_BOUNCE, BOUNCE_PIN_NAMES, link)
 }
 
 fn check_map_layout(ebpf: &Ebpf, maps_dir: &Path, name: &'static str, key: usize, value: usize) -> Result<(), Error> {
@@ -216,13 +263,12 @@ pub struct Attachment {
 
 /// Creates the pinned mapping table without attaching anything (`apply` of a config
 /// that names no interface).
-pub fn create_table(pins: &PinLayout, capacity: impl Into<Capacity>) -> Result<(), Error> {
-    let capacity = capacity.into();
-    if capacity.mappings == Some(0) || capacity.flows == Some(0) {
+pub fn create_table(pins: &PinLayout, max_mappings: Option<u32>) -> Result<(), Error> {
+    if max_mappings == Some(0) {
         return Err(Error::ZeroCapacity);
     }
     pins.create_dir(&pins.maps_dir())?;
-    load(&pins.maps_dir(), capacity).map(drop)
+    load(&pins.maps_dir(), max_mappings).map(drop)
 }
 
 /// Loads the programs, attaches egress (TC) and ingress (`mode`) to `iface`, and pins
@@ -233,9 +279,8 @@ pub fn attach(
     pins: &PinLayout,
     iface_name: &str,
     mode: IngressMode,
-    capacity: impl Into<Capacity>,
+    max_mappings: Option<u32>,
 ) -> Result<Attachment, Error> {
-    let capacity = capacity.into();
     let iface_dir = pins.iface_dir(iface_name)?;
     iface::ensure_ethernet(iface_name)?;
     if iface_dir.exists() {
@@ -248,10 +293,7 @@ pub fn attach(
     }
     let hook = mode.resolve(iface_name)?;
     let creates_table = !pins.maps_dir().exists();
-    if capacity.flows == Some(0) {
-        return Err(Error::ZeroCapacity);
-    }
-    if let Some(requested) = capacity.mappings {
+    if let Some(requested) = max_mappings {
         if requested == 0 {
             return Err(Error::ZeroCapacity);
         }
@@ -268,7 +310,7 @@ pub fn attach(
         return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
     }
     let fallback_to_tc = mode == IngressMode::Auto;
-    let attached = attach_and_pin(pins, &iface_dir, iface_name, hook, fallback_to_tc, capacity);
+    let attached = attach_and_pin(pins, &iface_dir, iface_name, hook, fallback_to_tc, max_mappings);
     if attached.is_err() {
         // Unpinning the links that did get pinned detaches them again; a table that
         // this attach created goes too, so a failed first attach leaves nothing.
@@ -288,10 +330,10 @@ fn attach_and_pin(
     iface_name: &str,
     hook: IngressHook,
     fallback_to_tc: bool,
-    capacity: Capacity,
+    max_mappings: Option<u32>,
 ) -> Result<IngressHook, Error> {
     pins.create_dir(&pins.maps_dir())?;
-    let mut ebpf = load(&pins.maps_dir(), capacity)?;
+    let mut ebpf = load(&pins.maps_dir(), max_mappings)?;
     let egress_link = attach_tc(&mut ebpf, PROG_TC_EGRESS, iface_name, TcAttachType::Egress)?;
     let (hook, ingress_link) = match hook {
         IngressHook::XdpDriver => match attach_xdp(&mut ebpf, iface_name, XdpMode::Driver) {
@@ -312,10 +354,10 @@ fn attach_and_pin(
         let link = attach_tc(&mut ebpf, PROG_TC_ICMP_ERRORS, iface_name, TcAttachType::Ingress)?;
         pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_ICMP_ERRORS, ICMP_ERRORS_PIN_NAMES, link)?;
     }
-    // Last on the ingress: the rewrite programs pass to it ("next"), and a bounced
-    // packet leaves the device with a redirect.
-    let link = attach_tc(&mut ebpf, PROG_TC_BOUNCE, iface_name, TcAttachType::Ingress)?;
-    pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_BOUNCE, BOUNCE_PIN_NAMES, link)?;
+    // Where bounce mode is in use, a newly attached interface bounces too.
+    if bounce_enabled(pins) {
+        attach_bounce(&mut load_bounce(&pins.maps_dir(), None)?, iface_dir, iface_name)?;
+    }
     Ok(hook)
 }
 
@@ -341,7 +383,10 @@ where
 
 fn attach_tc(ebpf: &mut Ebpf, program: &'static str, iface: &str, hook: TcAttachType) -> Result<FdLink, Error> {
     let classifier: &mut SchedClassifier = typed_program(ebpf, program, iface)?;
-    classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
+    // Loaded once per object, attached once per interface.
+    if classifier.fd().is_err() {
+        classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
+    }
     let link_id =
         classifier.attach(iface, hook).map_err(|source| program_error("attaching", program, iface, source))?;
     let link =
@@ -526,7 +571,10 @@ pub struct Upgraded {
 /// the pinned maps, which keep their contents; a map whose layout the new object does
 /// not share is refused before anything changes.
 pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> {
-    let mut ebpf = load_object(object, &pins.maps_dir(), None)?;
+    let mut rewrite_ebpf = load_object(object, &pins.maps_dir(), None)?;
+    // The bounce program comes from this binary's own bounce object, loaded only if
+    // some interface runs it.
+    let mut bounce_ebpf: Option<Ebpf> = None;
     let mut loaded: Vec<&'static str> = Vec::new();
     let mut upgraded = Vec::new();
     for attachment in attached(pins)? {
@@ -552,8 +600,16 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
                     .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?,
             );
             let first_load = !loaded.contains(&program);
+            let ebpf = if program == PROG_TC_BOUNCE {
+                match &mut bounce_ebpf {
+                    Some(ebpf) => ebpf,
+                    none => none.insert(load_bounce(&pins.maps_dir(), None)?),
+                }
+            } else {
+                &mut rewrite_ebpf
+            };
             if program == PROG_XDP_INGRESS {
-                let xdp: &mut Xdp = typed_program(&mut ebpf, program, iface)?;
+                let xdp: &mut Xdp = typed_program(ebpf, program, iface)?;
                 if first_load {
                     xdp.load().map_err(|source| program_error("loading", program, iface, source))?;
                 }
@@ -563,7 +619,7 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
                     xdp.attach_to_link(link).map_err(|source| program_error("replacing", program, iface, source))?;
                 drop(xdp.take_link(id).map_err(|source| program_error("taking the link", program, iface, source))?);
             } else {
-                let classifier: &mut SchedClassifier = typed_program(&mut ebpf, program, iface)?;
+                let classifier: &mut SchedClassifier = typed_program(ebpf, program, iface)?;
                 if first_load {
                     classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
                 }

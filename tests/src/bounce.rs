@@ -39,9 +39,9 @@ pub struct Bounce {
 }
 
 impl Bounce {
-    /// Builds the topology; `attach_args` go to both `rewrite attach` calls (e.g.
-    /// `--max-flows N` for the first).
-    pub fn new(attach_args: &[&str]) -> Self {
+    /// Builds the topology and attaches rewrite to both of the bouncer's interfaces;
+    /// bounce mode starts with the test's first `rewrite bounce add`.
+    pub fn new() -> Self {
         // Leaked so that the CLI guard can borrow the namespace for the test's life;
         // `Drop` deletes the namespaces all the same.
         let client: &'static Netns = Box::leak(Box::new(Netns::new("bcl")));
@@ -69,7 +69,7 @@ impl Bounce {
         bouncer.sysctl("net.ipv6.conf.all.forwarding", "1");
         let cli = RewriteCli::new(bouncer);
         for iface in ["vbc", "vbt"] {
-            cli.ok(&[&["attach", "--iface", iface, "--ingress", "tc"], attach_args].concat());
+            cli.ok(&["attach", "--iface", iface, "--ingress", "tc"]);
         }
         Self { cli, client, bouncer, target }
     }

@@ -32,7 +32,7 @@ fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool
 
 #[test]
 fn a_tcp_transfer_arrives_intact_with_checksums_the_receivers_verify() {
-    let bounce = Bounce::new(&[]);
+    let bounce = Bounce::new();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
     // Both ends verify checksums in software (proved by a deliberately bad one), so a
     // wrong checksum from the bouncer would show in their error counters.
@@ -62,7 +62,7 @@ fn a_tcp_transfer_arrives_intact_with_checksums_the_receivers_verify() {
 
 #[test]
 fn udp_requests_are_answered_over_ipv4_and_ipv6() {
-    let bounce = Bounce::new(&[]);
+    let bounce = Bounce::new();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
     bounce.rewrite(&["bounce", "add", &format!("[{LISTEN_V6}]:5353/udp"), &format!("[{TARGET_V6}]:53")]);
     let ip = |text: &str| text.parse::<IpAddr>().expect("address");
@@ -109,7 +109,7 @@ fn raise_file_limit() {
 fn a_thousand_concurrent_connections_each_get_their_own_flow() {
     const CONNECTIONS: u32 = 1000;
     raise_file_limit();
-    let bounce = Bounce::new(&[]);
+    let bounce = Bounce::new();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
     let (ready_tx, ready_rx) = mpsc::channel();
     let (held_tx, held_rx) = mpsc::channel::<()>();
@@ -214,8 +214,8 @@ fn with_udp_echo<T>(bounce: &Bounce, port: u16, work: impl FnOnce() -> T) -> T {
 #[test]
 fn a_small_table_evicts_the_oldest_flows_and_counts_them() {
     const FLOWS: usize = 100;
-    let bounce = Bounce::new(&["--max-flows", "16"]);
-    bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
+    let bounce = Bounce::new();
+    bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53"), "--max-flows", "16"]);
     let answered =
         with_udp_echo(&bounce, 53, || (0..FLOWS).filter(|_| udp_request(bounce.client, addr(LISTEN, 5353))).count());
     assert_eq!(answered, FLOWS, "a full table makes room for every new flow instead of refusing it");
@@ -233,7 +233,7 @@ fn a_small_table_evicts_the_oldest_flows_and_counts_them() {
 
 #[test]
 fn an_idle_udp_flow_expires_and_the_next_datagram_opens_a_new_one() {
-    let bounce = Bounce::new(&[]);
+    let bounce = Bounce::new();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
     bounce.rewrite(&["bounce", "timeouts", "--udp", "0.5"]);
     with_udp_echo(&bounce, 53, || {
@@ -256,7 +256,7 @@ fn an_idle_udp_flow_expires_and_the_next_datagram_opens_a_new_one() {
 
 #[test]
 fn port_exhaustion_is_counted_and_the_client_is_refused_at_once() {
-    let bounce = Bounce::new(&[]);
+    let bounce = Bounce::new();
     bounce.rewrite(&[
         "bounce",
         "add",
@@ -301,7 +301,7 @@ fn port_exhaustion_is_counted_and_the_client_is_refused_at_once() {
 
 #[test]
 fn connects_and_disconnects_reach_bounce_log_and_a_reset_ends_a_flow() {
-    let bounce = Bounce::new(&[]);
+    let bounce = Bounce::new();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
     let log = bounce.start_log(&["--count", "4", "--timeout", "20"]);
     tcp_exchange(bounce.target, addr("0.0.0.0", 80), bounce.client, addr(LISTEN, 8080), 64 << 10);
@@ -376,18 +376,29 @@ fn socket2_linger_zero(stream: &TcpStream) {
 
 #[test]
 fn bad_services_are_refused_with_what_is_wrong() {
-    let bounce = Bounce::new(&[]);
+    let bounce = Bounce::new();
     let error = bounce.rewrite_fails(&["bounce", "add", &format!("{LISTEN}:8080"), &format!("{TARGET}:80")]);
     assert!(error.contains("is not ADDR:PORT/tcp or ADDR:PORT/udp"), "{error}");
     let error = bounce.rewrite_fails(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("[{TARGET_V6}]:80")]);
     assert!(error.contains("does not translate between IPv4 and IPv6"), "{error}");
     let error = bounce.rewrite_fails(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), "192.0.2.1:80"]);
     assert!(error.contains("no route to the target 192.0.2.1"), "{error}");
-    let error = bounce.rewrite_fails(&["bounce", "del", &format!("{LISTEN}:8080/tcp")]);
-    assert!(error.contains("no bounce service listens on"), "{error}");
     bounce.bouncer.sysctl("net.ipv4.ip_forward", "0");
     let error = bounce.rewrite_fails(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
     assert!(error.contains("forwarding is off"), "{error}");
-    let rows = bounce.rewrite(&["bounce", "list", "--json"]);
-    assert_eq!(rows.trim(), "[]", "nothing was added by a refused command");
+    let error = bounce.rewrite_fails(&["bounce", "list"]);
+    assert!(error.contains("bounce mode is not in use"), "a refused service starts nothing: {error}");
+    bounce.bouncer.sysctl("net.ipv4.ip_forward", "1");
+    bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
+    let error = bounce.rewrite_fails(&[
+        "bounce",
+        "add",
+        &format!("{LISTEN}:8081/tcp"),
+        &format!("{TARGET}:81"),
+        "--max-flows",
+        "5",
+    ]);
+    assert!(error.contains("only applies when the first bounce add creates it"), "{error}");
+    let error = bounce.rewrite_fails(&["bounce", "del", &format!("{LISTEN}:9999/tcp")]);
+    assert!(error.contains("no bounce service listens on 10.230.1.1:9999/tcp"), "{error}");
 }

@@ -22,7 +22,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the build, tests and benchmarks call, with a binary that proves each.
 /// iptables and nftables are the baselines of `cargo xtask bench`; protoc compiles
 /// etcd's protobufs for the etcd client; etcd-server is the store the fleet tests run
-/// (each in its own namespace); openssl makes their TLS certificates.
+/// (each in its own namespace); openssl makes their TLS certificates; socat is the
+/// userspace bouncer bounce mode is measured against.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
@@ -33,6 +34,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("protobuf-compiler", "protoc"),
     ("etcd-server", "etcd"),
     ("openssl", "openssl"),
+    ("socat", "socat"),
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 

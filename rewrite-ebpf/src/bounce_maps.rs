@@ -1,0 +1,84 @@
+//! Bounce mode's maps (see `rewrite_common::bounce`), pinned by name beside the
+//! mapping maps. They belong to the bounce object alone, which `rewrite bounce add`
+//! loads the first time: the flow table preallocates every entry (LRU maps must), so
+//! hosts that never bounce never pay for it.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use rewrite_common::{
+    bounce::{
+        BOUNCE_COUNTER_SLOTS, BounceService, BounceSettings, DEFAULT_MAX_FLOWS, EVENTS_BYTES, FlowEntry, FlowTuple,
+        MAX_SERVICES, NewFlow,
+    },
+    maps::{BPF_F_NO_PREALLOC, Endpoint},
+};
+
+use crate::parse::IpPacket;
+
+/// LISTEN endpoint -> service.
+#[map(name = "BOUNCE_SERVICES")]
+pub static SERVICES: HashMap<Endpoint, BounceService> = HashMap::pinned(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Two entries per flow. `rewrite bounce add --max-flows` sets the size when it
+/// creates the table. Preallocated, as LRU maps must be: evicting needs the free lists.
+#[map(name = "BOUNCE_FLOWS")]
+pub static FLOWS: LruHashMap<FlowTuple, FlowEntry> = LruHashMap::pinned(DEFAULT_MAX_FLOWS * 2, 0);
+
+#[map(name = "BOUNCE_SETTINGS")]
+pub static SETTINGS: Array<BounceSettings> = Array::pinned(1, 0);
+
+#[map(name = "BOUNCE_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(BOUNCE_COUNTER_SLOTS, 0);
+
+#[map(name = "BOUNCE_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
+
+/// Counts one occurrence of `counter` (a `rewrite_common::bounce::BOUNCE_*` index).
+#[inline(always)]
+pub fn count(counter: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: this CPU's slot of a per-CPU array: nothing else runs on this CPU
+        // while the program does, so the increment cannot race.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Working memory of the bounce program, per CPU: two flow keys, a new flow's two
+/// entries and the route lookup's parameters do not fit the 512-byte
+/// stack. A program runs to completion on its CPU, so no other packet touches the
+/// slot meanwhile.
+#[repr(C)]
+pub struct BounceScratch {
+    pub key: FlowTuple,
+    pub partner: FlowTuple,
+    pub service_key: Endpoint,
+    pub service: BounceService,
+    /// Copies of a closing flow's entries (the map's are gone after the delete).
+    pub entries: [FlowEntry; 2],
+    pub new_flow: NewFlow,
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
+#[map(name = "BOUNCE_SCRATCH")]
+static SCRATCH: PerCpuArray<BounceScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's bounce scratch area.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut BounceScratch> {
+    // SAFETY: the slot belongs to this CPU for the program's run.
+    SCRATCH.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}
+
+/// The parsed headers of the packet, per CPU, apart from [`BounceScratch`] so that
+/// references into the two never alias.
+#[map(name = "BOUNCE_PARSED")]
+static PARSED: PerCpuArray<IpPacket> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's header area.
+#[inline(always)]
+pub fn parsed() -> Option<&'static mut IpPacket> {
+    // SAFETY: the slot belongs to this CPU for the program's run.
+    PARSED.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}
