@@ -217,6 +217,7 @@ impl<'a> TcPacket<'a> {
 
     /// The program's context, for the helpers that are not about the packet's bytes
     /// (route lookup, redirect).
+    #[allow(dead_code, reason = "the bounce object uses it; the rewrite object does not")]
     #[inline(always)]
     pub fn context(&mut self) -> &mut TcContext {
         self.ctx

@@ -477,7 +477,7 @@ fn release_freed_memory() {
 }
 
 fn empty_config() -> Config {
-    Config { max_mappings: None, interfaces: Vec::new(), mappings: Vec::new(), fleet: None }
+    Config { max_mappings: None, interfaces: Vec::new(), mappings: Vec::new(), fleet: None, bounce: None }
 }
 
 fn log_applied(prepared: &apply::Prepared, reason: &str, source: &str, started: Instant) {
@@ -494,6 +494,9 @@ fn log_applied(prepared: &apply::Prepared, reason: &str, source: &str, started: 
     );
     for line in plan.lines() {
         tracing::debug!(change = %line, "mapping");
+    }
+    for line in prepared.bounce.iter().flat_map(apply::BouncePlan::lines) {
+        tracing::info!(change = %line, "bounce");
     }
 }
 

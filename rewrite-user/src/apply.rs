@@ -21,7 +21,8 @@ use rewrite_common::{mapping::PrefixMapping, model::ModelTable, spec::MappingSpe
 
 use crate::{
     Error,
-    config::{self, Config, ConfigError, ConfigMapping, InterfaceConfig, written},
+    bounce::{BounceTable, Protocol, ResolvedService, ServiceSpec},
+    config::{self, BounceConfig, Config, ConfigError, ConfigMapping, InterfaceConfig, written},
     desired::{Change, add_to_model, last_port, remove_from_model},
     iface, loader,
     maps::{Listing, Mapping, MappingTable, merge_port_runs},
@@ -36,6 +37,8 @@ pub struct Prepared {
     /// Attached interfaces the config does not name: left as they are.
     pub unlisted: Vec<String>,
     pub plan: Plan,
+    /// What the config's `[bounce]` section changes; `None` without one.
+    pub bounce: Option<BouncePlan>,
     max_mappings: Option<u32>,
 }
 
@@ -65,7 +68,8 @@ pub fn prepare(pins: &PinLayout, path: &std::path::Path, config: &Config) -> Res
             Error::Config(ConfigError::Invalid { path: path.to_owned(), problems: vec![problem] })
         })?;
     }
-    Ok(Prepared { to_attach, unlisted, plan, max_mappings: config.max_mappings })
+    let bounce = config.bounce.as_ref().map(|bounce| plan_bounce(pins, bounce)).transpose()?;
+    Ok(Prepared { to_attach, unlisted, plan, bounce, max_mappings: config.max_mappings })
 }
 
 /// Attaches the missing interfaces, then applies the mapping plan.
@@ -76,7 +80,103 @@ pub fn execute(pins: &PinLayout, prepared: &Prepared) -> Result<(), Error> {
     if !pins.maps_dir().exists() {
         loader::create_table(pins, prepared.max_mappings)?;
     }
-    apply(&mut MappingTable::open(pins)?, &prepared.plan)
+    apply(&mut MappingTable::open(pins)?, &prepared.plan)?;
+    if let Some(bounce) = &prepared.bounce {
+        apply_bounce(pins, bounce)?;
+    }
+    Ok(())
+}
+
+/// What a `[bounce]` section changes: services removed, then added or changed, and the
+/// idle timeouts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BouncePlan {
+    max_flows: Option<u32>,
+    udp_idle: std::time::Duration,
+    tcp_idle: std::time::Duration,
+    /// LISTEN endpoints the config no longer has.
+    pub removed: Vec<(std::net::SocketAddr, Protocol)>,
+    /// Services to write: new ones, and those whose target, source or ports differ.
+    pub added: Vec<(ServiceSpec, ResolvedService)>,
+    pub changed: Vec<(ServiceSpec, ResolvedService)>,
+}
+
+impl BouncePlan {
+    /// One line per change, as `Plan::lines` for mappings.
+    pub fn lines(&self) -> Vec<String> {
+        let service = |spec: &ServiceSpec| format!("bounce {}/{} -> {}", spec.listen, spec.protocol, spec.target);
+        let removed = self.removed.iter().map(|(listen, protocol)| format!("removed bounce {listen}/{protocol}"));
+        let changed = self.changed.iter().map(|(spec, _)| format!("changed {}", service(spec)));
+        let added = self.added.iter().map(|(spec, _)| format!("added {}", service(spec)));
+        removed.chain(changed).chain(added).collect()
+    }
+}
+
+/// Resolves every service of `bounce` against this host (routes, forwarding) and
+/// compares them with the live ones. Changes nothing; a service that cannot be
+/// resolved refuses the whole config.
+fn plan_bounce(pins: &PinLayout, bounce: &BounceConfig) -> Result<BouncePlan, Error> {
+    let live: HashMap<_, _> = if loader::bounce_enabled(pins) {
+        let table = BounceTable::open(pins)?;
+        if let Some(requested) = bounce.max_flows {
+            let existing = table.capacity_flows();
+            if existing != requested {
+                return Err(Error::FlowCapacityMismatch { existing, requested });
+            }
+        }
+        table.services()?.into_iter().map(|service| (service.key, service)).collect()
+    } else {
+        HashMap::new()
+    };
+    let mut plan = BouncePlan {
+        max_flows: bounce.max_flows,
+        udp_idle: bounce.udp_idle,
+        tcp_idle: bounce.tcp_idle,
+        removed: Vec::new(),
+        added: Vec::new(),
+        changed: Vec::new(),
+    };
+    let mut wanted = HashSet::new();
+    for spec in &bounce.services {
+        let resolved = spec.resolve().map_err(|error| Error::ApplyRefused {
+            what: "cannot bounce",
+            mapping: format!("{}/{} -> {}", spec.listen, spec.protocol, spec.target),
+            why: error.to_string(),
+        })?;
+        wanted.insert(resolved.key);
+        match live.get(&resolved.key) {
+            None => plan.added.push((spec.clone(), resolved)),
+            Some(existing) if *existing != resolved => plan.changed.push((spec.clone(), resolved)),
+            Some(_) => {}
+        }
+    }
+    for key in live.keys().filter(|key| !wanted.contains(*key)) {
+        if let Some(listen) = crate::bounce::listen_of(key) {
+            plan.removed.push(listen);
+        }
+    }
+    plan.removed.sort();
+    Ok(plan)
+}
+
+/// Applies a bounce plan: starts bounce mode if the config has services and it is not
+/// running yet, then sets the timeouts, removes, and writes.
+fn apply_bounce(pins: &PinLayout, plan: &BouncePlan) -> Result<(), Error> {
+    if !loader::bounce_enabled(pins) {
+        if plan.added.is_empty() {
+            return Ok(());
+        }
+        loader::enable_bounce(pins, plan.max_flows)?;
+    }
+    let mut table = BounceTable::open(pins)?;
+    table.set_timeouts(Some(plan.udp_idle), Some(plan.tcp_idle))?;
+    for (listen, protocol) in &plan.removed {
+        table.remove(*listen, *protocol)?;
+    }
+    for (_, resolved) in plan.changed.iter().chain(&plan.added) {
+        table.add(resolved)?;
+    }
+    Ok(())
 }
 
 /// What applying a config changes, in the order it is applied.

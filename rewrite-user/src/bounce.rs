@@ -67,7 +67,7 @@ pub struct ServiceSpec {
     pub ports: (u16, u16),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -210,6 +210,11 @@ pub struct ResolvedService {
 
 fn endpoint(addr: SocketAddr, protocol: Protocol) -> Endpoint {
     Endpoint::new(Addr::from(addr.ip()), addr.port().to_be_bytes(), protocol.number())
+}
+
+/// The LISTEN endpoint and protocol of a services-map key.
+pub fn listen_of(key: &Endpoint) -> Option<(SocketAddr, Protocol)> {
+    Some((socket_of(&key.addr, key.port), Protocol::from_number(key.protocol)?))
 }
 
 fn socket_of(addr: &Addr, port: [u8; 2]) -> SocketAddr {
@@ -424,6 +429,39 @@ impl BounceTable {
             }
         }
         Ok(live)
+    }
+
+    /// How many flows the table has room for.
+    pub fn capacity_flows(&self) -> u32 {
+        self.flow_capacity / 2
+    }
+
+    /// The services as the map holds them.
+    pub fn services(&self) -> Result<Vec<ResolvedService>, Error> {
+        self.services
+            .iter()
+            .map(|item| {
+                item.map(|(key, value)| ResolvedService { key, value })
+                    .map_err(|source| Error::map(MAP_BOUNCE_SERVICES, source))
+            })
+            .collect()
+    }
+
+    /// The live services as a `[bounce]` section would give them (for `rewrite export`).
+    pub fn config(&self) -> Result<crate::config::BounceConfig, Error> {
+        let (udp_idle, tcp_idle) = self.timeouts()?;
+        let services = self
+            .list()?
+            .into_iter()
+            .map(|row| ServiceSpec {
+                listen: row.listen,
+                protocol: row.protocol,
+                target: row.target,
+                source: Some(row.source),
+                ports: row.ports,
+            })
+            .collect();
+        Ok(crate::config::BounceConfig { max_flows: Some(self.capacity_flows()), udp_idle, tcp_idle, services })
     }
 
     /// Flow table entries in use (two per flow), and the table's size in entries.

@@ -109,7 +109,8 @@ fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<
     for interface in &prepared.to_attach {
         println!("{prefix}attached {} (ingress: {:?})", interface.name, interface.ingress);
     }
-    for line in prepared.plan.lines() {
+    let bounce_lines = prepared.bounce.as_ref().map(apply::BouncePlan::lines).unwrap_or_default();
+    for line in prepared.plan.lines().iter().chain(&bounce_lines) {
         println!("{prefix}{line}");
     }
     for name in &prepared.unlisted {
@@ -126,10 +127,11 @@ fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<
     apply::execute(pins, &prepared)?;
     let plan = &prepared.plan;
     println!(
-        "applied: {} added, {} removed, {} changed in {:.3} s",
+        "applied: {} added, {} removed, {} changed{} in {:.3} s",
         plan.added.len(),
         plan.removed.len() + plan.orphans.len(),
         plan.changed.len(),
+        if bounce_lines.is_empty() { String::new() } else { format!("; {} bounce changes", bounce_lines.len()) },
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -215,7 +217,12 @@ fn export(pins: &PinLayout) -> anyhow::Result<String> {
     } else {
         (None, Vec::new())
     };
-    Ok(config::render(&config::Config { max_mappings, interfaces, mappings, fleet: None }))
+    let bounce = if loader::bounce_enabled(pins) {
+        Some(rewrite_user::bounce::BounceTable::open(pins)?.config()?)
+    } else {
+        None
+    };
+    Ok(config::render(&config::Config { max_mappings, interfaces, mappings, fleet: None, bounce }))
 }
 
 fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {

@@ -28,6 +28,18 @@
 //! pool = "overlay"
 //! lease_ttl_seconds = 10           # optional
 //! expire_after = "lease"           # optional: lease, never, or a grace period (90s, 10m)
+//!
+//! [bounce]                         # optional: bounce mode; without it, apply leaves
+//!                                  # the bounce services as they are
+//! max_flows = 1000000              # optional: size of a flow table this config creates
+//! udp_idle_seconds = 60            # optional
+//! tcp_idle_seconds = 7200          # optional
+//!
+//! [[bounce.service]]
+//! listen = "10.0.0.1:9200/tcp"
+//! target = "192.0.2.7:9200"
+//! source = "192.0.2.1"             # optional: the route's source address by default
+//! ports = "61000-65535"            # optional
 //! ```
 //!
 //! [`parse`] checks the whole file before anything is applied and reports every
@@ -40,10 +52,12 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use clap::ValueEnum as _;
 use rewrite_common::{
+    bounce::{DEFAULT_TCP_IDLE_SECONDS, DEFAULT_UDP_IDLE_SECONDS},
     maps::{DEFAULT_MAX_MAPPINGS, MAX_PREFIX_MAPPINGS},
     model::ModelTable,
     spec::MappingSpec,
@@ -52,6 +66,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    bounce::{BounceError, ServiceSpec},
     fleet::{FleetSettings, Layout, MappingExpiry, NodeOptions, StoreOptions, check_name},
     loader::IngressMode,
 };
@@ -65,6 +80,18 @@ pub struct Config {
     pub mappings: Vec<ConfigMapping>,
     /// The fleet table to follow, if any.
     pub fleet: Option<FleetSettings>,
+    /// Bounce mode's services and settings; `None` leaves bounce mode alone.
+    pub bounce: Option<BounceConfig>,
+}
+
+/// The `[bounce]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BounceConfig {
+    /// Size of the flow table, if this config's first service creates it.
+    pub max_flows: Option<u32>,
+    pub udp_idle: Duration,
+    pub tcp_idle: Duration,
+    pub services: Vec<ServiceSpec>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +161,26 @@ struct RawConfig {
     #[serde(default, rename = "mapping")]
     mappings: Vec<RawMapping>,
     fleet: Option<RawFleet>,
+    bounce: Option<RawBounce>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBounce {
+    max_flows: Option<Spanned<u32>>,
+    udp_idle_seconds: Option<Spanned<u64>>,
+    tcp_idle_seconds: Option<Spanned<u64>>,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    listen: Spanned<String>,
+    target: Spanned<String>,
+    source: Option<Spanned<String>>,
+    ports: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -206,12 +253,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let interfaces = interfaces(&raw.interfaces, &locate, &mut problems);
     let mappings = mappings(&raw.mappings, &locate, &mut problems);
     let fleet = raw.fleet.as_ref().and_then(|fleet| fleet_settings(fleet, &locate, &mut problems));
+    let bounce = raw.bounce.as_ref().map(|bounce| bounce_config(bounce, &locate, &mut problems));
     if problems.is_empty() {
         let capacity = max_mappings.unwrap_or(DEFAULT_MAX_MAPPINGS);
         problems.extend(check_capacity(&mappings, capacity, "max_mappings").err());
     }
     if problems.is_empty() {
-        Ok(Config { max_mappings, interfaces, mappings, fleet })
+        Ok(Config { max_mappings, interfaces, mappings, fleet, bounce })
     } else {
         problems.sort_by_key(|problem| (problem.line, problem.column));
         Err(invalid(problems))
@@ -322,6 +370,84 @@ fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Vec<Problem>)
         NodeOptions { id: node.id.get_ref().clone(), reals, pool: node.pool.get_ref().clone(), lease_ttl, expiry }
     });
     (problems.len() == before).then_some(FleetSettings { store, node, retry_max })
+}
+
+/// The `[bounce]` section: every service checked as `bounce add` checks it, and no
+/// LISTEN twice.
+fn bounce_config(raw: &RawBounce, locate: &Locator, problems: &mut Vec<Problem>) -> BounceConfig {
+    let max_flows = match &raw.max_flows {
+        Some(value) if *value.get_ref() == 0 => {
+            problems.push(locate.problem(value.span().start, "max_flows must be at least 1".into()));
+            None
+        }
+        other => other.as_ref().map(|value| *value.get_ref()),
+    };
+    let week = 7 * 86_400;
+    let udp_idle = seconds(
+        raw.udp_idle_seconds.as_ref(),
+        DEFAULT_UDP_IDLE_SECONDS,
+        1..=week,
+        "udp_idle_seconds",
+        locate,
+        problems,
+    );
+    let tcp_idle = seconds(
+        raw.tcp_idle_seconds.as_ref(),
+        DEFAULT_TCP_IDLE_SECONDS,
+        1..=week,
+        "tcp_idle_seconds",
+        locate,
+        problems,
+    );
+    let mut seen: HashMap<(std::net::SocketAddr, crate::bounce::Protocol), usize> = HashMap::new();
+    let mut services = Vec::new();
+    for service in &raw.services {
+        let at = service.listen.span().start;
+        let source = match &service.source {
+            None => None,
+            Some(text) => match text.get_ref().parse::<IpAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(
+                        locate.problem(text.span().start, format!("source {:?} is not an address", text.get_ref())),
+                    );
+                    continue;
+                }
+            },
+        };
+        let ports = match &service.ports {
+            None => None,
+            Some(text) => match crate::bounce::parse_port_range(text.get_ref()) {
+                Ok(range) => Some(range),
+                Err(error) => {
+                    problems.push(locate.problem(text.span().start, error.to_string()));
+                    continue;
+                }
+            },
+        };
+        match ServiceSpec::new(service.listen.get_ref(), service.target.get_ref(), source, ports) {
+            Ok(spec) => {
+                if let Some(line) = seen.insert((spec.listen, spec.protocol), locate.line(at)) {
+                    let message =
+                        format!("a service already listens on {}/{} (line {line})", spec.listen, spec.protocol);
+                    problems.push(locate.problem(at, message));
+                } else {
+                    services.push(spec);
+                }
+            }
+            Err(error) => {
+                // A problem with the target is reported at the target.
+                let at = match error {
+                    BounceError::BadTarget { .. } | BounceError::PortZero { what: "target" } => {
+                        service.target.span().start
+                    }
+                    _ => at,
+                };
+                problems.push(locate.problem(at, error.to_string()));
+            }
+        }
+    }
+    BounceConfig { max_flows, udp_idle, tcp_idle, services }
 }
 
 /// What a mapping occupies, to find a second mapping of the same VIRTUAL.
@@ -443,6 +569,9 @@ pub fn render(config: &Config) -> String {
     if let Some(fleet) = &config.fleet {
         out.push_str(&render_fleet(fleet));
     }
+    if let Some(bounce) = &config.bounce {
+        out.push_str(&render_bounce(bounce));
+    }
     for mapping in &config.mappings {
         let (virtual_side, real_side) = written(&mapping.spec);
         out.push_str(&format!("\n[[mapping]]\nvirtual = {}\nreal = {}\n", quoted(&virtual_side), quoted(&real_side)));
@@ -486,6 +615,29 @@ fn render_fleet(fleet: &FleetSettings) -> String {
             node.lease_ttl.as_secs(),
             quoted(&expire_after)
         ));
+    }
+    out
+}
+
+/// The `[bounce]` section with its services, as [`parse`] reads it.
+fn render_bounce(bounce: &BounceConfig) -> String {
+    let mut out = String::from("\n[bounce]\n");
+    if let Some(max_flows) = bounce.max_flows {
+        out.push_str(&format!("max_flows = {max_flows}\n"));
+    }
+    out.push_str(&format!("udp_idle_seconds = {}\n", bounce.udp_idle.as_secs().max(1)));
+    out.push_str(&format!("tcp_idle_seconds = {}\n", bounce.tcp_idle.as_secs().max(1)));
+    for service in &bounce.services {
+        let listen = format!("{}/{}", service.listen, service.protocol);
+        out.push_str(&format!(
+            "\n[[bounce.service]]\nlisten = {}\ntarget = {}\n",
+            quoted(&listen),
+            quoted(&service.target.to_string())
+        ));
+        if let Some(source) = service.source {
+            out.push_str(&format!("source = {}\n", quoted(&source.to_string())));
+        }
+        out.push_str(&format!("ports = {}\n", quoted(&format!("{}-{}", service.ports.0, service.ports.1))));
     }
     out
 }
@@ -550,6 +702,54 @@ expire_after = "10m"
         assert_eq!(node.reals.len(), 2);
         assert_eq!(node.lease_ttl, Duration::from_secs(10));
         assert_eq!(node.expiry, MappingExpiry::After(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn a_bounce_section_is_read_checked_and_written_back() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/config_file/bounce.toml"))
+                .expect("the bounce seed");
+        let config = parse(Path::new("c.toml"), &text).expect("valid");
+        let bounce = config.bounce.clone().expect("a bounce section");
+        assert_eq!(bounce.max_flows, Some(1000));
+        assert_eq!((bounce.udp_idle, bounce.tcp_idle), (Duration::from_secs(30), Duration::from_secs(7200)));
+        assert_eq!(bounce.services.len(), 2);
+        assert_eq!(bounce.services[1].ports, (62000, 62999));
+        let again = parse(Path::new("c.toml"), &render(&config)).expect("the rendering parses");
+        assert_eq!(again.bounce, config.bounce, "render and parse agree");
+
+        let bad = r#"[bounce]
+max_flows = 0
+
+[[bounce.service]]
+listen = "10.0.0.1:80"
+target = "10.1.0.1:80"
+
+[[bounce.service]]
+listen = "10.0.0.1:81/tcp"
+target = "10.1.0.1:0"
+
+[[bounce.service]]
+listen = "10.0.0.1:82/tcp"
+target = "10.1.0.1:82"
+ports = "9-3"
+
+[[bounce.service]]
+listen = "10.0.0.1:83/tcp"
+target = "10.1.0.1:83"
+
+[[bounce.service]]
+listen = "10.0.0.1:83/tcp"
+target = "10.1.0.2:83"
+"#;
+        let found = problems(bad);
+        let lines: Vec<usize> = found.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, vec![2, 5, 10, 15, 22], "{found:?}");
+        assert!(found[0].1.contains("max_flows must be at least 1"), "{found:?}");
+        assert!(found[1].1.contains("is not ADDR:PORT/tcp"), "{found:?}");
+        assert!(found[2].1.contains("port 0 is not a valid target port"), "{found:?}");
+        assert!(found[3].1.contains("is not a port range"), "{found:?}");
+        assert!(found[4].1.contains("a service already listens on 10.0.0.1:83/tcp (line 18)"), "{found:?}");
     }
 
     #[test]

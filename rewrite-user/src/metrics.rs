@@ -59,6 +59,45 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
 }
 
+/// Bounce mode's counters, flows and services.
+fn register_bounce(registry: &mut Registry, pins: &PinLayout) -> Result<(), Error> {
+    let stats = crate::bounce::BounceStats::read(pins)?;
+    let counters = Family::<Labels, Counter>::default();
+    for (name, value) in &stats.counters {
+        counters.get_or_create(&labels(&[("counter", name)])).inc_by(*value);
+    }
+    registry.register(
+        "bounce",
+        "Bounce mode's counters: flows opened (connects) and closed by reason, packets forwarded, new flows \
+         refused (port_exhausted, unroutable, no_flow), events lost, helper errors",
+        counters,
+    );
+    let gauge = |value: u64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        gauge
+    };
+    registry.register("bounce_live_flows", "Flows in the table that are not idle", gauge(stats.live_flows));
+    registry.register(
+        "bounce_flow_capacity",
+        "Flows the table has room for",
+        gauge(u64::from(stats.table_capacity_flows)),
+    );
+    registry.register(
+        "bounce_evicted_flows",
+        "Flows evicted from a full table (opened, minus closed, minus still in the table)",
+        gauge(stats.evicted_flows),
+    );
+    let per_service = Family::<Labels, Gauge>::default();
+    for row in crate::bounce::BounceTable::open(pins)?.list()? {
+        let listen = format!("{}/{}", row.listen, row.protocol);
+        let key = labels(&[("listen", &listen), ("target", &row.target.to_string())]);
+        per_service.get_or_create(&key).set(i64::try_from(row.live_flows).unwrap_or(i64::MAX));
+    }
+    registry.register("bounce_service_live_flows", "Live flows per bounce service", per_service);
+    Ok(())
+}
+
 /// The metrics text for the dataplane pinned at `pins`, in the Prometheus text format.
 pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
     let mut registry = Registry::with_prefix("rewrite");
@@ -133,6 +172,10 @@ pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
         registry.register("map_entries", "Mappings (reverse entries) in each table", entries);
         registry.register("map_capacity", "Room in each table", capacities);
         registry.register("map_fill_ratio", "Entries divided by capacity, per table", ratios);
+    }
+
+    if crate::loader::bounce_enabled(pins) {
+        register_bounce(&mut registry, pins)?;
     }
 
     let mut text = String::new();

@@ -41,7 +41,7 @@ pub struct Bounce {
 impl Bounce {
     /// Builds the topology and attaches rewrite to both of the bouncer's interfaces;
     /// bounce mode starts with the test's first `rewrite bounce add`.
-    pub fn new() -> Self {
+    pub fn set_up() -> Self {
         // Leaked so that the CLI guard can borrow the namespace for the test's life;
         // `Drop` deletes the namespaces all the same.
         let client: &'static Netns = Box::leak(Box::new(Netns::new("bcl")));

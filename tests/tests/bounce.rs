@@ -10,6 +10,7 @@ use std::{
 };
 
 use rewrite_tests::{
+    agent::ConfigFile,
     bounce::{
         Bounce, CLIENT, CLIENT_MAC, LISTEN, LISTEN_V6, SOURCE, SOURCE_V6, TARGET, TARGET_MAC, TARGET_V6, addr,
         log_events,
@@ -32,7 +33,7 @@ fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool
 
 #[test]
 fn a_tcp_transfer_arrives_intact_with_checksums_the_receivers_verify() {
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
     // Both ends verify checksums in software (proved by a deliberately bad one), so a
     // wrong checksum from the bouncer would show in their error counters.
@@ -62,7 +63,7 @@ fn a_tcp_transfer_arrives_intact_with_checksums_the_receivers_verify() {
 
 #[test]
 fn udp_requests_are_answered_over_ipv4_and_ipv6() {
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
     bounce.rewrite(&["bounce", "add", &format!("[{LISTEN_V6}]:5353/udp"), &format!("[{TARGET_V6}]:53")]);
     let ip = |text: &str| text.parse::<IpAddr>().expect("address");
@@ -109,7 +110,7 @@ fn raise_file_limit() {
 fn a_thousand_concurrent_connections_each_get_their_own_flow() {
     const CONNECTIONS: u32 = 1000;
     raise_file_limit();
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
     let (ready_tx, ready_rx) = mpsc::channel();
     let (held_tx, held_rx) = mpsc::channel::<()>();
@@ -214,7 +215,7 @@ fn with_udp_echo<T>(bounce: &Bounce, port: u16, work: impl FnOnce() -> T) -> T {
 #[test]
 fn a_small_table_evicts_the_oldest_flows_and_counts_them() {
     const FLOWS: usize = 100;
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53"), "--max-flows", "16"]);
     let answered =
         with_udp_echo(&bounce, 53, || (0..FLOWS).filter(|_| udp_request(bounce.client, addr(LISTEN, 5353))).count());
@@ -233,7 +234,7 @@ fn a_small_table_evicts_the_oldest_flows_and_counts_them() {
 
 #[test]
 fn an_idle_udp_flow_expires_and_the_next_datagram_opens_a_new_one() {
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
     bounce.rewrite(&["bounce", "timeouts", "--udp", "0.5"]);
     with_udp_echo(&bounce, 53, || {
@@ -256,7 +257,7 @@ fn an_idle_udp_flow_expires_and_the_next_datagram_opens_a_new_one() {
 
 #[test]
 fn port_exhaustion_is_counted_and_the_client_is_refused_at_once() {
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     bounce.rewrite(&[
         "bounce",
         "add",
@@ -296,12 +297,26 @@ fn port_exhaustion_is_counted_and_the_client_is_refused_at_once() {
         });
         done_tx.send(()).expect("server waits");
     });
-    assert!(bounce.counter("port_exhausted") >= 1, "port exhaustion is counted");
+    let exhausted = bounce.counter("port_exhausted");
+    assert!(exhausted >= 1, "port exhaustion is counted");
+    // And shown in the metrics the agent serves.
+    let metrics = rewrite_user::metrics::render(
+        &rewrite_user::pins::PinLayout::new(bounce.pin_dir()),
+        &rewrite_user::metrics::ApplyStatus::default(),
+    )
+    .expect("render the metrics");
+    assert!(metrics.contains(&format!("rewrite_bounce_total{{counter=\"port_exhausted\"}} {exhausted}")), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "rewrite_bounce_service_live_flows{{listen=\"{LISTEN}:8080/tcp\",target=\"{TARGET}:80\"}}"
+        )),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn connects_and_disconnects_reach_bounce_log_and_a_reset_ends_a_flow() {
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
     let log = bounce.start_log(&["--count", "4", "--timeout", "20"]);
     tcp_exchange(bounce.target, addr("0.0.0.0", 80), bounce.client, addr(LISTEN, 8080), 64 << 10);
@@ -376,7 +391,7 @@ fn socket2_linger_zero(stream: &TcpStream) {
 
 #[test]
 fn bad_services_are_refused_with_what_is_wrong() {
-    let bounce = Bounce::new();
+    let bounce = Bounce::set_up();
     let error = bounce.rewrite_fails(&["bounce", "add", &format!("{LISTEN}:8080"), &format!("{TARGET}:80")]);
     assert!(error.contains("is not ADDR:PORT/tcp or ADDR:PORT/udp"), "{error}");
     let error = bounce.rewrite_fails(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("[{TARGET_V6}]:80")]);
@@ -401,4 +416,48 @@ fn bad_services_are_refused_with_what_is_wrong() {
     assert!(error.contains("only applies when the first bounce add creates it"), "{error}");
     let error = bounce.rewrite_fails(&["bounce", "del", &format!("{LISTEN}:9999/tcp")]);
     assert!(error.contains("no bounce service listens on 10.230.1.1:9999/tcp"), "{error}");
+}
+
+#[test]
+fn a_config_with_a_bounce_section_is_applied_exported_and_refused_whole() {
+    let bounce = Bounce::set_up();
+    let config = format!(
+        "[bounce]\nmax_flows = 1000\nudp_idle_seconds = 30\n\n[[bounce.service]]\nlisten = \"{LISTEN}:5353/udp\"\ntarget \
+         = \"{TARGET}:53\"\n"
+    );
+    let file = ConfigFile::new("bounce-apply", &config);
+    let applied = bounce.rewrite(&["apply", file.as_arg()]);
+    assert!(applied.contains(&format!("added bounce {LISTEN}:5353/udp -> {TARGET}:53")), "{applied}");
+    let answered = with_udp_echo(&bounce, 53, || udp_request(bounce.client, addr(LISTEN, 5353)));
+    assert!(answered, "the service from the config bounces");
+    let exported = bounce.rewrite(&["export"]);
+    for line in ["[bounce]", "max_flows = 1000", "udp_idle_seconds = 30", &format!("source = \"{SOURCE}\"")] {
+        assert!(exported.contains(line), "export shows {line:?}:\n{exported}");
+    }
+    assert!(bounce.rewrite(&["apply", file.as_arg()]).contains("applied: 0 added"), "applying again changes nothing");
+
+    // One service that cannot be bounced (no route) refuses the whole file: the other
+    // change in it (a second service) is not applied either.
+    let refused = ConfigFile::new(
+        "bounce-refused",
+        &format!(
+            "{config}\n[[bounce.service]]\nlisten = \"{LISTEN}:8080/tcp\"\ntarget = \"{TARGET}:80\"\n\n[[bounce.service]]\nlisten = \
+             \"{LISTEN}:9090/tcp\"\ntarget = \"192.0.2.1:80\"\n"
+        ),
+    );
+    let error = bounce.rewrite_fails(&["apply", refused.as_arg()]);
+    assert!(error.contains("cannot bounce") && error.contains("no route to the target 192.0.2.1"), "{error}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&bounce.rewrite(&["bounce", "list", "--json"])).expect("list JSON");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "nothing of the refused file was applied: {rows}");
+
+    // An empty [bounce] section removes the services; no section leaves them alone.
+    let empty = ConfigFile::new("bounce-empty", "[bounce]\n");
+    let removed = bounce.rewrite(&["apply", empty.as_arg()]);
+    assert!(removed.contains(&format!("removed bounce {LISTEN}:5353/udp")), "{removed}");
+    bounce.rewrite(&["apply", file.as_arg()]);
+    let without = ConfigFile::new("bounce-without", "");
+    let untouched = bounce.rewrite(&["apply", without.as_arg()]);
+    assert!(!untouched.contains("bounce"), "{untouched}");
+    assert!(bounce.rewrite(&["bounce", "list"]).contains(&format!("{LISTEN}:5353/udp")));
 }
