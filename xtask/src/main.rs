@@ -71,7 +71,9 @@ enum Task {
     },
     /// Benchmark rewrite against plain routing, iptables (nft and legacy) and an
     /// nftables map, and the programs' per-packet cost; writes docs/benchmarks.md with
-    /// CSVs and SVG plots in docs/benchmarks/. Takes about 30 minutes on 2 cores.
+    /// CSVs and SVG plots in docs/benchmarks/. Then the fleet (docs/fleet-benchmarks.md)
+    /// and bounce mode against socat and iptables NAT (docs/bounce-benchmarks.md).
+    /// Takes about 35 minutes on 2 cores.
     Bench {
         /// Tiny tables and short runs, in under 5 minutes: proves the harness works.
         /// Writes to target/bench-quick/ and leaves docs/ alone.
@@ -175,7 +177,7 @@ fn main() -> anyhow::Result<()> {
             require_root("the benchmarks load eBPF programs and build network namespaces")?;
             build(true)?;
             // The per-packet cost first: the comparison's report includes its table.
-            for bench in ["prog_cost", "versus", "fleet"] {
+            for bench in ["prog_cost", "versus", "fleet", "bounce"] {
                 let mut command = cargo();
                 command.args(["bench", "--package", "rewrite-tests", "--bench", bench, "--"]);
                 if quick {
