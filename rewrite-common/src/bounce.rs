@@ -30,6 +30,9 @@ pub const MAP_BOUNCE_SETTINGS: &str = "BOUNCE_SETTINGS";
 pub const MAP_BOUNCE_COUNTERS: &str = "BOUNCE_COUNTERS";
 /// Ring buffer of [`BounceEvent`]s (connects and disconnects, never per packet).
 pub const MAP_BOUNCE_EVENTS: &str = "BOUNCE_EVENTS";
+/// The rewrite object's program array whose slot 0 holds bounce mode's XDP program:
+/// the XDP ingress program tail-calls it (an interface runs one XDP program only).
+pub const MAP_BOUNCE_XDP: &str = "BOUNCE_XDP";
 
 /// Flows the table holds by default: each flow takes two entries.
 pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;

@@ -1,8 +1,16 @@
 //! Bounce mode's datapath (see `rewrite_common::bounce` for the flow model): find the
 //! packet's flow, or open one for a packet to a LISTEN endpoint; translate addresses
-//! and ports with the TC checksum helpers; and forward the packet straight to the
-//! egress device the route lookup names, past the host's own stack (which would see
-//! the translated source as one of its own addresses and drop the packet as a martian).
+//! and ports; and forward the packet straight to the egress device the route lookup
+//! names, past the host's own stack (which would see the translated source as one of
+//! its own addresses and drop the packet as a martian).
+//!
+//! It runs at two hooks, written once over [`Forwarder`]:
+//! * in XDP, tail-called by the rewrite program on devices attached with XDP: it
+//!   forwards with `XDP_TX` or a redirect before any skb exists. It leaves to TC what
+//!   it cannot do (a next hop whose MAC is not resolved yet), before touching any
+//!   state, so the TC program behind it sees the packet as if XDP were not there;
+//! * in TC, on every attached device: the checksum helpers keep partial checksums
+//!   (veth, local senders) right, and `bpf_redirect_neigh` resolves next hops.
 //!
 //! Anything that is not a bounced flow passes unchanged and uncounted. A packet to a
 //! LISTEN endpoint that cannot be bounced (no free port, no route) passes unchanged
@@ -15,9 +23,9 @@
 )]
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup},
+    EbpfContext as _,
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, BPF_NOEXIST, bpf_fib_lookup, xdp_action},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
-    programs::TcContext,
 };
 use rewrite_common::{
     bounce::{
@@ -32,7 +40,7 @@ use rewrite_common::{
 use crate::{
     atomic::atomic_add,
     bounce_maps::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, parsed, scratch},
-    packet::{Packet, TcPacket},
+    packet::{Packet, TcPacket, XdpPacket},
     parse::{IpPacket, parse},
 };
 
@@ -46,28 +54,116 @@ const AF_INET6: u8 = 10;
 const FIB_PARAMS_LEN: i32 = core::mem::size_of::<bpf_fib_lookup>() as i32;
 const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() == 64);
 
-/// What the program returns for a packet it leaves to the stack.
-pub const PASS: i32 = aya_ebpf::bindings::TC_ACT_UNSPEC;
+/// What becomes of a packet.
+#[derive(Clone, Copy)]
+pub enum Verdict {
+    /// On to the next program or the stack, as it is.
+    Pass,
+    /// Dropped: it may be half translated, and would arrive as garbage.
+    Drop,
+    /// Sent on by the hook's own means: the action the redirect helper returned, or
+    /// `XDP_TX`.
+    Sent(u32),
+}
 
-/// Bounces `ctx` if it belongs to a flow or opens one; returns the TC action.
+/// What bounce needs of a hook beyond the packet's bytes.
+pub trait Forwarder: Packet {
+    /// Whether the hook can send to a next hop whose MAC address is not known yet.
+    const RESOLVES_NEIGHBOURS: bool;
+
+    /// The index of the device the packet arrived on.
+    fn arrival_ifindex(&self) -> u32;
+
+    /// `bpf_fib_lookup` from this hook's context.
+    fn lookup_route(&mut self, params: &mut bpf_fib_lookup) -> i64;
+
+    /// Sends the translated packet out through `route`.
+    fn send(&mut self, route: Route) -> Result<Verdict, ()>;
+}
+
+impl Forwarder for TcPacket<'_> {
+    const RESOLVES_NEIGHBOURS: bool = true;
+
+    #[inline(always)]
+    fn arrival_ifindex(&self) -> u32 {
+        // SAFETY: reading the ingress device index of the skb the program runs on.
+        unsafe { (*self.skb_pointer()).ifindex }
+    }
+
+    #[inline(always)]
+    fn lookup_route(&mut self, params: &mut bpf_fib_lookup) -> i64 {
+        // SAFETY: the helper reads and writes `params`, whose size it is given.
+        unsafe { fib_lookup(self.context().as_ptr(), params, FIB_PARAMS_LEN, 0) }
+    }
+
+    #[inline(always)]
+    fn send(&mut self, route: Route) -> Result<Verdict, ()> {
+        let action = match route.macs {
+            Some(macs) => {
+                self.context().store(0, &macs, 0).map_err(|_| ())?;
+                // SAFETY: a helper call with a plain device index.
+                unsafe { bpf_redirect(route.ifindex, 0) }
+            }
+            // SAFETY: a null neighbour asks the kernel to resolve the packet's own
+            // destination on that device.
+            None => unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) },
+        };
+        // TC_ACT_REDIRECT, or TC_ACT_SHOT for a bad device index.
+        Ok(Verdict::Sent(u32::try_from(action).unwrap_or(TC_ACT_SHOT)))
+    }
+}
+
+impl Forwarder for XdpPacket<'_> {
+    const RESOLVES_NEIGHBOURS: bool = false;
+
+    #[inline(always)]
+    fn arrival_ifindex(&self) -> u32 {
+        // The kernel's field is a u32; aya widens it.
+        u32::try_from(self.context().ingress_ifindex()).unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn lookup_route(&mut self, params: &mut bpf_fib_lookup) -> i64 {
+        // SAFETY: as for TC.
+        unsafe { fib_lookup(self.context().as_ptr(), params, FIB_PARAMS_LEN, 0) }
+    }
+
+    #[inline(always)]
+    fn send(&mut self, route: Route) -> Result<Verdict, ()> {
+        // Never `None` here: without neighbour resolution the route lookup defers.
+        let macs = route.macs.ok_or(())?;
+        self.write(0, macs)?;
+        if route.ifindex == self.arrival_ifindex() {
+            return Ok(Verdict::Sent(xdp_action::XDP_TX));
+        }
+        // SAFETY: a helper call with a plain device index.
+        let action = unsafe { bpf_redirect(route.ifindex, 0) };
+        // XDP_REDIRECT, or XDP_ABORTED for a bad device index.
+        Ok(Verdict::Sent(u32::try_from(action).unwrap_or(xdp_action::XDP_ABORTED)))
+    }
+}
+
+/// The TC action for a dropped packet (2), as the redirect helpers return it.
+const TC_ACT_SHOT: u32 = aya_ebpf::bindings::TC_ACT_SHOT as u32;
+
+/// Bounces the packet if it belongs to a flow or opens one.
 #[inline(always)]
-pub fn bounce(ctx: &mut TcContext) -> Result<i32, ()> {
+pub fn bounce<P: Forwarder>(packet: &mut P) -> Result<Verdict, ()> {
     let settings = match SETTINGS.get(0) {
         Some(settings) if settings.enabled != 0 => *settings,
-        _ => return Ok(PASS),
+        _ => return Ok(Verdict::Pass),
     };
-    let mut packet = TcPacket::new(ctx);
     let work = scratch().ok_or(())?;
     // The parsed headers live in the per-CPU area, as in the rewrite programs.
     let parsed = parsed().ok_or(())?;
-    *parsed = match parse(&packet) {
+    *parsed = match parse(packet) {
         Ok(headers) => headers,
-        Err(_) => return Ok(PASS),
+        Err(_) => return Ok(Verdict::Pass),
     };
     let parsed: &IpPacket = parsed;
     // Bounced flows are TCP and UDP; ICMP and fragments after the first carry no ports
     // and pass (ICMP errors about a bounced flow are not translated).
-    let Some((ports, l4)) = parsed.ports else { return Ok(PASS) };
+    let Some((ports, l4)) = parsed.ports else { return Ok(Verdict::Pass) };
     work.key = FlowTuple {
         src: parsed.src,
         dst: parsed.dst,
@@ -87,9 +183,9 @@ pub fn bounce(ctx: &mut TcContext) -> Result<i32, ()> {
     if let Some(entry) = FLOWS.get_ptr_mut(&work.key)
         && let Some(step) = existing_flow(work, entry, now, idle_ns, tcp_flags)
     {
-        return forward(&mut packet, parsed, work, entry, step);
+        return forward(packet, parsed, work, entry, step);
     }
-    open_flow(&mut packet, parsed, work, now, tcp_flags)
+    open_flow(packet, parsed, work, now, tcp_flags)
 }
 
 /// Checks the flow of `entry` (found for `work.key`): its partner must still be there
@@ -128,26 +224,30 @@ fn existing_flow(
 
 /// Opens a flow for a packet to a LISTEN endpoint, then forwards the packet on it.
 #[inline(always)]
-fn open_flow(
-    packet: &mut TcPacket<'_>,
+fn open_flow<P: Forwarder>(
+    packet: &mut P,
     parsed: &IpPacket,
     work: &mut BounceScratch,
     now: u64,
     tcp_flags: u8,
-) -> Result<i32, ()> {
+) -> Result<Verdict, ()> {
     work.service_key = Endpoint::new(work.key.dst, work.key.dst_port, work.key.protocol);
-    let Some(service) = SERVICES.get_ptr(&work.service_key) else { return Ok(PASS) };
+    let Some(service) = SERVICES.get_ptr(&work.service_key) else { return Ok(Verdict::Pass) };
     // SAFETY: a live map value, copied at once (userspace may change it meanwhile).
     work.service = unsafe { *service };
     if work.key.protocol == IPPROTO_TCP && !opens_flow(tcp_flags) {
         count(BOUNCE_NO_FLOW);
-        return Ok(PASS);
+        return Ok(Verdict::Pass);
     }
     // Route first: a flow the bouncer cannot forward is not opened.
     let target_addr = work.service.target.addr;
-    let Some(target_dev) = route(packet, work, &target_addr, parsed) else {
-        count(BOUNCE_UNROUTABLE);
-        return Ok(PASS);
+    let target_dev = match route(packet, work, &target_addr, parsed) {
+        Routed::Via(route) => route,
+        Routed::Deferred => return Ok(Verdict::Pass),
+        Routed::Unroutable => {
+            count(BOUNCE_UNROUTABLE);
+            return Ok(Verdict::Pass);
+        }
     };
     // SAFETY: a helper without arguments. A random start spreads flows over the range,
     // so a new flow rarely probes far.
@@ -166,18 +266,18 @@ fn open_flow(
         if FLOWS.insert(&work.key, &work.new_flow.from_client, 0).is_err() {
             let _ = FLOWS.remove(&work.partner);
             count(BOUNCE_ERRORS);
-            return Ok(PASS);
+            return Ok(Verdict::Pass);
         }
         count(BOUNCE_CONNECTS);
         report(EVENT_CONNECT, REASON_NONE, &work.key, &work.new_flow.from_client, None);
         let Some(entry) = FLOWS.get_ptr_mut(&work.key) else {
             count(BOUNCE_ERRORS);
-            return Ok(PASS);
+            return Ok(Verdict::Pass);
         };
         return translate_and_redirect(packet, parsed, entry, target_dev);
     }
     count(BOUNCE_PORT_EXHAUSTED);
-    Ok(PASS)
+    Ok(Verdict::Pass)
 }
 
 /// When the port the new flow's target half claims is held by an entry idle past the
@@ -208,18 +308,22 @@ fn take_over_idle(work: &mut BounceScratch, now: u64) -> bool {
 
 /// Forwards a packet of an existing flow and applies `step` to the flow.
 #[inline(always)]
-fn forward(
-    packet: &mut TcPacket<'_>,
+fn forward<P: Forwarder>(
+    packet: &mut P,
     parsed: &IpPacket,
     work: &mut BounceScratch,
     entry: *mut FlowEntry,
     step: TcpStep,
-) -> Result<i32, ()> {
+) -> Result<Verdict, ()> {
     // SAFETY: a live map value, valid for the program's run.
     let out_dst = unsafe { (*entry).out.dst };
-    let Some(dev) = route(packet, work, &out_dst, parsed) else {
-        count(BOUNCE_UNROUTABLE);
-        return Ok(PASS);
+    let dev = match route(packet, work, &out_dst, parsed) {
+        Routed::Via(route) => route,
+        Routed::Deferred => return Ok(Verdict::Pass),
+        Routed::Unroutable => {
+            count(BOUNCE_UNROUTABLE);
+            return Ok(Verdict::Pass);
+        }
     };
     let action = translate_and_redirect(packet, parsed, entry, dev)?;
     match step {
@@ -284,17 +388,14 @@ fn report(kind: u32, reason: u32, key: &FlowTuple, this: &FlowEntry, other: Opti
     slot.submit(0);
 }
 
-/// Looks the route to `dst` up from the packet's ingress device. Fills the MAC
-/// addresses into `work.fib` and returns the egress device, or `None` when the packet
-/// cannot be forwarded there.
+/// Looks the route to `dst` up from the packet's ingress device, with the MAC
+/// addresses (in `work.fib`) when they are known.
 #[inline(always)]
-fn route(packet: &mut TcPacket<'_>, work: &mut BounceScratch, dst: &Addr, parsed: &IpPacket) -> Option<Route> {
-    let ctx = packet.context();
+fn route<P: Forwarder>(packet: &mut P, work: &mut BounceScratch, dst: &Addr, parsed: &IpPacket) -> Routed {
     // SAFETY: zero is a valid bit pattern for the plain C struct.
     work.fib = unsafe { core::mem::zeroed::<bpf_fib_lookup>() };
     let fib = &mut work.fib;
-    // SAFETY: reading the ingress device index of the skb the program runs on.
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.ifindex = packet.arrival_ifindex();
     fib.l4_protocol = work.key.protocol;
     if parsed.ipv4_check.is_some() {
         fib.family = AF_INET;
@@ -303,20 +404,32 @@ fn route(packet: &mut TcPacket<'_>, work: &mut BounceScratch, dst: &Addr, parsed
         fib.family = AF_INET6;
         fib.__bindgen_anon_4.ipv6_dst = words(dst);
     }
-    // SAFETY: the helper reads and writes `work.fib`, whose size it is given.
-    let result = unsafe { fib_lookup(ctx.skb.skb.cast(), &raw mut work.fib, FIB_PARAMS_LEN, 0) };
+    let result = packet.lookup_route(&mut work.fib);
     match u32::try_from(result).unwrap_or(u32::MAX) {
-        BPF_FIB_LKUP_RET_SUCCESS => Some(Route { ifindex: work.fib.ifindex, macs: Some(macs(&work.fib)) }),
-        // The next hop's MAC is not known yet: bpf_redirect_neigh resolves it.
-        BPF_FIB_LKUP_RET_NO_NEIGH => Some(Route { ifindex: work.fib.ifindex, macs: None }),
-        _ => None,
+        BPF_FIB_LKUP_RET_SUCCESS => Routed::Via(Route { ifindex: work.fib.ifindex, macs: Some(macs(&work.fib)) }),
+        // The next hop's MAC is not known yet: bpf_redirect_neigh resolves it where
+        // the hook has it; otherwise the TC program behind does.
+        BPF_FIB_LKUP_RET_NO_NEIGH if P::RESOLVES_NEIGHBOURS => {
+            Routed::Via(Route { ifindex: work.fib.ifindex, macs: None })
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => Routed::Deferred,
+        _ => Routed::Unroutable,
     }
+}
+
+/// What the route lookup found.
+enum Routed {
+    Via(Route),
+    /// A route this hook cannot use, left to the TC program behind it.
+    Deferred,
+    /// No route the packet can be forwarded on.
+    Unroutable,
 }
 
 /// Where a packet leaves: the egress device, and the destination and source MAC
 /// addresses when the route lookup resolved them.
 #[derive(Clone, Copy)]
-struct Route {
+pub struct Route {
     ifindex: u32,
     macs: Option<[u8; 12]>,
 }
@@ -336,22 +449,22 @@ fn words(addr: &Addr) -> [u32; 4] {
 /// Rewrites the packet to the entry's `out` tuple, counts it in the entry, and
 /// redirects it to the egress device.
 #[inline(always)]
-fn translate_and_redirect(
-    packet: &mut TcPacket<'_>,
+fn translate_and_redirect<P: Forwarder>(
+    packet: &mut P,
     parsed: &IpPacket,
     entry: *mut FlowEntry,
     route: Route,
-) -> Result<i32, ()> {
+) -> Result<Verdict, ()> {
     // SAFETY: a live map value, valid for the program's run. Copied: the rewrite below
     // must not see a concurrent update half done.
     let out = unsafe { (*entry).out };
-    let Some((ports, l4)) = parsed.ports else { return Ok(PASS) };
+    let Some((ports, l4)) = parsed.ports else { return Ok(Verdict::Pass) };
     let len = packet.len() as u64;
     let done = translate(packet, parsed, &out, ports.src, ports.dst, l4);
     if done.is_err() {
         // The packet may be half translated: letting it go on would deliver garbage.
         count(BOUNCE_ERRORS);
-        return Ok(aya_ebpf::bindings::TC_ACT_SHOT);
+        return Ok(Verdict::Drop);
     }
     // SAFETY: as above; the counters are only ever updated atomically.
     unsafe {
@@ -360,19 +473,7 @@ fn translate_and_redirect(
         atomic_add(&raw mut (*entry).bytes, len);
     }
     count(BOUNCE_FORWARDED);
-    let action = match route.macs {
-        Some(macs) => {
-            packet.context().store(0, &macs, 0).map_err(|_| count(BOUNCE_ERRORS))?;
-            // SAFETY: a helper call with a plain device index.
-            unsafe { bpf_redirect(route.ifindex, 0) }
-        }
-        // SAFETY: a null neighbour asks the kernel to resolve the packet's own
-        // destination on that device.
-        None => unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) },
-    };
-    // The redirect helpers return a TC action (TC_ACT_REDIRECT, or TC_ACT_SHOT for a
-    // bad device index), which fits an i32.
-    Ok(i32::try_from(action).unwrap_or(aya_ebpf::bindings::TC_ACT_SHOT))
+    packet.send(route).map_err(|()| count(BOUNCE_ERRORS))
 }
 
 /// Destination then source MAC, as the Ethernet header starts.
@@ -386,8 +487,8 @@ fn macs(fib: &bpf_fib_lookup) -> [u8; 12] {
 
 /// Rewrites the addresses and ports of a TCP or UDP packet to `out`.
 #[inline(always)]
-fn translate(
-    packet: &mut TcPacket<'_>,
+fn translate<P: Forwarder>(
+    packet: &mut P,
     parsed: &IpPacket,
     out: &FlowTuple,
     src_port: [u8; 2],

@@ -31,7 +31,10 @@ use crate::{
 /// Ingress on devices whose packets come from a wire: runs before the skb exists.
 #[xdp]
 pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
-    try_rewrite_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    let action = try_rewrite_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS);
+    // A packet rewrite failed on still goes to bounce mode, which parses for itself.
+    maps::tail_call_bounce(&ctx);
+    action
 }
 
 #[inline(always)]

@@ -9,7 +9,7 @@ use crate::parse::IpPacket;
 use aya_ebpf::{
     helpers::bpf_map_lookup_elem,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
 };
 use rewrite_common::{
     counters,
@@ -18,6 +18,21 @@ use rewrite_common::{
         MAX_PREFIX_MAPPINGS, PrefixEntry, TablesInUse,
     },
 };
+
+/// Bounce mode's XDP program (in the bounce object, loaded by the first `bounce add`)
+/// at index 0, which the XDP ingress program hands each packet to after its rewrite.
+/// Empty while bounce mode is not in use: the tail call then fails and the packet
+/// passes.
+#[map(name = "BOUNCE_XDP")]
+static BOUNCE_XDP: ProgramArray = ProgramArray::pinned(1, 0);
+
+/// Hands the packet to bounce mode's XDP program, if there is one; returns only if not.
+#[inline(always)]
+pub fn tail_call_bounce(ctx: &aya_ebpf::programs::XdpContext) {
+    // SAFETY: the tail call replaces this program's run with the bounce program's, on
+    // the same context; if the slot is empty it returns and this program goes on.
+    unsafe { BOUNCE_XDP.tail_call(ctx, 0) };
+}
 
 /// VIRTUAL -> REAL, looked up on egress. `rewrite attach --max-mappings` sets the
 /// capacity when it creates the table.

@@ -90,8 +90,17 @@ impl<'a> XdpPacket<'a> {
         Some((start + offset) as *mut T)
     }
 
+    /// The program's context, for the helpers that are not about the packet's bytes
+    /// (route lookup, redirect).
+    #[allow(dead_code, reason = "the bounce object uses it; the rewrite object does not")]
     #[inline(always)]
-    fn write<T: Copy>(&mut self, offset: usize, value: T) -> Result<(), ()> {
+    pub fn context(&self) -> &XdpContext {
+        self.ctx
+    }
+
+    /// Writes a `T` (a plain byte array) at `offset`, if the packet is long enough.
+    #[inline(always)]
+    pub fn write<T: Copy>(&mut self, offset: usize, value: T) -> Result<(), ()> {
         let pointer = self.pointer::<T>(offset).ok_or(())?;
         // SAFETY: `pointer` was bounds-checked against data_end; the packet buffer is
         // writable in XDP and T is a byte array, so alignment does not matter.
@@ -221,6 +230,13 @@ impl<'a> TcPacket<'a> {
     #[inline(always)]
     pub fn context(&mut self) -> &mut TcContext {
         self.ctx
+    }
+
+    /// The skb the program runs on, for fields aya does not wrap.
+    #[allow(dead_code, reason = "the bounce object uses it; the rewrite object does not")]
+    #[inline(always)]
+    pub fn skb_pointer(&self) -> *const aya_ebpf::bindings::__sk_buff {
+        self.ctx.skb.skb
     }
 
     /// Folds the change of one 32-bit word of the pseudo-header into the transport

@@ -11,7 +11,7 @@ use aya::{
 };
 use rewrite_common::bounce::{
     BounceService, BounceSettings, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_FLOWS, MAP_BOUNCE_SERVICES,
-    MAP_BOUNCE_SETTINGS,
+    MAP_BOUNCE_SETTINGS, MAP_BOUNCE_XDP,
 };
 use rewrite_common::maps::{
     Addr, AddressEntry, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD,
@@ -36,6 +36,9 @@ const ICMP_ERRORS_PIN_NAMES: (&str, &str) = ("ingress_tc_icmp_errors_prog", "ing
 /// Bounce mode's TC ingress program, beside the rewrite programs on every attached
 /// interface once bounce mode is in use (it returns at once while no service exists).
 pub const PROG_TC_BOUNCE: &str = "bounce_tc_ingress";
+/// Bounce mode in XDP, reached by a tail call from [`PROG_XDP_INGRESS`] through the
+/// `BOUNCE_XDP` program array, not attached itself.
+pub const PROG_XDP_BOUNCE: &str = "bounce_xdp_ingress";
 const BOUNCE_PIN_NAMES: (&str, &str) = ("ingress_tc_bounce_prog", "ingress_tc_bounce_link");
 /// An XDP program that only returns XDP_PASS: the baseline for benchmarks.
 pub const PROG_BENCH_XDP_PASS: &str = "bench_xdp_pass";
@@ -203,6 +206,7 @@ pub fn enable_bounce(pins: &PinLayout, max_flows: Option<u32>) -> Result<Vec<Str
         }
     }
     let mut ebpf = load_bounce(&pins.maps_dir(), max_flows)?;
+    install_bounce_xdp(&mut ebpf, pins)?;
     let mut enabled = Vec::new();
     for attachment in attachments {
         let iface_dir = pins.iface_dir(&attachment.iface)?;
@@ -221,6 +225,21 @@ pub fn enable_bounce(pins: &PinLayout, max_flows: Option<u32>) -> Result<Vec<Str
 fn attach_bounce(ebpf: &mut Ebpf, iface_dir: &Path, iface: &str) -> Result<(), Error> {
     let link = attach_tc(ebpf, PROG_TC_BOUNCE, iface, TcAttachType::Ingress)?;
     pin_program_and_link(ebpf, iface_dir, PROG_TC_BOUNCE, BOUNCE_PIN_NAMES, link)
+}
+
+/// Loads the bounce object's XDP program and puts it where the XDP ingress programs
+/// tail-call it. The pinned program array holds the program from then on.
+fn install_bounce_xdp(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), Error> {
+    let path = pins.map(MAP_BOUNCE_XDP);
+    let xdp: &mut Xdp = typed_program(ebpf, PROG_XDP_BOUNCE, "(tail call)")?;
+    if xdp.fd().is_err() {
+        xdp.load().map_err(|source| program_error("loading", PROG_XDP_BOUNCE, "(tail call)", source))?;
+    }
+    let program = xdp.fd().map_err(|source| program_error("loading", PROG_XDP_BOUNCE, "(tail call)", source))?;
+    let data = aya::maps::MapData::from_pin(&path).map_err(|source| Error::map(MAP_BOUNCE_XDP, source))?;
+    let mut array = aya::maps::ProgramArray::try_from(Map::ProgramArray(data))
+        .map_err(|source| Error::map(MAP_BOUNCE_XDP, source))?;
+    array.set(0, program, 0).map_err(|source| Error::map(MAP_BOUNCE_XDP, source))
 }
 
 fn check_map_layout(ebpf: &Ebpf, maps_dir: &Path, name: &'static str, key: usize, value: usize) -> Result<(), Error> {
@@ -249,7 +268,8 @@ fn map_data(map: &Map) -> &aya::maps::MapData {
         | Map::PerCpuHashMap(data)
         | Map::LruHashMap(data)
         | Map::RingBuf(data)
-        | Map::LpmTrie(data) => data,
+        | Map::LpmTrie(data)
+        | Map::ProgramArray(data) => data,
         other => unreachable!("rewrite's object declares no map of type {other:?}"),
     }
 }
@@ -650,6 +670,15 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
             upgraded.push(Upgraded { iface: attachment.iface.clone(), program, old_id, new_id });
         }
         pins.record_version(&attachment.iface, &object_version(object))?;
+    }
+    // The new XDP programs tail-call through the same pinned array; its slot gets this
+    // binary's bounce program too.
+    if bounce_enabled(pins) && pins.map(MAP_BOUNCE_XDP).exists() {
+        let ebpf = match &mut bounce_ebpf {
+            Some(ebpf) => ebpf,
+            none => none.insert(load_bounce(&pins.maps_dir(), None)?),
+        };
+        install_bounce_xdp(ebpf, pins)?;
     }
     Ok(upgraded)
 }

@@ -63,17 +63,19 @@ const SERVER_THREADS: usize = 4;
 enum Backend {
     Routing,
     RewriteBounce,
+    RewriteBounceXdp,
     IptablesNat,
     Socat,
 }
 
 impl Backend {
-    const ALL: [Self; 4] = [Self::Routing, Self::RewriteBounce, Self::IptablesNat, Self::Socat];
+    const ALL: [Self; 5] = [Self::Routing, Self::RewriteBounce, Self::RewriteBounceXdp, Self::IptablesNat, Self::Socat];
 
     const fn name(self) -> &'static str {
         match self {
             Self::Routing => "routing (ceiling)",
-            Self::RewriteBounce => "rewrite bounce",
+            Self::RewriteBounce => "rewrite bounce (TC)",
+            Self::RewriteBounceXdp => "rewrite bounce (XDP)",
             Self::IptablesNat => "iptables DNAT+MASQUERADE",
             Self::Socat => "socat",
         }
@@ -111,10 +113,11 @@ fn install(backend: Backend, topology: &Topology) -> Installed<'_> {
     let router = &topology.router;
     match backend {
         Backend::Routing => Installed::Nothing,
-        Backend::RewriteBounce => {
+        Backend::RewriteBounce | Backend::RewriteBounceXdp => {
+            let ingress = if backend == Backend::RewriteBounce { "tc" } else { "xdp" };
             let cli = RewriteCli::new(router);
             for iface in ["rc", topology::ROUTER_TO_SERVER] {
-                cli.ok(&["attach", "--iface", iface, "--ingress", "tc"]);
+                cli.ok(&["attach", "--iface", iface, "--ingress", ingress]);
             }
             for port in PORTS {
                 cli.ok(&["bounce", "add", &format!("{LISTEN}:{port}/tcp"), &format!("{SERVER}:{port}")]);
@@ -126,7 +129,10 @@ fn install(backend: Backend, topology: &Topology) -> Installed<'_> {
             let dnat = ["-t", "nat", "-A", "PREROUTING", "-d", "10.1.0.1", "-p", "tcp", "-m", "multiport"];
             let target = ["--dports", &ports, "-j", "DNAT", "--to-destination", "10.2.0.2"];
             router.must("iptables", &[&dnat[..], &target[..]].concat());
-            router.must("iptables", &["-t", "nat", "-A", "POSTROUTING", "-o", topology::ROUTER_TO_SERVER, "-j", "MASQUERADE"]);
+            router.must(
+                "iptables",
+                &["-t", "nat", "-A", "POSTROUTING", "-o", topology::ROUTER_TO_SERVER, "-j", "MASQUERADE"],
+            );
             // Reset connections stay in conntrack for this long (10 s by default) and
             // would exhaust MASQUERADE's ports at these rates (see bench-notes).
             router.sysctl("net.netfilter.nf_conntrack_tcp_timeout_close", "1");
@@ -177,6 +183,10 @@ struct Sample {
 
 fn measure(backend: Backend, durations: Durations) -> Sample {
     let topology = Topology::new();
+    // A veth takes frames redirected to it in XDP only when its peer polls with NAPI,
+    // which GRO turns on. Every backend gets it, so the ends receive alike.
+    topology.client.must("ethtool", &["-K", "c0", "gro", "on"]);
+    topology.server.must("ethtool", &["-K", topology::SERVER_IFACE, "gro", "on"]);
     let installed = install(backend, &topology);
     let destination = backend.destination();
     let (connections, failed) = connection_rate(&topology, destination, durations.traffic);
@@ -374,13 +384,16 @@ fn render(samples: &BTreeMap<Backend, Vec<Sample>>, passes: usize, durations: Du
          backends interleaved; median [min–max]. Connection rate: {CLIENT_THREADS} client threads for {} s, \
          each connection answered by the server through the bouncer, closed with a reset. Bulk: one TCP stream \
          for {} s; CPU is the whole machine's busy time (client, router, server and socat share two cores). \
-         Latency: {} one-byte round trips on one connection.\n",
+         Checksum offload is off and GRO on at the client's and the server's ends, for every backend (XDP \
+         redirects into a veth need its peer to poll with NAPI). Latency: {} one-byte round trips on one connection.\n",
         machine::describe(),
         durations.traffic.as_secs_f64(),
         durations.traffic.as_secs_f64(),
         durations.round_trips
     );
-    out.push_str("| backend | connections/s | failed | bulk Gbit/s | CPU s per Gbit | latency p50 µs | latency p99 µs |\n");
+    out.push_str(
+        "| backend | connections/s | failed | bulk Gbit/s | CPU s per Gbit | latency p50 µs | latency p99 µs |\n",
+    );
     out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
     let show = |summary: Option<Summary>, digits: usize| {
         summary.map_or_else(
@@ -403,22 +416,30 @@ fn render(samples: &BTreeMap<Backend, Vec<Sample>>, passes: usize, durations: Du
         );
     }
     out.push_str("\nRatios, taken pass by pass (rewrite bounce ÷ the other):\n\n");
-    out.push_str("| against | connections/s | bulk Gbit/s | CPU s per Gbit | latency p50 |\n|---|---:|---:|---:|---:|\n");
-    let ratio = |other: Backend, pick: fn(&Sample) -> f64| {
-        let (Some(ours), Some(theirs)) = (samples.get(&Backend::RewriteBounce), samples.get(&other)) else {
+    out.push_str(
+        "| rewrite bounce | against | connections/s | bulk Gbit/s | CPU s per Gbit | latency p50 |\n\
+         |---|---|---:|---:|---:|---:|\n",
+    );
+    let ratio = |ours: Backend, other: Backend, pick: fn(&Sample) -> f64| {
+        let (Some(ours), Some(theirs)) = (samples.get(&ours), samples.get(&other)) else {
             return None;
         };
         let ratios: Vec<f64> =
             ours.iter().zip(theirs).filter(|(_, b)| pick(b) > 0.0).map(|(a, b)| pick(a) / pick(b)).collect();
         summarise(&ratios)
     };
-    for other in [Backend::Socat, Backend::IptablesNat, Backend::Routing] {
+    for (ours, other) in [Backend::RewriteBounceXdp, Backend::RewriteBounce]
+        .into_iter()
+        .flat_map(|ours| [Backend::Socat, Backend::IptablesNat, Backend::Routing].map(|other| (ours, other)))
+    {
         let cell = |pick: fn(&Sample) -> f64| {
-            ratio(other, pick).map_or_else(|| "–".to_owned(), |s| format!("{:.2}× [{:.2}–{:.2}]", s.median, s.min, s.max))
+            ratio(ours, other, pick)
+                .map_or_else(|| "–".to_owned(), |s| format!("{:.2}× [{:.2}–{:.2}]", s.median, s.min, s.max))
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
+            ours.name().trim_start_matches("rewrite bounce "),
             other.name(),
             cell(|sample| sample.connections_per_second),
             cell(|sample| sample.gbit_per_second),

@@ -39,9 +39,17 @@ pub struct Bounce {
 }
 
 impl Bounce {
-    /// Builds the topology and attaches rewrite to both of the bouncer's interfaces;
-    /// bounce mode starts with the test's first `rewrite bounce add`.
+    /// Builds the topology and attaches rewrite to both of the bouncer's interfaces
+    /// with TC ingress; bounce mode starts with the test's first `rewrite bounce add`.
     pub fn set_up() -> Self {
+        Self::set_up_with("tc")
+    }
+
+    /// The same with `ingress` (`tc` or `xdp`) as the bouncer's ingress hook. With XDP,
+    /// the client's and the target's ends get GRO: a veth takes frames redirected
+    /// to it in XDP only when its peer polls with NAPI, which GRO turns on (a wire
+    /// device's driver always does).
+    pub fn set_up_with(ingress: &str) -> Self {
         // Leaked so that the CLI guard can borrow the namespace for the test's life;
         // `Drop` deletes the namespaces all the same.
         let client: &'static Netns = Box::leak(Box::new(Netns::new("bcl")));
@@ -65,11 +73,15 @@ impl Bounce {
         target.ip(&["addr", "add", "fd00:232::2/64", "dev", "vt", "nodad"]);
         client.offload("vc", false, false);
         target.offload("vt", false, false);
+        if ingress == "xdp" {
+            client.must("ethtool", &["-K", "vc", "gro", "on"]);
+            target.must("ethtool", &["-K", "vt", "gro", "on"]);
+        }
         bouncer.sysctl("net.ipv4.ip_forward", "1");
         bouncer.sysctl("net.ipv6.conf.all.forwarding", "1");
         let cli = RewriteCli::new(bouncer);
         for iface in ["vbc", "vbt"] {
-            cli.ok(&["attach", "--iface", iface, "--ingress", "tc"]);
+            cli.ok(&["attach", "--iface", iface, "--ingress", ingress]);
         }
         Self { cli, client, bouncer, target }
     }
@@ -123,6 +135,17 @@ impl Drop for Bounce {
             let _ = std::process::Command::new("ip").args(["netns", "del", netns.name()]).status();
         }
     }
+}
+
+/// One of `ethtool -S IFACE`'s statistics in `netns`.
+pub fn nic_stat(netns: &Netns, iface: &str, name: &str) -> u64 {
+    let output = netns.must("ethtool", &["-S", iface]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .filter_map(|line| line.trim().split_once(": "))
+        .find(|(key, _)| *key == name)
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ethtool -S {iface} has no {name}: {text}"))
 }
 
 /// The events a finished `bounce log --json` printed, one JSON object per line.

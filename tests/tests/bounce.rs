@@ -13,7 +13,7 @@ use rewrite_tests::{
     agent::ConfigFile,
     bounce::{
         Bounce, CLIENT, CLIENT_MAC, LISTEN, LISTEN_V6, SOURCE, SOURCE_V6, TARGET, TARGET_MAC, TARGET_V6, addr,
-        log_events,
+        log_events, nic_stat,
     },
     traffic::{
         IO_TIMEOUT, assert_no_checksum_errors_since, assert_receiver_verifies_checksums, checksum_errors, tcp_exchange,
@@ -59,6 +59,35 @@ fn a_tcp_transfer_arrives_intact_with_checksums_the_receivers_verify() {
     let stats = bounce.stats();
     assert_eq!(stats["table_entries"], 0, "a closed flow leaves no entry: {stats}");
     assert_eq!(stats["counters"]["errors"], 0, "{stats}");
+}
+
+#[test]
+fn with_xdp_ingress_flows_are_bounced_in_xdp_before_any_skb_exists() {
+    let bounce = Bounce::set_up_with("xdp");
+    bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
+    bounce.rewrite(&["bounce", "add", &format!("[{LISTEN_V6}]:5353/udp"), &format!("[{TARGET_V6}]:53")]);
+    // The first packets resolve the neighbours: XDP cannot, and leaves them to TC.
+    // Everything after is redirected in XDP, which the veths count per direction.
+    let redirected = |iface: &str| nic_stat(bounce.bouncer, iface, "rx_queue_0_xdp_redirect");
+    let lost = |iface: &str| nic_stat(bounce.bouncer, iface, "tx_queue_0_xdp_xmit_errors");
+    let (target_errors, client_errors) = (checksum_errors(bounce.target), checksum_errors(bounce.client));
+
+    let report = tcp_exchange(bounce.target, addr("0.0.0.0", 80), bounce.client, addr(LISTEN, 8080), 4 << 20);
+    assert_eq!(report.client_seen_by_server.ip(), SOURCE.parse::<IpAddr>().expect("address"));
+    assert_eq!(report.server_seen_by_client, addr(LISTEN, 8080), "the client talks to LISTEN throughout");
+    let udp = udp_echo(bounce.target, addr("::", 53), bounce.client, addr(LISTEN_V6, 5353), 20, Duration::from_secs(2));
+    assert_eq!(udp.echoed, 20, "every IPv6 request is answered: {udp:?}");
+    assert_no_checksum_errors_since(bounce.target, target_errors);
+    assert_no_checksum_errors_since(bounce.client, client_errors);
+
+    // 4 MiB is some 2,900 full-size segments towards the target, and their ACKs back.
+    let (to_target, to_client) = (redirected("vbc"), redirected("vbt"));
+    assert!(to_target > 2000, "the client's segments were redirected in XDP: {to_target}");
+    assert!(to_client > 500, "the target's answers were redirected in XDP: {to_client}");
+    assert_eq!((lost("vbc"), lost("vbt")), (0, 0), "no redirected frame was refused by a veth");
+    let stats = bounce.stats();
+    assert_eq!(stats["counters"]["errors"], 0, "{stats}");
+    assert_eq!(stats["counters"]["connects"], 2, "one TCP and one UDP flow: {stats}");
 }
 
 #[test]

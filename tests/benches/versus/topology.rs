@@ -22,7 +22,7 @@ const REAL_BASE: u32 = u32::from_be_bytes([10, 128, 0, 0]);
 /// Room for 1,048,576 mappings in each block.
 const BLOCK: &str = "/12";
 pub const ROUTER_TO_SERVER: &str = "rs";
-const SERVER_IFACE: &str = "s0";
+pub const SERVER_IFACE: &str = "s0";
 
 pub fn virtual_addr(index: u32) -> Ipv4Addr {
     Ipv4Addr::from(VIRTUAL_BASE + index)
