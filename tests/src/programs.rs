@@ -33,10 +33,21 @@ impl LoadedObject {
     /// Loads the object with fresh pinned maps (`max_mappings` as `attach --max-mappings`)
     /// and loads `programs` into the kernel, panicking with the verifier's reason.
     pub fn new(tag: &str, max_mappings: Option<u32>, programs: &[&str]) -> Self {
+        Self::load_with(tag, programs, |maps_dir| loader::load(maps_dir, max_mappings).expect("load the eBPF object"))
+    }
+
+    /// The same for the bounce object, with room for `max_flows` flows.
+    pub fn bounce(tag: &str, max_flows: u32, programs: &[&str]) -> Self {
+        Self::load_with(tag, programs, |maps_dir| {
+            loader::load_bounce(maps_dir, Some(max_flows)).expect("load the bounce object")
+        })
+    }
+
+    fn load_with(tag: &str, programs: &[&str], load: impl FnOnce(&std::path::Path) -> Ebpf) -> Self {
         let pins = PinDir::new(tag);
         let layout = PinLayout::new(pins.path());
         layout.create_dir(&layout.maps_dir()).expect("create the pin directory on bpffs");
-        let mut ebpf = loader::load(&layout.maps_dir(), max_mappings).expect("load the eBPF object");
+        let mut ebpf = load(&layout.maps_dir());
         for &name in programs {
             let result = match ebpf.program_mut(name) {
                 Some(Program::Xdp(program)) => program.load(),

@@ -91,6 +91,31 @@ fn with_xdp_ingress_flows_are_bounced_in_xdp_before_any_skb_exists() {
 }
 
 #[test]
+fn after_an_upgrade_the_new_xdp_program_still_hands_packets_to_bounce_mode() {
+    let object = std::env::var("REWRITE_UPGRADE_OBJECT").unwrap_or_else(|_| {
+        panic!("REWRITE_UPGRADE_OBJECT is not set: run the tests with `cargo xtask test`, which builds a second object")
+    });
+    let bounce = Bounce::set_up_with("xdp");
+    bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
+    let redirected = || nic_stat(bounce.bouncer, "vbc", "rx_queue_0_xdp_redirect");
+    let exchange = || {
+        let report =
+            udp_echo(bounce.target, addr("0.0.0.0", 53), bounce.client, addr(LISTEN, 5353), 20, Duration::from_secs(2));
+        assert_eq!(report.echoed, 20, "every request is answered: {report:?}");
+    };
+    exchange();
+    let before = redirected();
+    let upgraded = bounce.rewrite(&["upgrade", "--object", &object]);
+    assert!(upgraded.contains("vbc: rewrite_xdp_ingress id "), "upgrade output:\n{upgraded}");
+    exchange();
+    assert!(
+        redirected() >= before + 20,
+        "the requests after the upgrade were bounced in XDP ({before} redirects before, {} after)",
+        redirected()
+    );
+}
+
+#[test]
 fn udp_requests_are_answered_over_ipv4_and_ipv6() {
     let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
