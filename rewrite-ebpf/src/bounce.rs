@@ -53,6 +53,8 @@ const AF_INET6: u8 = 10;
 #[expect(clippy::cast_possible_truncation, reason = "64 fits an i32 (asserted below)")]
 const FIB_PARAMS_LEN: i32 = core::mem::size_of::<bpf_fib_lookup>() as i32;
 const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() == 64);
+const FIB_PARAMS_WORDS: usize = 64 / 4;
+const _: () = assert!(core::mem::align_of::<bpf_fib_lookup>() >= 4);
 
 /// What becomes of a packet.
 #[derive(Clone, Copy)]
@@ -164,14 +166,17 @@ pub fn bounce<P: Forwarder>(packet: &mut P) -> Result<Verdict, ()> {
     // Bounced flows are TCP and UDP; ICMP and fragments after the first carry no ports
     // and pass (ICMP errors about a bounced flow are not translated).
     let Some((ports, l4)) = parsed.ports else { return Ok(Verdict::Pass) };
-    work.key = FlowTuple {
-        src: parsed.src,
-        dst: parsed.dst,
-        src_port: ports.src,
-        dst_port: ports.dst,
-        protocol: ports.protocol,
-        reserved: [0; 3],
-    };
+    // Field by field, in place: a whole struct built on the stack first costs a copy
+    // and a call to memset for the padding bytes, on every packet.
+    let key = &mut work.key;
+    key.src = parsed.src;
+    key.dst = parsed.dst;
+    key.src_port = ports.src;
+    key.dst_port = ports.dst;
+    key.protocol = ports.protocol;
+    key.reserved[0] = 0;
+    key.reserved[1] = 0;
+    key.reserved[2] = 0;
     let tcp_flags =
         if ports.protocol == IPPROTO_TCP { packet.read::<[u8; 1]>(l4 + TCP_FLAGS).ok_or(())?[0] } else { 0 };
     // SAFETY: a helper without arguments.
@@ -183,7 +188,7 @@ pub fn bounce<P: Forwarder>(packet: &mut P) -> Result<Verdict, ()> {
     if let Some(entry) = FLOWS.get_ptr_mut(&work.key)
         && let Some(step) = existing_flow(work, entry, now, idle_ns, tcp_flags)
     {
-        return forward(packet, parsed, work, entry, step);
+        return forward(packet, parsed, work, entry, step, now);
     }
     open_flow(packet, parsed, work, now, tcp_flags)
 }
@@ -274,7 +279,7 @@ fn open_flow<P: Forwarder>(
             count(BOUNCE_ERRORS);
             return Ok(Verdict::Pass);
         };
-        return translate_and_redirect(packet, parsed, entry, target_dev);
+        return translate_and_redirect(packet, parsed, entry, target_dev, now);
     }
     count(BOUNCE_PORT_EXHAUSTED);
     Ok(Verdict::Pass)
@@ -314,6 +319,7 @@ fn forward<P: Forwarder>(
     work: &mut BounceScratch,
     entry: *mut FlowEntry,
     step: TcpStep,
+    now: u64,
 ) -> Result<Verdict, ()> {
     // SAFETY: a live map value, valid for the program's run.
     let out_dst = unsafe { (*entry).out.dst };
@@ -325,7 +331,7 @@ fn forward<P: Forwarder>(
             return Ok(Verdict::Pass);
         }
     };
-    let action = translate_and_redirect(packet, parsed, entry, dev)?;
+    let action = translate_and_redirect(packet, parsed, entry, dev, now)?;
     match step {
         TcpStep::Keep => {}
         // SAFETY: as above; a one-byte store the other CPU can only repeat.
@@ -392,8 +398,15 @@ fn report(kind: u32, reason: u32, key: &FlowTuple, this: &FlowEntry, other: Opti
 /// addresses (in `work.fib`) when they are known.
 #[inline(always)]
 fn route<P: Forwarder>(packet: &mut P, work: &mut BounceScratch, dst: &Addr, parsed: &IpPacket) -> Routed {
-    // SAFETY: zero is a valid bit pattern for the plain C struct.
-    work.fib = unsafe { core::mem::zeroed::<bpf_fib_lookup>() };
+    // Every input the lookup reads must be zero but the few set below, and the last
+    // lookup's outputs are still here (its route metric shares the TOS field). Sixteen
+    // stores, not `zeroed()`: that compiles to a call to memset on every packet.
+    let fib_words = (&raw mut work.fib).cast::<u32>();
+    for index in 0..FIB_PARAMS_WORDS {
+        // SAFETY: within the 64-byte struct, which is 4-byte aligned; volatile keeps
+        // LLVM from folding the loop back into memset.
+        unsafe { fib_words.add(index).write_volatile(0) };
+    }
     let fib = &mut work.fib;
     fib.ifindex = packet.arrival_ifindex();
     fib.l4_protocol = work.key.protocol;
@@ -454,6 +467,7 @@ fn translate_and_redirect<P: Forwarder>(
     parsed: &IpPacket,
     entry: *mut FlowEntry,
     route: Route,
+    now: u64,
 ) -> Result<Verdict, ()> {
     // SAFETY: a live map value, valid for the program's run. Copied: the rewrite below
     // must not see a concurrent update half done.
@@ -468,7 +482,8 @@ fn translate_and_redirect<P: Forwarder>(
     }
     // SAFETY: as above; the counters are only ever updated atomically.
     unsafe {
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        // The packet's arrival time, read once per packet (the clock is not free).
+        (*entry).last_seen_ns = now;
         atomic_add(&raw mut (*entry).packets, 1);
         atomic_add(&raw mut (*entry).bytes, len);
     }

@@ -365,6 +365,12 @@ fn main() {
     for pass in 0..passes {
         for turn in 0..Backend::ALL.len() {
             let backend = Backend::ALL[(turn + pass) % Backend::ALL.len()];
+            // For profiling one backend by hand; the report is then partial.
+            if let Ok(only) = std::env::var("REWRITE_BENCH_ONLY")
+                && !backend.name().contains(only.as_str())
+            {
+                continue;
+            }
             let sample = measure(backend, durations);
             eprintln!("pass {pass}: {}: {sample:?}", backend.name());
             samples.entry(backend).or_default().push(sample);
