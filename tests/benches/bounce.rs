@@ -93,8 +93,8 @@ impl Backend {
 /// What a backend installed in the router; removed on drop with the topology.
 enum Installed<'a> {
     Nothing,
-    /// Held for its pin directory, which is removed when the backend's turn ends.
-    Rewrite(#[allow(dead_code, reason = "held only to be dropped")] RewriteCli<'a>),
+    /// Its pin directory is removed when the backend's turn ends.
+    Rewrite(RewriteCli<'a>),
     Socat(Vec<Child>),
 }
 
@@ -190,6 +190,12 @@ fn measure(backend: Backend, durations: Durations) -> Sample {
     let installed = install(backend, &topology);
     let destination = backend.destination();
     let (connections, failed) = connection_rate(&topology, destination, durations.traffic);
+    if let Installed::Rewrite(cli) = &installed {
+        // What the bouncer saw, to explain any failed connection.
+        let stats: serde_json::Value =
+            serde_json::from_str(&cli.ok(&["bounce", "stats", "--json"])).expect("bounce stats prints JSON");
+        eprintln!("  bounce stats after the connection rate: {stats}");
+    }
     let cpu_before = busy_cpu_seconds();
     let started = Instant::now();
     let gbit_per_second = load::bulk_tcp(&topology, destination, durations.traffic);
