@@ -39,7 +39,7 @@ use rewrite_common::{
 
 use crate::{
     atomic::atomic_add,
-    bounce_maps::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, parsed, scratch},
+    bounce_maps::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, log_reader_present, parsed, scratch},
     packet::{Packet, TcPacket, XdpPacket},
     parse::{IpPacket, parse},
 };
@@ -359,10 +359,16 @@ fn close(work: &mut BounceScratch, this: &FlowEntry, other: &FlowEntry, reason: 
 }
 
 /// Sends an event about the flow whose entry `this` was found under `key` (`other` is
-/// its partner, unless it was lost), or counts it as lost when the ring buffer is full.
+/// its partner, unless it was lost) while a `bounce log` reader is present, or counts
+/// it as lost when the ring buffer is full.
 /// Written field by field into the ring's memory: a whole event does not fit the stack.
 #[inline(always)]
 fn report(kind: u32, reason: u32, key: &FlowTuple, this: &FlowEntry, other: Option<&FlowEntry>) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !log_reader_present(now) {
+        return;
+    }
     let Some(mut slot) = EVENTS.reserve::<BounceEvent>(0) else {
         count(BOUNCE_EVENTS_LOST);
         return;
@@ -371,7 +377,6 @@ fn report(kind: u32, reason: u32, key: &FlowTuple, this: &FlowEntry, other: Opti
     // SAFETY: `event` points to the reserved slot, which is ours until submitted; every
     // field is written before the submit.
     unsafe {
-        let now = bpf_ktime_get_ns();
         (*event).time_ns = now;
         (*event).kind = kind;
         (*event).reason = reason;

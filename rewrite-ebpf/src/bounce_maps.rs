@@ -35,6 +35,16 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(BOUNCE_COUNTER_SLOTS, 0)
 #[map(name = "BOUNCE_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_BYTES, 0);
 
+/// Until when a `bounce log` reader is present (see `MAP_BOUNCE_LOG_LEASE`).
+#[map(name = "BOUNCE_LOG_LEASE")]
+static LOG_LEASE: Array<u64> = Array::pinned(1, 0);
+
+/// Whether a reader wants events at `now`.
+#[inline(always)]
+pub fn log_reader_present(now: u64) -> bool {
+    LOG_LEASE.get(0).is_some_and(|until| now < *until)
+}
+
 /// Counts one occurrence of `counter` (a `rewrite_common::bounce::BOUNCE_*` index).
 #[inline(always)]
 pub fn count(counter: u32) {

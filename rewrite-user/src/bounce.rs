@@ -14,8 +14,9 @@ use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
 use rewrite_common::{
     bounce::{
         BOUNCE_COUNTER_NAMES, BOUNCE_COUNTER_SLOTS, BounceEvent, BounceService, BounceSettings, DEFAULT_PORT_FIRST,
-        DEFAULT_PORT_LAST, EVENT_CONNECT, FROM_CLIENT, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_EVENTS,
-        MAP_BOUNCE_FLOWS, MAP_BOUNCE_SERVICES, MAP_BOUNCE_SETTINGS, MAX_SERVICES, REASON_NAMES, is_idle,
+        DEFAULT_PORT_LAST, EVENT_CONNECT, FROM_CLIENT, FlowEntry, FlowTuple, LOG_LEASE_NS, MAP_BOUNCE_COUNTERS,
+        MAP_BOUNCE_EVENTS, MAP_BOUNCE_FLOWS, MAP_BOUNCE_LOG_LEASE, MAP_BOUNCE_SERVICES, MAP_BOUNCE_SETTINGS,
+        MAX_SERVICES, REASON_NAMES, is_idle,
     },
     maps::{Addr, Endpoint, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -481,6 +482,8 @@ pub struct BounceStats {
     pub table_entries: u64,
     pub table_capacity_flows: u32,
     pub evicted_flows: u64,
+    /// Whether a `bounce log` reader is present: events are only written then.
+    pub log_reader: bool,
 }
 
 impl BounceStats {
@@ -508,6 +511,7 @@ impl BounceStats {
             live_flows,
             table_entries,
             table_capacity_flows: capacity / 2,
+            log_reader: log_reader_present(pins)?,
         })
     }
 }
@@ -614,8 +618,12 @@ pub fn follow_events(
 ) -> Result<(), Error> {
     let mut ring: RingBuf<MapData> = RingBuf::try_from(open_pinned(pins, MAP_BOUNCE_EVENTS)?)
         .map_err(|source| Error::map(MAP_BOUNCE_EVENTS, source))?;
+    let mut lease = LogLease::open(pins)?;
     let clock = Clock::now();
+    // Whatever the ring still holds is from an earlier reader's time: skip it.
+    while ring.next().is_some() {}
     loop {
+        lease.renew()?;
         while let Some(item) = ring.next() {
             if item.len() < size_of::<BounceEvent>() {
                 continue;
@@ -640,6 +648,38 @@ pub fn follow_events(
         };
         wait_readable(ring.as_raw_fd(), timeout);
     }
+}
+
+/// The reader's presence, renewed while it follows the events and given up when it
+/// stops (a reader that dies gives it up by not renewing it).
+struct LogLease {
+    map: Array<MapData, u64>,
+}
+
+impl LogLease {
+    fn open(pins: &PinLayout) -> Result<Self, Error> {
+        let map = Array::try_from(open_pinned(pins, MAP_BOUNCE_LOG_LEASE)?)
+            .map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))?;
+        Ok(Self { map })
+    }
+
+    fn renew(&mut self) -> Result<(), Error> {
+        self.map.set(0, monotonic_ns() + LOG_LEASE_NS, 0).map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))
+    }
+}
+
+impl Drop for LogLease {
+    fn drop(&mut self) {
+        let _ = self.map.set(0, 0, 0);
+    }
+}
+
+/// Whether a `bounce log` reader is following the events now.
+pub fn log_reader_present(pins: &PinLayout) -> Result<bool, Error> {
+    let map: Array<MapData, u64> = Array::try_from(open_pinned(pins, MAP_BOUNCE_LOG_LEASE)?)
+        .map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))?;
+    let until = map.get(&0, 0).map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))?;
+    Ok(monotonic_ns() < until)
 }
 
 /// Waits until `fd` is readable or `timeout` passes (an interrupted wait returns

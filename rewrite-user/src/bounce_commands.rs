@@ -67,6 +67,8 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
                     u64::from(stats.table_capacity_flows) * 2
                 );
                 println!("{:<16} {}", "evicted_flows", stats.evicted_flows);
+                // Events are only written while a reader follows them.
+                println!("{:<16} {}", "log_reader", if stats.log_reader { "present" } else { "none" });
             }
         }
         BounceCommand::Log { json, count, timeout } => {

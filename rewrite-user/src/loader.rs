@@ -10,8 +10,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use rewrite_common::bounce::{
-    BounceService, BounceSettings, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_FLOWS, MAP_BOUNCE_SERVICES,
-    MAP_BOUNCE_SETTINGS, MAP_BOUNCE_XDP,
+    BounceService, BounceSettings, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_FLOWS, MAP_BOUNCE_LOG_LEASE,
+    MAP_BOUNCE_SERVICES, MAP_BOUNCE_SETTINGS, MAP_BOUNCE_XDP,
 };
 use rewrite_common::maps::{
     Addr, AddressEntry, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD,
@@ -174,6 +174,7 @@ pub fn load_bounce(maps_dir: &Path, max_flows: Option<u32>) -> Result<Ebpf, Erro
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_FLOWS, size_of::<FlowTuple>(), size_of::<FlowEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_SETTINGS, size_of::<u32>(), size_of::<BounceSettings>())?;
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_LOG_LEASE, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
 }
 

@@ -372,7 +372,14 @@ fn port_exhaustion_is_counted_and_the_client_is_refused_at_once() {
 fn connects_and_disconnects_reach_bounce_log_and_a_reset_ends_a_flow() {
     let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:8080/tcp"), &format!("{TARGET}:80")]);
+    assert_eq!(bounce.stats()["log_reader"], false, "no reader yet");
+    // Nobody reads: no event is written, so none is lost either.
+    with_udp_echo(&bounce, 53, || {
+        bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53")]);
+        assert!(udp_request(bounce.client, addr(LISTEN, 5353)), "the unlogged flow works");
+    });
     let log = bounce.start_log(&["--count", "4", "--timeout", "20"]);
+    wait_until("the log reader to be present", Duration::from_secs(5), || bounce.stats()["log_reader"] == true);
     tcp_exchange(bounce.target, addr("0.0.0.0", 80), bounce.client, addr(LISTEN, 8080), 64 << 10);
 
     // A second connection, reset by the client (SO_LINGER 0).
@@ -424,6 +431,8 @@ fn connects_and_disconnects_reach_bounce_log_and_a_reset_ends_a_flow() {
         "64 KiB each way, with headers: {first}"
     );
     assert_eq!(bounce.counter("closed_rst"), 1);
+    assert_eq!(bounce.counter("events_lost"), 0, "events nobody would read are not written, nor lost");
+    assert_eq!(bounce.stats()["log_reader"], false, "the reader gave its lease up when it stopped");
 }
 
 /// Makes closing `stream` send an RST instead of a FIN.
