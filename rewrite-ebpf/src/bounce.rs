@@ -246,14 +246,7 @@ fn open_flow<P: Forwarder>(
     }
     // Route first: a flow the bouncer cannot forward is not opened.
     let target_addr = work.service.target.addr;
-    let target_dev = match route(packet, work, &target_addr, parsed) {
-        Routed::Via(route) => route,
-        Routed::Deferred => return Ok(Verdict::Pass),
-        Routed::Unroutable => {
-            count(BOUNCE_UNROUTABLE);
-            return Ok(Verdict::Pass);
-        }
-    };
+    let Some(target_dev) = forwarding_route(packet, work, &target_addr, parsed) else { return Ok(Verdict::Pass) };
     // SAFETY: a helper without arguments. A random start spreads flows over the range,
     // so a new flow rarely probes far.
     let start = unsafe { bpf_get_prandom_u32() };
@@ -323,14 +316,7 @@ fn forward<P: Forwarder>(
 ) -> Result<Verdict, ()> {
     // SAFETY: a live map value, valid for the program's run.
     let out_dst = unsafe { (*entry).out.dst };
-    let dev = match route(packet, work, &out_dst, parsed) {
-        Routed::Via(route) => route,
-        Routed::Deferred => return Ok(Verdict::Pass),
-        Routed::Unroutable => {
-            count(BOUNCE_UNROUTABLE);
-            return Ok(Verdict::Pass);
-        }
-    };
+    let Some(dev) = forwarding_route(packet, work, &out_dst, parsed) else { return Ok(Verdict::Pass) };
     let action = translate_and_redirect(packet, parsed, entry, dev, now)?;
     match step {
         TcpStep::Keep => {}
@@ -432,6 +418,25 @@ fn route<P: Forwarder>(packet: &mut P, work: &mut BounceScratch, dst: &Addr, par
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => Routed::Deferred,
         _ => Routed::Unroutable,
+    }
+}
+
+/// The route this hook forwards to `dst` on, or `None` when the packet must pass
+/// instead: left to the TC program behind (not counted), or unroutable (counted).
+#[inline(always)]
+fn forwarding_route<P: Forwarder>(
+    packet: &mut P,
+    work: &mut BounceScratch,
+    dst: &Addr,
+    parsed: &IpPacket,
+) -> Option<Route> {
+    match route(packet, work, dst, parsed) {
+        Routed::Via(route) => Some(route),
+        Routed::Deferred => None,
+        Routed::Unroutable => {
+            count(BOUNCE_UNROUTABLE);
+            None
+        }
     }
 }
 

@@ -33,15 +33,7 @@ pub fn node_real(index: usize) -> String {
     format!("10.210.0.{}", 10 + index)
 }
 
-/// Waits up to `timeout` for `condition`, polling every 20 ms; panics with `what` and
-/// the result of `explain` if it never holds.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool, explain: impl Fn() -> String) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", explain());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use crate::wait::wait_until_explained as wait_until;
 
 /// A real etcd in a namespace, with its data in a temporary directory on tmpfs. Killed
 /// (not stopped gracefully: a crash is what the agents must survive) on drop.

@@ -12,3 +12,4 @@ pub mod netns;
 pub mod packet;
 pub mod programs;
 pub mod traffic;
+pub mod wait;

@@ -5,7 +5,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use nix::sys::signal::Signal;
@@ -14,6 +14,7 @@ use rewrite_tests::{
     cli::RewriteCli,
     hosts::{B_REAL, B_VIRTUAL, two_hosts},
     traffic::udp_echo,
+    wait::wait_until,
 };
 
 const BASE: &str = r#"[[interface]]
@@ -33,14 +34,6 @@ const STOP_FRAME: u64 = 14 + 20 + 8 + 4;
 
 fn sock(addr: &str, port: u16) -> SocketAddr {
     SocketAddr::new(addr.parse::<IpAddr>().expect("address"), port)
-}
-
-fn wait_until(what: &str, timeout: Duration, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

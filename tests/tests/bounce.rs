@@ -19,17 +19,10 @@ use rewrite_tests::{
         IO_TIMEOUT, assert_no_checksum_errors_since, assert_receiver_verifies_checksums, checksum_errors, tcp_exchange,
         udp_echo,
     },
+    wait::wait_until,
 };
 
 const ALLOCATED_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn a_tcp_transfer_arrives_intact_with_checksums_the_receivers_verify() {
