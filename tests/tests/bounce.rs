@@ -52,6 +52,25 @@ fn a_tcp_transfer_arrives_intact_with_checksums_the_receivers_verify() {
     let stats = bounce.stats();
     assert_eq!(stats["table_entries"], 0, "a closed flow leaves no entry: {stats}");
     assert_eq!(stats["counters"]["errors"], 0, "{stats}");
+
+    // Whoever can write these maps can redirect the host's traffic: root only.
+    use std::os::unix::fs::PermissionsExt as _;
+    for pin in [
+        "maps/BOUNCE_SERVICES",
+        "maps/BOUNCE_FLOWS",
+        "maps/BOUNCE_SETTINGS",
+        "maps/BOUNCE_COUNTERS",
+        "maps/BOUNCE_EVENTS",
+        "maps/BOUNCE_LOG_LEASE",
+        "maps/BOUNCE_XDP",
+        "ifaces/vbc/ingress_tc_bounce_prog",
+        "ifaces/vbt/ingress_tc_bounce_link",
+    ] {
+        let path = bounce.pin_dir().join(pin);
+        let mode =
+            std::fs::metadata(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display())).permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} must be root-only, is {:o}", path.display(), mode & 0o777);
+    }
 }
 
 #[test]
