@@ -7,6 +7,7 @@
 pub mod bounce;
 pub mod checksum;
 pub mod counters;
+pub mod gate;
 pub mod mapping;
 pub mod maps;
 #[cfg(any(test, feature = "user"))]

@@ -10,6 +10,7 @@
 #![allow(internal_features)]
 
 mod atomic;
+mod gate;
 mod maps;
 mod object;
 mod packet;
@@ -17,7 +18,7 @@ mod parse;
 mod rewrite;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_UNSPEC, xdp_action},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -32,6 +33,9 @@ use crate::{
 #[xdp]
 pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
     let action = try_rewrite_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS);
+    if action == xdp_action::XDP_DROP {
+        return action;
+    }
     // A packet rewrite failed on still goes to bounce mode, which parses for itself.
     maps::tail_call_bounce(&ctx);
     action
@@ -39,7 +43,11 @@ pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
-    rewrite_and_count::<_, INGRESS, ALL_BUT_ICMP_ERRORS>(&mut XdpPacket::new(ctx))?;
+    let mut packet = XdpPacket::new(ctx);
+    if gate::drops(&packet) {
+        return Ok(xdp_action::XDP_DROP);
+    }
+    rewrite_and_count::<_, INGRESS, ALL_BUT_ICMP_ERRORS>(&mut packet)?;
     Ok(xdp_action::XDP_PASS)
 }
 
@@ -71,7 +79,12 @@ pub fn rewrite_tc_icmp_errors(ctx: TcContext) -> i32 {
 // entry's, past the 512-byte limit for the whole call chain.
 #[inline(always)]
 fn try_rewrite_tc<const DIRECTION: u32, const PACKETS: u32>(mut ctx: TcContext) -> Result<i32, ()> {
-    rewrite_and_count::<_, DIRECTION, PACKETS>(&mut TcPacket::new(&mut ctx))?;
+    let mut packet = TcPacket::new(&mut ctx);
+    // The gate runs once per packet: in TC only where TC is the ingress program.
+    if DIRECTION == INGRESS && PACKETS == ALL_PACKETS && gate::drops(&packet) {
+        return Ok(TC_ACT_SHOT);
+    }
+    rewrite_and_count::<_, DIRECTION, PACKETS>(&mut packet)?;
     Ok(TC_ACT_UNSPEC)
 }
 

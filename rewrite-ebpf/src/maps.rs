@@ -13,11 +13,36 @@ use aya_ebpf::{
 };
 use rewrite_common::{
     counters,
+    gate::{self, GateSettings},
     maps::{
         Addr, AddressEntry, BPF_F_NO_PREALLOC, Counts, DEFAULT_MAX_MAPPINGS, Endpoint, EndpointEntry,
         MAX_PREFIX_MAPPINGS, PrefixEntry, TablesInUse,
     },
 };
+
+/// The gatekeeper's settings, port classes, allow prefixes and counters (see
+/// `rewrite_common::gate`). Created empty with the table: the gate starts off.
+#[map(name = "GATE_SETTINGS")]
+pub static GATE_SETTINGS: Array<GateSettings> = Array::pinned(1, 0);
+
+#[map(name = "GATE_PORTS")]
+pub static GATE_PORTS: Array<u32> = Array::pinned(gate::PORT_SLOTS, 0);
+
+#[map(name = "GATE_ALLOW")]
+pub static GATE_ALLOW: LpmTrie<Addr, u32> = LpmTrie::pinned(gate::MAX_ALLOW_PREFIXES, BPF_F_NO_PREALLOC);
+
+#[map(name = "GATE_COUNTERS")]
+static GATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(gate::GATE_COUNTER_SLOTS, 0);
+
+/// Counts one packet under a `rewrite_common::gate::GATE_*` slot.
+#[inline(always)]
+pub fn count_gate(counter: u32) {
+    if let Some(slot) = GATE_COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on this CPU
+        // while the program does.
+        unsafe { *slot += 1 };
+    }
+}
 
 /// Bounce mode's XDP program (in the bounce object, loaded by the first `bounce add`)
 /// at index 0, which the XDP ingress program hands each packet to after its rewrite.

@@ -121,6 +121,11 @@ pub enum Command {
     /// on the ingress of every attached interface; needs IP forwarding on.
     #[command(subcommand)]
     Bounce(BounceCommand),
+    /// The gatekeeper: on protected ports, admit only fleet members (the REAL addresses
+    /// of the mapping table) and allow prefixes; drop the rest at ingress, in XDP where
+    /// the interface runs it. Off until `gate mode monitor|enforce`; ssh stays open.
+    #[command(subcommand)]
+    Gate(GateCommand),
     /// Show the counters, summed over CPUs: packets by outcome and direction, then
     /// packets and bytes per mapping and direction, busiest first.
     Stats {
@@ -245,6 +250,57 @@ pub enum BounceCommand {
         /// TCP flows that neither closed nor reset [default: 7200].
         #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
         tcp: Option<f64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GateCommand {
+    /// off (the default: nothing is checked), monitor (count what would be dropped,
+    /// drop nothing) or enforce.
+    Mode {
+        #[arg(value_name = "MODE")]
+        mode: String,
+    },
+    /// Protect ports: PROTO/PORT, PROTO/FIRST-LAST, PROTO/all or all (PROTO is tcp or
+    /// udp). `all` leaves out this host's ephemeral ports, where replies to its own
+    /// connections arrive; naming one of those is refused.
+    Protect {
+        #[arg(value_name = "PORTS", required = true)]
+        ports: Vec<String>,
+    },
+    /// Stop protecting ports (same forms as protect).
+    Unprotect {
+        #[arg(value_name = "PORTS", required = true)]
+        ports: Vec<String>,
+    },
+    /// Admit sources in these prefixes (ADDR/LEN, or an address) besides the fleet.
+    Allow {
+        #[arg(value_name = "PREFIX", required = true)]
+        prefixes: Vec<String>,
+    },
+    /// Take allow prefixes away.
+    Disallow {
+        #[arg(value_name = "PREFIX", required = true)]
+        prefixes: Vec<String>,
+    },
+    /// Set the ports the gate never closes (ssh, tcp/22, until this is used), replacing
+    /// the previous ones. `--none` takes the fail-safe away.
+    Management {
+        #[arg(value_name = "PORTS", required_unless_present = "none")]
+        ports: Vec<String>,
+        #[arg(long, conflicts_with = "ports")]
+        none: bool,
+    },
+    /// Show the mode, the protected and management ports and the allow prefixes.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the counters: packets to protected ports passed by reason, would-drop
+    /// (monitor) and dropped (enforce).
+    Stats {
+        #[arg(long)]
+        json: bool,
     },
 }
 

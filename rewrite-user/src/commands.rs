@@ -84,6 +84,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Fleet { .. } => unreachable!("handled before the root check"),
         Command::Bounce(command) => crate::bounce_commands::run(&pins, command)?,
+        Command::Gate(command) => crate::gate_commands::run(&pins, command)?,
         Command::Stats { json, top, watch, interval, count } => {
             let top = top.or((!json).then_some(DEFAULT_TOP));
             let mut previous = Reading::take(&pins)?;

@@ -98,6 +98,9 @@ pub enum Error {
     #[error(transparent)]
     Bounce(#[from] crate::bounce::BounceError),
 
+    #[error(transparent)]
+    Gate(#[from] crate::gate::GateError),
+
     #[error("no interface is attached here: attach rewrite to the interfaces bounce mode serves first")]
     NothingAttached,
 

@@ -11,6 +11,7 @@ pub mod desired;
 pub mod error;
 pub mod fleet;
 pub mod follow;
+pub mod gate;
 pub mod iface;
 pub mod loader;
 pub mod maps;

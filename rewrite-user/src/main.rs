@@ -3,6 +3,7 @@
 mod bounce_commands;
 mod commands;
 mod fleet_commands;
+mod gate_commands;
 mod report;
 
 use clap::Parser as _;

@@ -1,0 +1,405 @@
+//! The gatekeeper's maps from userspace (see `rewrite_common::gate` for what the
+//! programs do with them): mode, protected and management ports, allow prefixes, and
+//! the per-reason counters. Every input is checked before anything is written.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie};
+use rewrite_common::{
+    gate::{
+        DEFAULT_MANAGEMENT_PORT, GATE_COUNTER_NAMES, GATE_COUNTER_SLOTS, GateSettings, MAP_GATE_ALLOW,
+        MAP_GATE_COUNTERS, MAP_GATE_PORTS, MAP_GATE_SETTINGS, MODE_ENFORCE, MODE_MONITOR, MODE_OFF, PORT_MANAGEMENT,
+        PORT_PROTECTED, port_slot,
+    },
+    mapping::PrefixMapping,
+    maps::Addr,
+};
+use serde::Serialize;
+
+use crate::{Error, maps::open_pinned, pins::PinLayout};
+
+/// Where Linux keeps the ephemeral port range that replies to this host's own
+/// connections arrive on.
+const EPHEMERAL_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("{text:?} is not PROTO/PORT, PROTO/FIRST-LAST, PROTO/all or all (PROTO is tcp or udp)")]
+    BadPorts { text: String },
+    #[error(
+        "{protocol}/{port} is in this host's ephemeral port range {first}-{last} ({EPHEMERAL_RANGE_PATH}), where \
+         replies to its own connections arrive: protecting it could drop them"
+    )]
+    EphemeralPort { protocol: &'static str, port: u16, first: u16, last: u16 },
+    #[error("{text:?} is not an address prefix (ADDR/LEN, LEN at most 32 for IPv4 and 128 for IPv6)")]
+    BadPrefix { text: String },
+    #[error("{text:?} is not a gate mode: off, monitor or enforce")]
+    BadMode { text: String },
+    #[error("cannot read the ephemeral port range from {}: {why}", path.display())]
+    EphemeralRange { path: PathBuf, why: String },
+}
+
+/// `off`, `monitor` or `enforce`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Off,
+    Monitor,
+    Enforce,
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Result<Self, GateError> {
+        match text {
+            "off" => Ok(Self::Off),
+            "monitor" => Ok(Self::Monitor),
+            "enforce" => Ok(Self::Enforce),
+            _ => Err(GateError::BadMode { text: text.to_owned() }),
+        }
+    }
+
+    const fn value(self) -> u32 {
+        match self {
+            Self::Off => MODE_OFF,
+            Self::Monitor => MODE_MONITOR,
+            Self::Enforce => MODE_ENFORCE,
+        }
+    }
+
+    const fn from_value(value: u32) -> Self {
+        match value {
+            MODE_MONITOR => Self::Monitor,
+            MODE_ENFORCE => Self::Enforce,
+            _ => Self::Off,
+        }
+    }
+}
+
+/// TCP or UDP ports: `tcp/9200`, `udp/5000-5010`, `tcp/all`, or `all` (both).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    /// 6, 17, or both.
+    pub protocols: Vec<u8>,
+    /// `None`: every port but the ephemeral range.
+    pub ports: Option<RangeInclusive<u16>>,
+}
+
+impl PortSpec {
+    pub fn parse(text: &str) -> Result<Self, GateError> {
+        let bad = || GateError::BadPorts { text: text.to_owned() };
+        if text == "all" {
+            return Ok(Self { protocols: vec![6, 17], ports: None });
+        }
+        let (protocol, ports) = text.split_once('/').ok_or_else(bad)?;
+        let protocol = match protocol {
+            "tcp" => 6,
+            "udp" => 17,
+            _ => return Err(bad()),
+        };
+        let ports = match ports {
+            "all" => None,
+            single if !single.contains('-') => {
+                let port: u16 = single.parse().map_err(|_| bad())?;
+                Some(port..=port)
+            }
+            range => {
+                let (first, last) = range.split_once('-').ok_or_else(bad)?;
+                let (first, last): (u16, u16) = (first.parse().map_err(|_| bad())?, last.parse().map_err(|_| bad())?);
+                if first > last {
+                    return Err(bad());
+                }
+                Some(first..=last)
+            }
+        };
+        Ok(Self { protocols: vec![protocol], ports })
+    }
+
+    /// Every (protocol, port) the spec names. `all` leaves out `ephemeral`; a named
+    /// port inside it is an error.
+    fn slots(&self, ephemeral: &RangeInclusive<u16>) -> Result<Vec<(u8, u16)>, GateError> {
+        let mut slots = Vec::new();
+        for &protocol in &self.protocols {
+            match &self.ports {
+                None => {
+                    slots.extend((0..=u16::MAX).filter(|port| !ephemeral.contains(port)).map(|port| (protocol, port)))
+                }
+                Some(ports) => {
+                    if let Some(port) = ports.clone().find(|port| ephemeral.contains(port)) {
+                        return Err(GateError::EphemeralPort {
+                            protocol: protocol_name(protocol),
+                            port,
+                            first: *ephemeral.start(),
+                            last: *ephemeral.end(),
+                        });
+                    }
+                    slots.extend(ports.clone().map(|port| (protocol, port)));
+                }
+            }
+        }
+        Ok(slots)
+    }
+}
+
+const fn protocol_name(protocol: u8) -> &'static str {
+    if protocol == 6 { "tcp" } else { "udp" }
+}
+
+/// An allow prefix, `ADDR/LEN` (a bare address is a host).
+pub fn parse_prefix(text: &str) -> Result<(IpAddr, u8), GateError> {
+    let bad = || GateError::BadPrefix { text: text.to_owned() };
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr.parse::<IpAddr>().map_err(|_| bad())?, Some(len.parse::<u8>().map_err(|_| bad())?)),
+        None => (text.parse::<IpAddr>().map_err(|_| bad())?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    if len > max {
+        return Err(bad());
+    }
+    Ok((addr, len))
+}
+
+/// This host's ephemeral port range.
+pub fn ephemeral_range() -> Result<RangeInclusive<u16>, GateError> {
+    ephemeral_range_from(Path::new(EPHEMERAL_RANGE_PATH))
+}
+
+fn ephemeral_range_from(path: &Path) -> Result<RangeInclusive<u16>, GateError> {
+    let failed = |why: String| GateError::EphemeralRange { path: path.to_owned(), why };
+    let text = std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?;
+    let mut fields = text.split_whitespace().map(str::parse::<u16>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(first)), Some(Ok(last))) if first <= last => Ok(first..=last),
+        _ => Err(failed(format!("{text:?} is not two ports"))),
+    }
+}
+
+/// The gate's pinned maps.
+#[expect(missing_debug_implementations, reason = "map handles; nothing to show")]
+pub struct GateTable {
+    settings: Array<MapData, GateSettings>,
+    ports: Array<MapData, u32>,
+    allow: LpmTrie<MapData, Addr, u32>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// What `gate show` prints.
+#[derive(Debug, Serialize)]
+pub struct GateView {
+    pub mode: Mode,
+    /// `tcp/22`, `udp/5000-5010`, ...
+    pub protected: Vec<String>,
+    pub management: Vec<String>,
+    /// Whether the management ports are the operator's (otherwise ssh, the default).
+    pub management_configured: bool,
+    pub allow: Vec<String>,
+}
+
+impl GateTable {
+    pub fn open(pins: &PinLayout) -> Result<Self, Error> {
+        let map_error = |name: &'static str| move |source| Error::map(name, source);
+        Ok(Self {
+            settings: Array::try_from(open_pinned(pins, MAP_GATE_SETTINGS)?).map_err(map_error(MAP_GATE_SETTINGS))?,
+            ports: Array::try_from(open_pinned(pins, MAP_GATE_PORTS)?).map_err(map_error(MAP_GATE_PORTS))?,
+            allow: LpmTrie::try_from(open_pinned(pins, MAP_GATE_ALLOW)?).map_err(map_error(MAP_GATE_ALLOW))?,
+            counters: PerCpuArray::try_from(open_pinned(pins, MAP_GATE_COUNTERS)?)
+                .map_err(map_error(MAP_GATE_COUNTERS))?,
+        })
+    }
+
+    fn read_settings(&self) -> Result<GateSettings, Error> {
+        self.settings.get(&0, 0).map_err(|source| Error::map(MAP_GATE_SETTINGS, source))
+    }
+
+    fn write_settings(&mut self, settings: GateSettings) -> Result<(), Error> {
+        self.settings.set(0, settings, 0).map_err(|source| Error::map(MAP_GATE_SETTINGS, source))
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) -> Result<(), Error> {
+        let settings = self.read_settings()?;
+        self.write_settings(GateSettings { mode: mode.value(), ..settings })
+    }
+
+    fn port_bits(&self, protocol: u8, port: u16) -> Result<u32, Error> {
+        let slot = port_slot(protocol, port).unwrap_or(0);
+        self.ports.get(&slot, 0).map_err(|source| Error::map(MAP_GATE_PORTS, source))
+    }
+
+    fn set_port_bits(&mut self, protocol: u8, port: u16, bits: u32) -> Result<(), Error> {
+        let slot = port_slot(protocol, port).unwrap_or(0);
+        self.ports.set(slot, bits, 0).map_err(|source| Error::map(MAP_GATE_PORTS, source))
+    }
+
+    /// Sets or clears `bit` on every port of `specs`, all checked first. Returns how
+    /// many ports changed.
+    fn change_ports(&mut self, specs: &[PortSpec], bit: u32, on: bool) -> Result<usize, Error> {
+        let ephemeral = ephemeral_range()?;
+        let mut slots = Vec::new();
+        for spec in specs {
+            slots.extend(spec.slots(&ephemeral)?);
+        }
+        let mut changed = 0;
+        for (protocol, port) in slots {
+            let bits = self.port_bits(protocol, port)?;
+            let new = if on { bits | bit } else { bits & !bit };
+            if new != bits {
+                self.set_port_bits(protocol, port, new)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Protects (or, with `on` false, opens) the ports of `specs`.
+    pub fn protect(&mut self, specs: &[PortSpec], on: bool) -> Result<usize, Error> {
+        self.change_ports(specs, PORT_PROTECTED, on)
+    }
+
+    /// Makes `specs` the management ports, replacing the previous ones (ssh by
+    /// default); an empty list takes the fail-safe away.
+    pub fn set_management(&mut self, specs: &[PortSpec]) -> Result<(), Error> {
+        let ephemeral = ephemeral_range()?;
+        for spec in specs {
+            spec.slots(&ephemeral)?;
+        }
+        for (protocol, port) in self.ports_with(PORT_MANAGEMENT)? {
+            let bits = self.port_bits(protocol, port)?;
+            self.set_port_bits(protocol, port, bits & !PORT_MANAGEMENT)?;
+        }
+        self.change_ports(specs, PORT_MANAGEMENT, true)?;
+        let settings = self.read_settings()?;
+        self.write_settings(GateSettings { management_configured: 1, ..settings })
+    }
+
+    fn ports_with(&self, bit: u32) -> Result<Vec<(u8, u16)>, Error> {
+        let mut found = Vec::new();
+        for protocol in [6u8, 17] {
+            for port in 0..=u16::MAX {
+                if self.port_bits(protocol, port)? & bit != 0 {
+                    found.push((protocol, port));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds (or removes) an allow prefix.
+    pub fn allow(&mut self, (addr, len): (IpAddr, u8), on: bool) -> Result<(), Error> {
+        let key = Key::new(PrefixMapping::key_len(addr, len), Addr::from(masked(addr, len)));
+        let result = if on { self.allow.insert(&key, 1, 0) } else { self.allow.remove(&key) };
+        result.map_err(|source| Error::map(MAP_GATE_ALLOW, source))
+    }
+
+    pub fn view(&self) -> Result<GateView, Error> {
+        let settings = self.read_settings()?;
+        let ranges = |ports: Vec<(u8, u16)>| compress(&ports);
+        let mut management = ranges(self.ports_with(PORT_MANAGEMENT)?);
+        if settings.management_configured == 0 {
+            management.insert(0, format!("tcp/{DEFAULT_MANAGEMENT_PORT}"));
+        }
+        let mut allow: Vec<String> = self
+            .allow
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| {
+                let addr = IpAddr::from(key.data());
+                let len = if addr.is_ipv4() { key.prefix_len().saturating_sub(96) } else { key.prefix_len() };
+                format!("{addr}/{len}")
+            })
+            .collect();
+        allow.sort();
+        Ok(GateView {
+            mode: Mode::from_value(settings.mode),
+            protected: ranges(self.ports_with(PORT_PROTECTED)?),
+            management,
+            management_configured: settings.management_configured != 0,
+            allow,
+        })
+    }
+
+    /// The counters, summed over CPUs, by name.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, Error> {
+        let mut totals = BTreeMap::new();
+        for index in 0..GATE_COUNTER_SLOTS {
+            let values = self.counters.get(&index, 0).map_err(|source| Error::map(MAP_GATE_COUNTERS, source))?;
+            totals.insert(GATE_COUNTER_NAMES[index as usize], values.iter().copied().fold(0u64, u64::wrapping_add));
+        }
+        Ok(totals)
+    }
+}
+
+/// `addr` with its host bits cleared: the trie keys a prefix by its network.
+fn masked(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
+/// Sorted (protocol, port) pairs as `tcp/22`, `udp/5000-5010`, ... runs.
+fn compress(ports: &[(u8, u16)]) -> Vec<String> {
+    let mut runs: Vec<(u8, u16, u16)> = Vec::new();
+    for &(protocol, port) in ports {
+        match runs.last_mut() {
+            Some((last_protocol, _, last)) if *last_protocol == protocol && u32::from(*last) + 1 == u32::from(port) => {
+                *last = port;
+            }
+            _ => runs.push((protocol, port, port)),
+        }
+    }
+    runs.into_iter()
+        .map(|(protocol, first, last)| {
+            let name = protocol_name(protocol);
+            if first == last { format!("{name}/{first}") } else { format!("{name}/{first}-{last}") }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs_parse_and_bad_ones_say_what_is_wrong() {
+        assert_eq!(
+            PortSpec::parse("tcp/9200").expect("valid"),
+            PortSpec { protocols: vec![6], ports: Some(9200..=9200) }
+        );
+        assert_eq!(PortSpec::parse("udp/5000-5010").expect("valid").ports, Some(5000..=5010));
+        assert_eq!(PortSpec::parse("all").expect("valid"), PortSpec { protocols: vec![6, 17], ports: None });
+        for bad in ["tcp", "icmp/1", "tcp/70000", "tcp/10-5", "tcp/x", ""] {
+            let error = PortSpec::parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("PROTO/PORT"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn all_leaves_out_the_ephemeral_range_and_a_named_port_there_is_refused() {
+        let ephemeral = 32768..=60999;
+        let all = PortSpec::parse("tcp/all").expect("valid").slots(&ephemeral).expect("slots");
+        assert_eq!(all.len(), 65536 - (60999 - 32768 + 1));
+        assert!(all.iter().all(|(_, port)| !ephemeral.contains(port)));
+        let error = PortSpec::parse("udp/40000").expect("valid").slots(&ephemeral).expect_err("ephemeral").to_string();
+        assert!(error.contains("udp/40000") && error.contains("32768-60999"), "{error}");
+    }
+
+    #[test]
+    fn prefixes_parse_mask_and_compress() {
+        assert_eq!(parse_prefix("10.1.2.3/8").expect("valid"), ("10.1.2.3".parse().expect("ip"), 8));
+        assert_eq!(parse_prefix("fd00::1").expect("valid").1, 128);
+        assert!(parse_prefix("10.0.0.0/33").is_err());
+        assert_eq!(masked("10.1.2.3".parse().expect("ip"), 8), "10.0.0.0".parse::<IpAddr>().expect("ip"));
+        assert_eq!(compress(&[(6, 22), (6, 23), (6, 24), (17, 25), (17, 53)]), ["tcp/22-24", "udp/25", "udp/53"]);
+    }
+}

@@ -1,0 +1,76 @@
+//! `rewrite gate ...`: what each gate command does (the grammar is in `cli`).
+
+use anyhow::Context as _;
+use rewrite_user::{
+    cli::GateCommand,
+    gate::{GateTable, Mode, PortSpec, parse_prefix},
+    pins::PinLayout,
+};
+
+pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
+    let open = || GateTable::open(pins).context("cannot open the gate's maps");
+    let specs = |texts: &[String]| texts.iter().map(|text| PortSpec::parse(text)).collect::<Result<Vec<_>, _>>();
+    match command {
+        GateCommand::Mode { mode } => {
+            let mode = Mode::parse(&mode)?;
+            open()?.set_mode(mode)?;
+            println!("gate mode {}", serde_json::to_value(mode)?.as_str().unwrap_or("?"));
+        }
+        GateCommand::Protect { ports } => {
+            let changed = open()?.protect(&specs(&ports)?, true)?;
+            println!("protected {} ({changed} ports changed)", ports.join(" "));
+        }
+        GateCommand::Unprotect { ports } => {
+            let changed = open()?.protect(&specs(&ports)?, false)?;
+            println!("unprotected {} ({changed} ports changed)", ports.join(" "));
+        }
+        GateCommand::Allow { prefixes } => {
+            let parsed = prefixes.iter().map(|text| parse_prefix(text)).collect::<Result<Vec<_>, _>>()?;
+            let mut table = open()?;
+            for prefix in parsed {
+                table.allow(prefix, true)?;
+            }
+            println!("allowed {}", prefixes.join(" "));
+        }
+        GateCommand::Disallow { prefixes } => {
+            let parsed = prefixes.iter().map(|text| parse_prefix(text)).collect::<Result<Vec<_>, _>>()?;
+            let mut table = open()?;
+            for prefix in parsed {
+                table.allow(prefix, false)?;
+            }
+            println!("disallowed {}", prefixes.join(" "));
+        }
+        GateCommand::Management { ports, none } => {
+            let management = if none { Vec::new() } else { specs(&ports)? };
+            open()?.set_management(&management)?;
+            if none {
+                println!("no management ports: the gate may close ssh");
+            } else {
+                println!("management ports {}", ports.join(" "));
+            }
+        }
+        GateCommand::Show { json } => {
+            let view = open()?.view()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                let list = |items: &[String]| if items.is_empty() { "-".to_owned() } else { items.join(" ") };
+                println!("mode        {}", serde_json::to_value(view.mode)?.as_str().unwrap_or("?"));
+                println!("protected   {}", list(&view.protected));
+                println!("management  {}", list(&view.management));
+                println!("allow       {}", list(&view.allow));
+            }
+        }
+        GateCommand::Stats { json } => {
+            let counters = open()?.counters()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&counters)?);
+            } else {
+                for (name, value) in counters {
+                    println!("{name:<22} {value}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

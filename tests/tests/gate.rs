@@ -1,0 +1,192 @@
+//! The gatekeeper end to end: host A runs rewrite (the protected host), host B is
+//! the client. B's own address 10.100.0.2 is a fleet member once A maps a VIRTUAL to
+//! it; B's second address 10.100.0.66 is an unknown source until a mapping or an
+//! allow prefix names it. Real TCP and UDP sockets; every refusal is a timeout of
+//! a second at most.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use rewrite_tests::{
+    cli::RewriteCli,
+    hosts::{A_REAL, B_REAL, B_VIRTUAL, TwoHosts, two_hosts},
+    traffic::{tcp_connects, udp_echo},
+};
+
+const UNKNOWN: &str = "10.100.0.66";
+const PROTECTED_TCP: u16 = 9200;
+const PROTECTED_UDP: u16 = 5000;
+const OPEN_TCP: u16 = 9300;
+const SSH: u16 = 22;
+const REFUSED_WITHIN: Duration = Duration::from_millis(700);
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("test address"), port)
+}
+
+/// Two hosts, rewrite attached to A with `ingress`, B a member (A maps B_VIRTUAL to
+/// B_REAL), listeners on A's protected, open and ssh ports, and the gate protecting
+/// tcp/9200 and udp/5000 in `mode`.
+struct Gate {
+    hosts: &'static TwoHosts,
+    cli: RewriteCli<'static>,
+    _listeners: Vec<TcpListener>,
+}
+
+impl Gate {
+    fn set_up(ingress: &str, mode: &str) -> Self {
+        // Leaked so that the CLI guard can borrow it; the namespaces go with the guard
+        // below.
+        let hosts: &'static TwoHosts = Box::leak(Box::new(two_hosts()));
+        hosts.b.ip(&["addr", "add", &format!("{UNKNOWN}/24"), "dev", "vb"]);
+        let cli = RewriteCli::new(&hosts.a);
+        cli.ok(&["attach", "--iface", "va", "--ingress", ingress]);
+        cli.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+        let listeners = [PROTECTED_TCP, OPEN_TCP, SSH]
+            .into_iter()
+            .map(|port| hosts.a.run(|| TcpListener::bind(addr("0.0.0.0", port)).expect("listen on A")))
+            .collect();
+        cli.ok(&["gate", "protect", &format!("tcp/{PROTECTED_TCP}"), &format!("udp/{PROTECTED_UDP}")]);
+        cli.ok(&["gate", "mode", mode]);
+        Self { hosts, cli, _listeners: listeners }
+    }
+
+    /// B's connections to A leave from its member address from now on.
+    fn client_is_member(&self) {
+        self.client_source(B_REAL);
+    }
+
+    /// B's connections to A leave from the address no mapping names.
+    fn client_is_unknown(&self) {
+        self.client_source(UNKNOWN);
+    }
+
+    fn client_source(&self, source: &str) {
+        self.hosts.b.ip(&["route", "replace", &format!("{A_REAL}/32"), "dev", "vb", "src", source]);
+    }
+
+    fn connects(&self, port: u16) -> bool {
+        tcp_connects(&self.hosts.b, addr(A_REAL, port), REFUSED_WITHIN)
+    }
+
+    fn udp_answered(&self) -> u32 {
+        udp_echo(
+            &self.hosts.a,
+            addr("0.0.0.0", PROTECTED_UDP),
+            &self.hosts.b,
+            addr(A_REAL, PROTECTED_UDP),
+            5,
+            REFUSED_WITHIN,
+        )
+        .echoed
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&self.cli.ok(&["gate", "stats", "--json"])).expect("gate stats prints JSON");
+        stats[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        // The pins go with `cli` after this body; the namespaces were leaked for the
+        // borrow and are deleted here.
+        for netns in [&self.hosts.a, &self.hosts.b] {
+            let _ = std::process::Command::new("ip").args(["netns", "del", netns.name()]).status();
+        }
+    }
+}
+
+fn members_pass_and_unknown_sources_are_dropped(ingress: &str) {
+    let gate = Gate::set_up(ingress, "enforce");
+    gate.client_is_member();
+    assert!(gate.connects(PROTECTED_TCP), "{ingress}: a member reaches the protected TCP service");
+    assert_eq!(gate.udp_answered(), 5, "{ingress}: a member reaches the protected UDP service");
+    assert!(gate.counter("passed_member") >= 2, "{ingress}: member packets counted");
+
+    gate.client_is_unknown();
+    assert!(!gate.connects(PROTECTED_TCP), "{ingress}: an unknown source must not reach the protected TCP service");
+    assert_eq!(gate.udp_answered(), 0, "{ingress}: nor the protected UDP service");
+    assert!(gate.counter("dropped") >= 2, "{ingress}: the drops are counted");
+    assert!(gate.connects(OPEN_TCP), "{ingress}: an unprotected port stays open to everyone");
+    assert!(gate.connects(SSH), "{ingress}: ssh stays open (the fail-safe)");
+}
+
+#[test]
+fn with_tc_ingress_members_pass_and_unknown_sources_are_dropped() {
+    members_pass_and_unknown_sources_are_dropped("tc");
+}
+
+#[test]
+fn with_xdp_ingress_members_pass_and_unknown_sources_are_dropped() {
+    members_pass_and_unknown_sources_are_dropped("xdp");
+}
+
+#[test]
+fn monitor_mode_drops_nothing_but_counts_the_unknown_source() {
+    let gate = Gate::set_up("tc", "monitor");
+    gate.client_is_unknown();
+    assert!(gate.connects(PROTECTED_TCP), "monitor mode drops nothing");
+    assert_eq!(gate.udp_answered(), 5, "monitor mode drops nothing");
+    assert!(gate.counter("would_drop") >= 2, "what enforce would drop is counted");
+    assert_eq!(gate.counter("dropped"), 0);
+}
+
+#[test]
+fn a_mapping_added_or_removed_opens_or_closes_the_gate_live() {
+    let gate = Gate::set_up("tc", "enforce");
+    gate.client_is_unknown();
+    assert!(!gate.connects(PROTECTED_TCP), "unknown at first");
+    // A's replies to the new member's VIRTUAL route towards B, as B_VIRTUAL's do.
+    gate.cli.ok(&["map", "add", "10.200.0.66", UNKNOWN]);
+    assert!(gate.connects(PROTECTED_TCP), "a fleet member as soon as the table maps it");
+    gate.cli.ok(&["map", "del", "10.200.0.66"]);
+    assert!(!gate.connects(PROTECTED_TCP), "unknown again once the mapping is gone");
+}
+
+#[test]
+fn allow_prefixes_admit_sources_and_disallow_takes_them_back() {
+    let gate = Gate::set_up("tc", "enforce");
+    gate.client_is_unknown();
+    gate.cli.ok(&["gate", "allow", "10.100.0.64/28"]);
+    assert!(gate.connects(PROTECTED_TCP), "inside an allow prefix");
+    assert!(gate.counter("passed_allowed_prefix") >= 1);
+    gate.cli.ok(&["gate", "disallow", "10.100.0.64/28"]);
+    assert!(!gate.connects(PROTECTED_TCP), "the prefix is gone");
+}
+
+#[test]
+fn the_ssh_fail_safe_holds_until_it_is_taken_away_explicitly() {
+    let gate = Gate::set_up("tc", "enforce");
+    gate.client_is_unknown();
+    gate.cli.ok(&["gate", "protect", "tcp/all"]);
+    assert!(gate.connects(SSH), "protect all leaves ssh open");
+    assert!(!gate.connects(OPEN_TCP), "protect all closes the other ports");
+    assert!(gate.counter("passed_management") >= 1);
+    gate.cli.ok(&["gate", "management", "--none"]);
+    assert!(!gate.connects(SSH), "without management ports, ssh is protected like the rest");
+    gate.cli.ok(&["gate", "management", "tcp/22"]);
+    assert!(gate.connects(SSH), "ssh is a management port again");
+    let shown = gate.cli.ok(&["gate", "show"]);
+    assert!(shown.contains("management  tcp/22"), "{shown}");
+}
+
+#[test]
+fn bad_gate_input_is_refused_with_what_is_wrong() {
+    let gate = Gate::set_up("tc", "off");
+    let before = gate.cli.ok(&["gate", "show", "--json"]);
+    for (args, expected) in [
+        (&["gate", "protect", "tcp/9201", "udp/40000"][..], "ephemeral port range"),
+        (&["gate", "protect", "tcp/x"][..], "is not PROTO/PORT"),
+        (&["gate", "protect", "icmp/1"][..], "is not PROTO/PORT"),
+        (&["gate", "mode", "strict"][..], "not a gate mode"),
+        (&["gate", "allow", "10.0.0.0/40"][..], "not an address prefix"),
+    ] {
+        let error = gate.cli.fails(args);
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+    assert_eq!(gate.cli.ok(&["gate", "show", "--json"]), before, "a refused command changes nothing");
+}
