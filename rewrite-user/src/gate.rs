@@ -63,6 +63,14 @@ impl Mode {
         }
     }
 
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Monitor => "monitor",
+            Self::Enforce => "enforce",
+        }
+    }
+
     const fn value(self) -> u32 {
         match self {
             Self::Off => MODE_OFF,
@@ -218,6 +226,10 @@ impl GateTable {
 
     fn write_settings(&mut self, settings: GateSettings) -> Result<(), Error> {
         self.settings.set(0, settings, 0).map_err(|source| Error::map(MAP_GATE_SETTINGS, source))
+    }
+
+    pub fn mode(&self) -> Result<Mode, Error> {
+        Ok(Mode::from_value(self.read_settings()?.mode))
     }
 
     pub fn set_mode(&mut self, mode: Mode) -> Result<(), Error> {

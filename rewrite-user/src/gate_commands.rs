@@ -14,7 +14,7 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
         GateCommand::Mode { mode } => {
             let mode = Mode::parse(&mode)?;
             open()?.set_mode(mode)?;
-            println!("gate mode {}", serde_json::to_value(mode)?.as_str().unwrap_or("?"));
+            println!("gate mode {}", mode.name());
         }
         GateCommand::Protect { ports } => {
             let changed = open()?.protect(&specs(&ports)?, true)?;
@@ -55,7 +55,7 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
                 let list = |items: &[String]| if items.is_empty() { "-".to_owned() } else { items.join(" ") };
-                println!("mode        {}", serde_json::to_value(view.mode)?.as_str().unwrap_or("?"));
+                println!("mode        {}", view.mode.name());
                 println!("protected   {}", list(&view.protected));
                 println!("management  {}", list(&view.management));
                 println!("allow       {}", list(&view.allow));

@@ -59,6 +59,28 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
 }
 
+/// The gatekeeper's mode and per-reason counters.
+fn register_gate(registry: &mut Registry, pins: &PinLayout) -> Result<(), Error> {
+    let table = crate::gate::GateTable::open(pins)?;
+    let counters = Family::<Labels, Counter>::default();
+    for (name, value) in table.counters()? {
+        counters.get_or_create(&labels(&[("reason", name)])).inc_by(value);
+    }
+    registry.register(
+        "gate",
+        "Packets to protected ports by what the gate did: passed (member, allowed_prefix, management), \
+         would_drop (monitor mode), dropped (enforce mode)",
+        counters,
+    );
+    let mode = Family::<Labels, Gauge>::default();
+    let current = table.mode()?;
+    for candidate in [crate::gate::Mode::Off, crate::gate::Mode::Monitor, crate::gate::Mode::Enforce] {
+        mode.get_or_create(&labels(&[("mode", candidate.name())])).set(i64::from(candidate == current));
+    }
+    registry.register("gate_mode", "1 for the gate's current mode", mode);
+    Ok(())
+}
+
 /// Bounce mode's counters, flows and services.
 fn register_bounce(registry: &mut Registry, pins: &PinLayout) -> Result<(), Error> {
     let stats = crate::bounce::BounceStats::read(pins)?;
@@ -176,6 +198,10 @@ pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
 
     if crate::loader::bounce_enabled(pins) {
         register_bounce(&mut registry, pins)?;
+    }
+    // A dataplane loaded before the gate existed has no gate maps until `upgrade`.
+    if pins.map(rewrite_common::gate::MAP_GATE_SETTINGS).exists() {
+        register_gate(&mut registry, pins)?;
     }
 
     let mut text = String::new();

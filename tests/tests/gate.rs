@@ -131,8 +131,17 @@ fn monitor_mode_drops_nothing_but_counts_the_unknown_source() {
     gate.client_is_unknown();
     assert!(gate.connects(PROTECTED_TCP), "monitor mode drops nothing");
     assert_eq!(gate.udp_answered(), 5, "monitor mode drops nothing");
-    assert!(gate.counter("would_drop") >= 2, "what enforce would drop is counted");
+    let would_drop = gate.counter("would_drop");
+    assert!(would_drop >= 2, "what enforce would drop is counted");
     assert_eq!(gate.counter("dropped"), 0);
+    // Operators switch to enforce once these are clean: the metrics show them.
+    let metrics = rewrite_user::metrics::render(
+        &rewrite_user::pins::PinLayout::new(gate.cli.pins().path()),
+        &rewrite_user::metrics::ApplyStatus::default(),
+    )
+    .expect("render the metrics");
+    assert!(metrics.contains(&format!("rewrite_gate_total{{reason=\"would_drop\"}} {would_drop}")), "{metrics}");
+    assert!(metrics.contains("rewrite_gate_mode{mode=\"monitor\"} 1"), "{metrics}");
 }
 
 #[test]

@@ -23,7 +23,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// iptables and nftables are the baselines of `cargo xtask bench`; protoc compiles
 /// etcd's protobufs for the etcd client; etcd-server is the store the fleet tests run
 /// (each in its own namespace); openssl makes their TLS certificates; socat is the
-/// userspace bouncer bounce mode is measured against.
+/// userspace bouncer bounce mode is measured against, and ipset the second of the
+/// filters the gatekeeper is.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
@@ -35,6 +36,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "etcd"),
     ("openssl", "openssl"),
     ("socat", "socat"),
+    ("ipset", "ipset"),
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -72,8 +74,9 @@ enum Task {
     /// Benchmark rewrite against plain routing, iptables (nft and legacy) and an
     /// nftables map, and the programs' per-packet cost; writes docs/benchmarks.md with
     /// CSVs and SVG plots in docs/benchmarks/. Then the fleet (docs/fleet-benchmarks.md)
-    /// and bounce mode against socat and iptables NAT (docs/bounce-benchmarks.md).
-    /// Takes about 35 minutes on 2 cores.
+    /// bounce mode against socat and iptables NAT (docs/bounce-benchmarks.md), and the
+    /// gatekeeper against iptables and ipset (docs/gate-benchmarks.md). Takes about 40
+    /// minutes on 2 cores.
     Bench {
         /// Tiny tables and short runs, in under 5 minutes: proves the harness works.
         /// Writes to target/bench-quick/ and leaves docs/ alone.
@@ -177,7 +180,7 @@ fn main() -> anyhow::Result<()> {
             require_root("the benchmarks load eBPF programs and build network namespaces")?;
             build(true)?;
             // The per-packet cost first: the comparison's report includes its table.
-            for bench in ["prog_cost", "versus", "fleet", "bounce"] {
+            for bench in ["prog_cost", "versus", "fleet", "bounce", "gate"] {
                 let mut command = cargo();
                 command.args(["bench", "--package", "rewrite-tests", "--bench", bench, "--"]);
                 if quick {
