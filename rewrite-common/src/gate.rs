@@ -114,19 +114,17 @@ pub fn decide(settings: &GateSettings, class: u32, source: Source) -> Decision {
     }
 }
 
-/// The class of `port` of `protocol` given the port map's bits for it: management
-/// wins over protection, and ssh is the management port until the operator
-/// configures management ports.
+/// The class of `port` of `protocol` given the port map's bits for it: a port that
+/// is not protected is open; a protected one is a management port (and passes) if it
+/// has the management bit, or is ssh while the operator has not configured management
+/// ports.
 #[inline(always)]
 pub const fn effective_class(settings: &GateSettings, protocol: u8, port: u16, bits: u32) -> u32 {
-    let default_management = settings.management_configured == 0 && protocol == 6 && port == DEFAULT_MANAGEMENT_PORT;
-    if bits & PORT_MANAGEMENT != 0 || default_management {
-        PORT_MANAGEMENT
-    } else if bits & PORT_PROTECTED != 0 {
-        PORT_PROTECTED
-    } else {
-        PORT_OPEN
+    if bits & PORT_PROTECTED == 0 {
+        return PORT_OPEN;
     }
+    let default_management = settings.management_configured == 0 && protocol == 6 && port == DEFAULT_MANAGEMENT_PORT;
+    if bits & PORT_MANAGEMENT != 0 || default_management { PORT_MANAGEMENT } else { PORT_PROTECTED }
 }
 
 /// ssh: the TCP port the gate never closes unless told to.
@@ -165,7 +163,8 @@ mod tests {
         let configured = GateSettings { management_configured: 1, ..ENFORCE };
         assert_eq!(effective_class(&configured, 6, 22, PORT_PROTECTED), PORT_PROTECTED);
         assert_eq!(effective_class(&configured, 6, 2222, PORT_PROTECTED | PORT_MANAGEMENT), PORT_MANAGEMENT);
-        assert_eq!(effective_class(&configured, 6, 2222, PORT_OPEN), PORT_OPEN);
+        assert_eq!(effective_class(&configured, 6, 2222, PORT_MANAGEMENT), PORT_OPEN, "not protected: open");
+        assert_eq!(effective_class(&ENFORCE, 6, 22, PORT_OPEN), PORT_OPEN, "an unprotected ssh is simply open");
         assert_eq!(decide(&ENFORCE, PORT_MANAGEMENT, Source::Unknown), Decision::Pass(GATE_PASSED_MANAGEMENT));
     }
 
