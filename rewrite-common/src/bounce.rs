@@ -31,12 +31,9 @@ pub const MAP_BOUNCE_COUNTERS: &str = "BOUNCE_COUNTERS";
 /// Ring buffer of [`BounceEvent`]s (connects and disconnects, never per packet).
 pub const MAP_BOUNCE_EVENTS: &str = "BOUNCE_EVENTS";
 /// One `u64`: the `bpf_ktime_get_ns` time until which a `bounce log` reader is
-/// present. The reader renews it every half second; events are only written while it
-/// lies ahead, so that a ring nobody reads does not count every event as lost, and a
-/// reader that died stops the events within [`LOG_LEASE_NS`].
+/// present (see [`LOG_LEASE_NS`](crate::maps::LOG_LEASE_NS)); events are only written
+/// while it lies ahead.
 pub const MAP_BOUNCE_LOG_LEASE: &str = "BOUNCE_LOG_LEASE";
-/// How far ahead a reader sets the lease.
-pub const LOG_LEASE_NS: u64 = 3_000_000_000;
 /// The rewrite object's program array whose slot 0 holds bounce mode's XDP program:
 /// the XDP ingress program tail-calls it (an interface runs one XDP program only).
 pub const MAP_BOUNCE_XDP: &str = "BOUNCE_XDP";

@@ -22,6 +22,35 @@ pub const MAP_GATE_ALLOW: &str = "GATE_ALLOW";
 /// Per-CPU `u64` counters indexed by the `GATE_*` constants below.
 pub const MAP_GATE_COUNTERS: &str = "GATE_COUNTERS";
 
+/// Ring buffer of [`GateSample`]s: denied sources, sampled.
+pub const MAP_GATE_LOG: &str = "GATE_LOG";
+/// The `gate log` reader's lease (see `maps::LOG_LEASE_NS`): samples are only written
+/// while a reader is there.
+pub const MAP_GATE_LOG_LEASE: &str = "GATE_LOG_LEASE";
+/// At most one sample per CPU in this time: a flood of denied packets must not become a
+/// flood of events.
+pub const SAMPLE_INTERVAL_NS: u64 = 10_000_000;
+/// The ring's size in bytes.
+pub const GATE_LOG_BYTES: u32 = 256 * 1024;
+
+/// A denied packet, as `gate log` shows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GateSample {
+    /// `bpf_ktime_get_ns` when it arrived.
+    pub time_ns: u64,
+    pub src: crate::maps::Addr,
+    /// The protected port it was sent to (host order).
+    pub dst_port: u16,
+    /// 6 or 17.
+    pub protocol: u8,
+    /// 1: dropped (enforce); 0: would have been (monitor).
+    pub dropped: u8,
+    pub reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<GateSample>() == 32);
+
 /// Allow prefixes the trie holds at most.
 pub const MAX_ALLOW_PREFIXES: u32 = 65_536;
 /// Slots of the port map: one per TCP port, then one per UDP port.
@@ -133,6 +162,10 @@ pub const DEFAULT_MANAGEMENT_PORT: u16 = 22;
 #[cfg(feature = "user")]
 // SAFETY: plain integers, no padding.
 unsafe impl aya::Pod for GateSettings {}
+
+#[cfg(feature = "user")]
+// SAFETY: plain integers and byte arrays, no padding (asserted size).
+unsafe impl aya::Pod for GateSample {}
 
 #[cfg(test)]
 mod tests {

@@ -113,6 +113,12 @@ pub struct PrefixTarget {
 const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 20);
 const _: () = assert!(core::mem::align_of::<PrefixTarget>() == 4);
 
+/// How far ahead an event reader (`bounce log`, `gate log`) sets its lease, a pinned
+/// `u64` of `bpf_ktime_get_ns` time: the programs write events only while it lies
+/// ahead, so a ring nobody reads costs nothing, and a reader that died stops the
+/// events within this time. The reader renews it every half second.
+pub const LOG_LEASE_NS: u64 = 3_000_000_000;
+
 /// Which of the optional tables hold entries: each flag is 0 or 1 (no `bool` in maps).
 /// Userspace sets a flag before it inserts the first entry and clears it after it
 /// removes the last, so the programs skip the lookups of an empty table (most hosts

@@ -6,15 +6,22 @@
 //!
 //! Packets without ports (ICMP, fragments after the first) are not the gate's
 //! business: a datagram whose first fragment was dropped cannot be reassembled anyway.
+//! Denied packets are sampled into a ring buffer while a `gate log` reader is there.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use rewrite_common::{
     counters::INGRESS,
-    gate::{Decision, GateSettings, MODE_OFF, PORT_OPEN, Source, decide, effective_class, port_slot},
+    gate::{
+        Decision, GATE_DROPPED, GateSample, GateSettings, MODE_OFF, PORT_OPEN, SAMPLE_INTERVAL_NS, Source, decide,
+        effective_class, port_slot,
+    },
+    maps::Addr,
 };
 
 use crate::{
     maps::{
-        GATE_ALLOW, GATE_PORTS, GATE_SETTINGS, address_table, count_gate, headers, prefix_entry, scratch, tables_in_use,
+        GATE_ALLOW, GATE_LOG, GATE_LOG_LEASE, GATE_PORTS, GATE_SAMPLED_AT, GATE_SETTINGS, address_table, count_gate,
+        headers, prefix_entry, scratch, tables_in_use,
     },
     packet::Packet,
     parse::parse,
@@ -43,13 +50,49 @@ pub fn drops<P: Packet>(packet: &P) -> bool {
         Decision::Ignore => false,
         Decision::Pass(counter) => {
             count_gate(counter);
+            if counter == rewrite_common::gate::GATE_WOULD_DROP {
+                sample(&parsed.src, port, ports.protocol, false);
+            }
             false
         }
         Decision::Drop(counter) => {
             count_gate(counter);
+            sample(&parsed.src, port, ports.protocol, counter == GATE_DROPPED);
             true
         }
     }
+}
+
+/// Writes a sample of a denied packet, if a `gate log` reader is there and this CPU
+/// wrote none in the last `SAMPLE_INTERVAL_NS`. A full ring loses the sample: the
+/// counters have the packet already.
+#[inline(always)]
+fn sample(src: &Addr, port: u16, protocol: u8, dropped: bool) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if GATE_LOG_LEASE.get(0).is_none_or(|until| now >= *until) {
+        return;
+    }
+    let Some(last) = GATE_SAMPLED_AT.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
+    unsafe {
+        if now.saturating_sub(*last) < SAMPLE_INTERVAL_NS {
+            return;
+        }
+        *last = now;
+    }
+    let Some(mut slot) = GATE_LOG.reserve::<GateSample>(0) else { return };
+    let record = slot.as_mut_ptr();
+    // SAFETY: the reserved slot is ours until submitted; every field is written first.
+    unsafe {
+        (*record).time_ns = now;
+        (*record).src = *src;
+        (*record).dst_port = port;
+        (*record).protocol = protocol;
+        (*record).dropped = u8::from(dropped);
+        (*record).reserved = 0;
+    }
+    slot.submit(0);
 }
 
 /// Where `src` stands: the mapping table's REAL addresses and prefixes make the fleet.

@@ -9,7 +9,7 @@ use crate::parse::IpPacket;
 use aya_ebpf::{
     helpers::bpf_map_lookup_elem,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
 };
 use rewrite_common::{
     counters,
@@ -33,6 +33,16 @@ pub static GATE_ALLOW: LpmTrie<Addr, u32> = LpmTrie::pinned(gate::MAX_ALLOW_PREF
 
 #[map(name = "GATE_COUNTERS")]
 static GATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(gate::GATE_COUNTER_SLOTS, 0);
+
+#[map(name = "GATE_LOG")]
+pub static GATE_LOG: RingBuf = RingBuf::pinned(gate::GATE_LOG_BYTES, 0);
+
+#[map(name = "GATE_LOG_LEASE")]
+pub static GATE_LOG_LEASE: Array<u64> = Array::pinned(1, 0);
+
+/// When this CPU last wrote a sample.
+#[map(name = "GATE_SAMPLED_AT")]
+pub static GATE_SAMPLED_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts one packet under a `rewrite_common::gate::GATE_*` slot.
 #[inline(always)]

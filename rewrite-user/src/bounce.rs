@@ -6,23 +6,27 @@ use std::{
     collections::BTreeMap,
     fmt,
     net::{IpAddr, SocketAddr},
-    os::fd::AsRawFd,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
 use rewrite_common::{
     bounce::{
         BOUNCE_COUNTER_NAMES, BOUNCE_COUNTER_SLOTS, BounceEvent, BounceService, BounceSettings, DEFAULT_PORT_FIRST,
-        DEFAULT_PORT_LAST, EVENT_CONNECT, FROM_CLIENT, FlowEntry, FlowTuple, LOG_LEASE_NS, MAP_BOUNCE_COUNTERS,
-        MAP_BOUNCE_EVENTS, MAP_BOUNCE_FLOWS, MAP_BOUNCE_LOG_LEASE, MAP_BOUNCE_SERVICES, MAP_BOUNCE_SETTINGS,
-        MAX_SERVICES, REASON_NAMES, is_idle,
+        DEFAULT_PORT_LAST, EVENT_CONNECT, FROM_CLIENT, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_EVENTS,
+        MAP_BOUNCE_FLOWS, MAP_BOUNCE_LOG_LEASE, MAP_BOUNCE_SERVICES, MAP_BOUNCE_SETTINGS, MAX_SERVICES, REASON_NAMES,
+        is_idle,
     },
     maps::{Addr, Endpoint, IPPROTO_TCP, IPPROTO_UDP},
 };
 use serde::Serialize;
 
-use crate::{Error, maps::open_pinned, pins::PinLayout};
+use crate::{
+    Error,
+    maps::open_pinned,
+    pins::PinLayout,
+    ring::{self, Clock, monotonic_ns},
+};
 
 /// A problem with a bounce service as given.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -579,35 +583,6 @@ impl fmt::Display for Event {
     }
 }
 
-/// Converts the programs' `bpf_ktime_get_ns` (CLOCK_MONOTONIC) to wall-clock time.
-struct Clock {
-    unix_at_start: f64,
-    monotonic_at_start: u64,
-}
-
-impl Clock {
-    fn now() -> Self {
-        let unix_at_start =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64());
-        Self { unix_at_start, monotonic_at_start: monotonic_ns() }
-    }
-
-    fn to_unix(&self, monotonic_ns: u64) -> f64 {
-        self.unix_at_start + (monotonic_ns as f64 - self.monotonic_at_start as f64) / 1e9
-    }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec, which lives across the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut time) };
-    u64::try_from(time.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(time.tv_nsec).unwrap_or(0))
-}
-
 /// Reads events from the pinned ring buffer and hands each to `sink` until `sink`
 /// returns false or `deadline` passes. The ring buffer has one reader: two `bounce log`
 /// processes would each see part of the events.
@@ -616,79 +591,15 @@ pub fn follow_events(
     deadline: Option<Instant>,
     mut sink: impl FnMut(Event) -> bool,
 ) -> Result<(), Error> {
-    let mut ring: RingBuf<MapData> = RingBuf::try_from(open_pinned(pins, MAP_BOUNCE_EVENTS)?)
-        .map_err(|source| Error::map(MAP_BOUNCE_EVENTS, source))?;
-    let mut lease = LogLease::open(pins)?;
     let clock = Clock::now();
-    // Whatever the ring still holds is from an earlier reader's time: skip it.
-    while ring.next().is_some() {}
-    loop {
-        lease.renew()?;
-        while let Some(item) = ring.next() {
-            if item.len() < size_of::<BounceEvent>() {
-                continue;
-            }
-            // SAFETY: the program writes whole BounceEvents; read_unaligned copies one
-            // out of the ring's memory, whatever its alignment.
-            let raw = unsafe { item.as_ptr().cast::<BounceEvent>().read_unaligned() };
-            drop(item);
-            if !sink(Event::from_raw(&raw, &clock)) {
-                return Ok(());
-            }
-        }
-        let timeout = match deadline {
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(());
-                }
-                left.min(Duration::from_millis(500))
-            }
-            None => Duration::from_millis(500),
-        };
-        wait_readable(ring.as_raw_fd(), timeout);
-    }
-}
-
-/// The reader's presence, renewed while it follows the events and given up when it
-/// stops (a reader that dies gives it up by not renewing it).
-struct LogLease {
-    map: Array<MapData, u64>,
-}
-
-impl LogLease {
-    fn open(pins: &PinLayout) -> Result<Self, Error> {
-        let map = Array::try_from(open_pinned(pins, MAP_BOUNCE_LOG_LEASE)?)
-            .map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))?;
-        Ok(Self { map })
-    }
-
-    fn renew(&mut self) -> Result<(), Error> {
-        self.map.set(0, monotonic_ns() + LOG_LEASE_NS, 0).map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))
-    }
-}
-
-impl Drop for LogLease {
-    fn drop(&mut self) {
-        let _ = self.map.set(0, 0, 0);
-    }
+    ring::follow::<BounceEvent>(pins, MAP_BOUNCE_EVENTS, MAP_BOUNCE_LOG_LEASE, deadline, |raw| {
+        sink(Event::from_raw(&raw, &clock))
+    })
 }
 
 /// Whether a `bounce log` reader is following the events now.
 pub fn log_reader_present(pins: &PinLayout) -> Result<bool, Error> {
-    let map: Array<MapData, u64> = Array::try_from(open_pinned(pins, MAP_BOUNCE_LOG_LEASE)?)
-        .map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))?;
-    let until = map.get(&0, 0).map_err(|source| Error::map(MAP_BOUNCE_LOG_LEASE, source))?;
-    Ok(monotonic_ns() < until)
-}
-
-/// Waits until `fd` is readable or `timeout` passes (an interrupted wait returns
-/// early, which only means one more look at the ring).
-fn wait_readable(fd: i32, timeout: Duration) {
-    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&raw mut poll, 1, millis) };
+    ring::reader_present(pins, MAP_BOUNCE_LOG_LEASE)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `rewrite bounce ...`: what each bounce command does (the grammar is in `cli`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rewrite_user::{
@@ -72,17 +72,7 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
             }
         }
         BounceCommand::Log { json, count, timeout } => {
-            let deadline = timeout.map(|seconds| Instant::now() + Duration::from_secs_f64(seconds));
-            let mut printed = 0u64;
-            follow_events(pins, deadline, |event: Event| {
-                if json {
-                    println!("{}", serde_json::to_string(&event).unwrap_or_default());
-                } else {
-                    println!("{event}");
-                }
-                printed += 1;
-                count.is_none_or(|count| printed < count)
-            })?;
+            follow_events(pins, crate::report::deadline(timeout), crate::report::print_records::<Event>(json, count))?;
         }
         BounceCommand::Timeouts { udp, tcp } => {
             let mut table = open(pins)?;

@@ -302,6 +302,19 @@ pub enum GateCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print samples of denied packets (at most one per CPU every 10 ms) as they come;
+    /// one reader at a time.
+    Log {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many samples.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+        timeout: Option<f64>,
+    },
 }
 
 fn parse_bounce_ports(text: &str) -> Result<(u16, u16), String> {

@@ -4,24 +4,31 @@
 
 use std::{
     collections::BTreeMap,
+    fmt,
     net::IpAddr,
     ops::RangeInclusive,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use aya::maps::{Array, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie};
 use rewrite_common::{
     gate::{
-        DEFAULT_MANAGEMENT_PORT, GATE_COUNTER_NAMES, GATE_COUNTER_SLOTS, GateSettings, MAP_GATE_ALLOW,
-        MAP_GATE_COUNTERS, MAP_GATE_PORTS, MAP_GATE_SETTINGS, MODE_ENFORCE, MODE_MONITOR, MODE_OFF, PORT_MANAGEMENT,
-        PORT_PROTECTED, port_slot,
+        DEFAULT_MANAGEMENT_PORT, GATE_COUNTER_NAMES, GATE_COUNTER_SLOTS, GateSample, GateSettings, MAP_GATE_ALLOW,
+        MAP_GATE_COUNTERS, MAP_GATE_LOG, MAP_GATE_LOG_LEASE, MAP_GATE_PORTS, MAP_GATE_SETTINGS, MODE_ENFORCE,
+        MODE_MONITOR, MODE_OFF, PORT_MANAGEMENT, PORT_PROTECTED, port_slot,
     },
     mapping::PrefixMapping,
     maps::Addr,
 };
 use serde::Serialize;
 
-use crate::{Error, maps::open_pinned, pins::PinLayout};
+use crate::{
+    Error,
+    maps::open_pinned,
+    pins::PinLayout,
+    ring::{self, Clock},
+};
 
 /// Where Linux keeps the ephemeral port range that replies to this host's own
 /// connections arrive on.
@@ -343,6 +350,49 @@ impl GateTable {
         }
         Ok(totals)
     }
+}
+
+/// A denied packet as `gate log` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Unix time, seconds.
+    pub time: f64,
+    /// `dropped` (enforce) or `would_drop` (monitor).
+    pub verdict: &'static str,
+    pub protocol: &'static str,
+    pub source: IpAddr,
+    pub port: u16,
+}
+
+impl fmt::Display for Sample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3} {} {} {} -> port {}", self.time, self.verdict, self.protocol, self.source, self.port)
+    }
+}
+
+/// Follows the sampled denied packets (at most one per CPU per 10 ms, and only while
+/// this reader is there) until `sink` returns false or `deadline` passes. One reader
+/// at a time.
+pub fn follow_samples(
+    pins: &PinLayout,
+    deadline: Option<Instant>,
+    mut sink: impl FnMut(Sample) -> bool,
+) -> Result<(), Error> {
+    let clock = Clock::now();
+    ring::follow::<GateSample>(pins, MAP_GATE_LOG, MAP_GATE_LOG_LEASE, deadline, |raw| {
+        sink(Sample {
+            time: clock.to_unix(raw.time_ns),
+            verdict: if raw.dropped != 0 { "dropped" } else { "would_drop" },
+            protocol: protocol_name(raw.protocol),
+            source: IpAddr::from(raw.src),
+            port: raw.dst_port,
+        })
+    })
+}
+
+/// Whether a `gate log` reader is following the samples now.
+pub fn log_reader_present(pins: &PinLayout) -> Result<bool, Error> {
+    ring::reader_present(pins, MAP_GATE_LOG_LEASE)
 }
 
 /// `addr` with its host bits cleared: the trie keys a prefix by its network.

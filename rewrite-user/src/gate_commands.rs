@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use rewrite_user::{
     cli::GateCommand,
-    gate::{GateTable, Mode, PortSpec, parse_prefix},
+    gate::{GateTable, Mode, PortSpec, Sample, follow_samples, parse_prefix},
     pins::PinLayout,
 };
 
@@ -60,6 +60,10 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
                 println!("management  {}", list(&view.management));
                 println!("allow       {}", list(&view.allow));
             }
+        }
+        GateCommand::Log { json, count, timeout } => {
+            follow_samples(pins, crate::report::deadline(timeout), crate::report::print_records::<Sample>(json, count))
+                .context("cannot follow the gate's samples")?;
         }
         GateCommand::Stats { json } => {
             let counters = open()?.counters()?;

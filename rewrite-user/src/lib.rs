@@ -17,6 +17,7 @@ pub mod loader;
 pub mod maps;
 pub mod metrics;
 pub mod pins;
+pub mod ring;
 pub mod stats;
 
 pub use error::Error;

@@ -156,3 +156,23 @@ fn print_outcomes(counters: &Counters, since: Option<(&Counters, f64)>) {
         println!("{:<10}{cells}", DIRECTION_NAMES[direction]);
     }
 }
+
+/// The sink for an event stream (`bounce log`, `gate log`): prints each record as a
+/// line of text or of JSON, and asks for more until `count` records are out.
+pub fn print_records<T: serde::Serialize + std::fmt::Display>(json: bool, count: Option<u64>) -> impl FnMut(T) -> bool {
+    let mut printed = 0u64;
+    move |record: T| {
+        if json {
+            println!("{}", serde_json::to_string(&record).unwrap_or_default());
+        } else {
+            println!("{record}");
+        }
+        printed += 1;
+        count.is_none_or(|count| printed < count)
+    }
+}
+
+/// When a stream given `--timeout SECONDS` ends.
+pub fn deadline(timeout: Option<f64>) -> Option<std::time::Instant> {
+    timeout.map(|seconds| std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds))
+}

@@ -10,9 +10,10 @@ use std::{
 };
 
 use rewrite_tests::{
-    cli::RewriteCli,
+    cli::{RewriteCli, rewrite_binary},
     hosts::{A_REAL, B_REAL, B_VIRTUAL, TwoHosts, two_hosts},
     traffic::{tcp_connects, udp_echo},
+    wait::wait_until,
 };
 
 const UNKNOWN: &str = "10.100.0.66";
@@ -142,6 +143,38 @@ fn monitor_mode_drops_nothing_but_counts_the_unknown_source() {
     .expect("render the metrics");
     assert!(metrics.contains(&format!("rewrite_gate_total{{reason=\"would_drop\"}} {would_drop}")), "{metrics}");
     assert!(metrics.contains("rewrite_gate_mode{mode=\"monitor\"} 1"), "{metrics}");
+}
+
+#[test]
+fn gate_log_shows_samples_of_denied_sources_while_it_runs() {
+    let gate = Gate::set_up("tc", "enforce");
+    let layout = rewrite_user::pins::PinLayout::new(gate.cli.pins().path());
+    assert!(!rewrite_user::gate::log_reader_present(&layout).expect("lease"), "no reader yet");
+    let log = gate
+        .hosts
+        .a
+        .command(rewrite_binary().to_str().expect("utf-8 path"))
+        .arg("--pin-dir")
+        .arg(gate.cli.pins().path())
+        .args(["gate", "log", "--json", "--count", "1", "--timeout", "20"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start rewrite gate log");
+    wait_until("the gate log reader", Duration::from_secs(5), || {
+        rewrite_user::gate::log_reader_present(&layout).expect("lease")
+    });
+    gate.client_is_unknown();
+    assert_eq!(gate.udp_answered(), 0, "the unknown source is dropped");
+    let output = log.wait_with_output().expect("gate log ends");
+    assert!(output.status.success(), "gate log: {}", String::from_utf8_lossy(&output.stderr));
+    let sample: serde_json::Value =
+        serde_json::from_slice(output.stdout.split(|byte| *byte == b'\n').next().expect("a line")).expect("JSON");
+    assert_eq!(sample["verdict"], "dropped", "{sample}");
+    assert_eq!(sample["source"], UNKNOWN, "{sample}");
+    assert_eq!(sample["protocol"], "udp", "{sample}");
+    assert_eq!(sample["port"], PROTECTED_UDP, "{sample}");
+    assert!(!rewrite_user::gate::log_reader_present(&layout).expect("lease"), "the reader gave its lease up");
 }
 
 #[test]
