@@ -127,7 +127,14 @@ pub fn config_file(data: &[u8]) {
             let essence = |config: &config::Config| {
                 let mappings: Vec<_> =
                     config.mappings.iter().map(|mapping| (mapping.spec, mapping.label.clone())).collect();
-                (config.max_mappings, config.interfaces.clone(), mappings, config.fleet.clone(), config.bounce.clone())
+                (
+                    config.max_mappings,
+                    config.interfaces.clone(),
+                    mappings,
+                    config.fleet.clone(),
+                    config.bounce.clone(),
+                    config.gate.clone(),
+                )
             };
             assert_eq!(essence(&again), essence(&parsed), "written as:\n{written}");
         }

@@ -477,7 +477,7 @@ fn release_freed_memory() {
 }
 
 fn empty_config() -> Config {
-    Config { max_mappings: None, interfaces: Vec::new(), mappings: Vec::new(), fleet: None, bounce: None }
+    Config { max_mappings: None, interfaces: Vec::new(), mappings: Vec::new(), fleet: None, bounce: None, gate: None }
 }
 
 fn log_applied(prepared: &apply::Prepared, reason: &str, source: &str, started: Instant) {
@@ -497,6 +497,9 @@ fn log_applied(prepared: &apply::Prepared, reason: &str, source: &str, started: 
     }
     for line in prepared.bounce.iter().flat_map(apply::BouncePlan::lines) {
         tracing::info!(change = %line, "bounce");
+    }
+    for line in prepared.gate.iter().flat_map(crate::gate::GatePlan::lines) {
+        tracing::info!(change = %line, "gate");
     }
 }
 

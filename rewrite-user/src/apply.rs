@@ -39,6 +39,8 @@ pub struct Prepared {
     pub plan: Plan,
     /// What the config's `[bounce]` section changes; `None` without one.
     pub bounce: Option<BouncePlan>,
+    /// What the config's `[gate]` section changes; `None` without one.
+    pub gate: Option<crate::gate::GatePlan>,
     max_mappings: Option<u32>,
 }
 
@@ -69,7 +71,8 @@ pub fn prepare(pins: &PinLayout, path: &std::path::Path, config: &Config) -> Res
         })?;
     }
     let bounce = config.bounce.as_ref().map(|bounce| plan_bounce(pins, bounce)).transpose()?;
-    Ok(Prepared { to_attach, unlisted, plan, bounce, max_mappings: config.max_mappings })
+    let gate = config.gate.as_ref().map(|gate| crate::gate::plan(pins, gate)).transpose()?;
+    Ok(Prepared { to_attach, unlisted, plan, bounce, gate, max_mappings: config.max_mappings })
 }
 
 /// Attaches the missing interfaces, then applies the mapping plan.
@@ -83,6 +86,9 @@ pub fn execute(pins: &PinLayout, prepared: &Prepared) -> Result<(), Error> {
     apply(&mut MappingTable::open(pins)?, &prepared.plan)?;
     if let Some(bounce) = &prepared.bounce {
         apply_bounce(pins, bounce)?;
+    }
+    if let Some(gate) = &prepared.gate {
+        crate::gate::apply(pins, gate)?;
     }
     Ok(())
 }

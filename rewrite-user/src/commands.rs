@@ -111,7 +111,8 @@ fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<
         println!("{prefix}attached {} (ingress: {:?})", interface.name, interface.ingress);
     }
     let bounce_lines = prepared.bounce.as_ref().map(apply::BouncePlan::lines).unwrap_or_default();
-    for line in prepared.plan.lines().iter().chain(&bounce_lines) {
+    let gate_lines = prepared.gate.as_ref().map(rewrite_user::gate::GatePlan::lines).unwrap_or_default();
+    for line in prepared.plan.lines().iter().chain(&bounce_lines).chain(&gate_lines) {
         println!("{prefix}{line}");
     }
     for name in &prepared.unlisted {
@@ -223,7 +224,12 @@ fn export(pins: &PinLayout) -> anyhow::Result<String> {
     } else {
         None
     };
-    Ok(config::render(&config::Config { max_mappings, interfaces, mappings, fleet: None, bounce }))
+    let gate = if pins.map(rewrite_common::gate::MAP_GATE_SETTINGS).exists() {
+        Some(rewrite_user::gate::GateTable::open(pins)?.config()?)
+    } else {
+        None
+    };
+    Ok(config::render(&config::Config { max_mappings, interfaces, mappings, fleet: None, bounce, gate }))
 }
 
 fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {

@@ -40,6 +40,13 @@
 //! target = "192.0.2.7:9200"
 //! source = "192.0.2.1"             # optional: the route's source address by default
 //! ports = "61000-65535"            # optional
+//!
+//! [gate]                           # optional: the gatekeeper; without it, apply
+//!                                  # leaves the gate as it is
+//! mode = "monitor"                 # off (default), monitor or enforce
+//! protect = ["tcp/9200", "udp/24007-24008"]   # or "tcp/all", "udp/all", "all"
+//! allow = ["192.0.2.0/24"]         # sources admitted besides the fleet
+//! management = ["tcp/22"]          # optional: ssh by default; [] closes it too
 //! ```
 //!
 //! [`parse`] checks the whole file before anything is applied and reports every
@@ -68,6 +75,7 @@ use toml::Spanned;
 use crate::{
     bounce::{BounceError, ServiceSpec},
     fleet::{FleetSettings, Layout, MappingExpiry, NodeOptions, StoreOptions, check_name},
+    gate::GateConfig,
     loader::IngressMode,
 };
 
@@ -82,6 +90,8 @@ pub struct Config {
     pub fleet: Option<FleetSettings>,
     /// Bounce mode's services and settings; `None` leaves bounce mode alone.
     pub bounce: Option<BounceConfig>,
+    /// The gatekeeper as it must be; `None` leaves the gate alone.
+    pub gate: Option<GateConfig>,
 }
 
 /// The `[bounce]` section.
@@ -162,6 +172,18 @@ struct RawConfig {
     mappings: Vec<RawMapping>,
     fleet: Option<RawFleet>,
     bounce: Option<RawBounce>,
+    gate: Option<RawGate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    mode: Option<Spanned<String>>,
+    #[serde(default)]
+    protect: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    management: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -254,12 +276,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let mappings = mappings(&raw.mappings, &locate, &mut problems);
     let fleet = raw.fleet.as_ref().and_then(|fleet| fleet_settings(fleet, &locate, &mut problems));
     let bounce = raw.bounce.as_ref().map(|bounce| bounce_config(bounce, &locate, &mut problems));
+    let gate = raw.gate.as_ref().map(|gate| gate_config(gate, &locate, &mut problems));
     if problems.is_empty() {
         let capacity = max_mappings.unwrap_or(DEFAULT_MAX_MAPPINGS);
         problems.extend(check_capacity(&mappings, capacity, "max_mappings").err());
     }
     if problems.is_empty() {
-        Ok(Config { max_mappings, interfaces, mappings, fleet, bounce })
+        Ok(Config { max_mappings, interfaces, mappings, fleet, bounce, gate })
     } else {
         problems.sort_by_key(|problem| (problem.line, problem.column));
         Err(invalid(problems))
@@ -450,6 +473,45 @@ fn bounce_config(raw: &RawBounce, locate: &Locator, problems: &mut Vec<Problem>)
     BounceConfig { max_flows, udp_idle, tcp_idle, services }
 }
 
+/// The `[gate]` section: the mode, and every port spec and prefix checked as the CLI
+/// checks them. (Whether a port lies in the host's ephemeral range is checked when the
+/// section is applied, against the host it is applied on.)
+fn gate_config(raw: &RawGate, locate: &Locator, problems: &mut Vec<Problem>) -> GateConfig {
+    let mode = match &raw.mode {
+        None => crate::gate::Mode::Off,
+        Some(text) => crate::gate::Mode::parse(text.get_ref()).unwrap_or_else(|error| {
+            problems.push(locate.problem(text.span().start, error.to_string()));
+            crate::gate::Mode::Off
+        }),
+    };
+    let mut specs = |texts: &[Spanned<String>]| -> Vec<String> {
+        texts
+            .iter()
+            .filter_map(|text| match crate::gate::PortSpec::parse(text.get_ref()) {
+                Ok(_) => Some(text.get_ref().clone()),
+                Err(error) => {
+                    problems.push(locate.problem(text.span().start, error.to_string()));
+                    None
+                }
+            })
+            .collect()
+    };
+    let protect = specs(&raw.protect);
+    let management = raw.management.as_deref().map(&mut specs);
+    let allow = raw
+        .allow
+        .iter()
+        .filter_map(|text| match crate::gate::parse_prefix(text.get_ref()) {
+            Ok(prefix) => Some(prefix),
+            Err(error) => {
+                problems.push(locate.problem(text.span().start, error.to_string()));
+                None
+            }
+        })
+        .collect();
+    GateConfig { mode, protect, allow, management }
+}
+
 /// What a mapping occupies, to find a second mapping of the same VIRTUAL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum VirtualKey {
@@ -572,12 +634,31 @@ pub fn render(config: &Config) -> String {
     if let Some(bounce) = &config.bounce {
         out.push_str(&render_bounce(bounce));
     }
+    if let Some(gate) = &config.gate {
+        out.push_str(&render_gate(gate));
+    }
     for mapping in &config.mappings {
         let (virtual_side, real_side) = written(&mapping.spec);
         out.push_str(&format!("\n[[mapping]]\nvirtual = {}\nreal = {}\n", quoted(&virtual_side), quoted(&real_side)));
         if let Some(label) = &mapping.label {
             out.push_str(&format!("label = {}\n", quoted(label)));
         }
+    }
+    out
+}
+
+/// The `[gate]` section, as [`parse`] reads it.
+fn render_gate(gate: &GateConfig) -> String {
+    let list = |items: &[String]| format!("[{}]", items.iter().map(|item| quoted(item)).collect::<Vec<_>>().join(", "));
+    let allow: Vec<String> = gate.allow.iter().map(|(addr, len)| format!("{addr}/{len}")).collect();
+    let mut out = format!(
+        "\n[gate]\nmode = {}\nprotect = {}\nallow = {}\n",
+        quoted(gate.mode.name()),
+        list(&gate.protect),
+        list(&allow)
+    );
+    if let Some(management) = &gate.management {
+        out.push_str(&format!("management = {}\n", list(management)));
     }
     out
 }
@@ -702,6 +783,27 @@ expire_after = "10m"
         assert_eq!(node.reals.len(), 2);
         assert_eq!(node.lease_ttl, Duration::from_secs(10));
         assert_eq!(node.expiry, MappingExpiry::After(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn a_gate_section_is_read_checked_and_written_back() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/config_file/gate.toml"))
+            .expect("the gate seed");
+        let config = parse(Path::new("gate.toml"), &text).expect("the seed is valid");
+        let gate = config.gate.clone().expect("a gate section");
+        assert_eq!(gate.mode, crate::gate::Mode::Monitor);
+        assert_eq!(gate.protect, ["tcp/9200", "tcp/9300-9400", "udp/all"]);
+        assert_eq!(gate.allow.len(), 3);
+        assert_eq!(gate.management.as_deref().map(<[String]>::len), Some(2));
+        let again = parse(Path::new("again.toml"), &render(&config)).expect("the rendered config parses");
+        assert_eq!(again.gate, config.gate, "render and parse agree");
+
+        let bad = "[gate]\nmode = \"strict\"\nprotect = [\"tcp/x\", \"tcp/22\"]\nallow = [\"10.0.0.0/40\"]\n";
+        let found = problems(bad);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].0 == 2 && found[0].1.contains("not a gate mode"), "{found:?}");
+        assert!(found[1].0 == 3 && found[1].1.contains("PROTO/PORT"), "{found:?}");
+        assert!(found[2].0 == 4 && found[2].1.contains("not an address prefix"), "{found:?}");
     }
 
     #[test]

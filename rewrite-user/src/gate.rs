@@ -16,7 +16,7 @@ use rewrite_common::{
     gate::{
         DEFAULT_MANAGEMENT_PORT, GATE_COUNTER_NAMES, GATE_COUNTER_SLOTS, GateSample, GateSettings, MAP_GATE_ALLOW,
         MAP_GATE_COUNTERS, MAP_GATE_LOG, MAP_GATE_LOG_LEASE, MAP_GATE_PORTS, MAP_GATE_SETTINGS, MODE_ENFORCE,
-        MODE_MONITOR, MODE_OFF, PORT_MANAGEMENT, PORT_PROTECTED, port_slot,
+        MODE_MONITOR, MODE_OFF, PORT_MANAGEMENT, PORT_PROTECTED, PORT_SLOTS, port_slot,
     },
     mapping::PrefixMapping,
     maps::Addr,
@@ -295,6 +295,37 @@ impl GateTable {
         self.write_settings(GateSettings { management_configured: 1, ..settings })
     }
 
+    fn all_port_bits(&self) -> Result<Vec<u32>, Error> {
+        (0..PORT_SLOTS)
+            .map(|slot| self.ports.get(&slot, 0).map_err(|source| Error::map(MAP_GATE_PORTS, source)))
+            .collect()
+    }
+
+    fn allow_prefixes(&self) -> Result<Vec<(IpAddr, u8)>, Error> {
+        self.allow
+            .keys()
+            .map(|key| {
+                let key = key.map_err(|source| Error::map(MAP_GATE_ALLOW, source))?;
+                let addr = IpAddr::from(key.data());
+                let len = if addr.is_ipv4() { key.prefix_len().saturating_sub(96) } else { key.prefix_len() };
+                Ok((addr, u8::try_from(len).unwrap_or(u8::MAX)))
+            })
+            .collect()
+    }
+
+    /// The live gate as a `[gate]` section.
+    pub fn config(&self) -> Result<GateConfig, Error> {
+        let view = self.view()?;
+        let mut allow = self.allow_prefixes()?;
+        allow.sort();
+        Ok(GateConfig {
+            mode: view.mode,
+            protect: view.protected,
+            allow,
+            management: view.management_configured.then_some(view.management),
+        })
+    }
+
     fn ports_with(&self, bit: u32) -> Result<Vec<(u8, u16)>, Error> {
         let mut found = Vec::new();
         for protocol in [6u8, 17] {
@@ -321,16 +352,8 @@ impl GateTable {
         if settings.management_configured == 0 {
             management.insert(0, format!("tcp/{DEFAULT_MANAGEMENT_PORT}"));
         }
-        let mut allow: Vec<String> = self
-            .allow
-            .keys()
-            .filter_map(Result::ok)
-            .map(|key| {
-                let addr = IpAddr::from(key.data());
-                let len = if addr.is_ipv4() { key.prefix_len().saturating_sub(96) } else { key.prefix_len() };
-                format!("{addr}/{len}")
-            })
-            .collect();
+        let mut allow: Vec<String> =
+            self.allow_prefixes()?.into_iter().map(|(addr, len)| format!("{addr}/{len}")).collect();
         allow.sort();
         Ok(GateView {
             mode: Mode::from_value(settings.mode),
@@ -350,6 +373,101 @@ impl GateTable {
         }
         Ok(totals)
     }
+}
+
+/// The `[gate]` section of a config file: the whole gate, as it must be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GateConfig {
+    pub mode: Mode,
+    /// Port specs as `protect` takes them, each checked.
+    pub protect: Vec<String>,
+    /// Allow prefixes: network address and length.
+    pub allow: Vec<(IpAddr, u8)>,
+    /// `None`: ssh, the default fail-safe; an empty list: no management port.
+    pub management: Option<Vec<String>>,
+}
+
+/// What applying a `[gate]` section changes, worked out against the live maps (or an
+/// empty gate if the dataplane is not loaded yet), with every port checked first.
+#[derive(Debug)]
+pub struct GatePlan {
+    settings: GateSettings,
+    /// (slot, new bits) for every port whose bits change.
+    ports: Vec<(u32, u32)>,
+    allow_added: Vec<(IpAddr, u8)>,
+    allow_removed: Vec<(IpAddr, u8)>,
+    mode_changes: Option<(Mode, Mode)>,
+}
+
+impl GatePlan {
+    /// One line per kind of change, for `apply` and the agent's log.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some((from, to)) = self.mode_changes {
+            lines.push(format!("gate mode {} -> {}", from.name(), to.name()));
+        }
+        if !self.ports.is_empty() {
+            lines.push(format!("gate: {} ports change class", self.ports.len()));
+        }
+        let prefix = |(addr, len): &(IpAddr, u8)| format!("{addr}/{len}");
+        lines.extend(self.allow_added.iter().map(|allowed| format!("gate allow {}", prefix(allowed))));
+        lines.extend(self.allow_removed.iter().map(|allowed| format!("gate disallow {}", prefix(allowed))));
+        lines
+    }
+}
+
+/// Works out what `config` changes in the gate at `pins`. Changes nothing.
+pub fn plan(pins: &PinLayout, config: &GateConfig) -> Result<GatePlan, Error> {
+    let ephemeral = ephemeral_range()?;
+    let mut wanted = vec![0u32; PORT_SLOTS as usize];
+    let mut mark = |texts: &[String], bit: u32| -> Result<(), Error> {
+        for text in texts {
+            for (protocol, port) in PortSpec::parse(text)?.slots(&ephemeral)? {
+                wanted[port_slot(protocol, port).unwrap_or(0) as usize] |= bit;
+            }
+        }
+        Ok(())
+    };
+    mark(&config.protect, PORT_PROTECTED)?;
+    mark(config.management.as_deref().unwrap_or_default(), PORT_MANAGEMENT)?;
+    let settings =
+        GateSettings { mode: config.mode.value(), management_configured: u32::from(config.management.is_some()) };
+    let (current_settings, current_ports, current_allow) = if pins.map(MAP_GATE_SETTINGS).exists() {
+        let table = GateTable::open(pins)?;
+        (table.read_settings()?, table.all_port_bits()?, table.allow_prefixes()?)
+    } else {
+        (GateSettings::default(), vec![0u32; PORT_SLOTS as usize], Vec::new())
+    };
+    let ports = (0..PORT_SLOTS)
+        .zip(wanted.iter().zip(&current_ports))
+        .filter(|(_, (wanted, current))| wanted != current)
+        .map(|(slot, (wanted, _))| (slot, *wanted))
+        .collect();
+    let wanted_allow: Vec<(IpAddr, u8)> = config.allow.iter().map(|&(addr, len)| (masked(addr, len), len)).collect();
+    let (from, to) = (Mode::from_value(current_settings.mode), config.mode);
+    Ok(GatePlan {
+        settings,
+        ports,
+        allow_added: wanted_allow.iter().filter(|prefix| !current_allow.contains(prefix)).copied().collect(),
+        allow_removed: current_allow.iter().filter(|prefix| !wanted_allow.contains(prefix)).copied().collect(),
+        mode_changes: (from != to).then_some((from, to)),
+    })
+}
+
+/// Applies a plan: prefixes first and ports next, the mode last, so that a gate
+/// going into enforce already admits what it must.
+pub fn apply(pins: &PinLayout, plan: &GatePlan) -> Result<(), Error> {
+    let mut table = GateTable::open(pins)?;
+    for prefix in &plan.allow_added {
+        table.allow(*prefix, true)?;
+    }
+    for &(slot, bits) in &plan.ports {
+        table.ports.set(slot, bits, 0).map_err(|source| Error::map(MAP_GATE_PORTS, source))?;
+    }
+    for prefix in &plan.allow_removed {
+        table.allow(*prefix, false)?;
+    }
+    table.write_settings(plan.settings)
 }
 
 /// A denied packet as `gate log` prints it.

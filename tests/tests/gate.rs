@@ -10,6 +10,7 @@ use std::{
 };
 
 use rewrite_tests::{
+    agent::ConfigFile,
     cli::{RewriteCli, rewrite_binary},
     hosts::{A_REAL, B_REAL, B_VIRTUAL, TwoHosts, two_hosts},
     traffic::{tcp_connects, udp_echo},
@@ -214,6 +215,37 @@ fn the_ssh_fail_safe_holds_until_it_is_taken_away_explicitly() {
     assert!(gate.connects(SSH), "ssh is a management port again");
     let shown = gate.cli.ok(&["gate", "show"]);
     assert!(shown.contains("management  tcp/22"), "{shown}");
+}
+
+#[test]
+fn a_config_with_a_gate_section_is_applied_exported_and_refused_whole() {
+    let gate = Gate::set_up("tc", "off");
+    gate.client_is_unknown();
+    let mapping = format!("[[mapping]]\nvirtual = \"{B_VIRTUAL}\"\nreal = \"{B_REAL}\"\n");
+    let config = format!(
+        "[gate]\nmode = \"enforce\"\nprotect = [\"tcp/{PROTECTED_TCP}\", \"udp/{PROTECTED_UDP}\"]\nallow =          [\"192.0.2.0/24\"]\n\n{mapping}"
+    );
+    let file = ConfigFile::new("gate-apply", &config);
+    let applied = gate.cli.ok(&["apply", file.as_arg()]);
+    assert!(applied.contains("gate mode off -> enforce") && applied.contains("gate allow 192.0.2.0/24"), "{applied}");
+    assert!(!gate.connects(PROTECTED_TCP), "the gate from the config is enforced");
+    let exported = gate.cli.ok(&["export"]);
+    for line in ["[gate]", "mode = \"enforce\"", "protect = [\"tcp/9200\", \"udp/5000\"]", "allow = [\"192.0.2.0/24\"]"]
+    {
+        assert!(exported.contains(line), "export shows {line:?}:\n{exported}");
+    }
+    let again = gate.cli.ok(&["apply", file.as_arg()]);
+    assert!(!again.contains("gate"), "applying again changes nothing in the gate: {again}");
+
+    // A port in the host's ephemeral range refuses the whole file: the allow prefix
+    // beside it is not added either.
+    let refused = ConfigFile::new(
+        "gate-refused",
+        &format!("[gate]\nmode = \"enforce\"\nprotect = [\"udp/40000\"]\nallow = [\"{UNKNOWN}\"]\n\n{mapping}"),
+    );
+    let error = gate.cli.fails(&["apply", refused.as_arg()]);
+    assert!(error.contains("udp/40000") && error.contains("ephemeral port range"), "{error}");
+    assert!(!gate.connects(PROTECTED_TCP), "still enforced, and the unknown source still not allowed");
 }
 
 #[test]
