@@ -249,6 +249,20 @@ fn a_config_with_a_gate_section_is_applied_exported_and_refused_whole() {
 }
 
 #[test]
+fn replies_to_connections_the_host_opened_are_never_dropped() {
+    let gate = Gate::set_up("xdp", "enforce");
+    gate.cli.ok(&["gate", "protect", "all"]);
+    // A (the protected host) opens connections to B's address that no mapping names:
+    // the replies come from an unknown source, to A's ephemeral ports.
+    let listener = gate.hosts.b.run(|| TcpListener::bind(addr(UNKNOWN, 7000)).expect("listen on B"));
+    assert!(tcp_connects(&gate.hosts.a, addr(UNKNOWN, 7000), Duration::from_secs(2)), "TCP replies pass");
+    drop(listener);
+    let report = udp_echo(&gate.hosts.b, addr(UNKNOWN, 7001), &gate.hosts.a, addr(UNKNOWN, 7001), 5, REFUSED_WITHIN);
+    assert_eq!(report.echoed, 5, "UDP replies pass");
+    assert!(gate.counter("dropped") == 0, "nothing was dropped");
+}
+
+#[test]
 fn bad_gate_input_is_refused_with_what_is_wrong() {
     let gate = Gate::set_up("tc", "off");
     let before = gate.cli.ok(&["gate", "show", "--json"]);
