@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rewrite_user::{
     bounce::{Added, BounceStats, BounceTable, Event, ServiceSpec, follow_events, parse_listen},
-    cli::BounceCommand,
+    cli::{BounceCommand, FollowArgs},
     loader,
     pins::PinLayout,
 };
@@ -71,7 +71,7 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
                 println!("{:<16} {}", "log_reader", if stats.log_reader { "present" } else { "none" });
             }
         }
-        BounceCommand::Log { json, count, timeout } => {
+        BounceCommand::Log(FollowArgs { json, count, timeout }) => {
             follow_events(pins, crate::report::deadline(timeout), crate::report::print_records::<Event>(json, count))?;
         }
         BounceCommand::Timeouts { udp, tcp } => {

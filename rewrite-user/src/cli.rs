@@ -231,17 +231,7 @@ pub enum BounceCommand {
         json: bool,
     },
     /// Print connect and disconnect events as they happen (one reader at a time).
-    Log {
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-        /// Stop after this many events.
-        #[arg(long, value_name = "N")]
-        count: Option<u64>,
-        /// Stop after this many seconds.
-        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
-        timeout: Option<f64>,
-    },
+    Log(FollowArgs),
     /// Set the idle timeouts after which a flow ends (and its port is free again).
     Timeouts {
         /// UDP flows [default: 60].
@@ -304,17 +294,21 @@ pub enum GateCommand {
     },
     /// Print samples of denied packets (at most one per CPU every 10 ms) as they come;
     /// one reader at a time.
-    Log {
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-        /// Stop after this many samples.
-        #[arg(long, value_name = "N")]
-        count: Option<u64>,
-        /// Stop after this many seconds.
-        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
-        timeout: Option<f64>,
-    },
+    Log(FollowArgs),
+}
+
+/// How to follow an event stream (`bounce log`, `gate log`).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct FollowArgs {
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    pub timeout: Option<f64>,
 }
 
 fn parse_bounce_ports(text: &str) -> Result<(u16, u16), String> {

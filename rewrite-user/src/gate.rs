@@ -20,6 +20,7 @@ use rewrite_common::{
     },
     mapping::PrefixMapping,
     maps::Addr,
+    validate::masked,
 };
 use serde::Serialize;
 
@@ -511,20 +512,6 @@ pub fn follow_samples(
 /// Whether a `gate log` reader is following the samples now.
 pub fn log_reader_present(pins: &PinLayout) -> Result<bool, Error> {
     ring::reader_present(pins, MAP_GATE_LOG_LEASE)
-}
-
-/// `addr` with its host bits cleared: the trie keys a prefix by its network.
-fn masked(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::V4((u32::from(v4) & mask).into())
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::V6((u128::from(v6) & mask).into())
-        }
-    }
 }
 
 /// Sorted (protocol, port) pairs as `tcp/22`, `udp/5000-5010`, ... runs.

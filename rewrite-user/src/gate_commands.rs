@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use rewrite_user::{
-    cli::GateCommand,
+    cli::{FollowArgs, GateCommand},
     gate::{GateTable, Mode, PortSpec, Sample, follow_samples, parse_prefix},
     pins::PinLayout,
 };
@@ -24,22 +24,8 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
             let changed = open()?.protect(&specs(&ports)?, false)?;
             println!("unprotected {} ({changed} ports changed)", ports.join(" "));
         }
-        GateCommand::Allow { prefixes } => {
-            let parsed = prefixes.iter().map(|text| parse_prefix(text)).collect::<Result<Vec<_>, _>>()?;
-            let mut table = open()?;
-            for prefix in parsed {
-                table.allow(prefix, true)?;
-            }
-            println!("allowed {}", prefixes.join(" "));
-        }
-        GateCommand::Disallow { prefixes } => {
-            let parsed = prefixes.iter().map(|text| parse_prefix(text)).collect::<Result<Vec<_>, _>>()?;
-            let mut table = open()?;
-            for prefix in parsed {
-                table.allow(prefix, false)?;
-            }
-            println!("disallowed {}", prefixes.join(" "));
-        }
+        GateCommand::Allow { prefixes } => change_allow(pins, &prefixes, true)?,
+        GateCommand::Disallow { prefixes } => change_allow(pins, &prefixes, false)?,
         GateCommand::Management { ports, none } => {
             let management = if none { Vec::new() } else { specs(&ports)? };
             open()?.set_management(&management)?;
@@ -61,7 +47,7 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
                 println!("allow       {}", list(&view.allow));
             }
         }
-        GateCommand::Log { json, count, timeout } => {
+        GateCommand::Log(FollowArgs { json, count, timeout }) => {
             follow_samples(pins, crate::report::deadline(timeout), crate::report::print_records::<Sample>(json, count))
                 .context("cannot follow the gate's samples")?;
         }
@@ -76,5 +62,16 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Adds (`on`) or removes allow prefixes, all checked before the first is written.
+fn change_allow(pins: &PinLayout, prefixes: &[String], on: bool) -> anyhow::Result<()> {
+    let parsed = prefixes.iter().map(|text| parse_prefix(text)).collect::<Result<Vec<_>, _>>()?;
+    let mut table = GateTable::open(pins).context("cannot open the gate's maps")?;
+    for prefix in parsed {
+        table.allow(prefix, on)?;
+    }
+    println!("{} {}", if on { "allowed" } else { "disallowed" }, prefixes.join(" "));
     Ok(())
 }
