@@ -106,3 +106,41 @@ fn off_is_the_default_and_checks_nothing() {
     expect_both(&object, &unknown, false, &unknown, "gate off");
     assert!(counters(&object).values().all(|count| *count == 0), "nothing counted while off");
 }
+
+#[test]
+fn ipv6_sources_are_gated_alike() {
+    let object = object(Mode::Enforce);
+    object.table().add(ip("fd00::2"), ip("2001:db8::2")).expect("add an IPv6 member");
+    GateTable::open(&object.layout)
+        .expect("open the gate maps")
+        .allow(parse_prefix("2001:db8:77::/48").expect("prefix"), true)
+        .expect("allow");
+    let host = ip("2001:db8::1");
+    let member = IpSpec::udp(ip("2001:db8::2"), host).with_ports(40000, PROTECTED_UDP);
+    let rewritten = member.with_addresses(ip("fd00::2"), host);
+    expect_both(&object, &member.frame(), false, &rewritten.frame(), "an IPv6 member");
+    let allowed = IpSpec::udp(ip("2001:db8:77::5"), host).with_ports(40000, PROTECTED_UDP).frame();
+    expect_both(&object, &allowed, false, &allowed, "inside an IPv6 allow prefix");
+    let unknown = IpSpec::udp(ip("2001:db8:99::9"), host).with_ports(40000, PROTECTED_UDP).frame();
+    expect_both(&object, &unknown, true, &[], "an unknown IPv6 source");
+    let counted = counters(&object);
+    assert_eq!(
+        (counted["passed_member"], counted["passed_allowed_prefix"], counted["dropped"]),
+        (2, 2, 2),
+        "{counted:?}"
+    );
+}
+
+#[test]
+fn a_source_inside_a_real_prefix_is_a_member() {
+    let object = object(Mode::Enforce);
+    let prefix =
+        rewrite_common::mapping::PrefixMapping { virtual_net: ip("10.201.0.0"), real_net: ip("172.20.0.0"), len: 16 };
+    object.table().add_prefix(&prefix).expect("add a prefix mapping");
+    let member = IpSpec::udp(ip("172.20.5.5"), ip(HOST)).with_ports(40000, PROTECTED_UDP);
+    let rewritten = member.with_addresses(ip("10.201.5.5"), ip(HOST));
+    expect_both(&object, &member.frame(), false, &rewritten.frame(), "inside a REAL prefix");
+    let outside = IpSpec::udp(ip("172.21.5.5"), ip(HOST)).with_ports(40000, PROTECTED_UDP).frame();
+    expect_both(&object, &outside, true, &[], "just outside it");
+    assert_eq!(counters(&object)["passed_member"], 2);
+}
