@@ -74,7 +74,8 @@ pub enum Command {
     /// Make the live state equal to a config file: check the whole file first (every
     /// problem is reported with its line and column, and nothing is applied if there is
     /// one), attach the interfaces it names that are not attached, then print and apply
-    /// the difference in the mapping table (added, removed, changed).
+    /// the difference in the mapping table (added, removed, changed), in bounce mode's
+    /// services and in the gate, for the sections the file has.
     Apply {
         /// The TOML config (see `rewrite export` for the format).
         file: PathBuf,
@@ -82,8 +83,8 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Print the live state (attached interfaces and mappings) as a config file;
-    /// applying it back changes nothing.
+    /// Print the live state (attached interfaces, mappings, bounce services and the
+    /// gate) as a config file; applying it back changes nothing.
     Export,
     /// Keep the dataplane equal to a config file and, with `--etcd`, to a fleet table,
     /// in the foreground (for systemd): apply the config at start, on every change to

@@ -129,11 +129,12 @@ fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<
     apply::execute(pins, &prepared)?;
     let plan = &prepared.plan;
     println!(
-        "applied: {} added, {} removed, {} changed{} in {:.3} s",
+        "applied: {} added, {} removed, {} changed{}{} in {:.3} s",
         plan.added.len(),
         plan.removed.len() + plan.orphans.len(),
         plan.changed.len(),
         if bounce_lines.is_empty() { String::new() } else { format!("; {} bounce changes", bounce_lines.len()) },
+        if gate_lines.is_empty() { String::new() } else { format!("; {} gate changes", gate_lines.len()) },
         started.elapsed().as_secs_f64()
     );
     Ok(())
