@@ -408,7 +408,12 @@ impl GatePlan {
             lines.push(format!("gate mode {} -> {}", from.name(), to.name()));
         }
         if !self.ports.is_empty() {
-            lines.push(format!("gate: {} ports change class", self.ports.len()));
+            let ports = self.ports.len();
+            lines.push(if ports == 1 {
+                "gate: 1 port changes class".to_owned()
+            } else {
+                format!("gate: {ports} ports change class")
+            });
         }
         let prefix = |(addr, len): &(IpAddr, u8)| format!("{addr}/{len}");
         lines.extend(self.allow_added.iter().map(|allowed| format!("gate allow {}", prefix(allowed))));
