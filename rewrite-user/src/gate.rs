@@ -327,16 +327,9 @@ impl GateTable {
         })
     }
 
+    /// The (protocol, port) pairs with `bit` set, from one read of the whole port map.
     fn ports_with(&self, bit: u32) -> Result<Vec<(u8, u16)>, Error> {
-        let mut found = Vec::new();
-        for protocol in [6u8, 17] {
-            for port in 0..=u16::MAX {
-                if self.port_bits(protocol, port)? & bit != 0 {
-                    found.push((protocol, port));
-                }
-            }
-        }
-        Ok(found)
+        Ok(ports_with(&self.all_port_bits()?, bit))
     }
 
     /// Adds (or removes) an allow prefix.
@@ -349,7 +342,9 @@ impl GateTable {
     pub fn view(&self) -> Result<GateView, Error> {
         let settings = self.read_settings()?;
         let ranges = |ports: Vec<(u8, u16)>| compress(&ports);
-        let mut management = ranges(self.ports_with(PORT_MANAGEMENT)?);
+        // One read of the port map for both lists: 131,072 lookups each.
+        let bits = self.all_port_bits()?;
+        let mut management = ranges(ports_with(&bits, PORT_MANAGEMENT));
         if settings.management_configured == 0 {
             management.insert(0, format!("tcp/{DEFAULT_MANAGEMENT_PORT}"));
         }
@@ -358,7 +353,7 @@ impl GateTable {
         allow.sort();
         Ok(GateView {
             mode: Mode::from_value(settings.mode),
-            protected: ranges(self.ports_with(PORT_PROTECTED)?),
+            protected: ranges(ports_with(&bits, PORT_PROTECTED)),
             management,
             management_configured: settings.management_configured != 0,
             allow,
@@ -519,6 +514,17 @@ pub fn log_reader_present(pins: &PinLayout) -> Result<bool, Error> {
     ring::reader_present(pins, MAP_GATE_LOG_LEASE)
 }
 
+/// The (protocol, port) pairs whose slot in `bits` (the whole port map) has `bit`.
+fn ports_with(bits: &[u32], bit: u32) -> Vec<(u8, u16)> {
+    [6u8, 17]
+        .into_iter()
+        .flat_map(|protocol| (0..=u16::MAX).map(move |port| (protocol, port)))
+        .filter(|&(protocol, port)| {
+            port_slot(protocol, port).and_then(|slot| bits.get(slot as usize)).is_some_and(|value| value & bit != 0)
+        })
+        .collect()
+}
+
 /// Sorted (protocol, port) pairs as `tcp/22`, `udp/5000-5010`, ... runs.
 fn compress(ports: &[(u8, u16)]) -> Vec<String> {
     let mut runs: Vec<(u8, u16, u16)> = Vec::new();
@@ -573,5 +579,10 @@ mod tests {
         assert!(parse_prefix("10.0.0.0/33").is_err());
         assert_eq!(masked("10.1.2.3".parse().expect("ip"), 8), "10.0.0.0".parse::<IpAddr>().expect("ip"));
         assert_eq!(compress(&[(6, 22), (6, 23), (6, 24), (17, 25), (17, 53)]), ["tcp/22-24", "udp/25", "udp/53"]);
+        let mut bits = vec![0u32; PORT_SLOTS as usize];
+        bits[22] = PORT_PROTECTED | PORT_MANAGEMENT;
+        bits[65_536 + 53] = PORT_PROTECTED;
+        assert_eq!(ports_with(&bits, PORT_PROTECTED), [(6, 22), (17, 53)]);
+        assert_eq!(ports_with(&bits, PORT_MANAGEMENT), [(6, 22)]);
     }
 }
