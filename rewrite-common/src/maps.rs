@@ -23,6 +23,9 @@ pub const MAX_PREFIX_MAPPINGS: u32 = 16_384;
 pub const MAP_TABLES_IN_USE: &str = "TABLES_IN_USE";
 /// Name of the per-CPU array of outcome counters, see [`crate::counters`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// Name of the program array through which the TC rewrite programs hand ICMP errors to
+/// the programs that rewrite them, indexed by direction.
+pub const MAP_ICMP_ERRORS: &str = "ICMP_ERRORS";
 
 /// Capacity of each mapping map unless the first `attach` asks for another
 /// (`--max-mappings`). The maps are created with `BPF_F_NO_PREALLOC`, so an idle
@@ -234,22 +237,29 @@ impl MappingStats {
 impl PrefixTarget {
     /// `addr` with its first `prefix_len` bits replaced by the network's: NETMAP's
     /// translation, which keeps the host bits.
+    ///
+    /// Written without a branch: each byte's mask comes from the number of its bits
+    /// inside the prefix, clamped to 0..=8 with shifts of the sign bit. The programs run
+    /// this on the packet path, and a branch per byte would give older verifiers (5.10,
+    /// 6.1) up to 3^16 paths to walk.
     #[inline(always)]
+    #[expect(clippy::cast_possible_truncation, reason = "the mask is at most 0xff after the shift")]
+    #[expect(clippy::cast_possible_wrap, reason = "a length beyond i32 is no prefix; it masks nothing")]
     pub fn translate(&self, addr: &Addr) -> Addr {
         let mut octets = addr.octets;
         let mut index = 0;
-        let mut first_bit: u32 = 0;
         while index < 16 {
-            let mask: u8 = if self.prefix_len >= first_bit + 8 {
-                0xff
-            } else if self.prefix_len <= first_bit {
-                0
-            } else {
-                0xff << (8 - (self.prefix_len - first_bit))
-            };
+            // Bits of this byte inside the prefix: negative, 0..=8, or more than 8.
+            let inside = self.prefix_len as i32 - (index as i32) * 8;
+            // max(inside, 0): the sign bit, spread, clears a negative value.
+            let at_least_zero = inside & !(inside >> 31);
+            // min(.., 8): `over` is all ones when the value exceeds 8.
+            let over = (8 - at_least_zero) >> 31;
+            let bits = (at_least_zero & !over) | (8 & over);
+            // The top `bits` bits of the byte: 0xff00 >> 8 is 0xff, >> 0 leaves 0x00.
+            let mask = (0xff00_u32 >> bits) as u8;
             octets[index] = (octets[index] & !mask) | (self.network.octets[index] & mask);
             index += 1;
-            first_bit += 8;
         }
         Addr { octets }
     }
@@ -334,6 +344,26 @@ mod tests {
         let v6 = |text: &str| Addr { octets: text.parse::<std::net::Ipv6Addr>().expect("IPv6 address").octets() };
         let target = PrefixTarget { network: v6("2001:db8:aa::"), prefix_len: 48 };
         assert_eq!(target.translate(&v6("fd00:1:2:3::4")), v6("2001:db8:aa:3::4"));
+    }
+
+    /// The translation against the plainest statement of it, bit by bit, for every
+    /// prefix length (and lengths beyond 128, which mask all 128 bits).
+    #[test]
+    fn prefix_translation_replaces_exactly_the_prefix_bits_at_every_length() {
+        let network = Addr { octets: [0xa5; 16] };
+        let addr = Addr { octets: [0x5a; 16] };
+        for prefix_len in 0..=140 {
+            let translated = PrefixTarget { network, prefix_len }.translate(&addr);
+            for bit in 0..128 {
+                let (byte, shift) = (bit / 8, 7 - bit % 8);
+                let from = if bit < prefix_len as usize { network } else { addr };
+                assert_eq!(
+                    translated.octets[byte] >> shift & 1,
+                    from.octets[byte] >> shift & 1,
+                    "bit {bit} at prefix length {prefix_len}"
+                );
+            }
+        }
     }
 
     #[test]

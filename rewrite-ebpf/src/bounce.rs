@@ -41,7 +41,7 @@ use crate::{
     atomic::atomic_add,
     bounce_maps::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, log_reader_present, parsed, scratch},
     packet::{Packet, TcPacket, XdpPacket},
-    parse::{IpPacket, parse},
+    parse::{DST_PORT_AFTER_SRC, IpPacket, parse},
 };
 
 /// Where the TCP flags sit in the TCP header.
@@ -158,30 +158,34 @@ pub fn bounce<P: Forwarder>(packet: &mut P) -> Result<Verdict, ()> {
     let work = scratch().ok_or(())?;
     // The parsed headers live in the per-CPU area, as in the rewrite programs.
     let parsed = parsed().ok_or(())?;
-    *parsed = match parse(packet) {
-        Ok(headers) => headers,
-        Err(_) => return Ok(Verdict::Pass),
-    };
+    if parse(packet, parsed).is_err() {
+        return Ok(Verdict::Pass);
+    }
     let parsed: &IpPacket = parsed;
     // Bounced flows are TCP and UDP; ICMP and fragments after the first carry no ports
     // and pass (ICMP errors about a bounced flow are not translated).
-    let Some((ports, l4)) = parsed.ports else { return Ok(Verdict::Pass) };
+    if !parsed.has_ports() {
+        return Ok(Verdict::Pass);
+    }
     // Field by field, in place: a whole struct built on the stack first costs a copy
     // and a call to memset for the padding bytes, on every packet.
     let key = &mut work.key;
     key.src = parsed.src;
     key.dst = parsed.dst;
-    key.src_port = ports.src;
-    key.dst_port = ports.dst;
-    key.protocol = ports.protocol;
+    key.src_port = parsed.src_port;
+    key.dst_port = parsed.dst_port;
+    key.protocol = parsed.protocol;
     key.reserved[0] = 0;
     key.reserved[1] = 0;
     key.reserved[2] = 0;
-    let tcp_flags =
-        if ports.protocol == IPPROTO_TCP { packet.read::<[u8; 1]>(l4 + TCP_FLAGS).ok_or(())?[0] } else { 0 };
+    let tcp_flags = if parsed.protocol == IPPROTO_TCP {
+        packet.read::<[u8; 1]>(usize::from(parsed.ports_offset) + TCP_FLAGS).ok_or(())?[0]
+    } else {
+        0
+    };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let idle_ns = if ports.protocol == IPPROTO_TCP { settings.tcp_idle_ns } else { settings.udp_idle_ns };
+    let idle_ns = if parsed.protocol == IPPROTO_TCP { settings.tcp_idle_ns } else { settings.udp_idle_ns };
 
     // A flow that ends here (an evicted half, or idle) gives way: a packet that may
     // open a new one goes on to do so.
@@ -401,7 +405,7 @@ fn route<P: Forwarder>(packet: &mut P, work: &mut BounceScratch, dst: &Addr, par
     let fib = &mut work.fib;
     fib.ifindex = packet.arrival_ifindex();
     fib.l4_protocol = work.key.protocol;
-    if parsed.ipv4_check.is_some() {
+    if !parsed.is_ipv6() {
         fib.family = AF_INET;
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst.v4());
     } else {
@@ -482,9 +486,8 @@ fn translate_and_redirect<P: Forwarder>(
     // SAFETY: a live map value, valid for the program's run. Copied: the rewrite below
     // must not see a concurrent update half done.
     let out = unsafe { (*entry).out };
-    let Some((ports, l4)) = parsed.ports else { return Ok(Verdict::Pass) };
     let len = packet.len() as u64;
-    let done = translate(packet, parsed, &out, ports.src, ports.dst, l4);
+    let done = translate(packet, parsed, &out);
     if done.is_err() {
         // The packet may be half translated: letting it go on would deliver garbage.
         count(BOUNCE_ERRORS);
@@ -510,27 +513,20 @@ fn macs(fib: &bpf_fib_lookup) -> [u8; 12] {
     both
 }
 
-/// Rewrites the addresses and ports of a TCP or UDP packet to `out`.
+/// Rewrites the addresses and ports of a parsed TCP or UDP packet to `out`.
 #[inline(always)]
-fn translate<P: Forwarder>(
-    packet: &mut P,
-    parsed: &IpPacket,
-    out: &FlowTuple,
-    src_port: [u8; 2],
-    dst_port: [u8; 2],
-    l4: usize,
-) -> Result<(), ()> {
+fn translate<P: Forwarder>(packet: &mut P, parsed: &IpPacket, out: &FlowTuple) -> Result<(), ()> {
     if parsed.src != out.src {
-        packet.replace_address(parsed.src_offset, parsed.ipv4_check, parsed.l4, None, &parsed.src, &out.src)?;
+        packet.replace_address(parsed, parsed.src_offset, &parsed.src, &out.src)?;
     }
     if parsed.dst != out.dst {
-        packet.replace_address(parsed.dst_offset, parsed.ipv4_check, parsed.l4, None, &parsed.dst, &out.dst)?;
+        packet.replace_address(parsed, parsed.dst_offset, &parsed.dst, &out.dst)?;
     }
-    if src_port != out.src_port {
-        packet.replace_port(l4, parsed.l4, None, src_port, out.src_port)?;
+    if parsed.src_port != out.src_port {
+        packet.replace_port(parsed, parsed.ports_offset, parsed.src_port, out.src_port)?;
     }
-    if dst_port != out.dst_port {
-        packet.replace_port(l4 + 2, parsed.l4, None, dst_port, out.dst_port)?;
+    if parsed.dst_port != out.dst_port {
+        packet.replace_port(parsed, parsed.ports_offset + DST_PORT_AFTER_SRC, parsed.dst_port, out.dst_port)?;
     }
     Ok(())
 }

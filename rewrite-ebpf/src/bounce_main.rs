@@ -6,6 +6,8 @@
 #![no_main]
 // For `atomic_xadd` (see `atomic::atomic_add`), as in the rewrite object.
 #![feature(core_intrinsics)]
+// For the one-instruction bound in `packet::bounded`.
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod atomic;

@@ -8,7 +8,7 @@
 //! business: a datagram whose first fragment was dropped cannot be reassembled anyway.
 //! Denied packets are sampled into a ring buffer while a `gate log` reader is there.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use rewrite_common::{
     counters::INGRESS,
     gate::{
@@ -21,43 +21,42 @@ use rewrite_common::{
 use crate::{
     maps::{
         GATE_ALLOW, GATE_LOG, GATE_LOG_LEASE, GATE_PORTS, GATE_SAMPLED_AT, GATE_SETTINGS, address_table, count_gate,
-        headers, prefix_entry, scratch, tables_in_use,
+        prefix_entry, tables_in_use,
     },
-    packet::Packet,
-    parse::parse,
+    parse::IpPacket,
 };
 
-/// Whether the gate drops the packet.
+/// Whether the gate drops the parsed packet. `prefix_key` is working memory for the
+/// source's prefix lookups.
 #[inline(always)]
-pub fn drops<P: Packet>(packet: &P) -> bool {
+pub fn drops(parsed: &IpPacket, prefix_key: &mut Key<Addr>) -> bool {
     let settings: GateSettings = match GATE_SETTINGS.get(0) {
         Some(settings) if settings.mode != MODE_OFF => *settings,
         _ => return false,
     };
-    let Some(headers) = headers() else { return false };
-    let Ok(parsed) = parse(packet) else { return false };
-    headers.outer = parsed;
-    let parsed = &headers.outer;
-    let Some((ports, _)) = parsed.ports else { return false };
-    let port = u16::from_be_bytes(ports.dst);
-    let Some(slot) = port_slot(ports.protocol, port) else { return false };
-    let class = effective_class(&settings, ports.protocol, port, GATE_PORTS.get(slot).copied().unwrap_or(PORT_OPEN));
+    if !parsed.has_ports() {
+        return false;
+    }
+    let protocol = parsed.protocol;
+    let port = u16::from_be_bytes(parsed.dst_port);
+    let Some(slot) = port_slot(protocol, port) else { return false };
+    let class = effective_class(&settings, protocol, port, GATE_PORTS.get(slot).copied().unwrap_or(PORT_OPEN));
     // Most packets go to open ports: they cost no source lookup.
     if class == PORT_OPEN {
         return false;
     }
-    match decide(&settings, class, source(&parsed.src)) {
+    match decide(&settings, class, source(&parsed.src, prefix_key)) {
         Decision::Ignore => false,
         Decision::Pass(counter) => {
             count_gate(counter);
             if counter == rewrite_common::gate::GATE_WOULD_DROP {
-                sample(&parsed.src, port, ports.protocol, false);
+                sample(&parsed.src, port, protocol, false);
             }
             false
         }
         Decision::Drop(counter) => {
             count_gate(counter);
-            sample(&parsed.src, port, ports.protocol, counter == GATE_DROPPED);
+            sample(&parsed.src, port, protocol, counter == GATE_DROPPED);
             true
         }
     }
@@ -97,16 +96,15 @@ fn sample(src: &Addr, port: u16, protocol: u8, dropped: bool) {
 
 /// Where `src` stands: the mapping table's REAL addresses and prefixes make the fleet.
 #[inline(always)]
-fn source(src: &rewrite_common::maps::Addr) -> Source {
+fn source(src: &Addr, prefix_key: &mut Key<Addr>) -> Source {
     if address_table::<INGRESS>().get_ptr(src).is_some() {
         return Source::Member;
     }
-    let Some(scratch) = scratch() else { return Source::Unknown };
-    scratch.prefix_key = aya_ebpf::maps::lpm_trie::Key::new(128, *src);
-    if tables_in_use().prefixes != 0 && prefix_entry::<INGRESS>(&scratch.prefix_key).is_some() {
+    *prefix_key = Key::new(128, *src);
+    if tables_in_use().prefixes != 0 && prefix_entry::<INGRESS>(prefix_key).is_some() {
         return Source::Member;
     }
-    if GATE_ALLOW.get(&scratch.prefix_key).is_some() {
+    if GATE_ALLOW.get(prefix_key).is_some() {
         return Source::AllowedPrefix;
     }
     Source::Unknown

@@ -1,12 +1,16 @@
-//! The dataplane: an XDP ingress program, a TC ingress program and a TC egress program
-//! that rewrite IPv4 and IPv6 addresses through the mapping maps (see `rewrite_common::mapping`
-//! for what a mapping means). The entry points only pick the packet access method and
-//! the direction; everything else is shared, so XDP and TC cannot drift apart.
+//! The dataplane: an XDP ingress program, TC ingress and egress programs that rewrite
+//! IPv4 and IPv6 addresses through the mapping maps (see `rewrite_common::mapping` for
+//! what a mapping means), and the TC programs that rewrite ICMP errors. The entry
+//! points only pick the packet access method and the direction, parse once, and hand
+//! the parsed packet to the gate and the rewrite; everything else is shared, so XDP and
+//! TC cannot drift apart.
 #![no_std]
 #![no_main]
 // For `atomic_xadd` (see `atomic::atomic_add`). The crate is built with RUSTC_BOOTSTRAP
 // already, for -Z build-std.
 #![feature(core_intrinsics)]
+// For the one-instruction bound in `packet::bounded`, as aya-ebpf itself uses asm.
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod atomic;
@@ -22,70 +26,107 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use rewrite_common::counters::{EGRESS, INGRESS};
+use rewrite_common::counters::{EGRESS, HELPER_ERROR, INGRESS};
 
 use crate::{
+    maps::{count, scratch, tables_in_use, tail_call_bounce, tail_call_icmp_errors},
     packet::{TcPacket, XdpPacket},
-    rewrite::{ALL_BUT_ICMP_ERRORS, ALL_PACKETS, ONLY_ICMP_ERRORS, rewrite_and_count},
+    parse::parse,
+    rewrite::{rewrite_icmp_error, rewrite_packet},
 };
 
 /// Ingress on devices whose packets come from a wire: runs before the skb exists.
 #[xdp]
 pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
-    let action = try_rewrite_xdp_ingress(&ctx).unwrap_or(xdp_action::XDP_PASS);
-    if action == xdp_action::XDP_DROP {
-        return action;
+    if rewrite_xdp(&ctx) == xdp_action::XDP_DROP {
+        return xdp_action::XDP_DROP;
     }
-    // A packet rewrite failed on still goes to bounce mode, which parses for itself.
-    maps::tail_call_bounce(&ctx);
-    action
+    // Every packet the gate let through goes on to bounce mode, which parses for itself.
+    tail_call_bounce(&ctx);
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
-fn try_rewrite_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
+fn rewrite_xdp(ctx: &XdpContext) -> u32 {
     let mut packet = XdpPacket::new(ctx);
-    if gate::drops(&packet) {
-        return Ok(xdp_action::XDP_DROP);
+    let Some(scratch) = scratch() else { return xdp_action::XDP_PASS };
+    if let Err(outcome) = parse(&packet, &mut scratch.outer) {
+        count(INGRESS, outcome);
+        return xdp_action::XDP_PASS;
     }
-    rewrite_and_count::<_, INGRESS, ALL_BUT_ICMP_ERRORS>(&mut packet)?;
-    Ok(xdp_action::XDP_PASS)
+    if gate::drops(&scratch.outer, &mut scratch.lookup.prefix_key) {
+        return xdp_action::XDP_DROP;
+    }
+    // ICMP errors are left to the TC program beside XDP, which counts them: a quoted
+    // packet is more than XDP's verifier bounds and stack allow.
+    if scratch.outer.quoted == 0 {
+        let outcome = rewrite_packet::<_, INGRESS>(&mut packet, scratch, &tables_in_use());
+        count(INGRESS, outcome);
+    }
+    xdp_action::XDP_PASS
 }
 
-// The TC programs return TC_ACT_UNSPEC (TCX_NEXT) rather than TC_ACT_OK: the packet
-// passes either way, but only "next" lets other tcx programs and classic clsact filters
-// on the same device run after rewrite.
+// The TC programs return TC_ACT_UNSPEC (TCX_NEXT, and "next filter" for cls_bpf in
+// direct-action mode) rather than TC_ACT_OK: the packet passes either way, but only
+// "next" lets other programs and filters on the same device run after rewrite.
 
 /// Ingress where XDP cannot see partial checksums (veth and other virtual devices).
 #[classifier]
-pub fn rewrite_tc_ingress(ctx: TcContext) -> i32 {
-    try_rewrite_tc::<INGRESS, ALL_PACKETS>(ctx).unwrap_or(TC_ACT_UNSPEC)
+pub fn rewrite_tc_ingress(mut ctx: TcContext) -> i32 {
+    rewrite_tc::<INGRESS>(&mut ctx)
 }
 
 /// Egress on every attached device.
 #[classifier]
-pub fn rewrite_tc_egress(ctx: TcContext) -> i32 {
-    try_rewrite_tc::<EGRESS, ALL_PACKETS>(ctx).unwrap_or(TC_ACT_UNSPEC)
+pub fn rewrite_tc_egress(mut ctx: TcContext) -> i32 {
+    rewrite_tc::<EGRESS>(&mut ctx)
 }
 
-/// Beside the XDP ingress program: rewrites the ICMP errors that XDP leaves alone (a
-/// quoted packet is more than XDP's verifier bounds and stack allow) and lets
-/// everything else through at once.
-#[classifier]
-pub fn rewrite_tc_icmp_errors(ctx: TcContext) -> i32 {
-    try_rewrite_tc::<INGRESS, ONLY_ICMP_ERRORS>(ctx).unwrap_or(TC_ACT_UNSPEC)
-}
-
-// Inlined into each entry point: as a separate BPF function its frame would add to the
-// entry's, past the 512-byte limit for the whole call chain.
 #[inline(always)]
-fn try_rewrite_tc<const DIRECTION: u32, const PACKETS: u32>(mut ctx: TcContext) -> Result<i32, ()> {
-    let mut packet = TcPacket::new(&mut ctx);
-    // The gate runs once per packet: in TC only where TC is the ingress program.
-    if DIRECTION == INGRESS && PACKETS == ALL_PACKETS && gate::drops(&packet) {
-        return Ok(TC_ACT_SHOT);
+fn rewrite_tc<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
+    let Some(scratch) = scratch() else { return TC_ACT_UNSPEC };
+    let mut packet = TcPacket::new(ctx);
+    if let Err(outcome) = parse(&packet, &mut scratch.outer) {
+        count(DIRECTION, outcome);
+        return TC_ACT_UNSPEC;
     }
-    rewrite_and_count::<_, DIRECTION, PACKETS>(&mut packet)?;
-    Ok(TC_ACT_UNSPEC)
+    // The gate runs once per packet: in TC only where TC is the ingress program.
+    if DIRECTION == INGRESS && gate::drops(&scratch.outer, &mut scratch.lookup.prefix_key) {
+        return TC_ACT_SHOT;
+    }
+    if scratch.outer.quoted != 0 {
+        tail_call_icmp_errors(packet.context(), DIRECTION);
+        // Only reached when the slot is empty, which `attach` never leaves it.
+        count(DIRECTION, HELPER_ERROR);
+        return TC_ACT_UNSPEC;
+    }
+    let outcome = rewrite_packet::<_, DIRECTION>(&mut packet, scratch, &tables_in_use());
+    count(DIRECTION, outcome);
+    TC_ACT_UNSPEC
+}
+
+/// Rewrites ingress ICMP errors and the packet each quotes, and lets every other packet
+/// through at once. Attached beside the XDP ingress program (which leaves ICMP errors
+/// alone), and tail-called by the TC ingress program.
+#[classifier]
+pub fn rewrite_tc_icmp_errors(mut ctx: TcContext) -> i32 {
+    icmp_errors::<INGRESS>(&mut ctx)
+}
+
+/// The same for egress, tail-called by the TC egress program.
+#[classifier]
+pub fn rewrite_tc_egress_icmp_errors(mut ctx: TcContext) -> i32 {
+    icmp_errors::<EGRESS>(&mut ctx)
+}
+
+#[inline(always)]
+fn icmp_errors<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
+    let Some(scratch) = scratch() else { return TC_ACT_UNSPEC };
+    let mut packet = TcPacket::new(ctx);
+    if let Some(outcome) = rewrite_icmp_error::<_, DIRECTION>(&mut packet, scratch, &tables_in_use()) {
+        count(DIRECTION, outcome);
+    }
+    TC_ACT_UNSPEC
 }
 
 /// An XDP program that does nothing: the baseline that benchmarks subtract from the

@@ -120,11 +120,23 @@ pub fn tables_in_use() -> TablesInUse {
     TABLES_IN_USE.get(0).copied().unwrap_or(TablesInUse { ports: 1, prefixes: 1 })
 }
 
-/// Working memory for lookup keys and results, per CPU: the BPF stack (512 bytes)
-/// cannot hold them for both sides of a packet. A program runs to completion on its
-/// CPU, so no other packet touches the slot meanwhile.
+/// Working memory of a program run, per CPU: the parsed headers (of the packet, and of
+/// the packet an ICMP error quotes), the lookup keys and what each side becomes. The
+/// BPF stack (512 bytes) cannot hold them, and values the verifier reads back from map
+/// memory are unknown to it, which keeps the paths it walks from multiplying. A program
+/// runs to completion on its CPU (tail calls included), so no other packet touches the
+/// slot meanwhile. One map, looked up once per packet.
 #[repr(C)]
 pub struct Scratch {
+    pub outer: IpPacket,
+    /// The packet an ICMP error quotes.
+    pub quoted: IpPacket,
+    pub lookup: Lookup,
+}
+
+/// The lookup keys of one packet (or quote) and what each of its sides becomes.
+#[repr(C)]
+pub struct Lookup {
     /// What each side (source, destination) of the packet being rewritten becomes.
     pub plans: [SidePlan; 2],
     pub endpoint: Endpoint,
@@ -150,30 +162,29 @@ pub const MATCHED_PREFIX: u32 = 3;
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// The parsed headers of the packet in TC, per CPU, kept apart from [`Scratch`] so
-/// that references into the two never alias.
-#[repr(C)]
-pub struct Headers {
-    pub outer: IpPacket,
-    /// The packet an ICMP error quotes.
-    pub quoted: IpPacket,
-}
-
-#[map(name = "HEADERS")]
-static HEADERS: PerCpuArray<Headers> = PerCpuArray::with_max_entries(1, 0);
-
-/// This CPU's header area.
-#[inline(always)]
-pub fn headers() -> Option<&'static mut Headers> {
-    // SAFETY: the slot belongs to this CPU for the program's run (see `Scratch`).
-    HEADERS.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
-}
-
 /// This CPU's scratch area.
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut Scratch> {
     // SAFETY: the slot belongs to this CPU for the program's run (see `Scratch`).
     SCRATCH.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}
+
+/// The TC programs that rewrite ICMP errors (and the packet each quotes), indexed by
+/// direction (`counters::INGRESS`, `counters::EGRESS`). The TC ingress and egress
+/// programs hand ICMP errors to them with a tail call: a quoted packet doubles the
+/// work, and in one program it took older verifiers (6.1) past their million
+/// instructions. Pinned, so that the slots outlive the process that filled them (the
+/// kernel empties a program array when its last user reference goes).
+#[map(name = "ICMP_ERRORS")]
+static ICMP_ERRORS: ProgramArray = ProgramArray::pinned(counters::DIRECTIONS, 0);
+
+/// Hands an ICMP error to the direction's ICMP-error program; returns only if the slot
+/// is empty.
+#[inline(always)]
+pub fn tail_call_icmp_errors(ctx: &aya_ebpf::programs::TcContext, direction: u32) {
+    // SAFETY: the tail call replaces this program's run with the other program's, on
+    // the same context; if the slot is empty it returns and this program goes on.
+    unsafe { ICMP_ERRORS.tail_call(ctx, direction) };
 }
 
 /// Outcome counters, see `rewrite_common::counters`. Per CPU so that counting costs no

@@ -14,16 +14,7 @@ use aya_ebpf::{
 };
 use rewrite_common::{checksum, maps::Addr};
 
-/// Which transport checksum covers the addresses (through the pseudo-header).
-#[derive(Clone, Copy)]
-pub enum L4Checksum {
-    /// ICMP over IPv4 (no pseudo-header), or a non-first fragment (no transport header).
-    NotCovered,
-    /// TCP or ICMPv6, with the checksum field at this offset from the packet's start.
-    Covered(usize),
-    /// UDP, likewise. Zero means "no checksum" and must stay zero.
-    CoveredUdp(usize),
-}
+use crate::parse::IpPacket;
 
 pub trait Packet {
     /// Length of the whole packet in bytes.
@@ -33,35 +24,37 @@ pub trait Packet {
     /// shorter than `offset + size_of::<T>()`.
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
 
-    /// Replaces the address at `address_offset` by `new`: its last 4 bytes for IPv4
-    /// (`ipv4_check` is the header checksum to update), all 16 for IPv6. Updates the
-    /// transport checksum `l4` too, and, for a packet quoted in an ICMP error, the
-    /// error's checksum `icmp_check`, which covers the changed bytes as plain data.
-    fn replace_address(
-        &mut self,
-        address_offset: usize,
-        ipv4_check: Option<usize>,
-        l4: L4Checksum,
-        icmp_check: Option<usize>,
-        old: &Addr,
-        new: &Addr,
-    ) -> Result<(), ()>;
+    /// Replaces the address at `offset` (a field of `parsed`) by `new`: its last 4
+    /// bytes for IPv4, all 16 for IPv6. Updates the checksums `parsed` names: the IPv4
+    /// header checksum, the transport checksum (through the pseudo-header), and, for a
+    /// packet quoted in an ICMP error, the error's checksum, which covers the changed
+    /// bytes as plain data.
+    fn replace_address(&mut self, parsed: &IpPacket, offset: u16, old: &Addr, new: &Addr) -> Result<(), ()>;
 
-    /// Replaces the TCP or UDP port at `port_offset` by `new` and updates the transport
-    /// checksum `l4` (the port is in the covered data, not in the pseudo-header) and
-    /// `icmp_check` as above.
-    fn replace_port(
-        &mut self,
-        port_offset: usize,
-        l4: L4Checksum,
-        icmp_check: Option<usize>,
-        old: [u8; 2],
-        new: [u8; 2],
-    ) -> Result<(), ()>;
+    /// Replaces the TCP or UDP port at `offset` by `new` and updates the transport
+    /// checksum (the port is in the covered data, not in the pseudo-header) and the
+    /// ICMP error's checksum as above.
+    fn replace_port(&mut self, parsed: &IpPacket, offset: u16, old: [u8; 2], new: [u8; 2]) -> Result<(), ()>;
 }
 
 /// No header the programs touch lies further into a frame than this.
 const MAX_XDP_OFFSET: usize = 2048;
+/// A mask that keeps every offset up to `MAX_XDP_OFFSET`.
+const XDP_OFFSET_MASK: usize = 4095;
+const _: () = assert!(MAX_XDP_OFFSET <= XDP_OFFSET_MASK);
+
+/// `offset & XDP_OFFSET_MASK`, through an instruction the compiler cannot see into.
+/// The verifier must know an offset's bounds where it is added to the packet pointer.
+/// A comparison alone is not enough: the compiler keeps the checked value and the value
+/// it adds in different registers, or reloads one from the stack, and older verifiers
+/// (6.1 and before) do not carry the comparison's bounds over to the copy. The result
+/// of this AND is bounded in whatever register or stack slot it travels.
+#[inline(always)]
+fn bounded(mut offset: usize) -> usize {
+    // SAFETY: one ALU instruction on a register; no memory, no stack, no side effect.
+    unsafe { core::arch::asm!("{0} &= 4095", inout(reg) offset, options(pure, nomem, nostack)) };
+    offset
+}
 
 pub struct XdpPacket<'a> {
     ctx: &'a XdpContext,
@@ -77,11 +70,10 @@ impl<'a> XdpPacket<'a> {
     /// verifier tracks (packet pointer plus bounded offset compared to data_end).
     #[inline(always)]
     fn pointer<T>(&self, offset: usize) -> Option<*mut T> {
-        // Offsets computed from headers may reach here through the stack, where the
-        // verifier forgets their bounds; this comparison gives them back.
         if offset > MAX_XDP_OFFSET {
             return None;
         }
+        let offset = bounded(offset);
         let start = self.ctx.data();
         let end = self.ctx.data_end();
         if start + offset + core::mem::size_of::<T>() > end {
@@ -108,16 +100,23 @@ impl<'a> XdpPacket<'a> {
         Ok(())
     }
 
+    /// The big-endian 16-bit field at `offset` (a checksum), as a pointer to it.
     #[inline(always)]
-    fn read_u16(&self, offset: usize) -> Option<u16> {
-        self.read::<[u8; 2]>(offset).map(u16::from_be_bytes)
+    fn field_u16(&self, offset: u16) -> Result<*mut [u8; 2], ()> {
+        self.pointer::<[u8; 2]>(usize::from(offset)).ok_or(())
     }
+}
 
-    /// Replaces the big-endian 16-bit field at `offset` (a checksum) by `update(old)`.
-    #[inline(always)]
-    fn update_u16(&mut self, offset: usize, update: impl Fn(u16) -> u16) -> Result<(), ()> {
-        let old = self.read_u16(offset).ok_or(())?;
-        self.write(offset, update(old).to_be_bytes())
+/// Reads and writes a big-endian 16-bit field through a checked pointer.
+///
+/// # Safety
+/// `field` must come from [`XdpPacket::pointer`].
+#[inline(always)]
+unsafe fn update_field(field: *mut [u8; 2], update: impl FnOnce(u16) -> u16) {
+    // SAFETY: as the caller guarantees: inside the packet, writable, byte-aligned.
+    unsafe {
+        let old = u16::from_be_bytes(field.read_unaligned());
+        field.write_unaligned(update(old).to_be_bytes());
     }
 }
 
@@ -135,82 +134,71 @@ impl Packet for XdpPacket<'_> {
     }
 
     #[inline(always)]
-    fn replace_address(
-        &mut self,
-        address_offset: usize,
-        ipv4_check: Option<usize>,
-        l4: L4Checksum,
-        icmp_check: Option<usize>,
-        old: &Addr,
-        new: &Addr,
-    ) -> Result<(), ()> {
+    fn replace_address(&mut self, parsed: &IpPacket, offset: u16, old: &Addr, new: &Addr) -> Result<(), ()> {
         // XDP leaves ICMP errors to the TC program beside it (see `rewrite`), so it
         // never rewrites a quoted packet.
-        if icmp_check.is_some() {
+        if parsed.icmp_check != 0 {
             return Err(());
         }
         // Each field is updated in place, one after the other: holding all the new
         // values first would not fit the BPF stack. Parsing has bounds-checked every
         // field, so a failure here is a bug, counted as a helper error.
+        let udp = parsed.l4_udp != 0;
+        if parsed.is_ipv6() {
+            if parsed.l4_check != 0 {
+                let check = self.field_u16(parsed.l4_check)?;
+                // SAFETY: from `pointer`.
+                unsafe {
+                    update_field(check, |sum| {
+                        if udp {
+                            checksum::replace_udp_bytes16(sum, &old.octets, &new.octets)
+                        } else {
+                            checksum::replace_bytes16(sum, &old.octets, &new.octets)
+                        }
+                    });
+                }
+            }
+            return self.write(usize::from(offset), new.octets);
+        }
         let (old_v4, new_v4) = (u32::from_be_bytes(old.v4()), u32::from_be_bytes(new.v4()));
-        match (l4, ipv4_check) {
-            (L4Checksum::NotCovered, _) => {}
-            (L4Checksum::Covered(offset), Some(_)) => {
-                self.update_u16(offset, |check| checksum::replace_u32(check, old_v4, new_v4))?;
-            }
-            (L4Checksum::Covered(offset), None) => {
-                self.update_u16(offset, |check| checksum::replace_bytes16(check, &old.octets, &new.octets))?;
-            }
-            (L4Checksum::CoveredUdp(offset), Some(_)) => {
-                self.update_u16(offset, |check| checksum::replace_udp_u32(check, old_v4, new_v4))?;
-            }
-            (L4Checksum::CoveredUdp(offset), None) => {
-                self.update_u16(offset, |check| checksum::replace_udp_bytes16(check, &old.octets, &new.octets))?;
+        if parsed.l4_check != 0 {
+            let check = self.field_u16(parsed.l4_check)?;
+            // SAFETY: from `pointer`.
+            unsafe {
+                update_field(check, |sum| {
+                    if udp {
+                        checksum::replace_udp_u32(sum, old_v4, new_v4)
+                    } else {
+                        checksum::replace_u32(sum, old_v4, new_v4)
+                    }
+                });
             }
         }
-        match ipv4_check {
-            Some(offset) => {
-                self.update_u16(offset, |check| checksum::replace_u32(check, old_v4, new_v4))?;
-                self.write(address_offset, new.v4())
-            }
-            None => self.write(address_offset, new.octets),
-        }
+        let header_check = self.field_u16(parsed.ipv4_check)?;
+        // SAFETY: from `pointer`.
+        unsafe { update_field(header_check, |sum| checksum::replace_u32(sum, old_v4, new_v4)) };
+        self.write(usize::from(offset), new.v4())
     }
 
     #[inline(always)]
-    fn replace_port(
-        &mut self,
-        port_offset: usize,
-        l4: L4Checksum,
-        icmp_check: Option<usize>,
-        old: [u8; 2],
-        new: [u8; 2],
-    ) -> Result<(), ()> {
-        if icmp_check.is_some() {
+    fn replace_port(&mut self, parsed: &IpPacket, offset: u16, old: [u8; 2], new: [u8; 2]) -> Result<(), ()> {
+        if parsed.icmp_check != 0 {
             return Err(());
         }
         let (old_port, new_port) = (u16::from_be_bytes(old), u16::from_be_bytes(new));
-        let check_update = match l4 {
-            L4Checksum::NotCovered => None,
-            L4Checksum::Covered(offset) => {
-                let check = self.read_u16(offset).ok_or(())?;
-                Some((offset, checksum::replace_u16(check, old_port, new_port)))
-            }
-            L4Checksum::CoveredUdp(offset) => {
-                let check = self.read_u16(offset).ok_or(())?;
-                let updated = match checksum::replace_u16(check, old_port, new_port) {
-                    _ if check == 0 => 0,
-                    0 => 0xffff,
+        if parsed.l4_check != 0 {
+            let udp = parsed.l4_udp != 0;
+            let check = self.field_u16(parsed.l4_check)?;
+            // SAFETY: from `pointer`.
+            unsafe {
+                update_field(check, |sum| match checksum::replace_u16(sum, old_port, new_port) {
+                    _ if udp && sum == 0 => 0,
+                    0 if udp => 0xffff,
                     updated => updated,
-                };
-                Some((offset, updated))
+                });
             }
-        };
-        self.write(port_offset, new)?;
-        if let Some((offset, check)) = check_update {
-            self.write(offset, check.to_be_bytes())?;
         }
-        Ok(())
+        self.write(usize::from(offset), new)
     }
 }
 
@@ -225,8 +213,7 @@ impl<'a> TcPacket<'a> {
     }
 
     /// The program's context, for the helpers that are not about the packet's bytes
-    /// (route lookup, redirect).
-    #[allow(dead_code, reason = "the bounce object uses it; the rewrite object does not")]
+    /// (route lookup, redirect, tail calls).
     #[inline(always)]
     pub fn context(&mut self) -> &mut TcContext {
         self.ctx
@@ -240,36 +227,37 @@ impl<'a> TcPacket<'a> {
     }
 
     /// Folds the change of one 32-bit word of the pseudo-header into the transport
-    /// checksum, with the helper that also keeps CHECKSUM_PARTIAL and
-    /// CHECKSUM_COMPLETE skbs consistent.
+    /// checksum at `parsed.l4_check`, if there is one, with the helper that also keeps
+    /// CHECKSUM_PARTIAL and CHECKSUM_COMPLETE skbs consistent.
     #[inline(always)]
-    fn l4_word(&mut self, l4: L4Checksum, old: [u8; 4], new: [u8; 4]) -> Result<(), ()> {
-        // The helpers take the old and new values as they sit in memory (__be32). The
-        // low bits of the flags give the size of the changed field.
-        let (old_raw, new_raw) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
-        let pseudo = u64::from(BPF_F_PSEUDO_HDR) | 4;
-        match l4 {
-            L4Checksum::NotCovered => Ok(()),
-            L4Checksum::Covered(offset) => self.ctx.l4_csum_replace(offset, old_raw, new_raw, pseudo).map_err(|_| ()),
-            // MARK_MANGLED_0 leaves a zero (absent) UDP checksum alone and sends a
-            // computed zero as 0xffff.
-            L4Checksum::CoveredUdp(offset) => self
-                .ctx
-                .l4_csum_replace(offset, old_raw, new_raw, pseudo | u64::from(BPF_F_MARK_MANGLED_0))
-                .map_err(|_| ()),
+    fn l4_word(&mut self, parsed: &IpPacket, old: [u8; 4], new: [u8; 4]) -> Result<(), ()> {
+        if parsed.l4_check == 0 {
+            return Ok(());
         }
+        // The helpers take the old and new values as they sit in memory (__be32). The
+        // low bits of the flags give the size of the changed field. MARK_MANGLED_0
+        // leaves a zero (absent) UDP checksum alone and sends a computed zero as 0xffff.
+        let (old_raw, new_raw) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
+        let udp = if parsed.l4_udp != 0 { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+        let flags = u64::from(BPF_F_PSEUDO_HDR) | 4 | udp;
+        self.ctx.l4_csum_replace(usize::from(parsed.l4_check), old_raw, new_raw, flags).map_err(|_| ())
+    }
+
+    /// Folds a change of `SIZE` bytes (2 or 4) of plain covered data into the ICMP
+    /// checksum over a quoted packet, if `parsed` is one.
+    #[inline(always)]
+    fn icmp_data(&mut self, parsed: &IpPacket, old: u64, new: u64, size: u64) -> Result<(), ()> {
+        if parsed.icmp_check == 0 {
+            return Ok(());
+        }
+        self.ctx.l4_csum_replace(usize::from(parsed.icmp_check), old, new, size).map_err(|_| ())
     }
 }
 
-impl TcPacket<'_> {
-    /// Folds a change of 4 bytes of plain covered data into the checksum at `check`
-    /// (the ICMP checksum over a quoted packet), if there is one.
-    #[inline(always)]
-    fn data_word(&mut self, check: Option<usize>, old: [u8; 4], new: [u8; 4]) -> Result<(), ()> {
-        let Some(offset) = check else { return Ok(()) };
-        let (old_raw, new_raw) = (u64::from(u32::from_ne_bytes(old)), u64::from(u32::from_ne_bytes(new)));
-        self.ctx.l4_csum_replace(offset, old_raw, new_raw, 4).map_err(|_| ())
-    }
+/// A 4-byte word of an address as the helpers take it (its bytes as they sit in memory).
+#[inline(always)]
+fn raw_word(word: [u8; 4]) -> u64 {
+    u64::from(u32::from_ne_bytes(word))
 }
 
 impl Packet for TcPacket<'_> {
@@ -285,70 +273,46 @@ impl Packet for TcPacket<'_> {
     }
 
     #[inline(always)]
-    fn replace_address(
-        &mut self,
-        address_offset: usize,
-        ipv4_check: Option<usize>,
-        l4: L4Checksum,
-        icmp_check: Option<usize>,
-        old: &Addr,
-        new: &Addr,
-    ) -> Result<(), ()> {
+    fn replace_address(&mut self, parsed: &IpPacket, offset: u16, old: &Addr, new: &Addr) -> Result<(), ()> {
         // The skb's flow hash was computed from the old addresses; dropping it makes
         // RPS/XPS and anything else that steers by it see the rewritten flow.
         let store_flags = u64::from(BPF_F_INVALIDATE_HASH);
-        match ipv4_check {
-            Some(check_offset) => {
-                self.l4_word(l4, old.v4(), new.v4())?;
-                self.data_word(icmp_check, old.v4(), new.v4())?;
-                let (old_raw, new_raw) =
-                    (u64::from(u32::from_ne_bytes(old.v4())), u64::from(u32::from_ne_bytes(new.v4())));
-                let old_ip_check: [u8; 2] = self.read(check_offset).ok_or(())?;
-                self.ctx.l3_csum_replace(check_offset, old_raw, new_raw, 4).map_err(|_| ())?;
-                if let Some(icmp) = icmp_check {
-                    // A quoted IPv4 header's checksum is part of the ICMP message.
-                    let new_ip_check: [u8; 2] = self.read(check_offset).ok_or(())?;
-                    let (from, to) =
-                        (u64::from(u16::from_ne_bytes(old_ip_check)), u64::from(u16::from_ne_bytes(new_ip_check)));
-                    self.ctx.l4_csum_replace(icmp, from, to, 2).map_err(|_| ())?;
-                }
-                self.ctx.store(address_offset, &new.v4(), store_flags).map_err(|_| ())
+        if parsed.is_ipv6() {
+            for word in 0..4 {
+                let at = word * 4;
+                let old_word = [old.octets[at], old.octets[at + 1], old.octets[at + 2], old.octets[at + 3]];
+                let new_word = [new.octets[at], new.octets[at + 1], new.octets[at + 2], new.octets[at + 3]];
+                self.l4_word(parsed, old_word, new_word)?;
+                self.icmp_data(parsed, raw_word(old_word), raw_word(new_word), 4)?;
             }
-            None => {
-                for word in 0..4 {
-                    let at = word * 4;
-                    let old_word = [old.octets[at], old.octets[at + 1], old.octets[at + 2], old.octets[at + 3]];
-                    let new_word = [new.octets[at], new.octets[at + 1], new.octets[at + 2], new.octets[at + 3]];
-                    self.l4_word(l4, old_word, new_word)?;
-                    self.data_word(icmp_check, old_word, new_word)?;
-                }
-                self.ctx.store(address_offset, &new.octets, store_flags).map_err(|_| ())
-            }
+            return self.ctx.store(usize::from(offset), &new.octets, store_flags).map_err(|_| ());
         }
+        self.l4_word(parsed, old.v4(), new.v4())?;
+        self.icmp_data(parsed, raw_word(old.v4()), raw_word(new.v4()), 4)?;
+        let header_check = usize::from(parsed.ipv4_check);
+        if parsed.icmp_check == 0 {
+            self.ctx.l3_csum_replace(header_check, raw_word(old.v4()), raw_word(new.v4()), 4).map_err(|_| ())?;
+        } else {
+            // A quoted IPv4 header's checksum is part of the ICMP message: its change
+            // is folded into the error's checksum too.
+            let before: [u8; 2] = self.read(header_check).ok_or(())?;
+            self.ctx.l3_csum_replace(header_check, raw_word(old.v4()), raw_word(new.v4()), 4).map_err(|_| ())?;
+            let after: [u8; 2] = self.read(header_check).ok_or(())?;
+            let (from, to) = (u64::from(u16::from_ne_bytes(before)), u64::from(u16::from_ne_bytes(after)));
+            self.icmp_data(parsed, from, to, 2)?;
+        }
+        self.ctx.store(usize::from(offset), &new.v4(), store_flags).map_err(|_| ())
     }
 
     #[inline(always)]
-    fn replace_port(
-        &mut self,
-        port_offset: usize,
-        l4: L4Checksum,
-        icmp_check: Option<usize>,
-        old: [u8; 2],
-        new: [u8; 2],
-    ) -> Result<(), ()> {
+    fn replace_port(&mut self, parsed: &IpPacket, offset: u16, old: [u8; 2], new: [u8; 2]) -> Result<(), ()> {
         let (old_raw, new_raw) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
         // Size 2 and no pseudo-header flag: the port is ordinary covered data.
-        match l4 {
-            L4Checksum::NotCovered => {}
-            L4Checksum::Covered(offset) => self.ctx.l4_csum_replace(offset, old_raw, new_raw, 2).map_err(|_| ())?,
-            L4Checksum::CoveredUdp(offset) => self
-                .ctx
-                .l4_csum_replace(offset, old_raw, new_raw, 2 | u64::from(BPF_F_MARK_MANGLED_0))
-                .map_err(|_| ())?,
+        if parsed.l4_check != 0 {
+            let udp = if parsed.l4_udp != 0 { u64::from(BPF_F_MARK_MANGLED_0) } else { 0 };
+            self.ctx.l4_csum_replace(usize::from(parsed.l4_check), old_raw, new_raw, 2 | udp).map_err(|_| ())?;
         }
-        if let Some(offset) = icmp_check {
-            self.ctx.l4_csum_replace(offset, old_raw, new_raw, 2).map_err(|_| ())?;
-        }
-        self.ctx.store(port_offset, &new, u64::from(BPF_F_INVALIDATE_HASH)).map_err(|_| ())
+        self.icmp_data(parsed, old_raw, new_raw, 2)?;
+        self.ctx.store(usize::from(offset), &new, u64::from(BPF_F_INVALIDATE_HASH)).map_err(|_| ())
     }
 }

@@ -1,7 +1,14 @@
 //! Header parsing: Ethernet (with at most one 802.1Q tag), then IPv4 with its options
 //! (IHL) or IPv6 with its extension headers, then just enough of the transport header
-//! to find its checksum. Anything that does not parse is reported as an outcome and
-//! the packet passes unchanged.
+//! to find its checksum and ports. Anything that does not parse is reported as an
+//! outcome and the packet passes unchanged.
+//!
+//! The result is written field by field into an [`IpPacket`] in per-CPU map memory,
+//! never built on the stack and copied: a struct with `Option` or enum fields leaves
+//! bytes unwritten, and copying it reads stack slots that are not written on every
+//! path, which the 5.10 verifier refuses. Values read back from map memory are also
+//! unknown to the verifier, so the paths through parsing converge again afterwards
+//! instead of multiplying through the rest of the program.
 
 use network_types::{
     eth::EthHdr,
@@ -15,9 +22,7 @@ use rewrite_common::{
     maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use rewrite_common::mapping::PacketPorts;
-
-use crate::packet::{L4Checksum, Packet};
+use crate::packet::Packet;
 
 /// Offsets inside an IPv4 header.
 const IPV4_CHECK: usize = 10;
@@ -30,8 +35,11 @@ const IPV6_DST: usize = 24;
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
 const ICMP_CHECK: usize = 2;
-/// The smallest ICMP or ICMPv6 message: type, code, checksum and four more bytes.
-const ICMP_MIN_LEN: usize = 8;
+/// Offset of the destination port from the source port in TCP and UDP headers.
+pub const DST_PORT_AFTER_SRC: u16 = 2;
+/// The smallest ICMP or ICMPv6 message: type, code, checksum and four more bytes; a
+/// quoted packet starts after them.
+pub const ICMP_HEADER: u16 = 8;
 /// The fragment offset bits of the IPv4 flags-and-offset field, and of the IPv6
 /// fragment header's offset-and-flags field.
 const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
@@ -60,23 +68,34 @@ const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
 const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 
 /// Where a parsed packet keeps the fields the rewrite touches. Addresses are in the
-/// maps' 16-byte form; the offsets are those of the fields in the packet.
+/// maps' 16-byte form; offsets are those of the fields from the frame's start, and 0
+/// means "none" (no field of interest ever sits at offset 0, the Ethernet header's).
+/// Every field is written for every packet that parses.
+#[repr(C)]
 pub struct IpPacket {
     pub src: Addr,
     pub dst: Addr,
-    pub src_offset: usize,
-    pub dst_offset: usize,
-    /// The IPv4 header checksum's offset; `None` for IPv6, which has none.
-    pub ipv4_check: Option<usize>,
-    pub l4: L4Checksum,
-    /// The ports of a TCP or UDP packet that carries its header: the values, and the
-    /// offset of the source port (the destination port follows it).
-    pub ports: Option<(PacketPorts, usize)>,
-    /// A fragment other than the first: no transport header, so no ports.
-    pub later_fragment: bool,
+    pub src_offset: u16,
+    pub dst_offset: u16,
+    /// The IPv4 header checksum's offset; 0 for IPv6, which has none.
+    pub ipv4_check: u16,
+    /// The transport checksum that covers the addresses through the pseudo-header
+    /// (TCP, UDP, ICMPv6); 0 when none does (ICMP over IPv4, a later fragment).
+    pub l4_check: u16,
+    /// 1 when `l4_check` is a UDP checksum, whose zero means "none" and must stay zero.
+    pub l4_udp: u8,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP` when the packet carries ports, else 0.
+    pub protocol: u8,
+    /// 1 for a fragment other than the first: no transport header, so no ports.
+    pub later_fragment: u8,
+    pub reserved: u8,
+    /// The source port's offset (the destination port follows it); 0 without ports.
+    pub ports_offset: u16,
+    /// The ports, big-endian as on the wire (zero without ports).
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
     /// For a packet quoted inside an ICMP error: the offset of the ICMP checksum that
-    /// covers its bytes as plain data; 0 for the outer packet. (Offsets are small, and
-    /// a `u16` rather than an `Option<usize>` keeps XDP within its 512-byte stack.)
+    /// covers its bytes as plain data; 0 for the outer packet.
     pub icmp_check: u16,
     /// For an ICMP error: where the quoted packet (its IP header) starts; 0 if none.
     pub quoted: u16,
@@ -85,10 +104,30 @@ pub struct IpPacket {
     pub datagram_end: u16,
 }
 
-/// Parses an Ethernet frame carrying IPv4 or IPv6, or returns the outcome counter that
-/// says why the packet is left alone (`MALFORMED` or `UNSUPPORTED`).
+impl IpPacket {
+    #[inline(always)]
+    pub fn is_ipv6(&self) -> bool {
+        self.ipv4_check == 0
+    }
+
+    #[inline(always)]
+    pub fn has_ports(&self) -> bool {
+        self.ports_offset != 0
+    }
+}
+
+/// Offsets are below `MAX_L4_OFFSET` plus a header (checked), or a datagram's end,
+/// which is capped: they fit a u16.
 #[inline(always)]
-pub fn parse<P: Packet>(packet: &P) -> Result<IpPacket, u32> {
+#[expect(clippy::cast_possible_truncation, reason = "offsets are bounded by the parser's checks or capped")]
+fn short(offset: usize) -> u16 {
+    if offset > usize::from(u16::MAX) { u16::MAX } else { offset as u16 }
+}
+
+/// Parses an Ethernet frame carrying IPv4 or IPv6 into `out`, or returns the outcome
+/// counter that says why the packet is left alone (`MALFORMED` or `UNSUPPORTED`).
+#[inline(always)]
+pub fn parse<P: Packet>(packet: &P, out: &mut IpPacket) -> Result<(), u32> {
     let eth: EthHdr = packet.read(0).ok_or(MALFORMED)?;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut l3 = EthHdr::LEN;
@@ -98,8 +137,8 @@ pub fn parse<P: Packet>(packet: &P) -> Result<IpPacket, u32> {
         l3 += VlanHdr::LEN;
     }
     match ether_type {
-        ETH_P_IP => parse_ipv4(packet, l3),
-        ETH_P_IPV6 => parse_ipv6(packet, l3),
+        ETH_P_IP => parse_ipv4(packet, l3, out),
+        ETH_P_IPV6 => parse_ipv6(packet, l3, out),
         _ => Err(UNSUPPORTED),
     }
 }
@@ -113,7 +152,7 @@ fn claimed_length<P: Packet>(packet: &P, l3: usize, header_len: usize, claimed: 
 }
 
 #[inline(always)]
-fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
+fn parse_ipv4<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<(), u32> {
     let ip: Ipv4Hdr = packet.read(l3).ok_or(MALFORMED)?;
     if ip.vihl >> 4 != 4 {
         return Err(MALFORMED);
@@ -127,24 +166,18 @@ fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
         return Err(MALFORMED);
     }
     let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
-    let (l4, ports, quoted) = transport(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false)?;
-    Ok(IpPacket {
-        src: Addr::from_v4(ip.src_addr),
-        dst: Addr::from_v4(ip.dst_addr),
-        src_offset: l3 + IPV4_SRC,
-        dst_offset: l3 + IPV4_DST,
-        ipv4_check: Some(l3 + IPV4_CHECK),
-        l4,
-        ports,
-        later_fragment: !first_fragment,
-        icmp_check: 0,
-        quoted: quoted.and_then(|offset| u16::try_from(offset).ok()).unwrap_or(0),
-        datagram_end: u16::try_from(l3 + total_len).unwrap_or(u16::MAX),
-    })
+    out.src = Addr::from_v4(ip.src_addr);
+    out.dst = Addr::from_v4(ip.dst_addr);
+    out.src_offset = short(l3 + IPV4_SRC);
+    out.dst_offset = short(l3 + IPV4_DST);
+    out.ipv4_check = short(l3 + IPV4_CHECK);
+    out.icmp_check = 0;
+    out.datagram_end = short(l3 + total_len);
+    transport(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false, out)
 }
 
 #[inline(always)]
-fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
+fn parse_ipv6<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<(), u32> {
     let ip: Ipv6Hdr = packet.read(l3).ok_or(MALFORMED)?;
     if ip.vcf[0] >> 4 != 6 {
         return Err(MALFORMED);
@@ -182,29 +215,19 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Result<IpPacket, u32> {
             break;
         }
     }
-    let (l4, ports, quoted) = transport(packet, next_header, offset, end, first_fragment, true)?;
-    Ok(IpPacket {
-        src: Addr { octets: ip.src_addr },
-        dst: Addr { octets: ip.dst_addr },
-        src_offset: l3 + IPV6_SRC,
-        dst_offset: l3 + IPV6_DST,
-        ipv4_check: None,
-        l4,
-        ports,
-        later_fragment: !first_fragment,
-        icmp_check: 0,
-        quoted: quoted.and_then(|offset| u16::try_from(offset).ok()).unwrap_or(0),
-        datagram_end: u16::try_from(end).unwrap_or(u16::MAX),
-    })
+    out.src = Addr { octets: ip.src_addr };
+    out.dst = Addr { octets: ip.dst_addr };
+    out.src_offset = short(l3 + IPV6_SRC);
+    out.dst_offset = short(l3 + IPV6_DST);
+    out.ipv4_check = 0;
+    out.icmp_check = 0;
+    out.datagram_end = short(end);
+    transport(packet, next_header, offset, end, first_fragment, true, out)
 }
 
-/// What [`transport`] finds: the checksum covering the addresses, the ports with the
-/// offset of the source port, and where an ICMP error's quote starts.
-type Transport = (L4Checksum, Option<(PacketPorts, usize)>, Option<usize>);
-
-/// Finds the transport checksum that covers the addresses, and the ports, checking
-/// that the transport header the rewrite relies on lies inside the datagram
-/// (`l4..end`).
+/// Writes the transport fields of `out`: the checksum that covers the addresses, the
+/// ports, and where an ICMP error's quote starts, checking that the transport header
+/// the rewrite relies on lies inside the datagram (`l4..end`).
 #[inline(always)]
 fn transport<P: Packet>(
     packet: &P,
@@ -213,112 +236,142 @@ fn transport<P: Packet>(
     end: usize,
     first_fragment: bool,
     ipv6: bool,
-) -> Result<Transport, u32> {
+    out: &mut IpPacket,
+) -> Result<(), u32> {
     if l4 > MAX_L4_OFFSET {
         return Err(UNSUPPORTED);
     }
     let payload_len = end - l4;
-    Ok(match protocol {
+    out.l4_check = 0;
+    out.l4_udp = 0;
+    out.protocol = 0;
+    out.later_fragment = u8::from(!first_fragment);
+    out.reserved = 0;
+    out.ports_offset = 0;
+    out.src_port = [0; 2];
+    out.dst_port = [0; 2];
+    out.quoted = 0;
+    match protocol {
         // A non-first fragment carries no transport header: its addresses are still
         // rewritten, and the first fragment's checksum update covers the datagram.
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => {
-            (L4Checksum::NotCovered, None, None)
-        }
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 if !first_fragment => {}
         // A later IPv6 fragment whose first fragment carried more options headers
         // before the transport: as above, addresses only.
-        IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS if ipv6 && !first_fragment => (L4Checksum::NotCovered, None, None),
+        IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS if ipv6 && !first_fragment => {}
         IPPROTO_TCP => {
             let tcp: TcpHdr = packet.read(l4).ok_or(MALFORMED)?;
             let data_offset = usize::from(tcp.doff()) * 4;
             if data_offset < TcpHdr::LEN || data_offset > payload_len {
                 return Err(MALFORMED);
             }
-            let ports = PacketPorts { protocol, src: tcp.source, dst: tcp.dest };
-            (L4Checksum::Covered(l4 + TCP_CHECK), Some((ports, l4)), None)
+            out.l4_check = short(l4 + TCP_CHECK);
+            out.protocol = protocol;
+            out.ports_offset = short(l4);
+            out.src_port = tcp.source;
+            out.dst_port = tcp.dest;
         }
         IPPROTO_UDP => {
             let udp: UdpHdr = packet.read(l4).ok_or(MALFORMED)?;
             if payload_len < UdpHdr::LEN || usize::from(u16::from_be_bytes(udp.len)) < UdpHdr::LEN {
                 return Err(MALFORMED);
             }
-            let ports = PacketPorts { protocol, src: udp.src, dst: udp.dst };
-            (L4Checksum::CoveredUdp(l4 + UDP_CHECK), Some((ports, l4)), None)
+            out.l4_check = short(l4 + UDP_CHECK);
+            out.l4_udp = 1;
+            out.protocol = protocol;
+            out.ports_offset = short(l4);
+            out.src_port = udp.src;
+            out.dst_port = udp.dst;
         }
         IPPROTO_ICMP if !ipv6 => {
             // Four bytes, not one: a one-byte read compiles to a bounds check the XDP
             // verifier does not accept.
             let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
-            if payload_len < ICMP_MIN_LEN {
+            if payload_len < usize::from(ICMP_HEADER) {
                 return Err(MALFORMED);
             }
-            let quoted = ICMP_ERRORS.contains(&header[0]).then_some(l4 + ICMP_MIN_LEN);
             // The ICMP checksum has no pseudo-header: address changes leave it alone.
-            (L4Checksum::NotCovered, None, quoted)
+            if ICMP_ERRORS.contains(&header[0]) {
+                out.quoted = short(l4) + ICMP_HEADER;
+            }
         }
         IPPROTO_ICMPV6 if ipv6 => {
             let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
-            if payload_len < ICMP_MIN_LEN {
+            if payload_len < usize::from(ICMP_HEADER) {
                 return Err(MALFORMED);
             }
             if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&header[0]) {
                 return Err(UNSUPPORTED);
             }
-            let quoted = ICMPV6_ERRORS.contains(&header[0]).then_some(l4 + ICMP_MIN_LEN);
-            (L4Checksum::Covered(l4 + ICMP_CHECK), None, quoted)
+            out.l4_check = short(l4 + ICMP_CHECK);
+            if ICMPV6_ERRORS.contains(&header[0]) {
+                out.quoted = short(l4) + ICMP_HEADER;
+            }
         }
         // Other protocols may have pseudo-header checksums this program does not know
         // (UDP-Lite, DCCP, SCTP's CRC does not but tunnels may), so rewriting their
         // addresses could corrupt them.
         _ => return Err(UNSUPPORTED),
-    })
+    }
+    Ok(())
 }
 
-/// Parses the packet quoted by an ICMP error at `l3` (same family as the error). The
-/// quote is cut short by design, so only the fields the rewrite touches must be there,
-/// inside the error's datagram (which ends at `end`, before any Ethernet padding):
-/// the IP header, and the ports when the quoted packet is a first (or only) fragment of
-/// TCP or UDP. Its transport checksum is left alone (nobody verifies a quote's), and
-/// every change is folded into the error's own checksum at `icmp_check`.
+/// Parses the packet that the ICMP error `outer` quotes (same family as the error) into
+/// `out`. The quote is cut short by design, so only the fields the rewrite touches must
+/// be there, inside the error's datagram (before any Ethernet padding): the IP header,
+/// and the ports when the quoted packet is a first (or only) fragment of TCP or UDP.
+/// Its transport checksum is left alone (nobody verifies a quote's), and every change
+/// is folded into the error's own checksum. Returns whether there is a quote to rewrite.
 #[inline(always)]
-pub fn parse_quoted<P: Packet>(packet: &P, l3: usize, ipv6: bool, icmp_check: usize, end: usize) -> Option<IpPacket> {
-    let (src, dst, src_offset, dst_offset, ipv4_check, protocol, l4, first_fragment) = if ipv6 {
-        let ip: Ipv6Hdr = packet.read(l3)?;
+pub fn parse_quoted<P: Packet>(packet: &P, outer: &IpPacket, out: &mut IpPacket) -> bool {
+    let l3 = usize::from(outer.quoted);
+    let end = usize::from(outer.datagram_end);
+    let (protocol, l4, first_fragment) = if outer.is_ipv6() {
+        let Some(ip) = packet.read::<Ipv6Hdr>(l3) else { return false };
         if l3 + Ipv6Hdr::LEN > end || ip.vcf[0] >> 4 != 6 {
-            return None;
+            return false;
         }
-        let addresses = (Addr { octets: ip.src_addr }, Addr { octets: ip.dst_addr });
-        (addresses.0, addresses.1, l3 + IPV6_SRC, l3 + IPV6_DST, None, ip.next_hdr, l3 + Ipv6Hdr::LEN, true)
+        out.src = Addr { octets: ip.src_addr };
+        out.dst = Addr { octets: ip.dst_addr };
+        out.src_offset = short(l3 + IPV6_SRC);
+        out.dst_offset = short(l3 + IPV6_DST);
+        out.ipv4_check = 0;
+        (ip.next_hdr, l3 + Ipv6Hdr::LEN, true)
     } else {
-        let ip: Ipv4Hdr = packet.read(l3)?;
+        let Some(ip) = packet.read::<Ipv4Hdr>(l3) else { return false };
         let header_len = usize::from(ip.vihl & 0x0f) * 4;
         if l3 + Ipv4Hdr::LEN > end || ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
-            return None;
+            return false;
         }
-        let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
-        let addresses = (Addr::from_v4(ip.src_addr), Addr::from_v4(ip.dst_addr));
-        let check = Some(l3 + IPV4_CHECK);
-        (addresses.0, addresses.1, l3 + IPV4_SRC, l3 + IPV4_DST, check, ip.proto, l3 + header_len, first_fragment)
+        out.src = Addr::from_v4(ip.src_addr);
+        out.dst = Addr::from_v4(ip.dst_addr);
+        out.src_offset = short(l3 + IPV4_SRC);
+        out.dst_offset = short(l3 + IPV4_DST);
+        out.ipv4_check = short(l3 + IPV4_CHECK);
+        (ip.proto, l3 + header_len, u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0)
     };
     if l4 > MAX_L4_OFFSET {
-        return None;
+        return false;
     }
-    let ports = match protocol {
-        IPPROTO_TCP | IPPROTO_UDP if first_fragment && l4 + 4 <= end => packet
-            .read::<[u8; 4]>(l4)
-            .map(|ports| (PacketPorts { protocol, src: [ports[0], ports[1]], dst: [ports[2], ports[3]] }, l4)),
-        _ => None,
-    };
-    Some(IpPacket {
-        src,
-        dst,
-        src_offset,
-        dst_offset,
-        ipv4_check,
-        l4: L4Checksum::NotCovered,
-        ports,
-        later_fragment: false,
-        icmp_check: u16::try_from(icmp_check).ok()?,
-        quoted: 0,
-        datagram_end: 0,
-    })
+    out.l4_check = 0;
+    out.l4_udp = 0;
+    out.later_fragment = 0;
+    out.reserved = 0;
+    out.icmp_check = outer.quoted - ICMP_HEADER + short(ICMP_CHECK);
+    out.quoted = 0;
+    out.datagram_end = 0;
+    out.protocol = 0;
+    out.ports_offset = 0;
+    out.src_port = [0; 2];
+    out.dst_port = [0; 2];
+    if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
+        && first_fragment
+        && l4 + 4 <= end
+        && let Some(ports) = packet.read::<[u8; 4]>(l4)
+    {
+        out.protocol = protocol;
+        out.ports_offset = short(l4);
+        out.src_port = [ports[0], ports[1]];
+        out.dst_port = [ports[2], ports[3]];
+    }
+    true
 }

@@ -78,7 +78,7 @@ pub fn prepare(pins: &PinLayout, path: &std::path::Path, config: &Config) -> Res
 /// Attaches the missing interfaces, then applies the mapping plan.
 pub fn execute(pins: &PinLayout, prepared: &Prepared) -> Result<(), Error> {
     for interface in &prepared.to_attach {
-        loader::attach(pins, &interface.name, interface.ingress, prepared.max_mappings)?;
+        loader::attach(pins, &interface.name, interface.ingress, crate::tc::TcAttach::Auto, prepared.max_mappings)?;
     }
     if !pins.maps_dir().exists() {
         loader::create_table(pins, prepared.max_mappings)?;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use rewrite_common::spec::{Side, SpecError};
 
-use crate::{loader::IngressMode, pins::DEFAULT_PIN_DIR};
+use crate::{loader::IngressMode, pins::DEFAULT_PIN_DIR, tc::TcAttach};
 
 /// Stateless eBPF address rewriting for moving live servers between networks.
 ///
@@ -22,6 +22,11 @@ pub struct Cli {
     /// network namespace.
     #[arg(long, global = true, env = "REWRITE_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+
+    /// On an error, also print what lies behind it: the kernel verifier's whole log
+    /// when it refuses a program.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -39,6 +44,11 @@ pub enum Command {
         /// where XDP cannot see partially computed checksums.
         #[arg(long, value_enum, default_value_t = IngressMode::Auto)]
         ingress: IngressMode,
+        /// How the TC programs attach: `auto` uses tcx links on Linux 6.6 and later and
+        /// cls_bpf filters on a clsact qdisc (netlink) below; `tcx` and `netlink`
+        /// force one.
+        #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
+        tc_attach: TcAttach,
         /// Room for this many mappings. Only the first attach, which creates the
         /// table, can set it [default: 1048576].
         #[arg(long, value_name = "N")]

@@ -32,8 +32,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let pins = PinLayout::new(cli.pin_dir);
     match cli.command {
-        Command::Attach { iface, ingress, max_mappings } => {
-            let attachment = loader::attach(&pins, &iface, ingress, max_mappings)
+        Command::Attach { iface, ingress, tc_attach, max_mappings } => {
+            let attachment = loader::attach(&pins, &iface, ingress, tc_attach, max_mappings)
                 .with_context(|| format!("cannot attach to {iface}"))?;
             println!("attached to {} (ingress: {}, egress: tc)", attachment.iface, attachment.ingress);
         }
@@ -187,7 +187,7 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
         let version = pins.recorded_version(&attachment.iface).unwrap_or_else(|| "unknown".into());
         println!("{}\tingress: {}\tegress: tc\tversion: {version}", attachment.iface, attachment.ingress);
         for program in programs {
-            println!("  {}\tid {}\ttag {}", program.pin, program.id, program.tag);
+            println!("  {}\tid {}\ttag {}\t{}", program.pin, program.id, program.tag, program.attached);
         }
     }
     match table {

@@ -138,6 +138,33 @@ pub enum Error {
     #[error("{what} {mapping}: {why}; nothing was applied")]
     ApplyRefused { what: &'static str, mapping: String, why: String },
 
+    #[error("{feature} need Linux >= {since}, and this kernel is {kernel}: {instead}")]
+    KernelLacks { feature: &'static str, since: &'static str, kernel: String, instead: &'static str },
+
+    #[error(
+        "the kernel (Linux {kernel}) refused program {program}: {reason}; rewrite supports Linux 5.10 and later \
+         (run with --verbose for the verifier's log)"
+    )]
+    VerifierRefused { program: &'static str, kernel: String, reason: String, log: String },
+
+    #[error(
+        "{slot} on {iface} holds a filter this dataplane did not attach (program {filter:?}, id {id}); rewrite \
+         leaves it alone: remove it (`tc filter del dev {iface} {hook} pref {priority} handle {handle:#x} bpf`) or \
+         use --tc-attach tcx"
+    )]
+    FilterSlotTaken {
+        iface: String,
+        slot: String,
+        hook: &'static str,
+        priority: u16,
+        handle: u32,
+        filter: String,
+        id: u32,
+    },
+
+    #[error("rewrite's filter at {slot} on {iface} is missing; detach and attach the interface again")]
+    FilterMissing { iface: String, slot: String },
+
     #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
 

@@ -183,83 +183,12 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     if valid { Ok(()) } else { Err(Error::InvalidInterfaceName { name: name.to_owned() }) }
 }
 
-/// Netlink constants from linux/rtnetlink.h and linux/if_link.h.
-mod netlink {
-    pub const RTM_GETLINK: u16 = 18;
-    pub const NLM_F_REQUEST: u16 = 1;
-    pub const NLMSG_ERROR: u16 = 2;
-    pub const NLMSG_HDRLEN: usize = 16;
-    pub const IFINFOMSG_LEN: usize = 16;
-    pub const IFLA_XDP: u16 = 43;
-    pub const IFLA_XDP_ATTACHED: u16 = 2;
-    pub const IFLA_XDP_PROG_ID: u16 = 4;
-    /// The flag bits of an attribute type (NLA_F_NESTED, NLA_F_NET_BYTEORDER).
-    pub const NLA_TYPE_MASK: u16 = 0x3fff;
-}
-
-/// The netlink attributes in `bytes` as (type, payload) pairs.
-fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        let header: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
-        let len = usize::from(u16::from_ne_bytes([header[0], header[1]]));
-        let kind = u16::from_ne_bytes([header[2], header[3]]) & netlink::NLA_TYPE_MASK;
-        let payload = bytes.get(4..len)?;
-        bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or(&[]);
-        Some((kind, payload))
-    })
-}
-
 /// The id of the XDP program attached to `name` in any mode, as `ip link` shows it,
 /// whether it was attached through a bpf link or through netlink.
 pub fn xdp_program_id(name: &str) -> Result<Option<u32>, Error> {
-    let netdevice_error =
-        |source: io::Error| Error::Netdevice { what: "querying the XDP program", iface: name.to_owned(), source };
-    let index = i32::try_from(index(name)?).map_err(|_| Error::NoSuchInterface { name: name.to_owned() })?;
-    // SAFETY: plain socket(2) call; the descriptor is owned right below.
-    let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
-    if raw < 0 {
-        return Err(netdevice_error(io::Error::last_os_error()));
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-
-    let mut request = [0u8; netlink::NLMSG_HDRLEN + netlink::IFINFOMSG_LEN];
-    let request_len = u32::try_from(request.len()).expect("small");
-    request[0..4].copy_from_slice(&request_len.to_ne_bytes());
-    request[4..6].copy_from_slice(&netlink::RTM_GETLINK.to_ne_bytes());
-    request[6..8].copy_from_slice(&netlink::NLM_F_REQUEST.to_ne_bytes());
-    request[8..12].copy_from_slice(&1u32.to_ne_bytes()); // sequence number
-    // struct ifinfomsg: family (AF_UNSPEC), pad, type, index, flags, change.
-    request[netlink::NLMSG_HDRLEN + 4..netlink::NLMSG_HDRLEN + 8].copy_from_slice(&index.to_ne_bytes());
-    // SAFETY: `request` is valid for its length during the call.
-    let sent = unsafe { libc::send(socket.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
-    if sent < 0 {
-        return Err(netdevice_error(io::Error::last_os_error()));
-    }
-    let mut reply = vec![0u8; 64 * 1024];
-    // SAFETY: `reply` is valid for writes of its length during the call.
-    let received = unsafe { libc::recv(socket.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-    let received = usize::try_from(received).map_err(|_| netdevice_error(io::Error::last_os_error()))?;
-    let reply = &reply[..received];
-    let message_type = reply.get(4..6).map(|bytes| u16::from_ne_bytes([bytes[0], bytes[1]]));
-    if message_type == Some(netlink::NLMSG_ERROR) {
-        let code = reply.get(16..20).map_or(0, |bytes| i32::from_ne_bytes(bytes.try_into().expect("4 bytes")));
-        return Err(netdevice_error(io::Error::from_raw_os_error(-code)));
-    }
-    let attrs = reply.get(netlink::NLMSG_HDRLEN + netlink::IFINFOMSG_LEN..).unwrap_or(&[]);
-    let Some((_, xdp)) = attributes(attrs).find(|(kind, _)| *kind == netlink::IFLA_XDP) else {
-        return Ok(None);
-    };
-    let mut attached = false;
-    let mut program_id = None;
-    for (kind, payload) in attributes(xdp) {
-        match kind {
-            netlink::IFLA_XDP_ATTACHED => attached = payload.first().is_some_and(|mode| *mode != 0),
-            netlink::IFLA_XDP_PROG_ID => {
-                program_id = payload.get(..4).map(|bytes| u32::from_ne_bytes(bytes.try_into().expect("4 bytes")));
-            }
-            _ => {}
-        }
-    }
-    Ok(if attached { program_id.or(Some(0)) } else { None })
+    crate::netlink::xdp_program_id(index(name)?).map_err(|source| Error::Netdevice {
+        what: "querying the XDP program",
+        iface: name.to_owned(),
+        source,
+    })
 }

@@ -16,8 +16,10 @@ pub mod iface;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod netlink;
 pub mod pins;
 pub mod ring;
 pub mod stats;
+pub mod tc;
 
 pub use error::Error;

@@ -5,20 +5,32 @@
 use std::{fmt, io, path::Path};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfLoader, VerifierLogLevel,
     maps::Map,
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkOrder},
+        tc::TcAttachOptions,
+    },
 };
 use rewrite_common::bounce::{
     BounceService, BounceSettings, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_FLOWS, MAP_BOUNCE_LOG_LEASE,
     MAP_BOUNCE_SERVICES, MAP_BOUNCE_SETTINGS, MAP_BOUNCE_XDP,
 };
-use rewrite_common::maps::{
-    Addr, AddressEntry, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_PORT_FORWARD,
-    MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixEntry, TablesInUse,
+use rewrite_common::{
+    counters,
+    maps::{
+        Addr, AddressEntry, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_COUNTERS, MAP_ICMP_ERRORS,
+        MAP_PORT_FORWARD, MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixEntry,
+        TablesInUse,
+    },
 };
 
-use crate::{Error, iface, pins::PinLayout};
+use crate::{
+    Error, iface,
+    pins::PinLayout,
+    tc::{self, FilterSlot, TcAttach, TcMethod},
+};
 
 /// The compiled eBPF object, built by this crate's build script.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rewrite-ebpf"));
@@ -32,14 +44,15 @@ pub const PROG_TC_EGRESS: &str = "rewrite_tc_egress";
 /// The TC ingress program that rewrites ICMP errors (and their quoted packet) beside
 /// the XDP ingress program, which leaves them alone.
 pub const PROG_TC_ICMP_ERRORS: &str = "rewrite_tc_icmp_errors";
-const ICMP_ERRORS_PIN_NAMES: (&str, &str) = ("ingress_tc_icmp_errors_prog", "ingress_tc_icmp_errors_link");
+/// The TC egress program's counterpart of [`PROG_TC_ICMP_ERRORS`], reached by a tail
+/// call only.
+pub const PROG_TC_EGRESS_ICMP_ERRORS: &str = "rewrite_tc_egress_icmp_errors";
 /// Bounce mode's TC ingress program, beside the rewrite programs on every attached
 /// interface once bounce mode is in use (it returns at once while no service exists).
 pub const PROG_TC_BOUNCE: &str = "bounce_tc_ingress";
 /// Bounce mode in XDP, reached by a tail call from [`PROG_XDP_INGRESS`] through the
 /// `BOUNCE_XDP` program array, not attached itself.
 pub const PROG_XDP_BOUNCE: &str = "bounce_xdp_ingress";
-const BOUNCE_PIN_NAMES: (&str, &str) = ("ingress_tc_bounce_prog", "ingress_tc_bounce_link");
 /// An XDP program that only returns XDP_PASS: the baseline for benchmarks.
 pub const PROG_BENCH_XDP_PASS: &str = "bench_xdp_pass";
 
@@ -52,7 +65,7 @@ pub enum IngressMode {
     Xdp,
     /// Generic XDP, run by the stack after the skb is built.
     XdpSkb,
-    /// A TC (tcx) ingress program.
+    /// A TC ingress program.
     Tc,
 }
 
@@ -67,25 +80,11 @@ pub enum IngressHook {
 impl IngressHook {
     /// The program that runs at this hook.
     pub const fn program(self) -> &'static str {
-        match self {
-            Self::XdpDriver | Self::XdpGeneric => PROG_XDP_INGRESS,
-            Self::Tc => PROG_TC_INGRESS,
-        }
-    }
-
-    /// The pin file names of the program and its link; they also record the mode.
-    const fn pin_names(self) -> (&'static str, &'static str) {
-        match self {
-            Self::XdpDriver => ("ingress_xdp_prog", "ingress_xdp_link"),
-            Self::XdpGeneric => ("ingress_xdp_skb_prog", "ingress_xdp_skb_link"),
-            Self::Tc => ("ingress_tc_prog", "ingress_tc_link"),
-        }
+        Slot::Ingress(self).program()
     }
 
     const ALL: [Self; 3] = [Self::XdpDriver, Self::XdpGeneric, Self::Tc];
-}
 
-impl IngressHook {
     /// The mode that attaches exactly this hook.
     pub const fn mode(self) -> IngressMode {
         match self {
@@ -106,7 +105,103 @@ impl fmt::Display for IngressHook {
     }
 }
 
-const EGRESS_PIN_NAMES: (&str, &str) = ("egress_tc_prog", "egress_tc_link");
+/// A place where one of rewrite's programs runs on an interface. Each has a program pin
+/// (`<slot>_prog`), and, when it is attached through a bpf link (XDP, tcx), a link pin
+/// (`<slot>_link`) whose removal detaches it. A TC program attached through netlink has
+/// no link: its filter sits at the slot's fixed place ([`FilterSlot`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    Egress,
+    Ingress(IngressHook),
+    /// The TC program that rewrites ICMP errors beside XDP ingress.
+    IcmpErrors,
+    /// Bounce mode's TC ingress program.
+    Bounce,
+}
+
+impl Slot {
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::Egress => PROG_TC_EGRESS,
+            Self::Ingress(IngressHook::XdpDriver | IngressHook::XdpGeneric) => PROG_XDP_INGRESS,
+            Self::Ingress(IngressHook::Tc) => PROG_TC_INGRESS,
+            Self::IcmpErrors => PROG_TC_ICMP_ERRORS,
+            Self::Bounce => PROG_TC_BOUNCE,
+        }
+    }
+
+    /// The pin file names of the program and of its link.
+    pub const fn pin_names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Egress => ("egress_tc_prog", "egress_tc_link"),
+            Self::Ingress(IngressHook::XdpDriver) => ("ingress_xdp_prog", "ingress_xdp_link"),
+            Self::Ingress(IngressHook::XdpGeneric) => ("ingress_xdp_skb_prog", "ingress_xdp_skb_link"),
+            Self::Ingress(IngressHook::Tc) => ("ingress_tc_prog", "ingress_tc_link"),
+            Self::IcmpErrors => ("ingress_tc_icmp_errors_prog", "ingress_tc_icmp_errors_link"),
+            Self::Bounce => ("ingress_tc_bounce_prog", "ingress_tc_bounce_link"),
+        }
+    }
+
+    /// Where a TC slot's filter sits when it is attached through netlink; `None` for XDP.
+    pub const fn filter(self) -> Option<FilterSlot> {
+        match self {
+            Self::Egress => Some(FilterSlot::REWRITE_EGRESS),
+            Self::Ingress(IngressHook::Tc) | Self::IcmpErrors => Some(FilterSlot::REWRITE_INGRESS),
+            Self::Bounce => Some(FilterSlot::BOUNCE_INGRESS),
+            Self::Ingress(IngressHook::XdpDriver | IngressHook::XdpGeneric) => None,
+        }
+    }
+
+    const ALL: [Self; 6] = [
+        Self::Egress,
+        Self::Ingress(IngressHook::XdpDriver),
+        Self::Ingress(IngressHook::XdpGeneric),
+        Self::Ingress(IngressHook::Tc),
+        Self::IcmpErrors,
+        Self::Bounce,
+    ];
+
+    /// The slot whose program pin is named `pin`.
+    fn of_program_pin(pin: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|slot| slot.pin_names().0 == pin)
+    }
+
+    /// How this slot is attached on the interface whose pins are in `iface_dir`, or
+    /// `None` if it is not.
+    fn method(self, iface_dir: &Path) -> Option<AttachMethod> {
+        let (prog_pin, link_pin) = self.pin_names();
+        if !iface_dir.join(prog_pin).exists() {
+            return None;
+        }
+        Some(match (iface_dir.join(link_pin).exists(), self.filter()) {
+            (true, None) => AttachMethod::XdpLink,
+            (true, Some(_)) => AttachMethod::Tcx,
+            (false, Some(filter)) => AttachMethod::Netlink(filter),
+            // An XDP program pin without its link: the link was removed by hand.
+            (false, None) => AttachMethod::Unlinked,
+        })
+    }
+}
+
+/// How an attached program is hooked in, as its pins show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMethod {
+    XdpLink,
+    Tcx,
+    Netlink(FilterSlot),
+    Unlinked,
+}
+
+impl fmt::Display for AttachMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::XdpLink => f.write_str("xdp link"),
+            Self::Tcx => f.write_str("tcx link"),
+            Self::Netlink(filter) => write!(f, "netlink ({filter})"),
+            Self::Unlinked => f.write_str("not attached (its link pin is missing)"),
+        }
+    }
+}
 
 impl IngressMode {
     /// Picks the hook for `iface`. `auto` uses XDP only where packets come from a wire:
@@ -131,13 +226,21 @@ pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     load_object(EBPF_OBJECT, maps_dir, max_mappings)
 }
 
+/// A loader whose verifier log, when a program is refused, holds the verifier's whole
+/// reasoning (the default stops at errors and statistics): `--verbose` prints it.
+fn ebpf_loader(maps_dir: &Path) -> EbpfLoader<'_> {
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(maps_dir);
+    loader.verifier_log_level(VerifierLogLevel::VERBOSE | VerifierLogLevel::STATS);
+    loader
+}
+
 /// [`load`] for any build of the object (`rewrite upgrade --object`).
 pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
     if object.is_empty() {
         return Err(Error::BuiltWithoutPrograms);
     }
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(maps_dir);
+    let mut loader = ebpf_loader(maps_dir);
     if let Some(capacity) = max_mappings {
         for map in [MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD, MAP_PORT_REVERSE] {
             loader.map_max_entries(map, capacity);
@@ -154,6 +257,7 @@ pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) ->
     check_map_layout(&ebpf, maps_dir, MAP_PREFIX_REVERSE, prefix_key, size_of::<PrefixEntry>())?;
     check_map_layout(&ebpf, maps_dir, MAP_TABLES_IN_USE, size_of::<u32>(), size_of::<TablesInUse>())?;
     check_map_layout(&ebpf, maps_dir, MAP_COUNTERS, size_of::<u32>(), size_of::<u64>())?;
+    check_map_layout(&ebpf, maps_dir, MAP_ICMP_ERRORS, size_of::<u32>(), size_of::<u32>())?;
     Ok(ebpf)
 }
 
@@ -164,8 +268,7 @@ pub fn load_bounce(maps_dir: &Path, max_flows: Option<u32>) -> Result<Ebpf, Erro
     if BOUNCE_OBJECT.is_empty() {
         return Err(Error::BuiltWithoutPrograms);
     }
-    let mut loader = EbpfLoader::new();
-    loader.default_map_pin_directory(maps_dir);
+    let mut loader = ebpf_loader(maps_dir);
     if let Some(flows) = max_flows {
         loader.map_max_entries(MAP_BOUNCE_FLOWS, flows.saturating_mul(2));
     }
@@ -177,6 +280,35 @@ pub fn load_bounce(maps_dir: &Path, max_flows: Option<u32>) -> Result<Ebpf, Erro
     check_map_layout(&ebpf, maps_dir, MAP_BOUNCE_LOG_LEASE, size_of::<u32>(), size_of::<u64>())?;
     Ok(ebpf)
 }
+
+/// Loads the programs that rewrite ICMP errors and puts them in the pinned array that
+/// the TC rewrite programs hand ICMP errors to. Called before any TC program of `ebpf`
+/// is attached, so that no packet finds the slots empty.
+pub fn install_icmp_errors(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let mut programs = Vec::new();
+    for (direction, program) in
+        [(counters::INGRESS, PROG_TC_ICMP_ERRORS), (counters::EGRESS, PROG_TC_EGRESS_ICMP_ERRORS)]
+    {
+        let classifier: &mut SchedClassifier = typed_program(ebpf, program, TAIL_CALL)?;
+        if classifier.fd().is_err() {
+            classifier.load().map_err(|source| program_error("loading", program, TAIL_CALL, source))?;
+        }
+        let fd = classifier
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from))
+            .map_err(|source| program_error("loading", program, TAIL_CALL, source))?;
+        programs.push((direction, fd));
+    }
+    let map = ebpf.map_mut(MAP_ICMP_ERRORS).ok_or(Error::NotLoaded { path: MAP_ICMP_ERRORS.into() })?;
+    let mut array = aya::maps::ProgramArray::try_from(map).map_err(|source| Error::map(MAP_ICMP_ERRORS, source))?;
+    for (direction, fd) in &programs {
+        array.set(*direction, fd, 0).map_err(|source| Error::map(MAP_ICMP_ERRORS, source))?;
+    }
+    Ok(())
+}
+
+/// What the errors of programs that are not attached to one interface name as theirs.
+const TAIL_CALL: &str = "(tail call)";
 
 /// Whether bounce mode is in use here: its maps exist (the first `bounce add` created
 /// them), so every attached interface runs the bounce program.
@@ -211,32 +343,42 @@ pub fn enable_bounce(pins: &PinLayout, max_flows: Option<u32>) -> Result<Vec<Str
     let mut enabled = Vec::new();
     for attachment in attachments {
         let iface_dir = pins.iface_dir(&attachment.iface)?;
-        if iface_dir.join(BOUNCE_PIN_NAMES.1).exists() {
+        if Slot::Bounce.method(&iface_dir).is_some() {
             continue;
         }
-        attach_bounce(&mut ebpf, &iface_dir, &attachment.iface)?;
+        attach_bounce(&mut ebpf, pins, &iface_dir, &attachment.iface)?;
         enabled.push(attachment.iface);
     }
     Ok(enabled)
 }
 
 /// Attaches the loaded bounce program to `iface`, last on its ingress (the rewrite
-/// programs pass to it, and a bounced packet leaves the device with a redirect), and
-/// pins it.
-fn attach_bounce(ebpf: &mut Ebpf, iface_dir: &Path, iface: &str) -> Result<(), Error> {
-    let link = attach_tc(ebpf, PROG_TC_BOUNCE, iface, TcAttachType::Ingress)?;
-    pin_program_and_link(ebpf, iface_dir, PROG_TC_BOUNCE, BOUNCE_PIN_NAMES, link)
+/// programs pass to it, and a bounced packet leaves the device with a redirect), the
+/// way the interface's other TC programs are attached, and pins it.
+fn attach_bounce(ebpf: &mut Ebpf, pins: &PinLayout, iface_dir: &Path, iface: &str) -> Result<(), Error> {
+    let method = match Slot::Egress.method(iface_dir) {
+        Some(AttachMethod::Netlink(_)) => TcMethod::Netlink,
+        _ => TcMethod::Tcx,
+    };
+    let mut added = Vec::new();
+    let attached = attach_slot(ebpf, pins, iface_dir, iface, Slot::Bounce, method, &mut added);
+    if attached.is_err() {
+        for (filter, program_id) in added {
+            let _ = tc::detach_netlink(iface, filter, program_id);
+        }
+    }
+    attached
 }
 
 /// Loads the bounce object's XDP program and puts it where the XDP ingress programs
 /// tail-call it. The pinned program array holds the program from then on.
 fn install_bounce_xdp(ebpf: &mut Ebpf, pins: &PinLayout) -> Result<(), Error> {
     let path = pins.map(MAP_BOUNCE_XDP);
-    let xdp: &mut Xdp = typed_program(ebpf, PROG_XDP_BOUNCE, "(tail call)")?;
+    let xdp: &mut Xdp = typed_program(ebpf, PROG_XDP_BOUNCE, TAIL_CALL)?;
     if xdp.fd().is_err() {
-        xdp.load().map_err(|source| program_error("loading", PROG_XDP_BOUNCE, "(tail call)", source))?;
+        xdp.load().map_err(|source| program_error("loading", PROG_XDP_BOUNCE, TAIL_CALL, source))?;
     }
-    let program = xdp.fd().map_err(|source| program_error("loading", PROG_XDP_BOUNCE, "(tail call)", source))?;
+    let program = xdp.fd().map_err(|source| program_error("loading", PROG_XDP_BOUNCE, TAIL_CALL, source))?;
     let data = aya::maps::MapData::from_pin(&path).map_err(|source| Error::map(MAP_BOUNCE_XDP, source))?;
     let mut array = aya::maps::ProgramArray::try_from(Map::ProgramArray(data))
         .map_err(|source| Error::map(MAP_BOUNCE_XDP, source))?;
@@ -293,17 +435,21 @@ pub fn create_table(pins: &PinLayout, max_mappings: Option<u32>) -> Result<(), E
 }
 
 /// Loads the programs, attaches egress (TC) and ingress (`mode`) to `iface`, and pins
-/// programs and links under the interface's pin directory. Either everything is
-/// attached and pinned, or nothing is: links that were not pinned detach when the
-/// object is dropped, and the pin directory this call reserved is removed again.
+/// programs and links under the interface's pin directory. TC programs attach through
+/// tcx links or netlink filters as `tc` says. Either everything is attached and pinned,
+/// or nothing is: links that were not pinned detach when the object is dropped, filters
+/// this call added are deleted, and the pin directory this call reserved is removed.
 pub fn attach(
     pins: &PinLayout,
     iface_name: &str,
     mode: IngressMode,
+    tc: TcAttach,
     max_mappings: Option<u32>,
 ) -> Result<Attachment, Error> {
+    tc::require_supported_kernel()?;
     let iface_dir = pins.iface_dir(iface_name)?;
     iface::ensure_ethernet(iface_name)?;
+    let method = tc.resolve()?;
     if iface_dir.exists() {
         return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
     }
@@ -331,10 +477,16 @@ pub fn attach(
         return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
     }
     let fallback_to_tc = mode == IngressMode::Auto;
-    let attached = attach_and_pin(pins, &iface_dir, iface_name, hook, fallback_to_tc, max_mappings);
+    let mut added = Vec::new();
+    let attached = attach_and_pin(pins, &iface_dir, iface_name, hook, method, fallback_to_tc, max_mappings, &mut added);
     if attached.is_err() {
-        // Unpinning the links that did get pinned detaches them again; a table that
-        // this attach created goes too, so a failed first attach leaves nothing.
+        // The filters this attach added are deleted; unpinning the links that did get
+        // pinned detaches them again; a table that this attach created goes too, so a
+        // failed first attach leaves nothing.
+        for (filter, program_id) in added {
+            let _ = tc::detach_netlink(iface_name, filter, program_id);
+        }
+        let _ = tc::release_clsact(pins, iface_name);
         let _ = std::fs::remove_dir_all(&iface_dir);
         if creates_table {
             let _ = std::fs::remove_dir_all(pins.maps_dir());
@@ -345,41 +497,130 @@ pub fn attach(
     Ok(Attachment { iface: iface_name.to_owned(), ingress })
 }
 
+/// The netlink filters an attach added, with the program each runs: what a failed
+/// attach deletes again.
+type AddedFilters = Vec<(FilterSlot, u32)>;
+
+#[expect(clippy::too_many_arguments, reason = "one attach's inputs, passed on from `attach`")]
 fn attach_and_pin(
     pins: &PinLayout,
     iface_dir: &Path,
     iface_name: &str,
     hook: IngressHook,
+    method: TcMethod,
     fallback_to_tc: bool,
     max_mappings: Option<u32>,
+    added: &mut AddedFilters,
 ) -> Result<IngressHook, Error> {
     pins.create_dir(&pins.maps_dir())?;
     let mut ebpf = load(&pins.maps_dir(), max_mappings)?;
-    let egress_link = attach_tc(&mut ebpf, PROG_TC_EGRESS, iface_name, TcAttachType::Egress)?;
-    let (hook, ingress_link) = match hook {
-        IngressHook::XdpDriver => match attach_xdp(&mut ebpf, iface_name, XdpMode::Driver) {
-            Ok(link) => (hook, link),
+    // The TC programs hand ICMP errors over through this array: filled before they run.
+    install_icmp_errors(&mut ebpf)?;
+    let mut attach = |ebpf: &mut Ebpf, slot: Slot| attach_slot(ebpf, pins, iface_dir, iface_name, slot, method, added);
+    attach(&mut ebpf, Slot::Egress)?;
+    let hook = match hook {
+        IngressHook::XdpDriver => match attach(&mut ebpf, Slot::Ingress(hook)) {
+            Ok(()) => hook,
             // `auto` chose native XDP for a wire device whose driver turns out not to
             // support it: TC is correct on every device.
             Err(error) if fallback_to_tc && error.is_errno(libc::EOPNOTSUPP) => {
-                (IngressHook::Tc, attach_tc(&mut ebpf, PROG_TC_INGRESS, iface_name, TcAttachType::Ingress)?)
+                attach(&mut ebpf, Slot::Ingress(IngressHook::Tc))?;
+                IngressHook::Tc
             }
             Err(error) => return Err(error),
         },
-        IngressHook::XdpGeneric => (hook, attach_xdp(&mut ebpf, iface_name, XdpMode::Skb)?),
-        IngressHook::Tc => (hook, attach_tc(&mut ebpf, PROG_TC_INGRESS, iface_name, TcAttachType::Ingress)?),
+        IngressHook::XdpGeneric | IngressHook::Tc => {
+            attach(&mut ebpf, Slot::Ingress(hook))?;
+            hook
+        }
     };
-    pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_EGRESS, EGRESS_PIN_NAMES, egress_link)?;
-    pin_program_and_link(&mut ebpf, iface_dir, hook.program(), hook.pin_names(), ingress_link)?;
     if hook != IngressHook::Tc {
-        let link = attach_tc(&mut ebpf, PROG_TC_ICMP_ERRORS, iface_name, TcAttachType::Ingress)?;
-        pin_program_and_link(&mut ebpf, iface_dir, PROG_TC_ICMP_ERRORS, ICMP_ERRORS_PIN_NAMES, link)?;
+        attach(&mut ebpf, Slot::IcmpErrors)?;
     }
     // Where bounce mode is in use, a newly attached interface bounces too.
     if bounce_enabled(pins) {
-        attach_bounce(&mut load_bounce(&pins.maps_dir(), None)?, iface_dir, iface_name)?;
+        let mut bounce = load_bounce(&pins.maps_dir(), None)?;
+        attach(&mut bounce, Slot::Bounce)?;
     }
     Ok(hook)
+}
+
+/// Loads `slot`'s program of `ebpf` (once per object) and attaches it to `iface`: XDP
+/// through a bpf link, TC through a tcx link or a netlink filter as `method` says (a
+/// filter it adds goes into `added`). Pins the program, and its link when it has one.
+fn attach_slot(
+    ebpf: &mut Ebpf,
+    pins: &PinLayout,
+    iface_dir: &Path,
+    iface: &str,
+    slot: Slot,
+    method: TcMethod,
+    added: &mut AddedFilters,
+) -> Result<(), Error> {
+    let program = slot.program();
+    let link = match slot {
+        Slot::Ingress(IngressHook::XdpDriver) => Some(attach_xdp(ebpf, iface, XdpMode::Driver)?),
+        Slot::Ingress(IngressHook::XdpGeneric) => Some(attach_xdp(ebpf, iface, XdpMode::Skb)?),
+        _ => {
+            let filter = slot.filter().expect("every slot but XDP ingress is a TC slot");
+            let attach_type = match filter.hook {
+                crate::netlink::ClsactHook::Ingress => TcAttachType::Ingress,
+                crate::netlink::ClsactHook::Egress => TcAttachType::Egress,
+            };
+            let classifier: &mut SchedClassifier = typed_program(ebpf, program, iface)?;
+            if classifier.fd().is_err() {
+                classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
+            }
+            match method {
+                TcMethod::Netlink => {
+                    let program_id = tc::attach_netlink(pins, classifier, program, iface, filter)?;
+                    added.push((filter, program_id));
+                    None
+                }
+                TcMethod::Tcx => {
+                    let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+                    let link_id = classifier
+                        .attach_with_options(iface, attach_type, options)
+                        .map_err(|source| program_error("attaching", program, iface, source))?;
+                    let link = classifier
+                        .take_link(link_id)
+                        .map_err(|source| program_error("taking the link", program, iface, source))?;
+                    Some(FdLink::try_from(link).map_err(|source| Error::Link {
+                        why: "tcx links need Linux 6.6",
+                        program,
+                        iface: iface.to_owned(),
+                        source: Box::new(source),
+                    })?)
+                }
+            }
+        }
+    };
+    let (prog_pin, link_pin) = slot.pin_names();
+    let prog_path = iface_dir.join(prog_pin);
+    let loaded = ebpf.program_mut(program).ok_or(Error::NotLoaded { path: prog_path.clone() })?;
+    loaded.pin(&prog_path).map_err(|source| Error::Pin { path: prog_path, source: Box::new(source) })?;
+    if let Some(link) = link {
+        let link_path = iface_dir.join(link_pin);
+        link.pin(&link_path).map_err(|source| Error::Pin { path: link_path, source: Box::new(source) })?;
+    }
+    Ok(())
+}
+
+/// The verifier's reason in a refused program's log: its last line that is not the
+/// log's closing statistics, nor an instruction it walked.
+fn verifier_reason(log: &str) -> String {
+    let is_statistics = |line: &str| {
+        ["verification time", "stack depth", "processed ", "max_states_per_insn", "mark_read"]
+            .iter()
+            .any(|prefix| line.starts_with(prefix))
+    };
+    let is_instruction =
+        |line: &str| line.split_once(':').is_some_and(|(head, _)| head.chars().all(|c| c.is_ascii_digit()));
+    log.lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty() && !is_statistics(line) && !is_instruction(line) && !line.starts_with(';'))
+        .unwrap_or("no reason in its log")
+        .to_owned()
 }
 
 fn program_error(
@@ -388,7 +629,23 @@ fn program_error(
     iface: &str,
     source: aya::programs::ProgramError,
 ) -> Error {
-    Error::Program { action, program, iface: iface.to_owned(), source: Box::new(source) }
+    match source {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            verifier_refusal(program, &io_error, verifier_log.to_string())
+        }
+        source => Error::Program { action, program, iface: iface.to_owned(), source: Box::new(source) },
+    }
+}
+
+/// A program the kernel refused: one line with the verifier's reason, and its whole log
+/// kept for `--verbose`.
+fn verifier_refusal(program: &'static str, io_error: &io::Error, log: String) -> Error {
+    let reason = match verifier_reason(&log) {
+        reason if log.trim().is_empty() => format!("{io_error} ({reason})"),
+        reason => reason,
+    };
+    let kernel = tc::kernel().map_or_else(|| "unknown".to_owned(), |version| version.to_string());
+    Error::VerifierRefused { program, kernel, reason, log }
 }
 
 /// The program `name` of the object as its concrete type (Xdp, SchedClassifier).
@@ -400,24 +657,6 @@ where
         .ok_or_else(|| program_error("finding", program, iface, aya::programs::ProgramError::NotLoaded))?
         .try_into()
         .map_err(|source| program_error("loading", program, iface, source))
-}
-
-fn attach_tc(ebpf: &mut Ebpf, program: &'static str, iface: &str, hook: TcAttachType) -> Result<FdLink, Error> {
-    let classifier: &mut SchedClassifier = typed_program(ebpf, program, iface)?;
-    // Loaded once per object, attached once per interface.
-    if classifier.fd().is_err() {
-        classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
-    }
-    let link_id =
-        classifier.attach(iface, hook).map_err(|source| program_error("attaching", program, iface, source))?;
-    let link =
-        classifier.take_link(link_id).map_err(|source| program_error("taking the link", program, iface, source))?;
-    FdLink::try_from(link).map_err(|source| Error::Link {
-        why: "tcx links need Linux 6.6",
-        program,
-        iface: iface.to_owned(),
-        source: Box::new(source),
-    })
 }
 
 fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, Error> {
@@ -437,44 +676,52 @@ fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<FdLink, Err
     })?;
     let link = xdp.take_link(link_id).map_err(|source| program_error("taking the link", program, iface, source))?;
     FdLink::try_from(link).map_err(|source| Error::Link {
-        why: "the kernel fell back to netlink attachment, which cannot be pinned",
+        why: "XDP links need Linux 5.9; the kernel fell back to netlink attachment, which cannot be pinned",
         program,
         iface: iface.to_owned(),
         source: Box::new(source),
     })
 }
 
-fn pin_program_and_link(
-    ebpf: &mut Ebpf,
-    iface_dir: &Path,
-    program: &'static str,
-    (prog_pin, link_pin): (&str, &str),
-    link: FdLink,
-) -> Result<(), Error> {
-    let prog_path = iface_dir.join(prog_pin);
-    let loaded = ebpf.program_mut(program).ok_or(Error::NotLoaded { path: prog_path.clone() })?;
-    loaded.pin(&prog_path).map_err(|source| Error::Pin { path: prog_path, source: Box::new(source) })?;
-    let link_path = iface_dir.join(link_pin);
-    link.pin(&link_path).map_err(|source| Error::Pin { path: link_path, source: Box::new(source) })?;
-    Ok(())
-}
-
-/// Detaches rewrite from `iface` by removing its pins: the links are the last
-/// references to the attachments, so the kernel detaches them at once. The shared
-/// maps stay, with their mappings, for the other interfaces and later attaches.
+/// Detaches rewrite from `iface`: deletes its netlink filters (only rewrite's own) and
+/// removes its pins (the links are the last references to the other attachments, so
+/// the kernel detaches them at once). The shared maps stay, with their mappings, for
+/// the other interfaces and later attaches. The clsact qdisc goes too when rewrite
+/// added it and nothing else is on it.
 pub fn detach(pins: &PinLayout, iface: &str) -> Result<(), Error> {
     let iface_dir = pins.iface_dir(iface)?;
+    if !iface_dir.exists() {
+        return Err(Error::NotAttached { name: iface.to_owned(), dir: iface_dir });
+    }
+    // An interface that is gone took its filters with it.
+    let present = iface::index(iface).is_ok();
+    for slot in Slot::ALL {
+        if let Some(AttachMethod::Netlink(filter)) = slot.method(&iface_dir)
+            && present
+        {
+            tc::detach_netlink(iface, filter, pinned_program_id(&iface_dir, slot)?)?;
+        }
+    }
     let links = pinned_link_ids(&iface_dir);
     match std::fs::remove_dir_all(&iface_dir) {
         Ok(()) => {
             pins.forget_version(Some(iface));
-            wait_until_released(&links)
+            wait_until_released(&links)?;
+            tc::release_clsact(pins, iface)
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
             Err(Error::NotAttached { name: iface.to_owned(), dir: iface_dir })
         }
         Err(error) => Err(Error::io("removing", iface_dir, error)),
     }
+}
+
+/// The id of the program pinned for `slot` in `iface_dir`.
+fn pinned_program_id(iface_dir: &Path, slot: Slot) -> Result<u32, Error> {
+    let path = iface_dir.join(slot.pin_names().0);
+    aya::programs::ProgramInfo::from_pin(&path)
+        .map(|info| info.id())
+        .map_err(|source| Error::PinnedProgram { path, source: Box::new(source) })
 }
 
 /// The ids of the links pinned in `iface_dir` (none if it cannot be read).
@@ -527,7 +774,7 @@ pub fn attached(pins: &PinLayout) -> Result<Vec<Attachment>, Error> {
     for entry in entries {
         let entry = entry.map_err(|error| Error::io("listing", &dir, error))?;
         let iface = entry.file_name().to_string_lossy().into_owned();
-        let ingress = IngressHook::ALL.into_iter().find(|hook| entry.path().join(hook.pin_names().1).exists());
+        let ingress = IngressHook::ALL.into_iter().find(|hook| Slot::Ingress(*hook).method(&entry.path()).is_some());
         if let Some(ingress) = ingress {
             attachments.push(Attachment { iface, ingress });
         }
@@ -551,6 +798,9 @@ pub struct AttachedProgram {
     pub id: u32,
     /// The kernel's tag of its instructions, in hex.
     pub tag: String,
+    /// How it is hooked in: `xdp link`, `tcx link`, or `netlink (<hook> priority P
+    /// handle H)`.
+    pub attached: String,
 }
 
 /// The programs pinned for `iface`, sorted by pin name.
@@ -561,16 +811,16 @@ pub fn attached_programs(pins: &PinLayout, iface: &str) -> Result<Vec<AttachedPr
     for entry in entries {
         let path = entry.map_err(|error| Error::io("listing", &dir, error))?.path();
         let Some(pin) = path.file_name().map(|name| name.to_string_lossy().into_owned()) else { continue };
-        if !pin.ends_with("_prog") {
-            continue;
-        }
+        let Some(slot) = Slot::of_program_pin(&pin) else { continue };
         let info = aya::programs::ProgramInfo::from_pin(&path)
             .map_err(|source| Error::PinnedProgram { path: path.clone(), source: Box::new(source) })?;
+        let attached = slot.method(&dir).map_or_else(|| "unknown".to_owned(), |method| method.to_string());
         programs.push(AttachedProgram {
             pin,
             name: info.name_as_str().unwrap_or("?").to_owned(),
             id: info.id(),
             tag: format!("{:016x}", info.tag()),
+            attached,
         });
     }
     programs.sort_by(|a, b| a.pin.cmp(&b.pin));
@@ -587,41 +837,32 @@ pub struct Upgraded {
 }
 
 /// Replaces the programs on every attached interface by those of `object`, atomically
-/// per attachment: each pinned link is pointed at the new program (BPF_LINK_UPDATE), so
-/// every packet meets either the old program or the new one. The new programs share
-/// the pinned maps, which keep their contents; a map whose layout the new object does
-/// not share is refused before anything changes.
+/// per attachment: each pinned link is pointed at the new program (BPF_LINK_UPDATE),
+/// and each netlink filter is replaced in place, so every packet meets either the old
+/// program or the new one. The new programs share the pinned maps, which keep their
+/// contents; a map whose layout the new object does not share is refused before
+/// anything changes.
 pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> {
     let mut rewrite_ebpf = load_object(object, &pins.maps_dir(), None)?;
+    // The old programs hand ICMP errors to whatever the array holds: the new build's
+    // from here on, which expect the same maps.
+    install_icmp_errors(&mut rewrite_ebpf)?;
     // The bounce program comes from this binary's own bounce object, loaded only if
     // some interface runs it.
     let mut bounce_ebpf: Option<Ebpf> = None;
     let mut loaded: Vec<&'static str> = Vec::new();
     let mut upgraded = Vec::new();
     for attachment in attached(pins)? {
-        let iface_dir = pins.iface_dir(&attachment.iface)?;
-        let mut slots =
-            vec![(PROG_TC_EGRESS, EGRESS_PIN_NAMES), (attachment.ingress.program(), attachment.ingress.pin_names())];
-        if attachment.ingress != IngressHook::Tc {
-            slots.push((PROG_TC_ICMP_ERRORS, ICMP_ERRORS_PIN_NAMES));
-        }
-        // Attachments made before bounce mode existed have no bounce program.
-        if iface_dir.join(BOUNCE_PIN_NAMES.1).exists() {
-            slots.push((PROG_TC_BOUNCE, BOUNCE_PIN_NAMES));
-        }
-        for (program, (prog_pin, link_pin)) in slots {
-            let iface = attachment.iface.as_str();
+        let iface = attachment.iface.as_str();
+        let iface_dir = pins.iface_dir(iface)?;
+        for slot in Slot::ALL {
+            let Some(method) = slot.method(&iface_dir) else { continue };
+            let program = slot.program();
+            let (prog_pin, link_pin) = slot.pin_names();
             let prog_path = iface_dir.join(prog_pin);
-            let old_id = aya::programs::ProgramInfo::from_pin(&prog_path)
-                .map_err(|source| Error::PinnedProgram { path: prog_path.clone(), source: Box::new(source) })?
-                .id();
-            let link_path = iface_dir.join(link_pin);
-            let link = FdLink::from(
-                aya::programs::links::PinnedLink::from_pin(&link_path)
-                    .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?,
-            );
+            let old_id = pinned_program_id(&iface_dir, slot)?;
             let first_load = !loaded.contains(&program);
-            let ebpf = if program == PROG_TC_BOUNCE {
+            let ebpf = if slot == Slot::Bounce {
                 match &mut bounce_ebpf {
                     Some(ebpf) => ebpf,
                     none => none.insert(load_bounce(&pins.maps_dir(), None)?),
@@ -629,37 +870,54 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
             } else {
                 &mut rewrite_ebpf
             };
-            if program == PROG_XDP_INGRESS {
-                let xdp: &mut Xdp = typed_program(ebpf, program, iface)?;
-                if first_load {
-                    xdp.load().map_err(|source| program_error("loading", program, iface, source))?;
+            let link_path = iface_dir.join(link_pin);
+            let pinned_link = || {
+                aya::programs::links::PinnedLink::from_pin(&link_path)
+                    .map(FdLink::from)
+                    .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })
+            };
+            match method {
+                AttachMethod::XdpLink => {
+                    let xdp: &mut Xdp = typed_program(ebpf, program, iface)?;
+                    if first_load {
+                        xdp.load().map_err(|source| program_error("loading", program, iface, source))?;
+                    }
+                    let link = aya::programs::xdp::XdpLink::try_from(pinned_link()?)
+                        .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?;
+                    let id = xdp
+                        .attach_to_link(link)
+                        .map_err(|source| program_error("replacing", program, iface, source))?;
+                    drop(xdp.take_link(id).map_err(|source| program_error("taking the link", program, iface, source))?);
                 }
-                let link = aya::programs::xdp::XdpLink::try_from(link)
-                    .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?;
-                let id =
-                    xdp.attach_to_link(link).map_err(|source| program_error("replacing", program, iface, source))?;
-                drop(xdp.take_link(id).map_err(|source| program_error("taking the link", program, iface, source))?);
-            } else {
-                let classifier: &mut SchedClassifier = typed_program(ebpf, program, iface)?;
-                if first_load {
-                    classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
+                AttachMethod::Tcx | AttachMethod::Netlink(_) => {
+                    let classifier: &mut SchedClassifier = typed_program(ebpf, program, iface)?;
+                    if first_load && classifier.fd().is_err() {
+                        classifier.load().map_err(|source| program_error("loading", program, iface, source))?;
+                    }
+                    if let AttachMethod::Netlink(filter) = method {
+                        tc::replace_netlink(classifier, program, iface, filter, old_id)?;
+                    } else {
+                        let link =
+                            aya::programs::tc::SchedClassifierLink::try_from(pinned_link()?).map_err(|source| {
+                                Error::PinnedLink { path: link_path.clone(), source: Box::new(source) }
+                            })?;
+                        let id = classifier
+                            .attach_to_link(link)
+                            .map_err(|source| program_error("replacing", program, iface, source))?;
+                        drop(
+                            classifier
+                                .take_link(id)
+                                .map_err(|source| program_error("taking the link", program, iface, source))?,
+                        );
+                    }
                 }
-                let link = aya::programs::tc::SchedClassifierLink::try_from(link)
-                    .map_err(|source| Error::PinnedLink { path: link_path.clone(), source: Box::new(source) })?;
-                let id = classifier
-                    .attach_to_link(link)
-                    .map_err(|source| program_error("replacing", program, iface, source))?;
-                drop(
-                    classifier
-                        .take_link(id)
-                        .map_err(|source| program_error("taking the link", program, iface, source))?,
-                );
+                AttachMethod::Unlinked => continue,
             }
             if first_load {
                 loaded.push(program);
             }
-            // The link now runs the new program; the pin names it instead of the old one,
-            // which the kernel frees once nothing refers to it.
+            // The hook now runs the new program; the pin names it instead of the old
+            // one, which the kernel frees once nothing refers to it.
             std::fs::remove_file(&prog_path).map_err(|error| Error::io("unpinning", &prog_path, error))?;
             let loaded_program = ebpf.program_mut(program).ok_or(Error::NotLoaded { path: prog_path.clone() })?;
             loaded_program
@@ -670,7 +928,7 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
                 .id();
             upgraded.push(Upgraded { iface: attachment.iface.clone(), program, old_id, new_id });
         }
-        pins.record_version(&attachment.iface, &object_version(object))?;
+        pins.record_version(iface, &object_version(object))?;
     }
     // The new XDP programs tail-call through the same pinned array; its slot gets this
     // binary's bounce program too.
@@ -684,9 +942,9 @@ pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> 
     Ok(upgraded)
 }
 
-/// Removes everything rewrite created under `pins`: every interface's links (which
-/// detaches the programs) and programs, the maps, and the pin directory itself.
-/// Returns the interfaces it detached.
+/// Removes everything rewrite created under `pins`: every interface's links and
+/// filters (which detaches the programs) and programs, the maps, and the pin directory
+/// itself. Returns the interfaces it detached.
 pub fn down(pins: &PinLayout) -> Result<Vec<String>, Error> {
     let interfaces: Vec<String> = attached(pins)?.into_iter().map(|attachment| attachment.iface).collect();
     for iface in &interfaces {
@@ -698,5 +956,48 @@ pub fn down(pins: &PinLayout) -> Result<Vec<String>, Error> {
         Ok(()) => Ok(interfaces),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(interfaces),
         Err(error) => Err(Error::io("removing", pins.root(), error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verifiers_reason_is_its_last_line_before_the_statistics() {
+        let log = "0: (b7) r0 = 0\n; let x = y;\n873: (79) r6 = *(u64 *)(r10 -352)\n\
+                   invalid read from stack R10 off=-352 size=8\nverification time 6042596 usec\n\
+                   stack depth 0+472+0+0\nprocessed 112045 insns (limit 1000000) max_states_per_insn 12\n";
+        assert_eq!(verifier_reason(log), "invalid read from stack R10 off=-352 size=8");
+        let log = "1771: (7b) *(u64 *)(r10 -384) = r3\nBPF program is too large. Processed 1000001 insn\n\
+                   verification time 15482276 usec\nstack depth 0+472+0+0\n";
+        assert_eq!(verifier_reason(log), "BPF program is too large. Processed 1000001 insn");
+    }
+
+    #[test]
+    fn a_refused_program_is_one_line_and_keeps_the_log_for_verbose() {
+        let log = "0: (b7) r0 = 0\nBPF program is too large. Processed 1000001 insn\nprocessed 1000001 insns\n";
+        let error = verifier_refusal(PROG_TC_EGRESS, &io::Error::from_raw_os_error(libc::E2BIG), log.to_owned());
+        let text = error.to_string();
+        assert!(!text.contains('\n'), "one line: {text}");
+        assert!(text.contains("refused program rewrite_tc_egress: BPF program is too large"), "{text}");
+        assert!(text.contains("--verbose"), "{text}");
+        match error {
+            Error::VerifierRefused { log: kept, .. } => assert_eq!(kept, log),
+            other => panic!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_slot_has_its_own_pins_and_tc_slots_their_filter() {
+        let mut names: Vec<&str> = Slot::ALL.iter().flat_map(|slot| [slot.pin_names().0, slot.pin_names().1]).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 2 * Slot::ALL.len(), "pin names are unique");
+        for slot in Slot::ALL {
+            assert_eq!(Slot::of_program_pin(slot.pin_names().0), Some(slot));
+            let is_xdp = matches!(slot, Slot::Ingress(IngressHook::XdpDriver | IngressHook::XdpGeneric));
+            assert_eq!(slot.filter().is_none(), is_xdp, "{slot:?}");
+        }
     }
 }

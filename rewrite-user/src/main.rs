@@ -10,11 +10,24 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let cli = rewrite_user::cli::Cli::parse();
+    let verbose = cli.verbose;
     match commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if verbose {
+                print_details(&error);
+            }
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `--verbose` adds to an error: the verifier's log of a refused program.
+fn print_details(error: &anyhow::Error) {
+    for cause in error.chain() {
+        if let Some(rewrite_user::Error::VerifierRefused { program, log, .. }) = cause.downcast_ref() {
+            eprintln!("the verifier's log for {program}:\n{log}");
         }
     }
 }

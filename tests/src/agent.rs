@@ -11,6 +11,11 @@ use std::{
 
 use crate::{cli::rewrite_binary, netns::Netns};
 
+/// How long an agent may take from its start to serving metrics: its first apply comes
+/// first, and 10,000 mappings under an emulated CPU (the kernel matrix's guests) take
+/// several seconds. A bound against hanging, not a speed target.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A config file in the temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct ConfigFile {
@@ -94,14 +99,15 @@ impl<'a> AgentProcess<'a> {
         Self { netns, child, metrics, log }
     }
 
-    /// Waits until the agent serves metrics; panics with its log if it exits first.
+    /// Waits until the agent serves metrics (it binds them after its first apply);
+    /// panics with its log if it exits first.
     pub fn wait_serving(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + START_TIMEOUT;
         while self.scrape().is_none() {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the agent exited at start ({status}):\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "the agent serves no metrics after 10 s:\n{}", self.log());
+            assert!(Instant::now() < deadline, "the agent serves no metrics after {START_TIMEOUT:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }

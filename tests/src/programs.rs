@@ -32,8 +32,14 @@ impl std::fmt::Debug for LoadedObject {
 impl LoadedObject {
     /// Loads the object with fresh pinned maps (`max_mappings` as `attach --max-mappings`)
     /// and loads `programs` into the kernel, panicking with the verifier's reason.
+    /// The ICMP-error programs, which the TC programs tail-call, are loaded and put in
+    /// their array too, as `attach` does.
     pub fn new(tag: &str, max_mappings: Option<u32>, programs: &[&str]) -> Self {
-        Self::load_with(tag, programs, |maps_dir| loader::load(maps_dir, max_mappings).expect("load the eBPF object"))
+        let mut object = Self::load_with(tag, programs, |maps_dir| {
+            loader::load(maps_dir, max_mappings).expect("load the eBPF object")
+        });
+        loader::install_icmp_errors(&mut object.ebpf).expect("load the ICMP-error programs into their array");
+        object
     }
 
     /// The same for the bounce object, with room for `max_flows` flows.

@@ -392,8 +392,11 @@ pub fn udp_stream_during(
             }
             sequence
         });
+        // Stops the stream however `during` ends: a panic in it must fail the test, not
+        // leave the sender and receiver running while the scope waits for them.
+        let stopper = crate::wait::SetOnDrop(&stop);
         during();
-        stop.store(true, Ordering::Relaxed);
+        drop(stopper);
         let sent = sender.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let mut seen = receiver.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let received = seen.len() as u64;

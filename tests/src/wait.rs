@@ -23,3 +23,15 @@ pub fn wait_until_explained(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sets its flag when dropped, also while a panic unwinds: threads that loop until a
+/// flag is set stop however the code that sets it ends, so a scope that joins them ends
+/// too, and a failure fails instead of hanging.
+#[derive(Debug)]
+pub struct SetOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -181,7 +181,7 @@ fn no_datagram_is_lost_across_agent_restart_upgrade_and_a_big_apply() {
             std::thread::sleep(Duration::from_millis(300));
             // 1,000 of 10,000 entries change.
             config.write(&big_config(9_999, 1_000));
-            agent.wait_for("the big apply", Duration::from_secs(30), |text| {
+            agent.wait_for("the big apply", Duration::from_secs(90), |text| {
                 sample(text, "rewrite_applies_total", &[("result", "success")]) == Some(2.0)
             });
             std::thread::sleep(Duration::from_millis(300));

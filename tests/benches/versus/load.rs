@@ -83,20 +83,12 @@ fn with_server<T: Send>(topology: &Topology, hold: bool, client: impl FnOnce() -
         });
         let result = {
             // Stops the server also when the client panics, so the scope can end.
-            let _stop = SetOnDrop(&done);
+            let _stop = rewrite_tests::wait::SetOnDrop(&done);
             client()
         };
         server.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         result
     })
-}
-
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// std listens with a backlog of 128; the connection tests need the namespace's
