@@ -5,6 +5,7 @@
 //! * `build`, `run -- ARGS`, `test`, `bench`, `fuzz`: run `setup` first.
 
 mod fuzz;
+mod kernels;
 
 use std::{
     env,
@@ -65,8 +66,17 @@ enum Task {
         args: Vec<String>,
     },
     /// Run every test: host unit tests, BPF_PROG_TEST_RUN fixtures and network-namespace
-    /// end-to-end tests (needs root).
+    /// end-to-end tests (needs root). With `--kernel`, run the kernel matrix instead:
+    /// the kernel-path tests inside Debian's stock kernels, booted in QEMU.
     Test {
+        /// A kernel of the matrix to boot instead of testing on this one: 5.10, 6.1,
+        /// 6.12 or all.
+        #[arg(long, value_name = "5.10|6.1|6.12|all")]
+        kernel: Option<String>,
+        /// With --kernel: only these test binaries of the matrix (comma-separated), to
+        /// look closer at one.
+        #[arg(long, value_delimiter = ',', requires = "kernel")]
+        only: Vec<String>,
         /// Extra arguments for the test binaries (a name filter, --nocapture, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -117,7 +127,21 @@ fn main() -> anyhow::Result<()> {
             let binary = root.join("target").join(if release { "release" } else { "debug" }).join("rewrite");
             run_as_root(&binary, &args)
         }
-        Task::Test { args } => {
+        Task::Test { kernel: Some(kernel), only, args } => {
+            let series = kernels::selected(&kernel)?;
+            setup()?;
+            step("kernel matrix packages", ensure_packages(kernels::HOST_PACKAGES))?;
+            require_root("the kernel matrix boots guests that load eBPF programs")?;
+            build(false)?;
+            let upgrade_object = build_upgrade_object(&root)?;
+            let binaries = test_binaries()?;
+            let rewrite = root.join("target").join("debug").join("rewrite");
+            let started = std::time::Instant::now();
+            let selection = kernels::Selection { only, extra_args: args };
+            let outcomes = kernels::run(&root, &series, &binaries, &rewrite, &upgrade_object, &selection)?;
+            report_matrix(&outcomes, started.elapsed())
+        }
+        Task::Test { kernel: None, args, .. } => {
             setup()?;
             require_root("the tests attach eBPF programs and create network namespaces")?;
             build(false)?;
@@ -220,8 +244,8 @@ fn run_tests(command: &mut Command) -> anyhow::Result<()> {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
         if let Some(result) = line.strip_prefix("test result: ") {
-            passed += count_before(result, " passed");
-            failed += count_before(result, " failed");
+            passed += kernels::count_before(result, " passed");
+            failed += kernels::count_before(result, " failed");
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
@@ -229,16 +253,6 @@ fn run_tests(command: &mut Command) -> anyhow::Result<()> {
     ensure!(status.success() && failed == 0, "tests failed ({status})");
     ensure!(passed > 0, "no test ran");
     Ok(())
-}
-
-/// The number just before `label` in a line such as "ok. 11 passed; 0 failed; ...".
-fn count_before(text: &str, label: &str) -> u64 {
-    text.split(';')
-        .find_map(|part| {
-            part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(label.trim_start())
-        })
-        .and_then(|number| number.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn output(command: &mut Command) -> anyhow::Result<String> {
@@ -391,24 +405,90 @@ fn on_path(binary: &str) -> bool {
 }
 
 fn ensure_apt_packages() -> anyhow::Result<String> {
-    let missing: Vec<&str> = APT_PACKAGES
+    ensure_packages(APT_PACKAGES)
+}
+
+/// Installs the Debian packages of `packages` that are missing, each proved by a binary.
+fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<String> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(package, binary)| !package_installed(package) || !on_path(binary))
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
-        return Ok(format!("present ({})", APT_PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", ")));
+        return Ok(format!("present ({})", packages.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", ")));
     }
     require_root(&format!("installing {}", missing.join(", ")))?;
     run(Command::new("apt-get").args(["update", "-qq"]), "apt-get update")?;
     run(
-        Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(&missing),
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
         "apt-get install",
     )?;
-    for (package, binary) in APT_PACKAGES {
+    for (package, binary) in packages {
         ensure!(on_path(binary), "{package} was installed but {binary} is not on PATH");
     }
     Ok(format!("installed {}", missing.join(", ")))
+}
+
+/// The test binaries of the workspace, by target name, built if needed.
+fn test_binaries() -> anyhow::Result<std::collections::BTreeMap<String, PathBuf>> {
+    let listing = output(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "rewrite-ebpf",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]))?;
+    let mut binaries = std::collections::BTreeMap::new();
+    for line in listing.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let (Some(name), Some(executable)) = (message["target"]["name"].as_str(), message["executable"].as_str())
+        else {
+            continue;
+        };
+        if message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|kind| kind == "test")) {
+            binaries.insert(name.to_owned(), PathBuf::from(executable));
+        }
+    }
+    ensure!(!binaries.is_empty(), "cargo built no test binary");
+    Ok(binaries)
+}
+
+/// Prints the matrix's summary: per kernel, the tests passed and failed, the wall time,
+/// and the verifier's cost of each program; fails if any kernel failed.
+fn report_matrix(outcomes: &[kernels::Outcome], wall: std::time::Duration) -> anyhow::Result<()> {
+    println!("kernel matrix summary:");
+    for outcome in outcomes {
+        println!(
+            "  {} ({}, {}): {} passed, {} failed, {:.0} s{}",
+            outcome.series,
+            outcome.release,
+            outcome.accelerator,
+            outcome.passed,
+            outcome.failed,
+            outcome.wall.as_secs_f64(),
+            if outcome.binaries_failed.is_empty() {
+                String::new()
+            } else {
+                format!("; failed: {}", outcome.binaries_failed.join(", "))
+            }
+        );
+        for cost in &outcome.verifier {
+            println!("    {cost}");
+        }
+    }
+    println!("kernel matrix wall time: {:.0} s", wall.as_secs_f64());
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|outcome| outcome.failed > 0 || !outcome.binaries_failed.is_empty() || outcome.passed == 0)
+        .map(|outcome| outcome.series)
+        .collect();
+    ensure!(failed.is_empty(), "the kernel matrix failed on {}", failed.join(", "));
+    Ok(())
 }
 
 fn ensure_bpffs() -> anyhow::Result<String> {
