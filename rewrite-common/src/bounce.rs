@@ -58,6 +58,14 @@ pub const PORT_PROBES: u32 = 16;
 /// (the keepalive interval of most stacks).
 pub const DEFAULT_UDP_IDLE_SECONDS: u64 = 60;
 pub const DEFAULT_TCP_IDLE_SECONDS: u64 = 7200;
+/// How long a flow the target never answered lives without packets: a SYN nobody
+/// answers, a UDP datagram without a reply. Short, so that a few packets cannot hold a
+/// service's source ports for hours; a client still retrying keeps its flow alive.
+pub const DEFAULT_UNREPLIED_SECONDS: u32 = 10;
+/// How far a TCP RST's sequence number may lie from what its sender has sent so far
+/// for the bouncer to believe it and close the flow (RFC 5961's concern): a blind RST
+/// must guess the sequence number within this window.
+pub const RST_WINDOW: u32 = 65_535;
 
 /// A packet's addresses and ports as it arrives (the flow table's key) or as it
 /// leaves (the entry's value).
@@ -113,8 +121,13 @@ pub struct FlowEntry {
     pub side: u8,
     /// `FIN_SENT` once this side sent a FIN (TCP).
     pub fin: u8,
-    /// Always zero; places the u64 fields on an 8-byte boundary.
+    /// Always zero.
     pub reserved: [u8; 2],
+    /// TCP: the sequence number this side sends next, as far as its packets showed
+    /// (host order): what an RST from it must be close to. Zero before its first.
+    pub next_seq: u32,
+    /// Always zero; places the u64 fields on an 8-byte boundary.
+    pub reserved2: u32,
     /// `bpf_ktime_get_ns` of the last packet in this direction, or of the flow's
     /// creation.
     pub last_seen_ns: u64,
@@ -125,7 +138,7 @@ pub struct FlowEntry {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 96);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 104);
 
 /// A bounce service: where flows to its LISTEN endpoint go.
 #[repr(C)]
@@ -147,9 +160,25 @@ const _: () = assert!(core::mem::size_of::<BounceService>() == 40);
 pub struct BounceSettings {
     /// 1 when at least one service exists: the program returns at once otherwise.
     pub enabled: u32,
-    pub reserved: u32,
+    /// Seconds a flow the target never answered lives without packets; 0 means
+    /// [`DEFAULT_UNREPLIED_SECONDS`].
+    pub unreplied_seconds: u32,
     pub udp_idle_ns: u64,
     pub tcp_idle_ns: u64,
+}
+
+impl BounceSettings {
+    /// How long a flow lives without packets: the protocol's idle timeout once the
+    /// target answered (its half has forwarded a packet), the unreplied timeout before.
+    #[inline(always)]
+    #[must_use]
+    pub const fn timeout_ns(&self, tcp: bool, target_answered: bool) -> u64 {
+        if !target_answered {
+            let seconds = if self.unreplied_seconds == 0 { DEFAULT_UNREPLIED_SECONDS } else { self.unreplied_seconds };
+            return seconds as u64 * 1_000_000_000;
+        }
+        if tcp { self.tcp_idle_ns } else { self.udp_idle_ns }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<BounceSettings>() == 24);
@@ -158,7 +187,7 @@ impl Default for BounceSettings {
     fn default() -> Self {
         Self {
             enabled: 0,
-            reserved: 0,
+            unreplied_seconds: DEFAULT_UNREPLIED_SECONDS,
             udp_idle_ns: DEFAULT_UDP_IDLE_SECONDS * 1_000_000_000,
             tcp_idle_ns: DEFAULT_TCP_IDLE_SECONDS * 1_000_000_000,
         }
@@ -221,7 +250,13 @@ pub const BOUNCE_NO_FLOW: u32 = 8;
 pub const BOUNCE_EVENTS_LOST: u32 = 9;
 /// A helper (checksum, store, map update, redirect) failed.
 pub const BOUNCE_ERRORS: u32 = 10;
-pub const BOUNCE_COUNTER_SLOTS: u32 = 11;
+/// A TCP RST whose sequence number lies outside what its sender has sent: dropped, the
+/// flow stays (a blind reset).
+pub const BOUNCE_RST_IGNORED: u32 = 11;
+/// A packet whose TTL (hop limit) would expire here: passed to the host's stack instead
+/// of being forwarded.
+pub const BOUNCE_TTL_EXPIRED: u32 = 12;
+pub const BOUNCE_COUNTER_SLOTS: u32 = 13;
 pub const BOUNCE_COUNTER_NAMES: [&str; BOUNCE_COUNTER_SLOTS as usize] = [
     "connects",
     "forwarded",
@@ -234,6 +269,8 @@ pub const BOUNCE_COUNTER_NAMES: [&str; BOUNCE_COUNTER_SLOTS as usize] = [
     "no_flow",
     "events_lost",
     "errors",
+    "rst_ignored",
+    "ttl_expired",
 ];
 
 /// The `probe`-th source port a new flow tries: consecutive ports from a random start,
@@ -270,6 +307,9 @@ pub enum TcpStep {
     MarkFin,
     /// Forward, then remove the flow with this reason.
     Close(u32),
+    /// Drop the packet, keep the flow: an RST that does not belong to it (see
+    /// [`rst_acceptable`]). The datapath decides this; [`tcp_step`] never does.
+    Reject,
 }
 
 /// The flow's lifecycle as TCP flags drive it: an RST ends it at once; a FIN marks its
@@ -288,6 +328,41 @@ pub const fn tcp_step(flags: u8, this_fin: u8, other_fin: u8) -> TcpStep {
         return TcpStep::Close(REASON_FIN);
     }
     TcpStep::Keep
+}
+
+/// Whether an RST from one side of a flow belongs to it. From a side that has sent
+/// packets, its sequence number must lie within [`RST_WINDOW`] of that side's next
+/// sequence number. From a side that has sent nothing yet (a target refusing the
+/// connection), it must acknowledge exactly what the other side sent (its SYN).
+#[inline(always)]
+#[must_use]
+pub const fn rst_acceptable(flags: u8, seq: u32, ack: u32, sender: &FlowEntry, other: &FlowEntry) -> bool {
+    if sender.packets > 0 {
+        #[expect(clippy::cast_possible_wrap, reason = "sequence distances are signed, modulo 2^32")]
+        let distance = seq.wrapping_sub(sender.next_seq) as i32;
+        return distance.unsigned_abs() <= RST_WINDOW;
+    }
+    flags & TCP_ACK != 0 && other.packets > 0 && ack == other.next_seq
+}
+
+/// The sequence number after a TCP segment: its own, plus its payload, plus one for a
+/// SYN or a FIN, which each take a number.
+#[inline(always)]
+#[must_use]
+pub const fn sequence_after(seq: u32, flags: u8, payload_len: u32) -> u32 {
+    let syn = if flags & TCP_SYN != 0 { 1 } else { 0 };
+    let fin = if flags & TCP_FIN != 0 { 1 } else { 0 };
+    seq.wrapping_add(payload_len).wrapping_add(syn).wrapping_add(fin)
+}
+
+/// Whether a side's next sequence number moves to `next` from `current` (sequence
+/// numbers compared modulo 2^32: only forward), or is set by its first packet.
+#[inline(always)]
+#[must_use]
+pub const fn advances(current: u32, next: u32, first_packet: bool) -> bool {
+    #[expect(clippy::cast_possible_wrap, reason = "sequence distances are signed, modulo 2^32")]
+    let forward = next.wrapping_sub(current) as i32 > 0;
+    first_packet || forward
 }
 
 /// Whether a TCP packet with these flags may open a flow: a SYN without ACK.
@@ -327,6 +402,8 @@ impl NewFlow {
             entry.side = side;
             entry.fin = 0;
             entry.reserved = [0; 2];
+            entry.next_seq = 0;
+            entry.reserved2 = 0;
             entry.last_seen_ns = now_ns;
             entry.created_ns = now_ns;
             entry.packets = 0;
@@ -338,8 +415,8 @@ impl NewFlow {
 // SAFETY: repr(C), byte arrays only, padding spelled out as `reserved` (size asserted).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowTuple {}
-// SAFETY: repr(C), a FlowTuple (40) and an Endpoint (20), four explicit bytes, then four
-// u64 at offset 64: no implicit padding (size asserted).
+// SAFETY: repr(C), a FlowTuple (40) and an Endpoint (20), four explicit bytes, two u32,
+// then four u64 at offset 72: no implicit padding (size asserted).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowEntry {}
 // SAFETY: repr(C), an Endpoint and an Addr (36 bytes), then two u16: no padding.
@@ -353,7 +430,7 @@ unsafe impl aya::Pod for BounceSettings {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BounceEvent {}
 
-const _: () = assert!(core::mem::size_of::<NewFlow>() == 40 + 2 * 96);
+const _: () = assert!(core::mem::size_of::<NewFlow>() == 40 + 2 * 104);
 
 #[cfg(test)]
 mod tests {
@@ -433,6 +510,37 @@ mod tests {
         assert!(!opens_flow(TCP_SYN | TCP_ACK), "a SYN-ACK answers, it does not open");
         assert!(!opens_flow(TCP_ACK));
         assert!(!opens_flow(TCP_SYN | TCP_RST));
+    }
+
+    #[test]
+    fn a_reset_counts_only_within_the_senders_window_or_as_the_answer_to_a_syn() {
+        let sent = |next_seq: u32| FlowEntry { next_seq, packets: 3, ..FlowEntry::default() };
+        let silent = FlowEntry::default();
+        assert!(rst_acceptable(TCP_RST, 1000, 0, &sent(1000), &silent), "exactly the next sequence number");
+        assert!(rst_acceptable(TCP_RST, 1000 + RST_WINDOW, 0, &sent(1000), &silent));
+        assert!(rst_acceptable(TCP_RST, 5, 0, &sent(u32::MAX - 10), &silent), "across the wrap");
+        assert!(!rst_acceptable(TCP_RST, 1000 + RST_WINDOW + 1, 0, &sent(1000), &silent), "a blind guess");
+        assert!(!rst_acceptable(TCP_RST, 0x8000_0000, 0, &sent(1000), &silent));
+        // A target refusing the connection: RST|ACK acknowledging the client's SYN.
+        let client = sent(7001);
+        assert!(rst_acceptable(TCP_RST | TCP_ACK, 0, 7001, &silent, &client));
+        assert!(!rst_acceptable(TCP_RST | TCP_ACK, 0, 7002, &silent, &client), "acknowledges something else");
+        assert!(!rst_acceptable(TCP_RST, 0, 7001, &silent, &client), "no ACK");
+        assert_eq!(sequence_after(7000, TCP_SYN, 0), 7001);
+        assert_eq!(sequence_after(u32::MAX, TCP_FIN | TCP_ACK, 10), 10);
+        assert!(advances(10, 11, false) && !advances(11, 10, false) && advances(11, 10, true));
+        assert!(advances(u32::MAX, 3, false), "forward across the wrap");
+    }
+
+    #[test]
+    fn flows_nobody_answered_expire_fast_and_answered_ones_by_protocol() {
+        let settings = BounceSettings::default();
+        assert_eq!(settings.timeout_ns(true, false), u64::from(DEFAULT_UNREPLIED_SECONDS) * 1_000_000_000);
+        assert_eq!(settings.timeout_ns(false, false), u64::from(DEFAULT_UNREPLIED_SECONDS) * 1_000_000_000);
+        assert_eq!(settings.timeout_ns(true, true), DEFAULT_TCP_IDLE_SECONDS * 1_000_000_000);
+        assert_eq!(settings.timeout_ns(false, true), DEFAULT_UDP_IDLE_SECONDS * 1_000_000_000);
+        let unset = BounceSettings { unreplied_seconds: 0, ..settings };
+        assert_eq!(unset.timeout_ns(true, false), settings.timeout_ns(true, false), "0 means the default");
     }
 
     #[test]

@@ -68,8 +68,9 @@ pub const PORT_OPEN: u32 = 0;
 pub const PORT_PROTECTED: u32 = 1;
 pub const PORT_MANAGEMENT: u32 = 2;
 
-/// Counter slots. Each packet to a protected or management port counts once; other
-/// packets are not the gate's business and are not counted.
+/// Counter slots. Each packet to a protected or management port counts once, and so
+/// does each frame the gate cannot judge while it is on; other packets are not the
+/// gate's business and are not counted.
 pub const GATE_PASSED_MEMBER: u32 = 0;
 pub const GATE_PASSED_ALLOWED_PREFIX: u32 = 1;
 pub const GATE_PASSED_MANAGEMENT: u32 = 2;
@@ -77,9 +78,28 @@ pub const GATE_PASSED_MANAGEMENT: u32 = 2;
 pub const GATE_WOULD_DROP: u32 = 3;
 /// Enforce mode: from an unknown source, dropped.
 pub const GATE_DROPPED: u32 = 4;
-pub const GATE_COUNTER_SLOTS: u32 = 5;
-pub const GATE_COUNTER_NAMES: [&str; GATE_COUNTER_SLOTS as usize] =
-    ["passed_member", "passed_allowed_prefix", "passed_management", "would_drop", "dropped"];
+/// Enforce mode: a first fragment (IPv4, or IPv6) that does not carry the transport
+/// ports, or an IPv6 first fragment without its whole header chain (RFC 7112): the
+/// port it is for cannot be known, and the host would reassemble it. Dropped.
+pub const GATE_DROPPED_FRAGMENT: u32 = 5;
+/// Enforce mode: an IPv6 extension header chain longer or deeper than the gate walks.
+/// Dropped.
+pub const GATE_DROPPED_HEADER_CHAIN: u32 = 6;
+/// Monitor mode: the same two kinds of frame, counted and passed.
+pub const GATE_WOULD_DROP_FRAGMENT: u32 = 7;
+pub const GATE_WOULD_DROP_HEADER_CHAIN: u32 = 8;
+pub const GATE_COUNTER_SLOTS: u32 = 9;
+pub const GATE_COUNTER_NAMES: [&str; GATE_COUNTER_SLOTS as usize] = [
+    "passed_member",
+    "passed_allowed_prefix",
+    "passed_management",
+    "would_drop",
+    "dropped",
+    "dropped_fragment",
+    "dropped_header_chain",
+    "would_drop_fragment",
+    "would_drop_header_chain",
+];
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,6 +163,32 @@ pub fn decide(settings: &GateSettings, class: u32, source: Source) -> Decision {
     }
 }
 
+/// Why the gate cannot judge a frame: it cannot tell which port the frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unjudgeable {
+    /// A first fragment without the transport ports (or, in IPv6, without the whole
+    /// header chain).
+    Fragment,
+    /// An IPv6 extension header chain longer or deeper than the gate walks.
+    HeaderChain,
+}
+
+/// The gate's decision for a frame it cannot judge: the gate fails closed, so enforce
+/// drops it and monitor counts it as one it would drop. Off, it is not the gate's
+/// business.
+#[inline(always)]
+pub fn decide_unjudgeable(settings: &GateSettings, why: Unjudgeable) -> Decision {
+    let (dropped, would_drop) = match why {
+        Unjudgeable::Fragment => (GATE_DROPPED_FRAGMENT, GATE_WOULD_DROP_FRAGMENT),
+        Unjudgeable::HeaderChain => (GATE_DROPPED_HEADER_CHAIN, GATE_WOULD_DROP_HEADER_CHAIN),
+    };
+    match settings.mode {
+        MODE_ENFORCE => Decision::Drop(dropped),
+        MODE_MONITOR => Decision::Pass(would_drop),
+        _ => Decision::Ignore,
+    }
+}
+
 /// The class of `port` of `protocol` given the port map's bits for it: a port that
 /// is not protected is open; a protected one is a management port (and passes) if it
 /// has the management bit, or is ssh while the operator has not configured management
@@ -199,6 +245,19 @@ mod tests {
         assert_eq!(effective_class(&configured, 6, 2222, PORT_MANAGEMENT), PORT_OPEN, "not protected: open");
         assert_eq!(effective_class(&ENFORCE, 6, 22, PORT_OPEN), PORT_OPEN, "an unprotected ssh is simply open");
         assert_eq!(decide(&ENFORCE, PORT_MANAGEMENT, Source::Unknown), Decision::Pass(GATE_PASSED_MANAGEMENT));
+    }
+
+    #[test]
+    fn frames_the_gate_cannot_judge_are_dropped_in_enforce_and_counted_in_monitor() {
+        for (why, dropped, would_drop) in [
+            (Unjudgeable::Fragment, GATE_DROPPED_FRAGMENT, GATE_WOULD_DROP_FRAGMENT),
+            (Unjudgeable::HeaderChain, GATE_DROPPED_HEADER_CHAIN, GATE_WOULD_DROP_HEADER_CHAIN),
+        ] {
+            assert_eq!(decide_unjudgeable(&ENFORCE, why), Decision::Drop(dropped));
+            assert_eq!(decide_unjudgeable(&MONITOR, why), Decision::Pass(would_drop));
+            assert_eq!(decide_unjudgeable(&GateSettings::default(), why), Decision::Ignore);
+        }
+        assert_eq!(GATE_COUNTER_NAMES.len(), GATE_COUNTER_SLOTS as usize);
     }
 
     #[test]

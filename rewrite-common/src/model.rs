@@ -202,6 +202,28 @@ mod tests {
         assert!(matches!(table.add_prefix(&zero), Err(MappingConflict::BadPrefixLength { .. })));
         let mixed = PrefixMapping { virtual_net: ip("10.3.0.0"), real_net: ip("2001:db8::"), len: 16 };
         assert!(matches!(table.add_prefix(&mixed), Err(MappingConflict::MixedFamilies { .. })));
+        // A prefix may not contain broadcast, link-local, loopback, multicast or
+        // unspecified space, on either side, even when its network address is usable.
+        for (virtual_net, real_net, len) in [
+            ("10.4.0.0", "255.255.255.0", 24),
+            ("10.5.0.0", "169.254.0.0", 16),
+            ("169.254.0.0", "10.5.0.0", 16),
+            ("10.0.0.0", "126.0.0.0", 7),
+            ("128.0.0.0", "10.6.0.0", 1),
+            ("fd00:7::", "fe80::", 64),
+            ("fc00::", "fe00::", 7),
+            ("fd00:9::", "::", 64),
+        ] {
+            let mapping = PrefixMapping { virtual_net: ip(virtual_net), real_net: ip(real_net), len };
+            let refused = table.add_prefix(&mapping);
+            assert!(
+                matches!(
+                    refused,
+                    Err(MappingConflict::PrefixContainsUnusable { .. } | MappingConflict::UnusableAddress { .. })
+                ),
+                "{virtual_net}/{len} -> {real_net}/{len}: {refused:?}"
+            );
+        }
         let crossing = PrefixMapping { virtual_net: ip("172.20.5.0"), real_net: ip("172.40.0.0"), len: 24 };
         assert!(matches!(table.add_prefix(&crossing), Err(MappingConflict::PrefixSidesOverlap { .. })));
         // Addresses inside a REAL prefix cannot be another mapping's REAL or VIRTUAL.

@@ -92,6 +92,8 @@ pub enum MappingConflict {
     HostBitsSet { net: IpAddr, len: u8 },
     #[error("a prefix length must be from 1 to {max} for this address family, not {len}")]
     BadPrefixLength { len: u8, max: u8 },
+    #[error("prefix {net}/{len} contains {range}/{range_len}, {reason}, which cannot be used in a mapping")]
+    PrefixContainsUnusable { net: IpAddr, len: u8, range: IpAddr, range_len: u8, reason: &'static str },
     #[error(
         "{addr} lies in REAL prefix {net}/{len} of mapping {virtual_net}/{len} -> {net}/{len}: \
          replies from it could match two mappings"
@@ -160,6 +162,28 @@ fn unusable_reason(addr: IpAddr) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// The address blocks no mapping may touch, with why: a prefix that contains any part
+/// of one is refused, as an address inside one is.
+const UNUSABLE_BLOCKS: [(IpAddr, u8, &str); 10] = [
+    (IpAddr::V4(std::net::Ipv4Addr::new(0, 0, 0, 0)), 8, "the \"this network\" block of the unspecified address"),
+    (IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), 8, "the loopback block"),
+    (IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 0, 0)), 16, "the link-local block"),
+    (IpAddr::V4(std::net::Ipv4Addr::new(224, 0, 0, 0)), 4, "the multicast block"),
+    (IpAddr::V4(std::net::Ipv4Addr::new(255, 255, 255, 255)), 32, "the broadcast address"),
+    (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 128, "the unspecified address"),
+    (IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), 128, "the loopback address"),
+    (IpAddr::V6(std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10, "the link-local block"),
+    (IpAddr::V6(std::net::Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8, "the multicast block"),
+    (IpAddr::V6(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0)), 96, "the IPv4-mapped block"),
+];
+
+/// The first unusable block `net/len` touches, if any.
+fn unusable_block(net: IpAddr, len: u8) -> Option<(IpAddr, u8, &'static str)> {
+    UNUSABLE_BLOCKS
+        .into_iter()
+        .find(|&(block, block_len, _)| block.is_ipv4() == net.is_ipv4() && prefixes_overlap(net, len, block, block_len))
 }
 
 /// The checks every mapping kind shares: usable addresses of one family.
@@ -317,6 +341,9 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
         }
         if let Some(reason) = unusable_reason(net) {
             return Err(MappingConflict::UnusableAddress { addr: net, reason });
+        }
+        if let Some((range, range_len, reason)) = unusable_block(net, len) {
+            return Err(MappingConflict::PrefixContainsUnusable { net, len, range, range_len, reason });
         }
     }
     if prefixes_overlap(virtual_net, len, real_net, len) {

@@ -30,10 +30,13 @@ use aya_ebpf::{
 use rewrite_common::{
     bounce::{
         BOUNCE_CLOSED_EVICTED, BOUNCE_CLOSED_FIN, BOUNCE_CLOSED_IDLE, BOUNCE_CLOSED_RST, BOUNCE_CONNECTS,
-        BOUNCE_ERRORS, BOUNCE_EVENTS_LOST, BOUNCE_FORWARDED, BOUNCE_NO_FLOW, BOUNCE_PORT_EXHAUSTED, BOUNCE_UNROUTABLE,
-        BounceEvent, EVENT_CONNECT, EVENT_DISCONNECT, FIN_SENT, FROM_CLIENT, FlowEntry, FlowTuple, PORT_PROBES,
-        REASON_EVICTED, REASON_IDLE, REASON_NONE, REASON_RST, TcpStep, candidate_port, is_idle, opens_flow, tcp_step,
+        BOUNCE_ERRORS, BOUNCE_EVENTS_LOST, BOUNCE_FORWARDED, BOUNCE_NO_FLOW, BOUNCE_PORT_EXHAUSTED, BOUNCE_RST_IGNORED,
+        BOUNCE_TTL_EXPIRED, BOUNCE_UNROUTABLE, BounceEvent, BounceSettings, EVENT_CONNECT, EVENT_DISCONNECT, FIN_SENT,
+        FROM_CLIENT, FROM_TARGET, FlowEntry, FlowTuple, PORT_PROBES, REASON_EVICTED, REASON_IDLE, REASON_NONE,
+        REASON_RST, TCP_RST, TcpStep, advances, candidate_port, is_idle, opens_flow, rst_acceptable, sequence_after,
+        tcp_step,
     },
+    checksum::replace_u16,
     maps::{Addr, Endpoint, IPPROTO_TCP},
 };
 
@@ -44,8 +47,11 @@ use crate::{
     parse::{DST_PORT_AFTER_SRC, IpPacket, parse},
 };
 
-/// Where the TCP flags sit in the TCP header.
+/// Where the data offset and the flags sit in the TCP header, and how much of it the
+/// bouncer reads (ports, sequence and acknowledgement numbers, offset, flags).
+const TCP_DATA_OFFSET: usize = 12;
 const TCP_FLAGS: usize = 13;
+const TCP_HEADER_READ: usize = 16;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -81,6 +87,31 @@ pub trait Forwarder: Packet {
 
     /// Sends the translated packet out through `route`.
     fn send(&mut self, route: Route) -> Result<Verdict, ()>;
+
+    /// Whether the packet's TTL (IPv4) or hop limit (IPv6) lets it be forwarded: a
+    /// packet with 1 left dies here, and is left to the host's stack.
+    fn hop_limit_left(&self, parsed: &IpPacket) -> Result<bool, ()> {
+        let word: [u8; 2] = self.read(usize::from(hop_limit_offset(parsed))).ok_or(())?;
+        Ok(word[0] > 1)
+    }
+
+    /// Takes one from the TTL (updating the IPv4 header checksum) or the hop limit, as
+    /// every router on the path does.
+    fn step_hop_limit(&mut self, parsed: &IpPacket) -> Result<(), ()>;
+}
+
+/// Where the TTL (IPv4, the byte before the protocol, which the header checksum covers
+/// as one 16-bit word with it) or the hop limit (IPv6, the byte before the source
+/// address) sits.
+#[inline(always)]
+fn hop_limit_offset(parsed: &IpPacket) -> u16 {
+    if parsed.is_ipv6() { parsed.src_offset - 1 } else { parsed.ipv4_check - 2 }
+}
+
+/// The 16-bit word at the hop limit, with one taken from it.
+#[inline(always)]
+fn stepped(word: [u8; 2]) -> [u8; 2] {
+    [word[0].wrapping_sub(1), word[1]]
 }
 
 impl Forwarder for TcPacket<'_> {
@@ -113,6 +144,18 @@ impl Forwarder for TcPacket<'_> {
         // TC_ACT_REDIRECT, or TC_ACT_SHOT for a bad device index.
         Ok(Verdict::Sent(u32::try_from(action).unwrap_or(TC_ACT_SHOT)))
     }
+
+    #[inline(always)]
+    fn step_hop_limit(&mut self, parsed: &IpPacket) -> Result<(), ()> {
+        let offset = usize::from(hop_limit_offset(parsed));
+        let old: [u8; 2] = self.read(offset).ok_or(())?;
+        let new = stepped(old);
+        if !parsed.is_ipv6() {
+            let (from, to) = (u64::from(u16::from_ne_bytes(old)), u64::from(u16::from_ne_bytes(new)));
+            self.context().l3_csum_replace(usize::from(parsed.ipv4_check), from, to, 2).map_err(|_| ())?;
+        }
+        self.context().store(offset, &new, 0).map_err(|_| ())
+    }
 }
 
 impl Forwarder for XdpPacket<'_> {
@@ -142,6 +185,20 @@ impl Forwarder for XdpPacket<'_> {
         let action = unsafe { bpf_redirect(route.ifindex, 0) };
         // XDP_REDIRECT, or XDP_ABORTED for a bad device index.
         Ok(Verdict::Sent(u32::try_from(action).unwrap_or(xdp_action::XDP_ABORTED)))
+    }
+
+    #[inline(always)]
+    fn step_hop_limit(&mut self, parsed: &IpPacket) -> Result<(), ()> {
+        let offset = usize::from(hop_limit_offset(parsed));
+        let old: [u8; 2] = self.read(offset).ok_or(())?;
+        let new = stepped(old);
+        if !parsed.is_ipv6() {
+            let check_offset = usize::from(parsed.ipv4_check);
+            let check: [u8; 2] = self.read(check_offset).ok_or(())?;
+            let updated = replace_u16(u16::from_be_bytes(check), u16::from_be_bytes(old), u16::from_be_bytes(new));
+            self.write(check_offset, updated.to_be_bytes())?;
+        }
+        self.write(offset, new)
     }
 }
 
@@ -178,42 +235,56 @@ pub fn bounce<P: Forwarder>(packet: &mut P) -> Result<Verdict, ()> {
     key.reserved[0] = 0;
     key.reserved[1] = 0;
     key.reserved[2] = 0;
-    let tcp_flags = if parsed.protocol == IPPROTO_TCP {
-        packet.read::<[u8; 1]>(usize::from(parsed.ports_offset) + TCP_FLAGS).ok_or(())?[0]
+    let segment = &mut work.segment;
+    if parsed.protocol == IPPROTO_TCP {
+        let l4 = usize::from(parsed.ports_offset);
+        let header = packet.read::<[u8; TCP_HEADER_READ]>(l4).ok_or(())?;
+        segment.flags = header[TCP_FLAGS];
+        segment.seq = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        segment.ack = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let header_len = usize::from(header[TCP_DATA_OFFSET] >> 4) * 4;
+        let payload_len = usize::from(parsed.datagram_end).saturating_sub(l4 + header_len);
+        segment.payload_len = u32::try_from(payload_len).unwrap_or(u32::MAX);
     } else {
-        0
-    };
+        segment.flags = 0;
+        segment.seq = 0;
+        segment.ack = 0;
+        segment.payload_len = 0;
+    }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let idle_ns = if parsed.protocol == IPPROTO_TCP { settings.tcp_idle_ns } else { settings.udp_idle_ns };
 
     // A flow that ends here (an evicted half, or idle) gives way: a packet that may
     // open a new one goes on to do so.
     if let Some(entry) = FLOWS.get_ptr_mut(&work.key)
-        && let Some(step) = existing_flow(work, entry, now, idle_ns, tcp_flags)
+        && let Some(step) = existing_flow(work, entry, now, &settings)
     {
         return forward(packet, parsed, work, entry, step, now);
     }
-    open_flow(packet, parsed, work, now, tcp_flags)
+    open_flow(packet, parsed, work, now)
 }
 
-/// Checks the flow of `entry` (found for `work.key`): its partner must still be there
-/// and it must not be idle. Returns what the packet does to a TCP flow, or `None` when
+/// Checks the flow of `entry` (found for `work.key`): its partner must still be there,
+/// must be this entry's partner (not another flow's half that took over its port), and
+/// the flow must not be idle. Returns what the packet does to a TCP flow, or `None` when
 /// the flow is gone (its remains removed and reported).
 #[inline(always)]
 fn existing_flow(
     work: &mut BounceScratch,
     entry: *mut FlowEntry,
     now: u64,
-    idle_ns: u64,
-    tcp_flags: u8,
+    settings: &BounceSettings,
 ) -> Option<TcpStep> {
     // SAFETY: a live map value, valid for the program's run.
     let this = unsafe { &mut *entry };
     work.partner = this.out.reversed();
-    let Some(partner) = FLOWS.get_ptr_mut(&work.partner) else {
-        // The other half was evicted from a full table: this half is useless, and
-        // would translate to a port another flow may hold by now.
+    let partner = FLOWS.get_ptr_mut(&work.partner);
+    // SAFETY: as above.
+    let paired = partner.is_some_and(|partner| unsafe { (*partner).out.reversed() } == work.key);
+    let Some(partner) = partner.filter(|_| paired) else {
+        // The other half was evicted from a full table, and maybe its port given to a
+        // new flow: this half is useless, and would translate to a port another flow
+        // may hold by now. Only this half goes; a new flow's entry stays.
         work.entries[0] = *this;
         let _ = FLOWS.remove(&work.key);
         count(BOUNCE_CLOSED_EVICTED);
@@ -222,13 +293,22 @@ fn existing_flow(
     };
     // SAFETY: as above.
     let other = unsafe { &mut *partner };
-    if is_idle(this.last_seen_ns, now, idle_ns) && is_idle(other.last_seen_ns, now, idle_ns) {
+    let tcp = work.key.protocol == IPPROTO_TCP;
+    let target_answered = if this.side == FROM_TARGET { this.packets } else { other.packets } > 0;
+    let timeout_ns = settings.timeout_ns(tcp, target_answered);
+    if is_idle(this.last_seen_ns, now, timeout_ns) && is_idle(other.last_seen_ns, now, timeout_ns) {
         close(work, this, other, REASON_IDLE);
         count(BOUNCE_CLOSED_IDLE);
         return None;
     }
-    let step = if work.key.protocol == IPPROTO_TCP { tcp_step(tcp_flags, this.fin, other.fin) } else { TcpStep::Keep };
-    Some(step)
+    if !tcp {
+        return Some(TcpStep::Keep);
+    }
+    let segment = &work.segment;
+    if segment.flags & TCP_RST != 0 && !rst_acceptable(segment.flags, segment.seq, segment.ack, this, other) {
+        return Some(TcpStep::Reject);
+    }
+    Some(tcp_step(segment.flags, this.fin, other.fin))
 }
 
 /// Opens a flow for a packet to a LISTEN endpoint, then forwards the packet on it.
@@ -238,14 +318,18 @@ fn open_flow<P: Forwarder>(
     parsed: &IpPacket,
     work: &mut BounceScratch,
     now: u64,
-    tcp_flags: u8,
 ) -> Result<Verdict, ()> {
     work.service_key = Endpoint::new(work.key.dst, work.key.dst_port, work.key.protocol);
     let Some(service) = SERVICES.get_ptr(&work.service_key) else { return Ok(Verdict::Pass) };
     // SAFETY: a live map value, copied at once (userspace may change it meanwhile).
     work.service = unsafe { *service };
-    if work.key.protocol == IPPROTO_TCP && !opens_flow(tcp_flags) {
+    if work.key.protocol == IPPROTO_TCP && !opens_flow(work.segment.flags) {
         count(BOUNCE_NO_FLOW);
+        return Ok(Verdict::Pass);
+    }
+    // A packet that would die here opens nothing: the host's stack has it.
+    if !packet.hop_limit_left(parsed)? {
+        count(BOUNCE_TTL_EXPIRED);
         return Ok(Verdict::Pass);
     }
     // Route first: a flow the bouncer cannot forward is not opened.
@@ -276,33 +360,38 @@ fn open_flow<P: Forwarder>(
             count(BOUNCE_ERRORS);
             return Ok(Verdict::Pass);
         };
-        return translate_and_redirect(packet, parsed, entry, target_dev, now);
+        return translate_and_redirect(packet, parsed, work, entry, target_dev, now);
     }
     count(BOUNCE_PORT_EXHAUSTED);
     Ok(Verdict::Pass)
 }
 
-/// When the port the new flow's target half claims is held by an entry idle past the
-/// timeout, replaces it (and removes its partner). Returns whether the port is now
-/// claimed.
+/// When the port the new flow's target half claims is held by an entry idle past its
+/// timeout (the short one when the target never answered it), replaces it, and removes
+/// its partner if that still is its partner. Returns whether the port is now claimed.
 #[inline(always)]
 fn take_over_idle(work: &mut BounceScratch, now: u64) -> bool {
     let Some(settings) = SETTINGS.get(0) else { return false };
     let flow = &work.new_flow;
-    let idle_ns = if flow.target_key.protocol == IPPROTO_TCP { settings.tcp_idle_ns } else { settings.udp_idle_ns };
+    let tcp = flow.target_key.protocol == IPPROTO_TCP;
     let Some(held) = FLOWS.get_ptr(&flow.target_key) else { return false };
     // SAFETY: a live map value, valid for the program's run.
     let held = unsafe { &*held };
-    if !is_idle(held.last_seen_ns, now, idle_ns) {
+    // The held entry is a target's half: its packets are the target's answers.
+    let timeout_ns = settings.timeout_ns(tcp, held.packets > 0);
+    if !is_idle(held.last_seen_ns, now, timeout_ns) {
         return false;
     }
     work.partner = held.out.reversed();
     if let Some(partner) = FLOWS.get_ptr(&work.partner) {
         // SAFETY: as above.
-        if !is_idle(unsafe { (*partner).last_seen_ns }, now, idle_ns) {
-            return false;
+        let partner = unsafe { &*partner };
+        if partner.out.reversed() == flow.target_key {
+            if !is_idle(partner.last_seen_ns, now, timeout_ns) {
+                return false;
+            }
+            let _ = FLOWS.remove(&work.partner);
         }
-        let _ = FLOWS.remove(&work.partner);
     }
     count(BOUNCE_CLOSED_IDLE);
     FLOWS.insert(&flow.target_key, &flow.from_target, 0).is_ok()
@@ -318,12 +407,21 @@ fn forward<P: Forwarder>(
     step: TcpStep,
     now: u64,
 ) -> Result<Verdict, ()> {
+    if step == TcpStep::Reject {
+        // A reset that does not belong to the flow: dropped, the flow stays.
+        count(BOUNCE_RST_IGNORED);
+        return Ok(Verdict::Drop);
+    }
+    if !packet.hop_limit_left(parsed)? {
+        count(BOUNCE_TTL_EXPIRED);
+        return Ok(Verdict::Pass);
+    }
     // SAFETY: a live map value, valid for the program's run.
     let out_dst = unsafe { (*entry).out.dst };
     let Some(dev) = forwarding_route(packet, work, &out_dst, parsed) else { return Ok(Verdict::Pass) };
-    let action = translate_and_redirect(packet, parsed, entry, dev, now)?;
+    let action = translate_and_redirect(packet, parsed, work, entry, dev, now)?;
     match step {
-        TcpStep::Keep => {}
+        TcpStep::Keep | TcpStep::Reject => {}
         // SAFETY: as above; a one-byte store the other CPU can only repeat.
         TcpStep::MarkFin => unsafe { (*entry).fin |= FIN_SENT },
         TcpStep::Close(reason) => {
@@ -479,6 +577,7 @@ fn words(addr: &Addr) -> [u32; 4] {
 fn translate_and_redirect<P: Forwarder>(
     packet: &mut P,
     parsed: &IpPacket,
+    work: &BounceScratch,
     entry: *mut FlowEntry,
     route: Route,
     now: u64,
@@ -487,7 +586,7 @@ fn translate_and_redirect<P: Forwarder>(
     // must not see a concurrent update half done.
     let out = unsafe { (*entry).out };
     let len = packet.len() as u64;
-    let done = translate(packet, parsed, &out);
+    let done = packet.step_hop_limit(parsed).and_then(|()| translate(packet, parsed, &out));
     if done.is_err() {
         // The packet may be half translated: letting it go on would deliver garbage.
         count(BOUNCE_ERRORS);
@@ -497,6 +596,15 @@ fn translate_and_redirect<P: Forwarder>(
     unsafe {
         // The packet's arrival time, read once per packet (the clock is not free).
         (*entry).last_seen_ns = now;
+        // What this side has sent, for judging its resets (TCP; a race between two
+        // CPUs only ever leaves one of two recent values).
+        let segment = &work.segment;
+        if out.protocol == IPPROTO_TCP {
+            let next = sequence_after(segment.seq, segment.flags, segment.payload_len);
+            if advances((*entry).next_seq, next, (*entry).packets == 0) {
+                (*entry).next_seq = next;
+            }
+        }
         atomic_add(&raw mut (*entry).packets, 1);
         atomic_add(&raw mut (*entry).bytes, len);
     }

@@ -62,6 +62,8 @@ pub fn count(counter: u32) {
 #[repr(C)]
 pub struct BounceScratch {
     pub key: FlowTuple,
+    /// The TCP fields of the packet (all zero for UDP).
+    pub segment: TcpSegment,
     pub partner: FlowTuple,
     pub service_key: Endpoint,
     pub service: BounceService,
@@ -69,6 +71,17 @@ pub struct BounceScratch {
     pub entries: [FlowEntry; 2],
     pub new_flow: NewFlow,
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+}
+
+/// What the bouncer reads of a TCP header, beyond the ports.
+#[repr(C)]
+pub struct TcpSegment {
+    pub flags: u8,
+    pub reserved: [u8; 3],
+    pub seq: u32,
+    pub ack: u32,
+    /// Bytes after the TCP header, within the datagram.
+    pub payload_len: u32,
 }
 
 #[map(name = "BOUNCE_SCRATCH")]

@@ -50,12 +50,13 @@ pub fn rewrite_xdp_ingress(ctx: XdpContext) -> u32 {
 fn rewrite_xdp(ctx: &XdpContext) -> u32 {
     let mut packet = XdpPacket::new(ctx);
     let Some(scratch) = scratch() else { return xdp_action::XDP_PASS };
-    if let Err(outcome) = parse(&packet, &mut scratch.outer) {
+    let parsed = parse(&packet, &mut scratch.outer);
+    if gate::drops(&packet, &mut scratch.outer, parsed.is_ok(), &mut scratch.lookup.prefix_key) {
+        return xdp_action::XDP_DROP;
+    }
+    if let Err(outcome) = parsed {
         count(INGRESS, outcome);
         return xdp_action::XDP_PASS;
-    }
-    if gate::drops(&scratch.outer, &mut scratch.lookup.prefix_key) {
-        return xdp_action::XDP_DROP;
     }
     // ICMP errors are left to the TC program beside XDP, which counts them: a quoted
     // packet is more than XDP's verifier bounds and stack allow.
@@ -86,13 +87,15 @@ pub fn rewrite_tc_egress(mut ctx: TcContext) -> i32 {
 fn rewrite_tc<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
     let Some(scratch) = scratch() else { return TC_ACT_UNSPEC };
     let mut packet = TcPacket::new(ctx);
-    if let Err(outcome) = parse(&packet, &mut scratch.outer) {
+    let parsed = parse(&packet, &mut scratch.outer);
+    // The gate runs once per packet: in TC only where TC is the ingress program.
+    if DIRECTION == INGRESS && gate::drops(&packet, &mut scratch.outer, parsed.is_ok(), &mut scratch.lookup.prefix_key)
+    {
+        return TC_ACT_SHOT;
+    }
+    if let Err(outcome) = parsed {
         count(DIRECTION, outcome);
         return TC_ACT_UNSPEC;
-    }
-    // The gate runs once per packet: in TC only where TC is the ingress program.
-    if DIRECTION == INGRESS && gate::drops(&scratch.outer, &mut scratch.lookup.prefix_key) {
-        return TC_ACT_SHOT;
     }
     if scratch.outer.quoted != 0 {
         tail_call_icmp_errors(packet.context(), DIRECTION);

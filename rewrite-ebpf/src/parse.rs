@@ -42,14 +42,14 @@ pub const DST_PORT_AFTER_SRC: u16 = 2;
 pub const ICMP_HEADER: u16 = 8;
 /// The fragment offset bits of the IPv4 flags-and-offset field, and of the IPv6
 /// fragment header's offset-and-flags field.
-const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
-const IPV6_FRAGMENT_OFFSET: u16 = 0xfff8;
+pub const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+pub const IPV6_FRAGMENT_OFFSET: u16 = 0xfff8;
 /// IPv6 extension headers (RFC 8200).
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_AUTHENTICATION: u8 = 51;
-const IPV6_DESTINATION_OPTIONS: u8 = 60;
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_AUTHENTICATION: u8 = 51;
+pub const IPV6_DESTINATION_OPTIONS: u8 = 60;
 /// How many IPv6 extension headers are walked before the packet counts as unsupported;
 /// a bound the verifier needs, and more than real traffic carries.
 const IPV6_MAX_EXTENSION_HEADERS: usize = 4;

@@ -40,6 +40,8 @@ use crate::{
 
 /// Changes to the config closer together than this are applied once.
 const SETTLE: Duration = Duration::from_millis(100);
+/// How often the agent checks that its interfaces still run its programs.
+const INTERFACE_CHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct AgentOptions {
@@ -52,6 +54,11 @@ pub struct AgentOptions {
     pub fleet: Option<FleetSettings>,
 }
 
+/// Where the agent records the fleet's state for `rewrite status`.
+pub fn fleet_record(pins: &PinLayout) -> PathBuf {
+    pins.run_record("fleet").with_extension("json")
+}
+
 /// The lock file of the agent for `pins` (`PinLayout::remove_run_records` knows it too).
 fn lock_path(pins: &PinLayout) -> PathBuf {
     pins.run_record("agent").with_extension("lock")
@@ -59,7 +66,7 @@ fn lock_path(pins: &PinLayout) -> PathBuf {
 
 /// Takes the agent lock for `pins` (one agent per dataplane) and writes this process's
 /// id into it. The lock goes with the process, however it ends.
-fn take_lock(pins: &PinLayout) -> Result<Flock<File>, Error> {
+fn take_lock(pins: &PinLayout, config: Option<&Path>) -> Result<Flock<File>, Error> {
     std::fs::create_dir_all(RUN_DIR).map_err(|error| Error::io("creating", RUN_DIR, error))?;
     let path = lock_path(pins);
     let file = std::fs::OpenOptions::new()
@@ -73,12 +80,16 @@ fn take_lock(pins: &PinLayout) -> Result<Flock<File>, Error> {
     let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| Error::AgentRunning { pid: read_pid(&path), lock: path.clone() })?;
     lock.set_len(0).map_err(|error| Error::io("truncating", &path, error))?;
+    // The pid, then the config it follows: what a refused CLI write names.
     writeln!(lock, "{}", std::process::id()).map_err(|error| Error::io("writing", &path, error))?;
+    if let Some(config) = config.and_then(|config| std::fs::canonicalize(config).ok()) {
+        writeln!(lock, "{}", config.display()).map_err(|error| Error::io("writing", &path, error))?;
+    }
     Ok(lock)
 }
 
 fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    std::fs::read_to_string(path).ok()?.lines().next()?.trim().parse().ok()
 }
 
 /// The process id of the agent running for `pins`, if one is.
@@ -92,10 +103,25 @@ pub fn running_agent(pins: &PinLayout) -> Option<u32> {
     }
 }
 
+/// The config file of the agent running for `pins`, if one runs with a config.
+pub fn running_agent_config(pins: &PinLayout) -> Option<PathBuf> {
+    running_agent(pins)?;
+    std::fs::read_to_string(lock_path(pins)).ok()?.lines().nth(1).map(PathBuf::from)
+}
+
+/// Refuses a change to the dataplane by hand while an agent keeps it: the agent would
+/// take the change back, or apply its own over it.
+pub fn refuse_if_running(pins: &PinLayout) -> Result<(), Error> {
+    match running_agent(pins) {
+        Some(pid) => Err(Error::AgentKeepsDataplane { pid, config: running_agent_config(pins) }),
+        None => Ok(()),
+    }
+}
+
 /// Runs the agent until SIGTERM or SIGINT. Fails at start only if another agent runs
 /// for the same pins, or if the metrics address cannot be bound.
 pub fn run(options: AgentOptions) -> Result<(), Error> {
-    let _lock = take_lock(&options.pins)?;
+    let _lock = take_lock(&options.pins, options.config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,6 +133,9 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
     let pins = Arc::new(options.pins);
     let status = Arc::new(Mutex::new(ApplyStatus::default()));
     let mut dataplane = Dataplane::new(pins.clone(), options.config.clone(), status.clone());
+    // Known before the first apply, which must already keep the fleet's last state
+    // (the [fleet] section of the config counts too, once it is read).
+    dataplane.following = options.fleet.is_some();
     // A config refused at start is logged and counted like any other: the agent stays up,
     // serves metrics that show it, and applies the file once it is fixed.
     dataplane.apply_config("start");
@@ -123,7 +152,7 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
     let mut fleet_tasks = Vec::new();
     if let Some(fleet) = fleet {
         tracing::info!(endpoints = %fleet.store.endpoints.join(","), prefix = %fleet.store.prefix, "following the fleet table");
-        dataplane.follow_fleet(fleet.node.is_some());
+        dataplane.follow_fleet(fleet.node.is_some(), &fleet.store.endpoints);
         let table = follow::follow_table(fleet.store.clone(), fleet.retry_max, updates_sender.clone());
         fleet_tasks.push(tokio::spawn(table));
         if let Some(node) = fleet.node {
@@ -142,6 +171,10 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
         // No file to watch: a channel that never delivers.
         None => tokio::sync::mpsc::unbounded_channel().1,
     };
+    // A configured interface deleted and created again has lost its programs: checked
+    // every few seconds, and attached again.
+    let mut interface_check = tokio::time::interval(INTERFACE_CHECK);
+    interface_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -157,6 +190,12 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
             Some(update) = updates.recv() => {
                 dataplane.fleet_update(update);
                 continue;
+            }
+            _ = interface_check.tick() => {
+                if !dataplane.an_interface_came_back() {
+                    continue;
+                }
+                "an interface was created again"
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
@@ -195,6 +234,11 @@ struct Dataplane {
     refused: BTreeMap<String, String>,
     /// Fleet keys whose REAL is this host: not applied here (see [`is_own`]).
     own: BTreeSet<String>,
+    /// Whether the agent follows a fleet table at all.
+    following: bool,
+    /// The addresses of the etcd endpoints it follows the table through: no fleet
+    /// mapping may touch them, or the table could redirect the agent's own path to it.
+    etcd_addrs: Vec<IpAddr>,
     status: Arc<Mutex<ApplyStatus>>,
 }
 
@@ -208,18 +252,54 @@ impl Dataplane {
             desired: None,
             refused: BTreeMap::new(),
             own: BTreeSet::new(),
+            following: false,
+            etcd_addrs: Vec::new(),
             status,
         }
     }
 
-    fn follow_fleet(&mut self, registers: bool) {
-        self.fleet_status(|fleet| fleet.registered = registers.then_some(false));
+    fn follow_fleet(&mut self, registers: bool, endpoints: &[String]) {
+        self.following = true;
+        self.etcd_addrs = endpoint_addresses(endpoints);
+        // Until the first snapshot, what the maps hold of the fleet is the last state a
+        // previous agent knew.
+        self.fleet_status(|fleet| {
+            fleet.registered = registers.then_some(false);
+            fleet.stale = true;
+        });
+        self.record_fleet_status();
+    }
+
+    /// Writes the fleet's state where `rewrite status` reads it.
+    fn record_fleet_status(&self) {
+        let Ok(status) = self.status.lock() else { return };
+        let Some(fleet) = &status.fleet else { return };
+        let record = serde_json::json!({
+            "connected": fleet.connected,
+            "stale": fleet.stale,
+            "revision": fleet.revision,
+            "mappings": fleet.mappings,
+        });
+        let path = fleet_record(&self.pins);
+        if let Err(error) = std::fs::write(&path, record.to_string()) {
+            tracing::debug!(path = %path.display(), %error, "cannot record the fleet state");
+        }
     }
 
     fn fleet_status(&self, change: impl FnOnce(&mut FleetStatus)) {
         if let Ok(mut status) = self.status.lock() {
             change(status.fleet.get_or_insert_with(FleetStatus::default));
         }
+    }
+
+    /// Whether an interface of the config exists but runs none of the programs its pins
+    /// name (it was deleted and created again): the next apply attaches it again.
+    fn an_interface_came_back(&self) -> bool {
+        let Some(config) = &self.local else { return false };
+        config.interfaces.iter().any(|interface| {
+            iface::index(&interface.name).is_ok()
+                && matches!(crate::loader::staleness(&self.pins, &interface.name), Ok(Some(_)))
+        })
     }
 
     /// Fleet changes wait for the first valid config, when there is a config file:
@@ -236,6 +316,9 @@ impl Dataplane {
         let result = config::load(&path).map_err(Error::from).and_then(|config| {
             if self.local.as_ref().is_some_and(|local| local.fleet != config.fleet) {
                 tracing::warn!("the [fleet] section changed; restart the agent to use the new settings");
+            }
+            if self.local.is_none() && config.fleet.is_some() {
+                self.following = true;
             }
             let prepared = self.sync(&config)?;
             self.local = Some(config);
@@ -262,6 +345,7 @@ impl Dataplane {
     /// mapping admitted in order (local first, then the fleet's in key order), then the
     /// difference with the live maps applied as a plan.
     fn sync(&mut self, local: &Config) -> Result<apply::Prepared, Error> {
+        let _writing = crate::lock::WriteLock::take(&self.pins, "rewrite agent", crate::lock::WAIT)?;
         let capacity = if self.pins.maps_dir().exists() {
             MappingTable::open(&self.pins)?.capacity()
         } else {
@@ -287,6 +371,7 @@ impl Dataplane {
                 continue;
             }
             let admitted = entry.clone().and_then(|mapping| {
+                refuse_etcd_capture(&mapping.spec, &self.etcd_addrs)?;
                 desired
                     .admit(mapping.spec, mapping.label, Source::Fleet)
                     .map(drop)
@@ -298,7 +383,26 @@ impl Dataplane {
         }
         let config = Config { mappings: desired.mappings(), fleet: None, ..local.clone() };
         let origin = self.config_path.clone().unwrap_or_else(|| PathBuf::from("the fleet table"));
-        let prepared = apply::prepare(&self.pins, &origin, &config)?;
+        // Without a fresh copy of the fleet table (etcd unreachable since the start),
+        // a mapping the maps hold beyond the local config may be the fleet's: it stays
+        // until the table says otherwise. Only what the previous local config had goes.
+        let previous_local: BTreeSet<String> = if self.following && self.fleet.is_none() {
+            self.local
+                .iter()
+                .flat_map(|config| config.mappings.iter().map(|mapping| config::written(&mapping.spec).0))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let keep_fleet_state = self.following && self.fleet.is_none();
+        let prepared = apply::prepare_keeping(&self.pins, &origin, &config, |spec| {
+            keep_fleet_state && !previous_local.contains(&config::written(spec).0)
+        })?;
+        if keep_fleet_state {
+            tracing::warn!(
+                "no copy of the fleet table yet: the mappings the maps hold beyond the local config stay until etcd answers"
+            );
+        }
         apply::execute(&self.pins, &prepared)?;
         self.log_refusals(&refused);
         self.refused = refused;
@@ -330,6 +434,7 @@ impl Dataplane {
                 let started = Instant::now();
                 self.fleet = Some(entries.into_iter().collect());
                 self.full_sync(reason, revision, started);
+                self.record_fleet_status();
             }
             Update::Changes { revision, changes } => self.apply_changes(revision, changes),
             Update::Disconnected { error } => {
@@ -339,7 +444,9 @@ impl Dataplane {
                         fleet.disconnects += 1;
                     }
                     fleet.connected = false;
+                    fleet.stale = true;
                 });
+                self.record_fleet_status();
             }
             Update::Registered { pairs } => {
                 for (real, virtual_addr) in &pairs {
@@ -379,6 +486,7 @@ impl Dataplane {
                 self.fleet_status(|fleet| {
                     fleet.revision = revision;
                     fleet.last_sync_seconds = seconds;
+                    fleet.stale = false;
                 });
             }
             Err(error) => tracing::error!(reason, %error, "fleet sync failed; the dataplane keeps its state"),
@@ -400,8 +508,9 @@ impl Dataplane {
         if !self.ready_for_fleet() || self.desired.is_none() {
             return;
         }
-        let table = MappingTable::open(&self.pins);
-        let result = table.and_then(|mut table| {
+        let writing = crate::lock::WriteLock::take(&self.pins, "rewrite agent", crate::lock::WAIT);
+        let table = writing.and_then(|writing| MappingTable::open(&self.pins).map(|table| (writing, table)));
+        let result = table.and_then(|(_writing, mut table)| {
             let local_addrs = iface::local_addresses()?;
             let mut writes = Vec::new();
             for (key, entry) in changes {
@@ -449,12 +558,15 @@ impl Dataplane {
                 self.own.insert(key.to_owned());
                 return desired.remove(key, Source::Fleet);
             }
-            Some(Ok(mapping)) => match desired.admit(mapping.spec, mapping.label, Source::Fleet) {
-                Ok(change) => {
-                    self.refused.remove(key);
-                    return change;
-                }
-                Err(refusal) => refusal.to_string(),
+            Some(Ok(mapping)) => match refuse_etcd_capture(&mapping.spec, &self.etcd_addrs) {
+                Err(refusal) => refusal,
+                Ok(()) => match desired.admit(mapping.spec, mapping.label, Source::Fleet) {
+                    Ok(change) => {
+                        self.refused.remove(key);
+                        return change;
+                    }
+                    Err(refusal) => refusal.to_string(),
+                },
             },
             Some(Err(why)) => why,
         };
@@ -462,6 +574,50 @@ impl Dataplane {
             tracing::warn!(key, why = %refusal, "fleet mapping not applied");
         }
         desired.remove(key, Source::Fleet)
+    }
+}
+
+/// The addresses of etcd endpoints (`https://10.1.0.1:2379`, `http://etcd.local:2379`),
+/// names resolved once, at start.
+fn endpoint_addresses(endpoints: &[String]) -> Vec<IpAddr> {
+    use std::net::ToSocketAddrs as _;
+    let mut addresses = Vec::new();
+    for endpoint in endpoints {
+        let authority = endpoint.split_once("://").map_or(endpoint.as_str(), |(_, rest)| rest);
+        let authority = authority.split('/').next().unwrap_or_default();
+        let host_port = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:2379") };
+        match host_port.to_socket_addrs() {
+            Ok(resolved) => addresses.extend(resolved.map(|address| address.ip())),
+            Err(error) => {
+                tracing::warn!(endpoint, %error, "cannot resolve an etcd endpoint to keep it out of the fleet table")
+            }
+        }
+    }
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// Refuses a fleet mapping that touches an address of the etcd endpoints the agent
+/// follows the table through: as a VIRTUAL it would send the agent's connection to
+/// etcd to the REAL, as a REAL it would disguise etcd's replies. Whoever can write the
+/// table must not be able to take the agent's path to it.
+fn refuse_etcd_capture(spec: &rewrite_common::spec::MappingSpec, etcd: &[IpAddr]) -> Result<(), String> {
+    use rewrite_common::{spec::MappingSpec, validate::in_prefix};
+    let touches = |addr: &IpAddr| match spec {
+        MappingSpec::Address { virtual_addr, real_addr } => addr == virtual_addr || addr == real_addr,
+        MappingSpec::Ports(ports) => *addr == ports.virtual_addr || *addr == ports.real_addr,
+        MappingSpec::Prefix(prefix) => {
+            addr.is_ipv4() == prefix.virtual_net.is_ipv4()
+                && (in_prefix(*addr, prefix.virtual_net, prefix.len) || in_prefix(*addr, prefix.real_net, prefix.len))
+        }
+    };
+    match etcd.iter().find(|addr| touches(addr)) {
+        Some(addr) => Err(format!(
+            "it touches {addr}, an address of the etcd endpoints this agent follows the fleet table through: it would \
+             capture the agent's own path to etcd"
+        )),
+        None => Ok(()),
     }
 }
 

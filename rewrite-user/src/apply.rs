@@ -47,11 +47,31 @@ pub struct Prepared {
 /// Checks `config` (read from `path`) against the live state and works out what
 /// applying it does. Changes nothing.
 pub fn prepare(pins: &PinLayout, path: &std::path::Path, config: &Config) -> Result<Prepared, Error> {
+    prepare_keeping(pins, path, config, |_| false)
+}
+
+/// [`prepare`], but live mappings for which `keep` says so stay even when `config`
+/// does not have them (an agent without a fresh copy of the fleet table keeps the
+/// fleet's last state). The plan is rehearsed with them in place.
+pub fn prepare_keeping(
+    pins: &PinLayout,
+    path: &std::path::Path,
+    config: &Config,
+    keep: impl Fn(&MappingSpec) -> bool,
+) -> Result<Prepared, Error> {
     for interface in &config.interfaces {
         iface::ensure_ethernet(&interface.name)?;
     }
     let attached: Vec<String> = loader::attached(pins)?.into_iter().map(|attachment| attachment.iface).collect();
-    let to_attach = config.interfaces.iter().filter(|interface| !attached.contains(&interface.name)).cloned().collect();
+    // An interface whose pins are stale (it was deleted, or deleted and created again)
+    // is attached again: its programs are gone.
+    let mut live = Vec::new();
+    for name in &attached {
+        if loader::staleness(pins, name)?.is_none() {
+            live.push(name.clone());
+        }
+    }
+    let to_attach = config.interfaces.iter().filter(|interface| !live.contains(&interface.name)).cloned().collect();
     let unlisted = attached
         .into_iter()
         .filter(|name| !config.interfaces.iter().any(|interface| &interface.name == name))
@@ -62,7 +82,7 @@ pub fn prepare(pins: &PinLayout, path: &std::path::Path, config: &Config) -> Res
     } else {
         (Listing::default(), None)
     };
-    let plan = plan(&listing, &config.mappings)?;
+    let plan = plan_keeping(&listing, &config.mappings, keep)?;
     if let Some(capacity) = capacity {
         // A retarget holds the old and the new reverse entry for a moment.
         let room = if plan.needs_spare_slot() { capacity.saturating_sub(1) } else { capacity };
@@ -70,8 +90,22 @@ pub fn prepare(pins: &PinLayout, path: &std::path::Path, config: &Config) -> Res
             Error::Config(ConfigError::Invalid { path: path.to_owned(), problems: vec![problem] })
         })?;
     }
-    let bounce = config.bounce.as_ref().map(|bounce| plan_bounce(pins, bounce)).transpose()?;
-    let gate = config.gate.as_ref().map(|gate| crate::gate::plan(pins, gate)).transpose()?;
+    let bounce = config.bounce.as_ref().map(|bounce| plan_bounce(pins, bounce, config.gate.is_some())).transpose()?;
+    let gate = match &config.gate {
+        Some(gate) => {
+            let mut client = crate::gate::ClientPorts::of_host(pins)?;
+            // With a [bounce] section, its services are the ones the gate must leave open.
+            if let Some(bounce) = &config.bounce {
+                client.bounce = bounce
+                    .services
+                    .iter()
+                    .map(|service| (service.protocol.number(), service.ports.0..=service.ports.1))
+                    .collect();
+            }
+            Some(crate::gate::plan(pins, gate, &client)?)
+        }
+        None => None,
+    };
     Ok(Prepared { to_attach, unlisted, plan, bounce, gate, max_mappings: config.max_mappings })
 }
 
@@ -98,8 +132,7 @@ pub fn execute(pins: &PinLayout, prepared: &Prepared) -> Result<(), Error> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BouncePlan {
     max_flows: Option<u32>,
-    udp_idle: std::time::Duration,
-    tcp_idle: std::time::Duration,
+    timeouts: crate::bounce::Timeouts,
     /// LISTEN endpoints the config no longer has.
     pub removed: Vec<(std::net::SocketAddr, Protocol)>,
     /// Services to write: new ones, and those whose target, source or ports differ.
@@ -121,7 +154,7 @@ impl BouncePlan {
 /// Resolves every service of `bounce` against this host (routes, forwarding) and
 /// compares them with the live ones. Changes nothing; a service that cannot be
 /// resolved refuses the whole config.
-fn plan_bounce(pins: &PinLayout, bounce: &BounceConfig) -> Result<BouncePlan, Error> {
+fn plan_bounce(pins: &PinLayout, bounce: &BounceConfig, gate_in_config: bool) -> Result<BouncePlan, Error> {
     let live: HashMap<_, _> = if loader::bounce_enabled(pins) {
         let table = BounceTable::open(pins)?;
         if let Some(requested) = bounce.max_flows {
@@ -136,8 +169,7 @@ fn plan_bounce(pins: &PinLayout, bounce: &BounceConfig) -> Result<BouncePlan, Er
     };
     let mut plan = BouncePlan {
         max_flows: bounce.max_flows,
-        udp_idle: bounce.udp_idle,
-        tcp_idle: bounce.tcp_idle,
+        timeouts: bounce.timeouts,
         removed: Vec::new(),
         added: Vec::new(),
         changed: Vec::new(),
@@ -149,6 +181,11 @@ fn plan_bounce(pins: &PinLayout, bounce: &BounceConfig) -> Result<BouncePlan, Er
             mapping: format!("{}/{} -> {}", spec.listen, spec.protocol, spec.target),
             why: error.to_string(),
         })?;
+        // A [gate] section in the same config is planned around the services; without
+        // one, the live gate must leave their ports open.
+        if !gate_in_config {
+            crate::bounce::check_gate_leaves_open(pins, &resolved)?;
+        }
         wanted.insert(resolved.key);
         match live.get(&resolved.key) {
             None => plan.added.push((spec.clone(), resolved)),
@@ -175,7 +212,8 @@ fn apply_bounce(pins: &PinLayout, plan: &BouncePlan) -> Result<(), Error> {
         loader::enable_bounce(pins, plan.max_flows)?;
     }
     let mut table = BounceTable::open(pins)?;
-    table.set_timeouts(Some(plan.udp_idle), Some(plan.tcp_idle))?;
+    let timeouts = plan.timeouts;
+    table.set_timeouts(Some(timeouts.udp), Some(timeouts.tcp), Some(timeouts.unreplied))?;
     for (listen, protocol) in &plan.removed {
         table.remove(*listen, *protocol)?;
     }
@@ -259,6 +297,15 @@ fn virtual_side(spec: &MappingSpec) -> String {
 /// order, to a model of the live table: if any step would be refused, nothing is done
 /// and the error says which mapping.
 pub fn plan(listing: &Listing, config: &[ConfigMapping]) -> Result<Plan, Error> {
+    plan_keeping(listing, config, |_| false)
+}
+
+/// [`plan`], leaving live mappings that `keep` names where they are.
+fn plan_keeping(
+    listing: &Listing,
+    config: &[ConfigMapping],
+    keep: impl Fn(&MappingSpec) -> bool,
+) -> Result<Plan, Error> {
     let live = canonical(live_specs(listing));
     let wanted = canonical(config.iter().map(|mapping| mapping.spec));
     let mut plan = Plan {
@@ -273,6 +320,7 @@ pub fn plan(listing: &Listing, config: &[ConfigMapping]) -> Result<Plan, Error> 
         match wanted_by_virtual.get(&key) {
             Some(other) if *other == spec => {}
             Some(other) => plan.changed.push((*spec, **other)),
+            None if keep(spec) => {}
             None => plan.removed.push(*spec),
         }
         live_virtuals.insert(key);
@@ -315,8 +363,8 @@ pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
     for (virtual_addr, _) in &plan.orphans {
         table.remove_mapping(*virtual_addr)?;
     }
-    // Address mappings in batches (forward entries first, then reverse); the few port
-    // ranges and prefixes one by one.
+    // Address mappings removed in batches (forward entries first, then reverse); the
+    // few port ranges and prefixes one by one.
     let removed_addresses: Vec<Mapping> = plan.removed.iter().filter_map(address_mapping).collect();
     table.remove_batch(&removed_addresses)?;
     for spec in plan.removed.iter().filter(|spec| address_mapping(spec).is_none()) {
@@ -336,7 +384,7 @@ pub fn apply(table: &mut MappingTable, plan: &Plan) -> Result<(), Error> {
         }
     }
     let added_addresses: Vec<Mapping> = plan.added.iter().filter_map(address_mapping).collect();
-    table.insert_new_batch(&added_addresses)?;
+    table.insert_new_many(&added_addresses)?;
     for spec in plan.added.iter().filter(|spec| address_mapping(spec).is_none()) {
         add(table, spec)?;
     }

@@ -1,14 +1,14 @@
-//! BPF_MAP_UPDATE_BATCH and BPF_MAP_DELETE_BATCH, which aya 0.14 does not offer: one
-//! system call per chunk of entries instead of one per entry, for bulk applies.
-//! Each entry of a batch is still written on its own (the kernel takes no lock over
-//! the batch): a packet sees every entry either before or after its write.
+//! BPF_MAP_DELETE_BATCH, which aya 0.14 does not offer: one system call per chunk of
+//! entries instead of one per entry, for bulk removals. Each entry of a batch is still
+//! deleted on its own (the kernel takes no lock over the batch): a packet sees every
+//! entry either before or after its removal. (Batch updates are not used: they cannot
+//! refuse an existing key, and every insert must.)
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::{Pod, maps::MapData};
 
 /// From enum bpf_cmd in linux/bpf.h.
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries per system call: large enough that the call overhead vanishes, small enough
 /// that the kernel's copy of the keys and values stays modest.
@@ -55,19 +55,6 @@ fn batch(
     // and value pointers cover `count` elements each and outlive the call.
     let result = unsafe { libc::syscall(libc::SYS_bpf, command, &raw mut attr, std::mem::size_of::<BatchAttr>()) };
     if result == 0 { Ok(()) } else { Err((attr.count as usize, std::io::Error::last_os_error())) }
-}
-
-/// Writes `values[i]` at `keys[i]` for every i. `elem_flags` may only be BPF_ANY or
-/// BPF_F_LOCK: batch updates cannot refuse an existing key.
-pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V], elem_flags: u64) -> Result<(), BatchError> {
-    assert_eq!(keys.len(), values.len(), "one value per key");
-    let mut done = 0;
-    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        batch(BPF_MAP_UPDATE_BATCH, map, keys.as_ptr() as u64, values.as_ptr() as u64, keys.len(), elem_flags)
-            .map_err(|(in_chunk, source)| BatchError { done: done + in_chunk, source })?;
-        done += keys.len();
-    }
-    Ok(())
 }
 
 /// Deletes every key in `keys`; a missing key is an error (ENOENT) at its position.

@@ -56,6 +56,28 @@ pub enum BounceError {
          forward; turn it on with `sysctl -w net.{sysctl}=1`"
     )]
     ForwardingOff { version: u8, sysctl: &'static str },
+    #[error(
+        "the source ports {first}-{last} overlap this host's ephemeral port range {ephemeral_first}-{ephemeral_last} \
+         (net.ipv4.ip_local_port_range): the host's own connections could take a port a flow holds; choose a range \
+         outside it (the default is {DEFAULT_PORT_FIRST}-{DEFAULT_PORT_LAST})"
+    )]
+    EphemeralOverlap { first: u16, last: u16, ephemeral_first: u16, ephemeral_last: u16 },
+    #[error("cannot check the source ports against this host's ephemeral range: {why}")]
+    EphemeralUnknown { why: String },
+    #[error(
+        "{protocol}/{port}, in the source port range {first}-{last}, is protected by the gate, which would drop the \
+         target's replies there: `rewrite gate unprotect {protocol}/{first}-{last}` first"
+    )]
+    GateProtected { protocol: &'static str, port: u16, first: u16, last: u16 },
+}
+
+/// How long flows live without packets: UDP and TCP flows the target answered, and
+/// flows it never answered (a SYN, a datagram without reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub udp: Duration,
+    pub tcp: Duration,
+    pub unreplied: Duration,
 }
 
 /// A service as the CLI and the config give it.
@@ -189,6 +211,9 @@ impl ServiceSpec {
     /// Completes the service from the host: the source address (the route's, unless
     /// given) and a check that the kernel forwards its family.
     pub fn resolve(&self) -> Result<ResolvedService, BounceError> {
+        let ephemeral =
+            crate::gate::ephemeral_range().map_err(|error| BounceError::EphemeralUnknown { why: error.to_string() })?;
+        self.check_ports(&ephemeral)?;
         let source = match self.source {
             Some(source) => source,
             None => route_source(self.target.ip())?,
@@ -203,6 +228,43 @@ impl ServiceSpec {
                 port_last: self.ports.1,
             },
         })
+    }
+}
+
+impl ServiceSpec {
+    /// The service's source ports must stay clear of the host's ephemeral range: a
+    /// connection of the host's own could take a port a flow holds, and the flow's
+    /// packets would go to it.
+    fn check_ports(&self, ephemeral: &std::ops::RangeInclusive<u16>) -> Result<(), BounceError> {
+        let (first, last) = self.ports;
+        if first <= *ephemeral.end() && *ephemeral.start() <= last {
+            return Err(BounceError::EphemeralOverlap {
+                first,
+                last,
+                ephemeral_first: *ephemeral.start(),
+                ephemeral_last: *ephemeral.end(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a service whose source ports the gate protects: the target's replies arrive
+/// there, and the gate would drop them.
+pub fn check_gate_leaves_open(pins: &PinLayout, service: &ResolvedService) -> Result<(), Error> {
+    if !pins.map(rewrite_common::gate::MAP_GATE_SETTINGS).exists() {
+        return Ok(());
+    }
+    let (protocol, range) = (service.key.protocol, service.value.port_first..=service.value.port_last);
+    let gate = crate::gate::GateTable::open(pins)?;
+    match gate.protected_port_in(protocol, range)? {
+        Some(port) => Err(Error::Bounce(BounceError::GateProtected {
+            protocol: if protocol == IPPROTO_TCP { "tcp" } else { "udp" },
+            port,
+            first: service.value.port_first,
+            last: service.value.port_last,
+        })),
+        None => Ok(()),
     }
 }
 
@@ -379,8 +441,13 @@ impl BounceTable {
         self.store_settings(|settings| settings.enabled = u32::from(enabled))
     }
 
-    /// Sets the idle timeouts (`None` keeps one as it is).
-    pub fn set_timeouts(&mut self, udp: Option<Duration>, tcp: Option<Duration>) -> Result<(), Error> {
+    /// Sets the timeouts (`None` keeps one as it is).
+    pub fn set_timeouts(
+        &mut self,
+        udp: Option<Duration>,
+        tcp: Option<Duration>,
+        unreplied: Option<Duration>,
+    ) -> Result<(), Error> {
         let nanos = |duration: Duration| u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
         self.store_settings(|settings| {
             if let Some(udp) = udp {
@@ -389,15 +456,22 @@ impl BounceTable {
             if let Some(tcp) = tcp {
                 settings.tcp_idle_ns = nanos(tcp);
             }
+            if let Some(unreplied) = unreplied {
+                settings.unreplied_seconds = u32::try_from(unreplied.as_secs().max(1)).unwrap_or(u32::MAX);
+            }
         })
     }
 
-    /// The idle timeouts in force (UDP, TCP).
-    pub fn timeouts(&self) -> Result<(Duration, Duration), Error> {
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> Result<Timeouts, Error> {
         let settings = self.settings()?;
         let defaults = BounceSettings::default();
         let pick = |value: u64, default: u64| Duration::from_nanos(if value == 0 { default } else { value });
-        Ok((pick(settings.udp_idle_ns, defaults.udp_idle_ns), pick(settings.tcp_idle_ns, defaults.tcp_idle_ns)))
+        Ok(Timeouts {
+            udp: pick(settings.udp_idle_ns, defaults.udp_idle_ns),
+            tcp: pick(settings.tcp_idle_ns, defaults.tcp_idle_ns),
+            unreplied: Duration::from_nanos(settings.timeout_ns(false, false)),
+        })
     }
 
     /// The services with their live flow counts.
@@ -422,14 +496,20 @@ impl BounceTable {
 
     /// Live flows per service: client halves that are not idle.
     fn live_flows(&self) -> Result<BTreeMap<Endpoint, u64>, Error> {
-        let (udp_idle, tcp_idle) = self.timeouts()?;
+        let settings = self.settings()?;
         let now = monotonic_ns();
-        let mut live = BTreeMap::new();
+        let mut entries = std::collections::HashMap::new();
         for item in self.flows.iter() {
-            let Ok((_, entry)) = item else { continue };
-            let idle = if entry.out.protocol == IPPROTO_TCP { tcp_idle } else { udp_idle };
-            let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-            if entry.side == FROM_CLIENT && !is_idle(entry.last_seen_ns, now, idle_ns) {
+            let Ok((key, entry)) = item else { continue };
+            entries.insert(key, entry);
+        }
+        let mut live = BTreeMap::new();
+        for (_, entry) in entries.iter().filter(|(_, entry)| entry.side == FROM_CLIENT) {
+            // The target's half tells whether the target answered: until it does, the
+            // flow lives by the short timeout.
+            let answered = entries.get(&entry.out.reversed()).is_some_and(|target| target.packets > 0);
+            let timeout_ns = settings.timeout_ns(entry.out.protocol == IPPROTO_TCP, answered);
+            if !is_idle(entry.last_seen_ns, now, timeout_ns) {
                 *live.entry(entry.service).or_insert(0) += 1;
             }
         }
@@ -454,7 +534,7 @@ impl BounceTable {
 
     /// The live services as a `[bounce]` section would give them (for `rewrite export`).
     pub fn config(&self) -> Result<crate::config::BounceConfig, Error> {
-        let (udp_idle, tcp_idle) = self.timeouts()?;
+        let timeouts = self.timeouts()?;
         let services = self
             .list()?
             .into_iter()
@@ -466,7 +546,7 @@ impl BounceTable {
                 ports: row.ports,
             })
             .collect();
-        Ok(crate::config::BounceConfig { max_flows: Some(self.capacity_flows()), udp_idle, tcp_idle, services })
+        Ok(crate::config::BounceConfig { max_flows: Some(self.capacity_flows()), timeouts, services })
     }
 
     /// Flow table entries in use (two per flow), and the table's size in entries.
@@ -644,6 +724,14 @@ mod tests {
         assert_eq!(parse_port_range("61000-61003"), Ok((61000, 61003)));
         for bad in ["61003-61000", "0-5", "61000", "a-b", "1-65536"] {
             assert!(parse_port_range(bad).is_err(), "{bad} must be refused");
+        }
+        // The source ports stay clear of the host's ephemeral range.
+        let ephemeral = 32768..=60999;
+        assert_eq!(spec.check_ports(&ephemeral), Ok(()), "the default range is above Linux's default");
+        for (first, last) in [(40000, 40010), (60999, 61010), (30000, 32768), (1024, 65535)] {
+            let spec = ServiceSpec::new("10.0.0.1:8080/tcp", "10.1.0.5:80", None, Some((first, last))).expect("valid");
+            let error = spec.check_ports(&ephemeral).expect_err("overlaps the ephemeral range").to_string();
+            assert!(error.contains(&format!("{first}-{last}")) && error.contains("32768-60999"), "{error}");
         }
     }
 

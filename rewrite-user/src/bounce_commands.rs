@@ -17,6 +17,7 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
             // Everything is checked before bounce mode starts, so a refused service
             // changes nothing.
             let resolved = spec.resolve()?;
+            rewrite_user::bounce::check_gate_leaves_open(pins, &resolved)?;
             for iface in loader::enable_bounce(pins, max_flows).context("cannot start bounce mode")? {
                 println!("bounce program attached to {iface}");
             }
@@ -74,11 +75,17 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
         BounceCommand::Log(FollowArgs { json, count, timeout }) => {
             follow_events(pins, crate::report::deadline(timeout), crate::report::print_records::<Event>(json, count))?;
         }
-        BounceCommand::Timeouts { udp, tcp } => {
+        BounceCommand::Timeouts { udp, tcp, unreplied } => {
             let mut table = open(pins)?;
-            table.set_timeouts(udp.map(Duration::from_secs_f64), tcp.map(Duration::from_secs_f64))?;
-            let (udp, tcp) = table.timeouts()?;
-            println!("idle timeouts: udp {} s, tcp {} s", udp.as_secs_f64(), tcp.as_secs_f64());
+            let seconds = |value: Option<f64>| value.map(Duration::from_secs_f64);
+            table.set_timeouts(seconds(udp), seconds(tcp), seconds(unreplied))?;
+            let timeouts = table.timeouts()?;
+            println!(
+                "idle timeouts: udp {} s, tcp {} s; flows the target never answered: {} s",
+                timeouts.udp.as_secs_f64(),
+                timeouts.tcp.as_secs_f64(),
+                timeouts.unreplied.as_secs_f64()
+            );
         }
     }
     Ok(())

@@ -251,6 +251,10 @@ pub enum BounceCommand {
         /// TCP flows that neither closed nor reset [default: 7200].
         #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
         tcp: Option<f64>,
+        /// Flows the target never answered: a SYN nobody answers, a datagram without a
+        /// reply; short, so that lone packets cannot hold the source ports [default: 10].
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+        unreplied: Option<f64>,
     },
 }
 
@@ -457,4 +461,24 @@ pub enum PoolCommand {
 
 pub fn parse_side(text: &str) -> Result<Side, SpecError> {
     text.parse()
+}
+
+impl Command {
+    /// Whether the command changes the dataplane (maps, programs, attachments), and so
+    /// takes the write lock. `apply --dry-run` and every listing only read.
+    pub fn writes(&self) -> bool {
+        match self {
+            Self::Attach { .. } | Self::Detach { .. } | Self::Upgrade { .. } | Self::Down => true,
+            Self::Apply { dry_run, .. } => !dry_run,
+            Self::Map(command) => !matches!(command, MapCommand::List { .. }),
+            Self::Bounce(command) => {
+                !matches!(command, BounceCommand::List { .. } | BounceCommand::Stats { .. } | BounceCommand::Log(_))
+            }
+            Self::Gate(command) => {
+                !matches!(command, GateCommand::Show { .. } | GateCommand::Stats { .. } | GateCommand::Log(_))
+            }
+            // The agent takes the lock for each change it makes; the rest only read.
+            Self::Agent { .. } | Self::Status { .. } | Self::Export | Self::Stats { .. } | Self::Fleet { .. } => false,
+        }
+    }
 }

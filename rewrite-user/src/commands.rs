@@ -31,6 +31,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let pins = PinLayout::new(cli.pin_dir);
+    pins.check_root_only()?;
+    // One writer at a time: an agent keeps its dataplane alone (but for upgrades), and
+    // commands wait for each other.
+    let _write_lock = if cli.command.writes() {
+        if !matches!(cli.command, Command::Upgrade { .. }) {
+            agent::refuse_if_running(&pins)?;
+        }
+        let holder = std::env::args().collect::<Vec<_>>().join(" ");
+        Some(rewrite_user::lock::WriteLock::take(&pins, &holder, rewrite_user::lock::WAIT)?)
+    } else {
+        None
+    };
     match cli.command {
         Command::Attach { iface, ingress, tc_attach, max_mappings } => {
             let attachment = loader::attach(&pins, &iface, ingress, tc_attach, max_mappings)
@@ -58,12 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("programs now at version {}", loader::object_version(&bytes));
         }
         Command::Down => {
-            if let Some(pid) = agent::running_agent(&pins) {
-                bail!(
-                    "an agent (pid {pid}) keeps this dataplane and would attach it again; stop it first \
-                     (systemctl stop rewrite-agent)"
-                );
-            }
+            // An agent would attach it all again: refused above, with the agent named.
             for iface in loader::down(&pins)? {
                 println!("detached from {iface}");
             }
@@ -145,7 +152,8 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
     let mut interfaces = Vec::new();
     for attachment in loader::attached(pins)? {
         let programs = loader::attached_programs(pins, &attachment.iface)?;
-        interfaces.push((attachment, programs));
+        let stale = loader::staleness(pins, &attachment.iface)?;
+        interfaces.push((attachment, programs, stale));
     }
     // The table is read apart: status must still show the programs when it cannot be.
     let table = pins.maps_dir().exists().then(|| {
@@ -155,13 +163,15 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
         Ok::<_, rewrite_user::Error>((table.capacity(), listing.mappings.len(), ports, listing.prefixes.len()))
     });
     let agent = agent::running_agent(pins);
+    let fleet: Option<serde_json::Value> =
+        std::fs::read_to_string(agent::fleet_record(pins)).ok().and_then(|text| serde_json::from_str(&text).ok());
     let version = loader::object_version(loader::EBPF_OBJECT);
     if json {
         let interfaces: Vec<serde_json::Value> = interfaces
             .iter()
-            .map(|(attachment, programs)| {
+            .map(|(attachment, programs, stale)| {
                 serde_json::json!({ "name": attachment.iface, "ingress": attachment.ingress.to_string(),
-                    "version": pins.recorded_version(&attachment.iface), "programs": programs })
+                    "version": pins.recorded_version(&attachment.iface), "programs": programs, "stale": stale })
             })
             .collect();
         let table = table.map(|table| match table {
@@ -173,7 +183,7 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
         let status = serde_json::json!({
             "pin_dir": pins.root(),
             "version": version,
-            "agent": { "running": agent.is_some(), "pid": agent },
+            "agent": { "running": agent.is_some(), "pid": agent, "fleet": agent.and(fleet.clone()) },
             "interfaces": interfaces,
             "table": table,
         });
@@ -183,9 +193,15 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
     if interfaces.is_empty() {
         println!("no interface attached (pins in {})", pins.root().display());
     }
-    for (attachment, programs) in &interfaces {
+    for (attachment, programs, stale) in &interfaces {
         let version = pins.recorded_version(&attachment.iface).unwrap_or_else(|| "unknown".into());
         println!("{}\tingress: {}\tegress: tc\tversion: {version}", attachment.iface, attachment.ingress);
+        if let Some(why) = stale {
+            println!(
+                "  STALE: {why}; nothing is rewritten on it: `rewrite attach --iface {}` attaches it again",
+                attachment.iface
+            );
+        }
         for program in programs {
             println!("  {}\tid {}\ttag {}\t{}", program.pin, program.id, program.tag, program.attached);
         }
@@ -201,6 +217,15 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
     match agent {
         Some(pid) => println!("agent: running (pid {pid})"),
         None => println!("agent: not running"),
+    }
+    if let Some(fleet) = agent.and(fleet) {
+        let flag = |name: &str| fleet[name].as_bool().unwrap_or(false);
+        println!(
+            "fleet: {}, revision {}{}",
+            if flag("connected") { "connected" } else { "etcd unreachable" },
+            fleet["revision"],
+            if flag("stale") { ", stale: the maps keep the last fleet state known until etcd answers" } else { "" }
+        );
     }
     println!("this binary carries programs version {version}");
     Ok(())

@@ -34,6 +34,7 @@
 //! max_flows = 1000000              # optional: size of a flow table this config creates
 //! udp_idle_seconds = 60            # optional
 //! tcp_idle_seconds = 7200          # optional
+//! unreplied_seconds = 10           # optional: flows the target never answered
 //!
 //! [[bounce.service]]
 //! listen = "10.0.0.1:9200/tcp"
@@ -59,15 +60,15 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use clap::ValueEnum as _;
 use rewrite_common::{
-    bounce::{DEFAULT_TCP_IDLE_SECONDS, DEFAULT_UDP_IDLE_SECONDS},
+    bounce::{DEFAULT_TCP_IDLE_SECONDS, DEFAULT_UDP_IDLE_SECONDS, DEFAULT_UNREPLIED_SECONDS},
     maps::{DEFAULT_MAX_MAPPINGS, MAX_PREFIX_MAPPINGS},
     model::ModelTable,
-    spec::MappingSpec,
+    spec::{MappingSpec, Side},
+    validate::MappingConflict,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -99,8 +100,7 @@ pub struct Config {
 pub struct BounceConfig {
     /// Size of the flow table, if this config's first service creates it.
     pub max_flows: Option<u32>,
-    pub udp_idle: Duration,
-    pub tcp_idle: Duration,
+    pub timeouts: crate::bounce::Timeouts,
     pub services: Vec<ServiceSpec>,
 }
 
@@ -192,6 +192,7 @@ struct RawBounce {
     max_flows: Option<Spanned<u32>>,
     udp_idle_seconds: Option<Spanned<u64>>,
     tcp_idle_seconds: Option<Spanned<u64>>,
+    unreplied_seconds: Option<Spanned<u64>>,
     #[serde(default, rename = "service")]
     services: Vec<RawService>,
 }
@@ -422,6 +423,15 @@ fn bounce_config(raw: &RawBounce, locate: &Locator, problems: &mut Vec<Problem>)
         locate,
         problems,
     );
+    let unreplied = seconds(
+        raw.unreplied_seconds.as_ref(),
+        u64::from(DEFAULT_UNREPLIED_SECONDS),
+        1..=3600,
+        "unreplied_seconds",
+        locate,
+        problems,
+    );
+    let timeouts = crate::bounce::Timeouts { udp: udp_idle, tcp: tcp_idle, unreplied };
     let mut seen: HashMap<(std::net::SocketAddr, crate::bounce::Protocol), usize> = HashMap::new();
     let mut services = Vec::new();
     for service in &raw.services {
@@ -470,7 +480,7 @@ fn bounce_config(raw: &RawBounce, locate: &Locator, problems: &mut Vec<Problem>)
             }
         }
     }
-    BounceConfig { max_flows, udp_idle, tcp_idle, services }
+    BounceConfig { max_flows, timeouts, services }
 }
 
 /// The `[gate]` section: the mode, and every port spec and prefix checked as the CLI
@@ -535,18 +545,30 @@ fn mappings(raw: &[RawMapping], locate: &Locator, problems: &mut Vec<Problem>) -
     let mut claimed: HashMap<VirtualKey, usize> = HashMap::new();
     let mut mappings = Vec::new();
     for mapping in raw {
-        let at = mapping.virtual_side.span().start;
-        let line = locate.line(at);
-        let spec = match MappingSpec::parse(mapping.virtual_side.get_ref(), mapping.real_side.get_ref()) {
-            Ok(spec) => spec,
-            Err(error) => {
+        // Each problem points at the value it is about: the VIRTUAL, or the REAL.
+        let (virtual_at, real_at) = (mapping.virtual_side.span().start, mapping.real_side.span().start);
+        let line = locate.line(virtual_at);
+        let sides = (
+            mapping.virtual_side.get_ref().parse::<Side>().map_err(|error| (virtual_at, error)),
+            mapping.real_side.get_ref().parse::<Side>().map_err(|error| (real_at, error)),
+        );
+        let spec = match sides {
+            (Err((at, error)), _) | (_, Err((at, error))) => {
                 problems.push(locate.problem(at, error.to_string()));
                 continue;
             }
+            // Two sides that do not match: the REAL must follow the VIRTUAL.
+            (Ok(virtual_side), Ok(real_side)) => match MappingSpec::new(virtual_side, real_side) {
+                Ok(spec) => spec,
+                Err(error) => {
+                    problems.push(locate.problem(real_at, error.to_string()));
+                    continue;
+                }
+            },
         };
         if let Some(first) = virtual_keys(&spec).iter().find_map(|key| claimed.get(key)) {
             let message = format!("VIRTUAL {} is already mapped on line {first}", mapping.virtual_side.get_ref());
-            problems.push(locate.problem(at, message));
+            problems.push(locate.problem(virtual_at, message));
             continue;
         }
         let added = match &spec {
@@ -555,6 +577,7 @@ fn mappings(raw: &[RawMapping], locate: &Locator, problems: &mut Vec<Problem>) -
             MappingSpec::Prefix(prefix) => model.add_prefix(prefix),
         };
         if let Err(conflict) = added {
+            let at = if conflict_is_about_real(&conflict, &spec) { real_at } else { virtual_at };
             problems.push(locate.problem(at, conflict.to_string()));
             continue;
         }
@@ -562,6 +585,46 @@ fn mappings(raw: &[RawMapping], locate: &Locator, problems: &mut Vec<Problem>) -
         mappings.push(ConfigMapping { spec, label: mapping.label.clone(), line });
     }
     mappings
+}
+
+/// Whether a mapping's conflict with the table is about its REAL side (so a message
+/// points at the `real` value) rather than its VIRTUAL side.
+fn conflict_is_about_real(conflict: &MappingConflict, spec: &MappingSpec) -> bool {
+    let real = match spec {
+        MappingSpec::Address { real_addr, .. } => *real_addr,
+        MappingSpec::Ports(ports) => ports.real_addr,
+        MappingSpec::Prefix(prefix) => prefix.real_net,
+    };
+    match *conflict {
+        MappingConflict::SameAddress(_)
+        | MappingConflict::MixedFamilies { .. }
+        | MappingConflict::RealTaken { .. }
+        | MappingConflict::RealIsVirtual { .. }
+        | MappingConflict::RealIsPortVirtual { .. }
+        | MappingConflict::RealOverlapsPortReal { .. }
+        | MappingConflict::PortRealOverlapsAddress { .. }
+        | MappingConflict::RealPortTaken { .. }
+        | MappingConflict::RealPrefixOverlap { .. }
+        | MappingConflict::PrefixContainsReal { .. } => true,
+        MappingConflict::VirtualIsReal { .. }
+        | MappingConflict::VirtualIsPortReal { .. }
+        | MappingConflict::PortTaken { .. }
+        | MappingConflict::VirtualPrefixOverlap { .. }
+        | MappingConflict::PrefixContainsVirtual { .. }
+        | MappingConflict::PrefixTaken { .. }
+        | MappingConflict::BadPrefixLength { .. } => false,
+        MappingConflict::UnusableAddress { addr, .. }
+        | MappingConflict::InRealPrefix { addr, .. }
+        | MappingConflict::InVirtualPrefix { addr, .. } => addr == real,
+        MappingConflict::HostBitsSet { net, .. }
+        | MappingConflict::PrefixContainsUnusable { net, .. }
+        | MappingConflict::PrefixSidesOverlap { net, .. }
+        | MappingConflict::PrefixContainsOtherSide { net, .. } => net == real,
+        MappingConflict::ZeroPort => matches!(spec, MappingSpec::Ports(ports) if ports.virtual_first != 0),
+        MappingConflict::PortRangeOverflow { first, .. } => {
+            matches!(spec, MappingSpec::Ports(ports) if ports.real_first == first && ports.virtual_first != first)
+        }
+    }
 }
 
 /// Checks that `mappings` fit a table of `capacity` entries per map (and the fixed
@@ -706,8 +769,9 @@ fn render_bounce(bounce: &BounceConfig) -> String {
     if let Some(max_flows) = bounce.max_flows {
         out.push_str(&format!("max_flows = {max_flows}\n"));
     }
-    out.push_str(&format!("udp_idle_seconds = {}\n", bounce.udp_idle.as_secs().max(1)));
-    out.push_str(&format!("tcp_idle_seconds = {}\n", bounce.tcp_idle.as_secs().max(1)));
+    out.push_str(&format!("udp_idle_seconds = {}\n", bounce.timeouts.udp.as_secs().max(1)));
+    out.push_str(&format!("tcp_idle_seconds = {}\n", bounce.timeouts.tcp.as_secs().max(1)));
+    out.push_str(&format!("unreplied_seconds = {}\n", bounce.timeouts.unreplied.as_secs().max(1)));
     for service in &bounce.services {
         let listen = format!("{}/{}", service.listen, service.protocol);
         out.push_str(&format!(
@@ -753,6 +817,64 @@ mod tests {
             }
             Err(other) => panic!("unexpected error {other}"),
         }
+    }
+
+    /// Every problem of a mapping, at the line and column of the value it is about.
+    fn located(text: &str) -> Vec<(usize, usize, String)> {
+        match parse(Path::new("test.toml"), text) {
+            Ok(config) => panic!("must be refused, parsed as {config:?}"),
+            Err(ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|problem| (problem.line, problem.column, problem.message)).collect()
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn a_mapping_problem_points_at_the_value_it_is_about() {
+        let text = "\
+[[mapping]]
+virtual = \"10.94.0.1\"
+real = \"10.94.0.299\"
+
+[[mapping]]
+virtual = \"10.94.0.3x\"
+real = \"10.95.0.3\"
+
+[[mapping]]
+virtual = \"10.0.0.6:1-10/tcp\"
+real = \"10.95.0.6:1-9/tcp\"
+
+[[mapping]]
+virtual = \"10.94.0.7\"
+real = \"10.95.0.8\"
+
+[[mapping]]
+virtual = \"10.94.0.9\"
+real = \"10.95.0.8\"
+
+[[mapping]]
+virtual = \"10.94.0.7\"
+real = \"10.95.0.10\"
+
+[[mapping]]
+virtual = \"10.94.0.11\"
+real = \"224.0.0.1\"
+";
+        let found = located(text);
+        let at = |line: usize, column: usize, needle: &str| {
+            assert!(
+                found.iter().any(|(l, c, message)| *l == line && *c == column && message.contains(needle)),
+                "no problem at {line}:{column} containing {needle:?}: {found:?}"
+            );
+        };
+        at(3, 8, "10.94.0.299");
+        at(6, 11, "10.94.0.3x");
+        at(11, 8, "ranges must have the same width");
+        at(19, 8, "is already the target of");
+        at(22, 11, "already mapped on line 14");
+        at(27, 8, "224.0.0.1");
+        assert_eq!(found.len(), 6, "{found:?}");
     }
 
     #[test]
@@ -814,7 +936,8 @@ expire_after = "10m"
         let config = parse(Path::new("c.toml"), &text).expect("valid");
         let bounce = config.bounce.clone().expect("a bounce section");
         assert_eq!(bounce.max_flows, Some(1000));
-        assert_eq!((bounce.udp_idle, bounce.tcp_idle), (Duration::from_secs(30), Duration::from_secs(7200)));
+        assert_eq!((bounce.timeouts.udp, bounce.timeouts.tcp), (Duration::from_secs(30), Duration::from_secs(7200)));
+        assert_eq!(bounce.timeouts.unreplied, Duration::from_secs(u64::from(DEFAULT_UNREPLIED_SECONDS)));
         assert_eq!(bounce.services.len(), 2);
         assert_eq!(bounce.services[1].ports, (62000, 62999));
         let again = parse(Path::new("c.toml"), &render(&config)).expect("the rendering parses");

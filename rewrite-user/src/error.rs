@@ -45,6 +45,14 @@ pub enum Error {
     NotBpffs { dir: PathBuf },
 
     #[error(
+        "{} is {} (owner uid {uid}, mode {mode:04o}): rewrite only trusts pin directories that are root's alone \
+         (owner root, no access for group or others); fix it (`chown root:root DIR && chmod 700 DIR`) or remove it",
+        dir.display(),
+        if *is_dir { "not root's alone" } else { "not a directory" }
+    )]
+    UntrustedPinDir { dir: PathBuf, uid: u32, mode: u32, is_dir: bool },
+
+    #[error(
         "the dataplane is not loaded: {} is missing; run `rewrite attach --iface IF` first",
         path.display()
     )]
@@ -116,6 +124,23 @@ pub enum Error {
         lock.display()
     )]
     AgentRunning { pid: Option<u32>, lock: PathBuf },
+
+    #[error(
+        "another writer holds this dataplane's write lock ({}): {}; it was still busy after {} s, try again",
+        lock.display(),
+        if holder.is_empty() { "unknown".to_owned() } else { format!("pid {holder}") },
+        waited.as_secs()
+    )]
+    WriterBusy { holder: String, lock: PathBuf, waited: std::time::Duration },
+
+    #[error(
+        "an agent (pid {pid}) keeps this dataplane{}: change {} and it applies the change (or `systemctl reload \
+         rewrite-agent`); stop the agent to change the dataplane by hand (`rewrite upgrade` and read-only commands \
+         work while it runs)",
+        config.as_ref().map_or_else(String::new, |path| format!(" from {}", path.display())),
+        config.as_ref().map_or_else(|| "its config or the fleet table".to_owned(), |path| path.display().to_string())
+    )]
+    AgentKeepsDataplane { pid: u32, config: Option<PathBuf> },
 
     #[error("cannot serve metrics on {address}: {source}")]
     MetricsBind { address: std::net::SocketAddr, source: io::Error },

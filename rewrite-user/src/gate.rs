@@ -50,6 +50,69 @@ pub enum GateError {
     BadMode { text: String },
     #[error("cannot read the ephemeral port range from {}: {why}", path.display())]
     EphemeralRange { path: PathBuf, why: String },
+    #[error(
+        "{protocol}/{port} is in the source port range {first}-{last} of a bounce service, where the target's replies \
+         arrive: protecting it would drop them"
+    )]
+    BounceRange { protocol: &'static str, port: u16, first: u16, last: u16 },
+}
+
+/// UDP ports where replies to this host's own clients of fixed-port protocols arrive:
+/// DHCP (68), NTP (123: ntpd and chrony send from it and the server answers to it) and
+/// DHCPv6 (546). `all` leaves them out; naming one protects it, as the operator says.
+pub const CLIENT_UDP_PORTS: [u16; 3] = [68, 123, 546];
+
+/// The ports where replies to this host's own traffic arrive, which the gate must not
+/// close: its ephemeral range (both protocols), bounce mode's source port ranges (per
+/// protocol), and the fixed UDP client ports. `all` leaves them all out; a named port
+/// inside the ephemeral range or a bounce range is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientPorts {
+    pub ephemeral: RangeInclusive<u16>,
+    pub bounce: Vec<(u8, RangeInclusive<u16>)>,
+}
+
+impl ClientPorts {
+    /// This host's: its ephemeral range and the live bounce services' ranges.
+    pub fn of_host(pins: &PinLayout) -> Result<Self, Error> {
+        let bounce = if crate::loader::bounce_enabled(pins) {
+            crate::bounce::BounceTable::open(pins)?
+                .services()?
+                .iter()
+                .map(|service| (service.key.protocol, service.value.port_first..=service.value.port_last))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Self { ephemeral: ephemeral_range()?, bounce })
+    }
+
+    /// Whether `all` leaves `port` of `protocol` out.
+    fn left_out(&self, protocol: u8, port: u16) -> bool {
+        self.ephemeral.contains(&port)
+            || (protocol == 17 && CLIENT_UDP_PORTS.contains(&port))
+            || self.bounce.iter().any(|(bounced, range)| *bounced == protocol && range.contains(&port))
+    }
+
+    /// Why a named `port` of `protocol` may not be protected, if it may not.
+    fn refusal(&self, protocol: u8, port: u16) -> Option<GateError> {
+        if self.ephemeral.contains(&port) {
+            return Some(GateError::EphemeralPort {
+                protocol: protocol_name(protocol),
+                port,
+                first: *self.ephemeral.start(),
+                last: *self.ephemeral.end(),
+            });
+        }
+        self.bounce.iter().find(|(bounced, range)| *bounced == protocol && range.contains(&port)).map(|(_, range)| {
+            GateError::BounceRange {
+                protocol: protocol_name(protocol),
+                port,
+                first: *range.start(),
+                last: *range.end(),
+            }
+        })
+    }
 }
 
 /// `off`, `monitor` or `enforce`.
@@ -135,23 +198,18 @@ impl PortSpec {
         Ok(Self { protocols: vec![protocol], ports })
     }
 
-    /// Every (protocol, port) the spec names. `all` leaves out `ephemeral`; a named
-    /// port inside it is an error.
-    fn slots(&self, ephemeral: &RangeInclusive<u16>) -> Result<Vec<(u8, u16)>, GateError> {
+    /// Every (protocol, port) the spec names. `all` leaves out the host's client ports;
+    /// a named port among those that must stay open is an error.
+    fn slots(&self, client: &ClientPorts) -> Result<Vec<(u8, u16)>, GateError> {
         let mut slots = Vec::new();
         for &protocol in &self.protocols {
             match &self.ports {
-                None => {
-                    slots.extend((0..=u16::MAX).filter(|port| !ephemeral.contains(port)).map(|port| (protocol, port)))
-                }
+                None => slots.extend(
+                    (0..=u16::MAX).filter(|port| !client.left_out(protocol, *port)).map(|port| (protocol, port)),
+                ),
                 Some(ports) => {
-                    if let Some(port) = ports.clone().find(|port| ephemeral.contains(port)) {
-                        return Err(GateError::EphemeralPort {
-                            protocol: protocol_name(protocol),
-                            port,
-                            first: *ephemeral.start(),
-                            last: *ephemeral.end(),
-                        });
+                    if let Some(refusal) = ports.clone().find_map(|port| client.refusal(protocol, port)) {
+                        return Err(refusal);
                     }
                     slots.extend(ports.clone().map(|port| (protocol, port)));
                 }
@@ -198,6 +256,8 @@ fn ephemeral_range_from(path: &Path) -> Result<RangeInclusive<u16>, GateError> {
 /// The gate's pinned maps.
 #[expect(missing_debug_implementations, reason = "map handles; nothing to show")]
 pub struct GateTable {
+    /// The ports `all` leaves out, and named ports may not be.
+    client: ClientPorts,
     settings: Array<MapData, GateSettings>,
     ports: Array<MapData, u32>,
     allow: LpmTrie<MapData, Addr, u32>,
@@ -220,6 +280,7 @@ impl GateTable {
     pub fn open(pins: &PinLayout) -> Result<Self, Error> {
         let map_error = |name: &'static str| move |source| Error::map(name, source);
         Ok(Self {
+            client: ClientPorts::of_host(pins)?,
             settings: Array::try_from(open_pinned(pins, MAP_GATE_SETTINGS)?).map_err(map_error(MAP_GATE_SETTINGS))?,
             ports: Array::try_from(open_pinned(pins, MAP_GATE_PORTS)?).map_err(map_error(MAP_GATE_PORTS))?,
             allow: LpmTrie::try_from(open_pinned(pins, MAP_GATE_ALLOW)?).map_err(map_error(MAP_GATE_ALLOW))?,
@@ -258,10 +319,9 @@ impl GateTable {
     /// Sets or clears `bit` on every port of `specs`, all checked first. Returns how
     /// many ports changed.
     fn change_ports(&mut self, specs: &[PortSpec], bit: u32, on: bool) -> Result<usize, Error> {
-        let ephemeral = ephemeral_range()?;
         let mut slots = Vec::new();
         for spec in specs {
-            slots.extend(spec.slots(&ephemeral)?);
+            slots.extend(spec.slots(&self.client)?);
         }
         let mut changed = 0;
         for (protocol, port) in slots {
@@ -275,6 +335,16 @@ impl GateTable {
         Ok(changed)
     }
 
+    /// The first port of `range` (of `protocol`) the gate protects, if any.
+    pub fn protected_port_in(&self, protocol: u8, range: RangeInclusive<u16>) -> Result<Option<u16>, Error> {
+        for port in range {
+            if self.port_bits(protocol, port)? & PORT_PROTECTED != 0 {
+                return Ok(Some(port));
+            }
+        }
+        Ok(None)
+    }
+
     /// Protects (or, with `on` false, opens) the ports of `specs`.
     pub fn protect(&mut self, specs: &[PortSpec], on: bool) -> Result<usize, Error> {
         self.change_ports(specs, PORT_PROTECTED, on)
@@ -283,9 +353,8 @@ impl GateTable {
     /// Makes `specs` the management ports, replacing the previous ones (ssh by
     /// default); an empty list takes the fail-safe away.
     pub fn set_management(&mut self, specs: &[PortSpec]) -> Result<(), Error> {
-        let ephemeral = ephemeral_range()?;
         for spec in specs {
-            spec.slots(&ephemeral)?;
+            spec.slots(&self.client)?;
         }
         for (protocol, port) in self.ports_with(PORT_MANAGEMENT)? {
             let bits = self.port_bits(protocol, port)?;
@@ -417,13 +486,14 @@ impl GatePlan {
     }
 }
 
-/// Works out what `config` changes in the gate at `pins`. Changes nothing.
-pub fn plan(pins: &PinLayout, config: &GateConfig) -> Result<GatePlan, Error> {
-    let ephemeral = ephemeral_range()?;
+/// Works out what `config` changes in the gate at `pins`, given the client ports the
+/// gate must leave open (with the bounce ranges the same apply leaves in place).
+/// Changes nothing.
+pub fn plan(pins: &PinLayout, config: &GateConfig, client: &ClientPorts) -> Result<GatePlan, Error> {
     let mut wanted = vec![0u32; PORT_SLOTS as usize];
     let mut mark = |texts: &[String], bit: u32| -> Result<(), Error> {
         for text in texts {
-            for (protocol, port) in PortSpec::parse(text)?.slots(&ephemeral)? {
+            for (protocol, port) in PortSpec::parse(text)?.slots(client)? {
                 wanted[port_slot(protocol, port).unwrap_or(0) as usize] |= bit;
             }
         }
@@ -564,12 +634,27 @@ mod tests {
 
     #[test]
     fn all_leaves_out_the_ephemeral_range_and_a_named_port_there_is_refused() {
-        let ephemeral = 32768..=60999;
-        let all = PortSpec::parse("tcp/all").expect("valid").slots(&ephemeral).expect("slots");
+        let client = ClientPorts { ephemeral: 32768..=60999, bounce: Vec::new() };
+        let all = PortSpec::parse("tcp/all").expect("valid").slots(&client).expect("slots");
         assert_eq!(all.len(), 65536 - (60999 - 32768 + 1));
-        assert!(all.iter().all(|(_, port)| !ephemeral.contains(port)));
-        let error = PortSpec::parse("udp/40000").expect("valid").slots(&ephemeral).expect_err("ephemeral").to_string();
+        assert!(all.iter().all(|(_, port)| !client.ephemeral.contains(port)));
+        let error = PortSpec::parse("udp/40000").expect("valid").slots(&client).expect_err("ephemeral").to_string();
         assert!(error.contains("udp/40000") && error.contains("32768-60999"), "{error}");
+    }
+
+    #[test]
+    fn all_leaves_out_client_ports_and_bounce_ranges() {
+        let client = ClientPorts { ephemeral: 32768..=60999, bounce: vec![(6, 61000..=65535)] };
+        let all = PortSpec::parse("all").expect("valid").slots(&client).expect("slots");
+        for port in CLIENT_UDP_PORTS {
+            assert!(!all.contains(&(17, port)), "udp/{port}: replies to this host's DHCP, NTP and DHCPv6 clients");
+            assert!(all.contains(&(6, port)), "tcp/{port} is no client port");
+        }
+        assert!(!all.iter().any(|&(protocol, port)| protocol == 6 && port >= 61000), "bounce's TCP range");
+        assert!(all.contains(&(17, 61000)), "bounce's range is TCP only here");
+        let error = PortSpec::parse("tcp/62000").expect("valid").slots(&client).expect_err("bounce range").to_string();
+        assert!(error.contains("tcp/62000") && error.contains("61000-65535") && error.contains("bounce"), "{error}");
+        assert!(PortSpec::parse("udp/123").expect("valid").slots(&client).is_ok(), "named, a client port is protected");
     }
 
     #[test]

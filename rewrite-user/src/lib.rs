@@ -14,6 +14,7 @@ pub mod follow;
 pub mod gate;
 pub mod iface;
 pub mod loader;
+pub mod lock;
 pub mod maps;
 pub mod metrics;
 pub mod netlink;

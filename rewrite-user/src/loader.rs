@@ -451,7 +451,14 @@ pub fn attach(
     iface::ensure_ethernet(iface_name)?;
     let method = tc.resolve()?;
     if iface_dir.exists() {
-        return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir });
+        match staleness(pins, iface_name)? {
+            // Pins of a device that is no more: replaced by this attach.
+            Some(why) => {
+                tracing::info!(iface = iface_name, why, "replacing stale pins");
+                forget_stale(pins, iface_name)?;
+            }
+            None => return Err(Error::AlreadyAttached { name: iface_name.to_owned(), dir: iface_dir }),
+        }
     }
     // Whatever mode rewrite uses, an XDP program it did not attach would see (and may
     // drop or redirect) ingress packets before rewrite restores their addresses.
@@ -760,6 +767,81 @@ fn wait_until_released(links: &[u32]) -> Result<(), Error> {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// The interface index a pinned XDP or tcx link is attached to: 0 once its device is
+/// gone (the kernel keeps such a link, defunct). `None` if it cannot be read.
+fn link_ifindex(path: &Path) -> Option<u32> {
+    use std::os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    /// The `obj` member of union bpf_attr.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    /// The `info` member of union bpf_attr.
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut get = ObjGet { pathname: name.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    // SAFETY: bpf(2) reads the path through the pointer, which outlives the call.
+    let raw = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &raw mut get, std::mem::size_of::<ObjGet>()) };
+    let raw = i32::try_from(raw).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a fresh descriptor of the pinned link that nothing else owns.
+    let link = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // struct bpf_link_info: type, id, prog_id, then (8-byte aligned, at byte 16) a
+    // union whose xdp and tcx members both start with the ifindex.
+    let mut info = [0u32; 32];
+    let mut attr = InfoByFd {
+        bpf_fd: u32::try_from(link.as_raw_fd()).ok()?,
+        info_len: u32::try_from(std::mem::size_of_val(&info)).ok()?,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: bpf(2) writes at most `info_len` bytes into `info`, which outlives the
+    // call; `attr` is laid out as the kernel reads this command's attribute.
+    let result =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw mut attr, std::mem::size_of::<InfoByFd>()) };
+    (result == 0).then_some(info[4])
+}
+
+/// Why the pins of `iface` no longer stand for programs running on the interface of
+/// that name, if they do not: the interface is gone, or was deleted and created again
+/// (a new device, with none of rewrite's programs). Such pins are stale: `attach`
+/// replaces them, and the agent attaches again.
+pub fn staleness(pins: &PinLayout, iface: &str) -> Result<Option<&'static str>, Error> {
+    let iface_dir = pins.iface_dir(iface)?;
+    let Ok(index) = iface::index(iface) else { return Ok(Some("the interface is gone")) };
+    for slot in Slot::ALL {
+        let recreated = match slot.method(&iface_dir) {
+            None | Some(AttachMethod::Unlinked) => false,
+            Some(AttachMethod::XdpLink | AttachMethod::Tcx) => {
+                link_ifindex(&iface_dir.join(slot.pin_names().1)).is_some_and(|linked| linked != index)
+            }
+            Some(AttachMethod::Netlink(filter)) => {
+                let pinned = pinned_program_id(&iface_dir, slot)?;
+                tc::filter_at(iface, filter)?.is_none_or(|found| found.program_id != pinned)
+            }
+        };
+        if recreated {
+            return Ok(Some("the interface was deleted and created again: none of rewrite's programs run on it"));
+        }
+    }
+    Ok(None)
+}
+
+/// Removes the stale pins of `iface` (see [`staleness`]); nothing of them runs.
+fn forget_stale(pins: &PinLayout, iface: &str) -> Result<(), Error> {
+    let iface_dir = pins.iface_dir(iface)?;
+    std::fs::remove_dir_all(&iface_dir).map_err(|error| Error::io("removing", &iface_dir, error))?;
+    pins.forget_version(Some(iface));
+    tc::release_clsact(pins, iface)
 }
 
 /// The interfaces that have pins, with the ingress hook each was attached with.

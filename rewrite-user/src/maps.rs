@@ -20,8 +20,8 @@ use rewrite_common::{
 
 use crate::{Error, pins::PinLayout};
 
-/// `BPF_NOEXIST`, `BPF_EXIST` and `BPF_ANY` update flags.
-const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST` and `BPF_EXIST` update flags (`BPF_ANY`, which replaces an existing
+/// entry silently, is used nowhere).
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
@@ -638,12 +638,12 @@ impl MappingTable {
         self.mark_in_use(Some(true), None)?;
         for (virtual_endpoint, real_endpoint) in &endpoints {
             self.port_reverse
-                .insert(real_endpoint, EndpointEntry::new(*virtual_endpoint), BPF_ANY)
+                .insert(real_endpoint, EndpointEntry::new(*virtual_endpoint), BPF_NOEXIST)
                 .map_err(|error| self.insert_error(MAP_PORT_REVERSE, error))?;
         }
         for (virtual_endpoint, real_endpoint) in &endpoints {
             self.port_forward
-                .insert(virtual_endpoint, EndpointEntry::new(*real_endpoint), BPF_ANY)
+                .insert(virtual_endpoint, EndpointEntry::new(*real_endpoint), BPF_NOEXIST)
                 .map_err(|error| self.insert_error(MAP_PORT_FORWARD, error))?;
         }
         Ok(())
@@ -658,32 +658,35 @@ impl MappingTable {
             .insert(
                 &Key::new(key_len, real_net),
                 PrefixEntry::new(PrefixTarget { network: virtual_net, prefix_len: key_len }),
-                BPF_ANY,
+                BPF_NOEXIST,
             )
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
         self.prefix_forward
             .insert(
                 &Key::new(key_len, virtual_net),
                 PrefixEntry::new(PrefixTarget { network: real_net, prefix_len: key_len }),
-                BPF_ANY,
+                BPF_NOEXIST,
             )
             .map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))
     }
 
     /// Adds many address mappings that were checked beforehand (as `apply` checks a
-    /// whole config on its model) with batch map updates: every reverse entry first,
-    /// then every forward entry, so no packet is sent to a REAL whose reply would not
-    /// be restored. Batch updates take no NOEXIST (the kernel allows only BPF_F_LOCK
-    /// per element), so REAL's uniqueness rests on that check and on one writer at a
-    /// time, as for every other edit.
-    pub fn insert_new_batch(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
-        let reals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.real_addr)).collect();
-        let virtuals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.virtual_addr)).collect();
-        let entries = |addrs: &[Addr]| addrs.iter().map(|addr| AddressEntry::new(*addr)).collect::<Vec<_>>();
-        crate::batch::update(&self.reverse_batch, &reals, &entries(&virtuals), BPF_ANY)
-            .map_err(|error| self.batch_error(MAP_ADDR_REVERSE, error))?;
-        crate::batch::update(&self.forward_batch, &virtuals, &entries(&reals), BPF_ANY)
-            .map_err(|error| self.batch_error(MAP_ADDR_FORWARD, error))
+    /// whole config on its model): every reverse entry first, then every forward entry,
+    /// so no packet is sent to a REAL whose reply would not be restored. Each entry is
+    /// written with BPF_NOEXIST, so an entry that exists after all (another writer, a
+    /// model that went wrong) is an error naming it, never silently re-pointed; batch
+    /// updates cannot refuse an existing key (the kernel allows only BPF_F_LOCK per
+    /// element), which is why these are written one by one.
+    pub fn insert_new_many(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
+        for mapping in mappings {
+            self.insert(false, mapping.real_addr, mapping.virtual_addr, BPF_NOEXIST)
+                .map_err(|error| self.insert_error(MAP_ADDR_REVERSE, error))?;
+        }
+        for mapping in mappings {
+            self.insert(true, mapping.virtual_addr, mapping.real_addr, BPF_NOEXIST)
+                .map_err(|error| self.insert_error(MAP_ADDR_FORWARD, error))?;
+        }
+        Ok(())
     }
 
     /// Removes many address mappings with batch deletes: every forward entry first,
@@ -703,18 +706,11 @@ impl MappingTable {
         }
     }
 
-    /// Inserts many mappings that are known to be new and valid (benchmarks and bulk
-    /// loads), reverse entries first. Stops at the first error.
+    /// Inserts many mappings that are known to be new and valid, without the table's
+    /// checks (benchmarks), reverse entries first. The kernel still refuses an existing
+    /// key (BPF_NOEXIST). Stops at the first error.
     pub fn insert_new_unchecked(&mut self, mappings: &[Mapping]) -> Result<(), Error> {
-        for mapping in mappings {
-            self.insert(false, mapping.real_addr, mapping.virtual_addr, BPF_ANY)
-                .map_err(|error| self.insert_error(MAP_ADDR_REVERSE, error))?;
-        }
-        for mapping in mappings {
-            self.insert(true, mapping.virtual_addr, mapping.real_addr, BPF_ANY)
-                .map_err(|error| self.insert_error(MAP_ADDR_FORWARD, error))?;
-        }
-        Ok(())
+        self.insert_new_many(mappings)
     }
 }
 

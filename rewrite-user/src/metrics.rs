@@ -37,6 +37,9 @@ pub struct ApplyStatus {
 #[derive(Clone, Debug, Default)]
 pub struct FleetStatus {
     pub connected: bool,
+    /// Whether the maps may lag the fleet table: no copy of it read since the agent
+    /// started, or etcd unreachable now. The maps keep the last state known meanwhile.
+    pub stale: bool,
     /// The etcd revision the maps reflect.
     pub revision: i64,
     /// Full reads of the table, by reason (start, reconnect, compaction, config, repair).
@@ -229,6 +232,13 @@ fn register_fleet(registry: &mut Registry, fleet: &FleetStatus) {
         "1 while the agent is connected to etcd and watching the fleet table",
         i64::from(fleet.connected),
     );
+    gauge(
+        registry,
+        "fleet_stale",
+        "1 while the maps may lag the fleet table (no copy read since the agent started, or etcd unreachable): \
+         they keep the last state known",
+        i64::from(fleet.stale),
+    );
     gauge(registry, "fleet_revision", "The etcd revision of the fleet table the maps reflect", fleet.revision);
     gauge(registry, "fleet_mappings", "Mappings in the fleet table", count(fleet.mappings));
     gauge(
@@ -270,14 +280,15 @@ pub async fn serve(
     pins: Arc<PinLayout>,
     status: Arc<std::sync::Mutex<ApplyStatus>>,
 ) -> Result<(), Error> {
+    let renders = Arc::new(Renders::default());
     loop {
         let (stream, _) =
             listener.accept().await.map_err(|error| Error::io("accepting on", "metrics socket", error))?;
-        let (pins, status) = (pins.clone(), status.clone());
+        let (pins, status, renders) = (pins.clone(), status.clone(), renders.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let (pins, status) = (pins.clone(), status.clone());
-                async move { Ok::<_, Infallible>(respond(&pins, &status, &request)) }
+                let (pins, status, renders) = (pins.clone(), status.clone(), renders.clone());
+                async move { Ok::<_, Infallible>(respond(pins, status, &renders, &request).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
@@ -287,9 +298,41 @@ pub async fn serve(
     }
 }
 
-fn respond(
-    pins: &PinLayout,
-    status: &std::sync::Mutex<ApplyStatus>,
+/// The metrics rendering, shared by concurrent scrapes: rendering walks every map, so it
+/// runs on a thread of its own (never on the agent's, which renews the fleet lease and
+/// applies changes), one at a time, and scrapes that arrive while one runs take its
+/// result. However many scrapes come at once, one rendering serves them.
+#[derive(Debug, Default)]
+struct Renders {
+    /// When the last rendering finished, and what it gave.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, Result<String, String>)>>,
+}
+
+impl Renders {
+    async fn get(&self, pins: Arc<PinLayout>, status: Arc<std::sync::Mutex<ApplyStatus>>) -> Result<String, String> {
+        let arrived = std::time::Instant::now();
+        // Held across the rendering: a scrape that comes meanwhile waits for it.
+        let mut last = self.last.lock().await;
+        if let Some((finished, rendered)) = last.as_ref()
+            && *finished >= arrived
+        {
+            return rendered.clone();
+        }
+        let rendered = tokio::task::spawn_blocking(move || {
+            let apply = status.lock().map(|status| status.clone()).unwrap_or_default();
+            render(&pins, &apply).map_err(|error| error.to_string())
+        })
+        .await
+        .unwrap_or_else(|error| Err(format!("the metrics rendering failed: {error}")));
+        *last = Some((std::time::Instant::now(), rendered.clone()));
+        rendered
+    }
+}
+
+async fn respond(
+    pins: Arc<PinLayout>,
+    status: Arc<std::sync::Mutex<ApplyStatus>>,
+    renders: &Renders,
     request: &Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let reply = |code: StatusCode, content_type: &str, body: String| {
@@ -303,8 +346,7 @@ fn respond(
     if request.method() != hyper::Method::GET || request.uri().path() != "/metrics" {
         return reply(StatusCode::NOT_FOUND, "text/plain", "only GET /metrics is served here\n".into());
     }
-    let apply = status.lock().map(|status| status.clone()).unwrap_or_default();
-    match render(pins, &apply) {
+    match renders.get(pins, status).await {
         Ok(text) => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", text),
         Err(error) => {
             tracing::warn!(%error, "cannot read the maps for /metrics");

@@ -31,6 +31,13 @@ pub const RUN_DIR: &str = "/run/rewrite";
 /// `BPF_FS_MAGIC` from linux/magic.h: what statfs reports for a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// Whether `path` lies on a BPF filesystem.
+fn is_bpffs(path: &Path) -> Result<bool, Error> {
+    let stat = nix::sys::statfs::statfs(path).map_err(|errno| Error::io("statfs of", path, errno.into()))?;
+    #[expect(clippy::useless_conversion, reason = "the statfs type field is i64 on x86_64 only")]
+    Ok(i64::from(stat.filesystem_type().0) == BPF_FS_MAGIC)
+}
+
 #[derive(Clone, Debug)]
 pub struct PinLayout {
     root: PathBuf,
@@ -71,10 +78,14 @@ impl PinLayout {
     }
 
     /// Removes every record about this pin directory (`down`, and tests cleaning up):
-    /// the versions and the agent's lock file.
+    /// the versions, the agent's lock file and fleet state, the write lock, and which
+    /// clsact qdiscs rewrite added.
     pub fn remove_run_records(&self) {
         self.forget_version(None);
         let _ = std::fs::remove_file(self.run_record("agent").with_extension("lock"));
+        let _ = std::fs::remove_file(self.run_record("fleet").with_extension("json"));
+        let _ = std::fs::remove_file(self.run_record("writer").with_extension("lock"));
+        let _ = std::fs::remove_dir_all(self.run_record("clsact"));
     }
 
     /// Forgets the version of `iface`'s programs (`None`: of every interface).
@@ -84,6 +95,30 @@ impl PinLayout {
             Some(iface) => std::fs::remove_file(dir.join(iface)),
             None => std::fs::remove_dir_all(dir),
         };
+    }
+
+    /// Refuses a pin directory (or its `maps` and `ifaces` directories) that is not
+    /// root's alone: whoever can write into it could plant maps or programs that rewrite
+    /// would then load traffic through. A directory that does not exist yet is fine (it
+    /// is created root-only).
+    pub fn check_root_only(&self) -> Result<(), Error> {
+        for dir in [self.root.clone(), self.maps_dir(), self.ifaces_dir()] {
+            let metadata = match std::fs::symlink_metadata(&dir) {
+                Ok(metadata) => metadata,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(Error::io("checking", &dir, error)),
+            };
+            // A directory that cannot hold pins at all says so first.
+            if !is_bpffs(&dir)? {
+                return Err(Error::NotBpffs { dir });
+            }
+            use std::os::unix::fs::MetadataExt as _;
+            let mode = metadata.mode() & 0o7777;
+            if !metadata.is_dir() || metadata.uid() != 0 || mode & 0o077 != 0 {
+                return Err(Error::UntrustedPinDir { dir, uid: metadata.uid(), mode, is_dir: metadata.is_dir() });
+            }
+        }
+        Ok(())
     }
 
     pub fn maps_dir(&self) -> PathBuf {
@@ -110,11 +145,7 @@ impl PinLayout {
     /// created on, a filesystem that cannot hold BPF objects).
     pub fn create_dir(&self, dir: &Path) -> Result<(), Error> {
         let existing = dir.ancestors().find(|path| path.exists()).unwrap_or(Path::new("/"));
-        let stat =
-            nix::sys::statfs::statfs(existing).map_err(|errno| Error::io("statfs of", existing, errno.into()))?;
-        #[expect(clippy::useless_conversion, reason = "the statfs type field is i64 on x86_64 only")]
-        let on_bpffs = i64::from(stat.filesystem_type().0) == BPF_FS_MAGIC;
-        if !on_bpffs {
+        if !is_bpffs(existing)? {
             return Err(Error::NotBpffs { dir: existing.to_path_buf() });
         }
         DirBuilder::new()

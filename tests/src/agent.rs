@@ -16,6 +16,9 @@ use crate::{cli::rewrite_binary, netns::Netns};
 /// several seconds. A bound against hanging, not a speed target.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long one scrape of the metrics may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A config file in the temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct ConfigFile {
@@ -138,7 +141,9 @@ impl<'a> AgentProcess<'a> {
         let address = self.metrics;
         self.netns.run(move || {
             let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            // Rendering walks every map: 10,000 mappings take seconds under an emulated
+            // CPU (the kernel matrix's guests). A bound against hanging.
+            stream.set_read_timeout(Some(SCRAPE_TIMEOUT)).ok()?;
             write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
             let mut response = String::new();
             stream.read_to_string(&mut response).ok()?;

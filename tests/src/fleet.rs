@@ -158,6 +158,19 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `rewrite status` on this node.
+    pub fn status(&self) -> String {
+        let out = self
+            .netns
+            .command(rewrite_binary().to_str().expect("utf-8 path"))
+            .arg("--pin-dir")
+            .arg(self.pins.path())
+            .arg("status")
+            .output()
+            .expect("run rewrite status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Whether this node's maps hold `virtual_side -> real_side`.
     pub fn has_mapping(&self, virtual_side: &str, real_side: &str) -> bool {
         let wanted = format!("{virtual_side} -> {real_side}");

@@ -48,6 +48,16 @@ pub enum Transport {
         code: u8,
         body: Vec<u8>,
     },
+    /// A TCP segment with the sequence and acknowledgement numbers and the flags given
+    /// (the `Tcp` variant is a data segment with fixed ones).
+    TcpSegment {
+        src_port: u16,
+        dst_port: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: Vec<u8>,
+    },
     /// Bytes after the IP headers, taken as they are (non-first fragments, other
     /// protocols).
     Raw {
@@ -73,6 +83,8 @@ pub struct IpSpec {
     /// adds a fragment header after `extension_headers`.
     pub fragment_offset: u16,
     pub more_fragments: bool,
+    /// The TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
 }
 
 impl IpSpec {
@@ -88,6 +100,7 @@ impl IpSpec {
             extension_headers: Vec::new(),
             fragment_offset: 0,
             more_fragments: false,
+            ttl: 64,
         }
     }
 
@@ -113,12 +126,20 @@ impl IpSpec {
         Self { src: src.into(), dst: dst.into(), ..self.clone() }
     }
 
+    /// The same packet with another TTL (hop limit).
+    pub fn with_ttl(&self, ttl: u8) -> Self {
+        Self { ttl, ..self.clone() }
+    }
+
     /// The same packet with other TCP or UDP ports.
     pub fn with_ports(&self, src: u16, dst: u16) -> Self {
         let transport = match self.transport.clone() {
             Transport::Tcp { payload, .. } => Transport::Tcp { src_port: src, dst_port: dst, payload },
             Transport::Udp { payload, zero_checksum, .. } => {
                 Transport::Udp { src_port: src, dst_port: dst, payload, zero_checksum }
+            }
+            Transport::TcpSegment { seq, ack, flags, payload, .. } => {
+                Transport::TcpSegment { src_port: src, dst_port: dst, seq, ack, flags, payload }
             }
             other => panic!("{other:?} has no ports"),
         };
@@ -181,7 +202,7 @@ impl IpSpec {
         ip.extend_from_slice(&0xbeefu16.to_be_bytes()); // identification
         let flags_offset = (u16::from(self.more_fragments) << 13) | self.fragment_offset;
         ip.extend_from_slice(&flags_offset.to_be_bytes());
-        ip.push(64); // TTL
+        ip.push(self.ttl);
         ip.push(protocol);
         ip.extend_from_slice(&[0, 0]);
         ip.extend_from_slice(&src);
@@ -223,7 +244,7 @@ impl IpSpec {
         frame.extend_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class, flow label
         frame.extend_from_slice(&payload_len.to_be_bytes());
         frame.push(first);
-        frame.push(64); // hop limit
+        frame.push(self.ttl); // hop limit
         frame.extend_from_slice(&src);
         frame.extend_from_slice(&dst);
         frame.extend_from_slice(&chain);
@@ -241,6 +262,21 @@ impl IpSpec {
                 tcp.extend_from_slice(&0x0a0b_0c0du32.to_be_bytes()); // acknowledgement
                 tcp.push(5 << 4); // data offset: 5 words
                 tcp.push(0x18); // PSH, ACK
+                tcp.extend_from_slice(&64240u16.to_be_bytes()); // window
+                tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+                tcp.extend_from_slice(payload);
+                let check = l4(IPPROTO_TCP, &tcp, 16);
+                tcp[16..18].copy_from_slice(&check.to_be_bytes());
+                (IPPROTO_TCP, tcp)
+            }
+            Transport::TcpSegment { src_port, dst_port, seq, ack, flags, payload } => {
+                let mut tcp = Vec::new();
+                tcp.extend_from_slice(&src_port.to_be_bytes());
+                tcp.extend_from_slice(&dst_port.to_be_bytes());
+                tcp.extend_from_slice(&seq.to_be_bytes());
+                tcp.extend_from_slice(&ack.to_be_bytes());
+                tcp.push(5 << 4); // data offset: 5 words
+                tcp.push(*flags);
                 tcp.extend_from_slice(&64240u16.to_be_bytes()); // window
                 tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
                 tcp.extend_from_slice(payload);

@@ -107,12 +107,20 @@ fn the_agent_follows_its_config_and_keeps_the_state_when_the_config_is_wrong() {
         assert!(entry["level"].is_string() && entry["fields"]["message"].is_string(), "structured: {line}");
     }
 
-    // SIGHUP re-applies the (fixed) file, which undoes drift from the CLI.
+    // SIGHUP re-applies the (fixed) file, which undoes drift. The CLI refuses to make
+    // any while the agent keeps the dataplane, naming it; another tool writing the maps
+    // directly (here, the library itself) still can.
     config.write(&with_v6);
     agent.wait_for("the fixed config", Duration::from_secs(5), |text| {
         sample(text, "rewrite_last_apply_success", &[]) == Some(1.0)
     });
-    cli.ok(&["map", "del", "10.200.0.2"]);
+    let refused = cli.fails(&["map", "del", "10.200.0.2"]);
+    assert!(refused.contains(&format!("an agent (pid {})", agent.pid())), "{refused}");
+    let layout = rewrite_user::pins::PinLayout::new(cli.pins().path());
+    rewrite_user::maps::MappingTable::open(&layout)
+        .expect("open the maps")
+        .remove_mapping("10.200.0.2".parse().expect("address"))
+        .expect("drift: the mapping removed behind the agent's back");
     agent.signal(Signal::SIGHUP);
     wait_until("the mapping restored by SIGHUP", Duration::from_secs(5), || {
         listing().contains("10.200.0.2 -> 10.100.0.2")

@@ -14,6 +14,7 @@ use rewrite_tests::{
         SOURCE_V6, TARGET, TARGET_MAC, TARGET_V6,
     },
     netns::Netns,
+    packet::Transport,
     packet::{IpSpec, hex, verify_checksums},
     programs::LoadedObject,
 };
@@ -27,6 +28,7 @@ const XDP_REDIRECT: u32 = 4;
 /// TC_ACT_UNSPEC (-1): "pass, and let the next tcx program run".
 const TC_NEXT: u32 = u32::MAX;
 const TC_ACT_REDIRECT: u32 = 7;
+const TC_ACT_SHOT: u32 = 2;
 /// The one port each fixture's service may allocate, so that the output is known.
 const BOUNCE_PORT: u16 = 61000;
 
@@ -117,7 +119,8 @@ fn a_flow_is_opened_and_answered_by(program: &str, redirect: u32) {
             [(CLIENT, LISTEN, SOURCE, TARGET), (CLIENT_V6, LISTEN_V6, SOURCE_V6, TARGET_V6)]
         {
             let request = IpSpec::udp(ip(client), ip(listen)).with_ports(40000, 5353);
-            let bounced = request.with_addresses(ip(source), ip(target)).with_ports(BOUNCE_PORT, 53);
+            // Forwarded as a router forwards: one hop less to live.
+            let bounced = request.with_addresses(ip(source), ip(target)).with_ports(BOUNCE_PORT, 53).with_ttl(63);
             expect_run(
                 &object,
                 program,
@@ -127,7 +130,7 @@ fn a_flow_is_opened_and_answered_by(program: &str, redirect: u32) {
                 &format!("{program}: {client} -> {listen}"),
             );
             let answer = IpSpec::udp(ip(target), ip(source)).with_ports(53, BOUNCE_PORT);
-            let answered = answer.with_addresses(ip(listen), ip(client)).with_ports(5353, 40000);
+            let answered = answer.with_addresses(ip(listen), ip(client)).with_ports(5353, 40000).with_ttl(63);
             expect_run(
                 &object,
                 program,
@@ -164,7 +167,7 @@ fn xdp_leaves_an_unresolved_next_hop_to_tc_before_touching_any_state() {
         assert_eq!(counter(&object, "unroutable"), 0, "deferring is not a failure");
         // TC translates and hands the frame to bpf_redirect_neigh, which fills the MACs
         // when it resolves the target: they leave as they came.
-        let bounced = request.with_addresses(ip(SOURCE), ip(TARGET)).with_ports(BOUNCE_PORT, 53);
+        let bounced = request.with_addresses(ip(SOURCE), ip(TARGET)).with_ports(BOUNCE_PORT, 53).with_ttl(63);
         let mut expected = bounced.frame();
         expected[..12].copy_from_slice(&frame[..12]);
         expect_run(&object, PROG_TC_BOUNCE, &frame, TC_ACT_REDIRECT, &expected, "TC with no neighbour entry");
@@ -196,5 +199,85 @@ fn packets_that_open_no_flow_pass_byte_identical() {
         expect_run(&object, PROG_TC_BOUNCE, &truncated, TC_NEXT, &truncated, "TC: a truncated datagram");
         assert_eq!(counter(&object, "connects"), 0);
         assert_eq!(counter(&object, "forwarded"), 0);
+    });
+}
+
+/// A packet whose TTL (hop limit) would expire at the bouncer is not forwarded: it
+/// passes to the host's stack unchanged, opens no flow, and is counted.
+#[test]
+fn a_packet_that_would_expire_here_is_left_to_the_stack() {
+    bouncer(true).run(|| {
+        let object = bounce_object();
+        for (client, listen) in [(CLIENT, LISTEN), (CLIENT_V6, LISTEN_V6)] {
+            let frame = IpSpec::udp(ip(client), ip(listen)).with_ports(40000, 5353).with_ttl(1).frame();
+            expect_run(&object, PROG_XDP_BOUNCE, &frame, XDP_PASS, &frame, "XDP: TTL 1");
+            expect_run(&object, PROG_TC_BOUNCE, &frame, TC_NEXT, &frame, "TC: TTL 1");
+        }
+        assert_eq!(counter(&object, "ttl_expired"), 4);
+        assert_eq!(counter(&object, "connects"), 0, "no flow for a packet that is not forwarded");
+    });
+}
+
+/// A flow the target never answered gives its source port back after the short
+/// timeout: with a service of one port, a second client gets it once the first
+/// client's lone datagram went unanswered for that long (not the UDP idle timeout).
+#[test]
+fn an_unanswered_flow_gives_its_port_back_after_the_short_timeout() {
+    bouncer(true).run(|| {
+        let object = bounce_object();
+        let mut table = BounceTable::open(&object.layout).expect("open the bounce maps");
+        table.set_timeouts(None, None, Some(std::time::Duration::from_secs(1))).expect("set the unreplied timeout");
+        let first = IpSpec::udp(ip(CLIENT), ip(LISTEN)).with_ports(40000, 5353).frame();
+        let second = IpSpec::udp(ip(CLIENT), ip(LISTEN)).with_ports(40001, 5353).frame();
+        let run = |frame: &[u8]| object.test_run(PROG_TC_BOUNCE, frame, 1).expect("test run").0.verdict;
+        assert_eq!(run(&first), TC_ACT_REDIRECT, "the first client's flow takes the only port");
+        assert_eq!(run(&second), TC_NEXT, "no port while the first flow is young");
+        assert_eq!(counter(&object, "port_exhausted"), 1);
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+        assert_eq!(run(&second), TC_ACT_REDIRECT, "the unanswered flow gave the port back");
+        assert_eq!(counter(&object, "connects"), 2);
+        assert_eq!(counter(&object, "closed_idle"), 1);
+    });
+}
+
+/// TCP through the bouncer: a reset closes the flow only if its sequence number lies
+/// in its sender's window; a blind one is dropped and counted, and the flow goes on.
+#[test]
+fn only_a_reset_within_its_senders_window_closes_a_flow() {
+    bouncer(true).run(|| {
+        let object = bounce_object();
+        let mut table = BounceTable::open(&object.layout).expect("open the bounce maps");
+        let spec = ServiceSpec::new(
+            &format!("{LISTEN}:8080/tcp"),
+            &format!("{TARGET}:80"),
+            None,
+            Some((BOUNCE_PORT, BOUNCE_PORT)),
+        )
+        .expect("a valid service");
+        table.add(&spec.resolve().expect("resolves in the fixture's namespace")).expect("add the TCP service");
+        let segment = |src: &str, dst: &str, ports: (u16, u16), seq: u32, ack: u32, flags: u8| {
+            IpSpec::new(
+                ip(src),
+                ip(dst),
+                Transport::TcpSegment { src_port: ports.0, dst_port: ports.1, seq, ack, flags, payload: Vec::new() },
+            )
+            .frame()
+        };
+        let run = |frame: &[u8]| object.test_run(PROG_TC_BOUNCE, frame, 1).expect("test run").0.verdict;
+        const SYN: u8 = 0x02;
+        const ACK: u8 = 0x10;
+        const RST: u8 = 0x04;
+        // The client's SYN, the target's SYN-ACK: the flow is established.
+        assert_eq!(run(&segment(CLIENT, LISTEN, (40000, 8080), 1000, 0, SYN)), TC_ACT_REDIRECT);
+        assert_eq!(run(&segment(TARGET, SOURCE, (80, BOUNCE_PORT), 5000, 1001, SYN | ACK)), TC_ACT_REDIRECT);
+        // A reset far from the target's sequence number: dropped, counted, the flow stays.
+        let blind = segment(TARGET, SOURCE, (80, BOUNCE_PORT), 5001 + 0x4000_0000, 0, RST);
+        assert_eq!(run(&blind), TC_ACT_SHOT);
+        assert_eq!((counter(&object, "rst_ignored"), counter(&object, "closed_rst")), (1, 0));
+        assert_eq!(run(&segment(CLIENT, LISTEN, (40000, 8080), 1001, 5001, ACK)), TC_ACT_REDIRECT, "the flow goes on");
+        // The target's own reset, at its next sequence number: forwarded, the flow ends.
+        assert_eq!(run(&segment(TARGET, SOURCE, (80, BOUNCE_PORT), 5001, 0, RST)), TC_ACT_REDIRECT);
+        assert_eq!(counter(&object, "closed_rst"), 1);
+        assert_eq!(counter(&object, "errors"), 0);
     });
 }

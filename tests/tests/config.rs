@@ -44,12 +44,13 @@ fn invalid_configs_name_each_problem_by_line_and_change_nothing() {
             17,
             "already mapped on line 4",
         ),
-        ("a REAL claimed twice", format!("{BASE}{}", mapping("10.200.0.9", "10.100.0.2")), 17, "10.100.0.2"),
+        // Each problem at its value's own line: the REAL's, one below its VIRTUAL's.
+        ("a REAL claimed twice", format!("{BASE}{}", mapping("10.200.0.9", "10.100.0.2")), 18, "10.100.0.2"),
         ("a bad address", format!("{BASE}{}", mapping("10.200.0.300", "10.100.0.9")), 17, "10.200.0.300"),
         (
             "a range of another width",
             format!("{BASE}{}", mapping("10.200.0.4:1-10/tcp", "10.100.0.4:1-11/tcp")),
-            17,
+            18,
             "same width",
         ),
         ("an unknown key", format!("{BASE}lable = \"typo\"\n"), 15, "lable"),
@@ -81,7 +82,7 @@ fn invalid_configs_name_each_problem_by_line_and_change_nothing() {
     );
     let stderr = cli.fails(&["apply", two.as_arg()]);
     assert!(
-        stderr.contains("2 problems") && stderr.contains(":17:") && stderr.contains(":21:"),
+        stderr.contains("2 problems") && stderr.contains(":17:11:") && stderr.contains(":22:8:"),
         "both problems:\n{stderr}"
     );
 }

@@ -301,7 +301,7 @@ fn field_location(spec: &IpSpec, field: Field) -> Option<(usize, Width)> {
         Field::TcpDataOffset if matches!(spec.transport, Transport::Tcp { .. }) => (l4 + 12, Width::HighNibble),
         Field::UdpLength if matches!(spec.transport, Transport::Udp { .. }) => (l4 + 4, Width::Word),
         Field::TransportChecksum => match spec.transport {
-            Transport::Tcp { .. } => (l4 + 16, Width::Word),
+            Transport::Tcp { .. } | Transport::TcpSegment { .. } => (l4 + 16, Width::Word),
             Transport::Udp { .. } => (l4 + 6, Width::Word),
             Transport::IcmpEcho { .. } | Transport::Icmp { .. } => (l4 + 2, Width::Word),
             Transport::Raw { .. } => return None,
@@ -452,7 +452,7 @@ impl Dressing {
         // A later fragment carries payload, not a transport header.
         if self.fragment_offset != 0 {
             let protocol = match &spec.transport {
-                Transport::Tcp { .. } => 6,
+                Transport::Tcp { .. } | Transport::TcpSegment { .. } => 6,
                 Transport::Udp { .. } => 17,
                 _ if spec.src.is_ipv4() => 1,
                 _ => 58,
@@ -693,7 +693,9 @@ fn ones_add(a: u16, b: u16) -> u16 {
 /// is not an ICMP error, independent of the byte-level model's checksum code.
 fn rebuilt(model: &ModelTable, direction: Direction, spec: &IpSpec) -> (IpSpec, Rewrite) {
     let ports = match &spec.transport {
-        Transport::Tcp { src_port, dst_port, .. } => Some((6, *src_port, *dst_port)),
+        Transport::Tcp { src_port, dst_port, .. } | Transport::TcpSegment { src_port, dst_port, .. } => {
+            Some((6, *src_port, *dst_port))
+        }
         Transport::Udp { src_port, dst_port, .. } => Some((17, *src_port, *dst_port)),
         _ => None,
     };

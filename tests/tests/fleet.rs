@@ -237,6 +237,56 @@ fn traffic_outlives_an_etcd_outage_and_a_cut_off_agent_converges_after_reconnect
     drop(agents);
 }
 
+/// A routine restart of the agent (`systemctl restart`) while etcd is down must not take
+/// the fleet away: the new agent, with no copy of the table, keeps what the maps hold
+/// beyond its local config, says it is stale, and catches up (a delete made meanwhile
+/// included) once etcd is back. A UDP stream through the fleet mapping loses nothing.
+#[test]
+fn an_agent_restarted_during_an_etcd_outage_keeps_the_fleet_and_catches_up() {
+    let mut fleet = Fleet::new(3);
+    let r3 = fleet.node(3).real();
+    fleet.fleet_ok(&["add", "100.64.1.3", &r3]);
+    fleet.fleet_ok(&["add", "100.64.1.4", "10.99.0.4"]);
+    let (etcd, nodes) = (&mut fleet.etcd, &fleet.nodes);
+    let agent = nodes[0].start_agent(&[]);
+    wait_for_mapping(&nodes[0], "100.64.1.3", &r3);
+    wait_metric(&agent, "in sync", "rewrite_fleet_stale", &[], |value| value == 0.0);
+
+    etcd.kill();
+    wait_metric(&agent, "disconnected", "rewrite_fleet_connected", &[], |value| value == 0.0);
+    let report = rewrite_tests::traffic::udp_stream_during(
+        &nodes[2].netns,
+        addr("0.0.0.0", 7100),
+        &nodes[0].netns,
+        addr("100.64.1.3", 7100),
+        Duration::from_micros(500),
+        || {
+            // kill -9, as a crash or `systemctl restart` would end it, and a new agent
+            // that cannot reach etcd.
+            agent.kill();
+            let restarted = nodes[0].start_agent(&[]);
+            wait_metric(&restarted, "stale after the restart", "rewrite_fleet_stale", &[], |value| value == 1.0);
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(nodes[0].has_mapping("100.64.1.3", &r3), "the fleet mapping stays while etcd is down");
+            let status = nodes[0].status();
+            assert!(status.contains("stale"), "status says the fleet state is stale:\n{status}");
+            drop(restarted);
+        },
+    );
+    assert!(report.sent > 500 && report.missing.is_empty(), "no datagram lost: {report:?}");
+
+    // Meanwhile the table loses a mapping; etcd comes back and the agent catches up.
+    let agent = nodes[0].start_agent(&[]);
+    etcd.restart();
+    drop(fleet_ok_in(&nodes[1], &["del", "100.64.1.4"]));
+    wait_metric(&agent, "connected", "rewrite_fleet_connected", &[], |value| value == 1.0);
+    wait_for_no_mapping(&nodes[0], "100.64.1.4");
+    wait_metric(&agent, "in sync again", "rewrite_fleet_stale", &[], |value| value == 0.0);
+    assert!(nodes[0].has_mapping("100.64.1.3", &r3), "what the table still has stays");
+    let after = echo_to_virtual(&nodes[2], &nodes[0], "100.64.1.3", 10, Duration::from_secs(2));
+    assert_eq!(after.echoed, 10, "{after:?}");
+}
+
 /// `rewrite fleet ARGS` from a node, over the bridge.
 fn fleet_ok_in(node: &Node, args: &[&str]) -> String {
     let url = format!("http://{HUB_ADDR}:2379");

@@ -278,3 +278,77 @@ fn bad_gate_input_is_refused_with_what_is_wrong() {
     }
     assert_eq!(gate.cli.ok(&["gate", "show", "--json"]), before, "a refused command changes nothing");
 }
+
+/// The walks around the gate found in the field, as real frames from B's unknown
+/// addresses: an IPv6 UDP datagram with a UDP length of 0, one behind a routing header
+/// with no segments left, and a TCP SYN whose first IPv4 fragment carries 8 bytes of
+/// its header. The control: with the gate in monitor mode, A's kernel delivers each
+/// (the datagrams reach A's socket, the SYN is answered). In enforce mode none is,
+/// and each is counted as dropped.
+fn crafted_frames_reach_the_host_only_while_the_gate_lets_them(ingress: &str) {
+    use rewrite_tests::{
+        crafted::{
+            TcpSniffer, addressed, ipv4_syn_in_two_fragments, ipv6_udp_behind_routing_header, ipv6_udp_length_zero,
+        },
+        hosts::{A_MAC, B_MAC, V6},
+        traffic::send_raw_frame,
+    };
+    let gate = Gate::set_up(ingress, "monitor");
+    let hosts = gate.hosts;
+    let (unknown6, a6): (std::net::IpAddr, std::net::IpAddr) =
+        ("2001:db8:100::66".parse().expect("address"), V6.a_real.parse().expect("address"));
+    let socket = hosts.a.run(|| std::net::UdpSocket::bind(addr("::", PROTECTED_UDP)).expect("bind on A"));
+    socket.set_read_timeout(Some(REFUSED_WITHIN)).expect("set a timeout");
+    let datagrams = [
+        ("an IPv6 UDP datagram with length 0", b"length 0".as_slice()),
+        ("an IPv6 UDP datagram behind a routing header", b"routing header".as_slice()),
+    ];
+    let frame = |index: usize, payload: &[u8]| {
+        let frame = if index == 0 {
+            ipv6_udp_length_zero(unknown6, a6, 40000, PROTECTED_UDP, payload)
+        } else {
+            ipv6_udp_behind_routing_header(unknown6, a6, 40000, PROTECTED_UDP, payload)
+        };
+        addressed(frame, A_MAC, B_MAC)
+    };
+    let arrives = |index: usize, payload: &[u8]| {
+        send_raw_frame(&hosts.b, "vb", &frame(index, payload));
+        let mut buffer = [0u8; 64];
+        socket.recv_from(&mut buffer).is_ok_and(|(length, _)| &buffer[..length] == payload)
+    };
+    let sniffer = TcpSniffer::open(&hosts.b);
+    let syn_answered = |src_port: u16| {
+        let unknown: std::net::Ipv4Addr = UNKNOWN.parse().expect("address");
+        for fragment in ipv4_syn_in_two_fragments(unknown, A_REAL.parse().expect("address"), src_port, PROTECTED_TCP, 7)
+        {
+            send_raw_frame(&hosts.b, "vb", &addressed(fragment, A_MAC, B_MAC));
+        }
+        sniffer.sees_syn_ack(PROTECTED_TCP, src_port, REFUSED_WITHIN)
+    };
+
+    for (index, (what, payload)) in datagrams.iter().enumerate() {
+        assert!(
+            arrives(index, payload),
+            "{ingress}: control: A's kernel delivers {what} with the gate in monitor mode"
+        );
+    }
+    assert!(syn_answered(41000), "{ingress}: control: A answers a SYN in two fragments with the gate in monitor mode");
+    assert!(gate.counter("would_drop") >= 3, "{ingress}: monitor counts all three as unknown sources");
+
+    gate.cli.ok(&["gate", "mode", "enforce"]);
+    for (index, (what, payload)) in datagrams.iter().enumerate() {
+        assert!(!arrives(index, payload), "{ingress}: {what} from an unknown source must not reach A");
+    }
+    assert!(!syn_answered(41001), "{ingress}: a SYN in two fragments from an unknown source must not be answered");
+    assert!(gate.counter("dropped") >= 3, "{ingress}: the drops are counted");
+}
+
+#[test]
+fn with_tc_ingress_crafted_frames_do_not_walk_around_the_gate() {
+    crafted_frames_reach_the_host_only_while_the_gate_lets_them("tc");
+}
+
+#[test]
+fn with_xdp_ingress_crafted_frames_do_not_walk_around_the_gate() {
+    crafted_frames_reach_the_host_only_while_the_gate_lets_them("xdp");
+}

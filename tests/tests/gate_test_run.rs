@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use rewrite_tests::{
-    packet::{IpSpec, hex},
+    packet::{IPV6_DESTINATION_OPTIONS, IPV6_ROUTING, IpSpec, Transport, hex},
     programs::LoadedObject,
 };
 use rewrite_user::{
@@ -143,4 +143,149 @@ fn a_source_inside_a_real_prefix_is_a_member() {
     let outside = IpSpec::udp(ip("172.21.5.5"), ip(HOST)).with_ports(40000, PROTECTED_UDP).frame();
     expect_both(&object, &outside, true, &[], "just outside it");
     assert_eq!(counters(&object)["passed_member"], 2);
+}
+
+/// The object of [`object`] protecting tcp/9200 too, for the TCP cases.
+const PROTECTED_TCP: u16 = 9200;
+
+fn object_with_tcp(mode: Mode) -> LoadedObject {
+    let object = object(mode);
+    let mut gate = GateTable::open(&object.layout).expect("open the gate maps");
+    gate.protect(&[PortSpec::parse(&format!("tcp/{PROTECTED_TCP}")).expect("spec")], true).expect("protect");
+    object
+}
+
+/// Raw transport bytes after the IP header(s): the first `bytes` of a TCP or UDP header
+/// (ports first), and whatever follows.
+fn transport(protocol: u8, src_port: u16, dst_port: u16, rest: &[u8]) -> Transport {
+    let mut bytes = src_port.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&dst_port.to_be_bytes());
+    bytes.extend_from_slice(rest);
+    Transport::Raw { protocol, bytes }
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// Builds a case's packet from a source and a destination.
+type Builder = Box<dyn Fn(IpAddr, IpAddr) -> IpSpec>;
+
+/// Frames the rewrite's parser gives up on, which the host's kernel still delivers to
+/// the port they name (the walks around the gate found in the field): the gate takes
+/// the ports from the frame and judges the source as for any other packet.
+#[test]
+fn frames_the_parser_gives_up_on_are_judged_by_their_ports() {
+    let host6 = ip("2001:db8::1");
+    let cases: Vec<(&str, Builder)> = vec![
+        (
+            "an IPv6 UDP datagram whose length field is 0",
+            Box::new(|src, dst| IpSpec::new(src, dst, transport(UDP, 40000, PROTECTED_UDP, &[0, 0, 0, 0, 1, 2, 3, 4]))),
+        ),
+        (
+            "an IPv6 UDP datagram behind a routing header with segments left 0",
+            Box::new(|src, dst| {
+                let mut spec = IpSpec::udp(src, dst).with_ports(40000, PROTECTED_UDP);
+                spec.extension_headers.push((IPV6_ROUTING, vec![0, 0, 0, 0, 0, 0]));
+                spec
+            }),
+        ),
+        (
+            "an IPv6 TCP first fragment of 8 transport bytes",
+            Box::new(|src, dst| {
+                let mut spec = IpSpec::new(src, dst, transport(TCP, 40000, PROTECTED_TCP, &[0, 0, 0, 1]));
+                spec.more_fragments = true;
+                spec
+            }),
+        ),
+    ];
+    let object = object_with_tcp(Mode::Enforce);
+    object.table().add(ip("fd00::2"), ip("2001:db8::2")).expect("add an IPv6 member");
+    for (what, build) in &cases {
+        let unknown = build(ip("2001:db8:99::9"), host6).frame();
+        expect_both(&object, &unknown, true, &[], &format!("{what}, from an unknown source"));
+        // A member's frame passes; the rewrite leaves a frame it cannot parse alone.
+        let member = build(ip("2001:db8::2"), host6).frame();
+        expect_both(&object, &member, false, &member, &format!("{what}, from a member"));
+    }
+    // The same in IPv4: a TCP SYN cut after 8 transport bytes by a first fragment, and a
+    // UDP datagram whose length field says less than its header.
+    let ipv4_cases: Vec<(&str, Builder)> = vec![
+        (
+            "an IPv4 TCP first fragment of 8 transport bytes",
+            Box::new(|src, dst| {
+                let mut spec = IpSpec::new(src, dst, transport(TCP, 40000, PROTECTED_TCP, &[0, 0, 0, 1]));
+                spec.more_fragments = true;
+                spec
+            }),
+        ),
+        (
+            "an IPv4 UDP datagram whose length field is 0",
+            Box::new(|src, dst| IpSpec::new(src, dst, transport(UDP, 40000, PROTECTED_UDP, &[0, 0, 0, 0, 1, 2, 3, 4]))),
+        ),
+    ];
+    for (what, build) in &ipv4_cases {
+        let unknown = build(ip(UNKNOWN), ip(HOST)).frame();
+        expect_both(&object, &unknown, true, &[], &format!("{what}, from an unknown source"));
+        let member = build(ip(MEMBER_REAL), ip(HOST)).frame();
+        expect_both(&object, &member, false, &member, &format!("{what}, from a member"));
+    }
+    let counted = counters(&object);
+    let cases = u64::try_from(cases.len() + ipv4_cases.len()).expect("a few cases");
+    assert_eq!(counted["dropped"], 2 * cases, "each case, in XDP and TC: {counted:?}");
+    assert_eq!(counted["passed_member"], 2 * cases, "{counted:?}");
+    // A later fragment carries no ports: the host cannot reassemble it without a first
+    // fragment the gate admitted. Not the gate's business.
+    let mut later = IpSpec::new(ip(UNKNOWN), ip(HOST), Transport::Raw { protocol: TCP, bytes: vec![0; 16] });
+    later.fragment_offset = 1;
+    let later = later.frame();
+    expect_both(&object, &later, false, &later, "a later fragment");
+    assert_eq!(counters(&object)["dropped"], 2 * cases, "a later fragment is not counted");
+}
+
+/// Frames whose port cannot be known: a first fragment without the ports, an IPv6 first
+/// fragment whose header chain runs past its end, and a header chain longer than the
+/// gate walks. Enforce drops them, monitor counts them, each under its own reason.
+#[test]
+fn frames_the_gate_cannot_judge_fail_closed() {
+    let host6 = ip("2001:db8::1");
+    let unknown6 = ip("2001:db8:99::9");
+    let mut no_ports = IpSpec::new(ip(UNKNOWN), ip(HOST), Transport::Raw { protocol: TCP, bytes: vec![0x9c, 0x40] });
+    no_ports.more_fragments = true;
+    // Fragment header, then a destination options header that claims 16 bytes of
+    // which the fragment carries 8.
+    let mut cut_chain = IpSpec::new(
+        unknown6,
+        host6,
+        Transport::Raw { protocol: IPV6_DESTINATION_OPTIONS, bytes: vec![UDP, 1, 0, 0, 0, 0, 0, 0] },
+    );
+    cut_chain.more_fragments = true;
+    let mut long_chain = IpSpec::udp(unknown6, host6).with_ports(40000, PROTECTED_UDP);
+    long_chain.extension_headers = vec![(IPV6_DESTINATION_OPTIONS, vec![0; 6]); 9];
+    let fragments = [no_ports.frame(), cut_chain.frame()];
+    let chain = long_chain.frame();
+
+    let object = object_with_tcp(Mode::Enforce);
+    for frame in &fragments {
+        expect_both(&object, frame, true, &[], "a first fragment without its ports");
+    }
+    expect_both(&object, &chain, true, &[], "a header chain of 9 extension headers");
+    let counted = counters(&object);
+    assert_eq!((counted["dropped_fragment"], counted["dropped_header_chain"]), (4, 2), "{counted:?}");
+    assert_eq!(counted["dropped"], 0, "each under its own reason: {counted:?}");
+
+    let object = object_with_tcp(Mode::Monitor);
+    for frame in &fragments {
+        expect_both(&object, frame, false, frame, "monitor: a first fragment without its ports");
+    }
+    expect_both(&object, &chain, false, &chain, "monitor: a long header chain");
+    let counted = counters(&object);
+    assert_eq!((counted["would_drop_fragment"], counted["would_drop_header_chain"]), (4, 2), "{counted:?}");
+    assert_eq!((counted["dropped_fragment"], counted["dropped_header_chain"]), (0, 0), "{counted:?}");
+
+    // Off, none of it is the gate's business.
+    let object = LoadedObject::new("gtr", Some(64), &[PROG_XDP_INGRESS, PROG_TC_INGRESS]);
+    for frame in fragments.iter().chain([&chain]) {
+        expect_both(&object, frame, false, frame, "gate off");
+    }
+    assert!(counters(&object).values().all(|count| *count == 0));
 }
