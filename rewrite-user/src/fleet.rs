@@ -92,6 +92,12 @@ pub enum FleetError {
     PoolExhausted { pool: String, family: &'static str, node: String },
     #[error("no claim of {address} in pool {pool:?}")]
     NoSuchClaim { pool: String, address: IpAddr },
+    #[error(
+        "node id {node:?} is registered by a live agent with REAL {held}, not {ours}: two nodes \
+         cannot share an id (give this node its own id; if the node moved, its old \
+         registration lapses with its lease)"
+    )]
+    NodeIdInUse { node: String, held: String, ours: String },
     #[error("etcd ended the watch of the fleet table")]
     WatchEnded,
     #[error("lease {id:x} of this node's registration expired")]
@@ -790,18 +796,32 @@ impl Store {
             let snapshot = self.snapshot().await?;
             let prefixes = self.pool(&node.pool, snapshot.revision).await?;
             let claims = self.claims(&node.pool, Some(snapshot.revision)).await?;
+            let record_revision = self.check_node_id_free(node, snapshot.revision).await?;
             let (mut table, _) = snapshot.admitted();
             let mut pairs = Vec::new();
             let mut new_claims = BTreeSet::new();
+            let mut reused = BTreeSet::new();
             for &real in &node.reals {
                 if !prefixes.iter().any(|(net, _)| net.is_ipv4() == real.is_ipv4()) {
                     return Err(FleetError::NoPrefixForFamily { pool: node.pool.clone(), family: family(real), real });
                 }
-                let ours = claims.iter().find(|(address, claim)| {
-                    claim.node == node.id && address.is_ipv4() == real.is_ipv4() && contains(&prefixes, **address)
-                });
+                // This node's claims of the family, the one made for this very REAL
+                // first (a node with two REALs of a family keeps each one's VIRTUAL);
+                // a claim made for another REAL follows the node to its new REAL.
+                let ours = claims
+                    .iter()
+                    .filter(|(address, claim)| {
+                        claim.node == node.id
+                            && address.is_ipv4() == real.is_ipv4()
+                            && contains(&prefixes, **address)
+                            && !reused.contains(*address)
+                    })
+                    .min_by_key(|(_, claim)| claim.real != real);
                 let virtual_addr = match ours {
-                    Some((address, _)) => *address,
+                    Some((address, _)) => {
+                        reused.insert(*address);
+                        *address
+                    }
                     None => {
                         // Free: unclaimed, and not the VIRTUAL of a mapping someone wrote.
                         let taken = |addr: IpAddr| {
@@ -822,7 +842,9 @@ impl Store {
                 table.admit(spec, Some(node.id.clone()), Source::Fleet).map_err(FleetError::Refused)?;
                 pairs.push((real, virtual_addr));
             }
-            let mut compares = Vec::new();
+            // Two agents registering one id at once: only the first commits.
+            let mut compares =
+                vec![Compare::mod_revision(self.layout.node(&node.id), CompareOp::Equal, record_revision)];
             let mut operations = Vec::new();
             for (real, virtual_addr) in &pairs {
                 let claim_key = self.layout.claim(&node.pool, *virtual_addr);
@@ -859,6 +881,30 @@ impl Store {
             tokio::time::sleep(Duration::from_millis(u64::from(std::process::id() % 20) + 1)).await;
         }
         Err(FleetError::Contention { attempts: ATTEMPTS })
+    }
+
+    /// Refuses `node`'s id while a live agent (its record exists as long as its lease
+    /// does) registered it with other REAL addresses: a second machine given the same
+    /// id (a cloned image, a typo) must not take the first one's VIRTUAL while it lives.
+    /// The same REALs are the same node restarting. Returns the record's mod revision
+    /// (0 without a record), for the commit to check.
+    async fn check_node_id_free(&mut self, node: &NodeOptions, revision: i64) -> Result<i64, FleetError> {
+        let key = self.layout.node(&node.id);
+        let options = GetOptions::new().with_revision(revision);
+        let response = timed("reading the node record", self.client.get(key.clone(), Some(options))).await?;
+        let Some(kv) = response.kvs().first() else { return Ok(0) };
+        let record: StoredNode = serde_json::from_slice(kv.value())
+            .map_err(|error| FleetError::BadEntry { key: key.clone(), why: error.to_string() })?;
+        let sorted = |reals: &[IpAddr]| reals.iter().copied().collect::<BTreeSet<_>>();
+        if sorted(&record.real) != sorted(&node.reals) {
+            let list = |reals: &[IpAddr]| reals.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            return Err(FleetError::NodeIdInUse {
+                node: node.id.clone(),
+                held: list(&record.real),
+                ours: list(&node.reals),
+            });
+        }
+        Ok(kv.mod_revision())
     }
 
     /// A lease of `ttl`, for a registration.

@@ -310,6 +310,18 @@ struct Renders {
 
 impl Renders {
     async fn get(&self, pins: Arc<PinLayout>, status: Arc<std::sync::Mutex<ApplyStatus>>) -> Result<String, String> {
+        self.get_with(move || {
+            let apply = status.lock().map(|status| status.clone()).unwrap_or_default();
+            render(&pins, &apply).map_err(|error| error.to_string())
+        })
+        .await
+    }
+
+    /// [`Renders::get`] with the rendering given (the tests give a slow one).
+    async fn get_with(
+        &self,
+        rendering: impl FnOnce() -> Result<String, String> + Send + 'static,
+    ) -> Result<String, String> {
         let arrived = std::time::Instant::now();
         // Held across the rendering: a scrape that comes meanwhile waits for it.
         let mut last = self.last.lock().await;
@@ -318,12 +330,9 @@ impl Renders {
         {
             return rendered.clone();
         }
-        let rendered = tokio::task::spawn_blocking(move || {
-            let apply = status.lock().map(|status| status.clone()).unwrap_or_default();
-            render(&pins, &apply).map_err(|error| error.to_string())
-        })
-        .await
-        .unwrap_or_else(|error| Err(format!("the metrics rendering failed: {error}")));
+        let rendered = tokio::task::spawn_blocking(rendering)
+            .await
+            .unwrap_or_else(|error| Err(format!("the metrics rendering failed: {error}")));
         *last = Some((std::time::Instant::now(), rendered.clone()));
         rendered
     }
@@ -358,4 +367,67 @@ async fn respond(
 /// Where the metrics listen unless `--metrics` says otherwise: loopback only.
 pub fn default_address() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::atomic::{AtomicU32, Ordering},
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    /// A slow rendering (a walk of a million mappings) under a scrape storm neither
+    /// stalls the agent's thread (where the lease renewals run) nor runs once per scrape.
+    #[test]
+    fn a_scrape_storm_neither_stalls_the_agents_thread_nor_renders_per_scrape() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            // What the agent's thread does meanwhile: a tick every 10 ms, like a lease
+            // renewal waiting for its turn, for as long as the scrapes take.
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ticker = {
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let mut longest_gap = Duration::ZERO;
+                    let mut last = Instant::now();
+                    while !done.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        longest_gap = longest_gap.max(last.elapsed());
+                        last = Instant::now();
+                    }
+                    longest_gap
+                })
+            };
+            // The ticker runs before the first scrape arrives.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let renders = Arc::new(Renders::default());
+            let renderings = Arc::new(AtomicU32::new(0));
+            let scrapes: Vec<_> = (0..16)
+                .map(|_| {
+                    let (renders, renderings) = (renders.clone(), renderings.clone());
+                    tokio::spawn(async move {
+                        renders
+                            .get_with(move || {
+                                renderings.fetch_add(1, Ordering::SeqCst);
+                                std::thread::sleep(Duration::from_millis(300));
+                                Ok("rendered".into())
+                            })
+                            .await
+                    })
+                })
+                .collect();
+            let started = Instant::now();
+            for scrape in scrapes {
+                assert_eq!(scrape.await.expect("the scrape task").as_deref(), Ok("rendered"));
+            }
+            assert!(started.elapsed() >= Duration::from_millis(300), "the scrapes rendered at least once");
+            done.store(true, Ordering::SeqCst);
+            let longest_gap = ticker.await.expect("the ticker");
+            assert!(longest_gap < Duration::from_millis(150), "the agent's thread stalled for {longest_gap:?}");
+            let renderings = renderings.load(Ordering::SeqCst);
+            assert!(renderings <= 2, "16 concurrent scrapes took {renderings} renderings");
+        });
+    }
 }

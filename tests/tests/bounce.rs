@@ -491,6 +491,30 @@ fn bad_services_are_refused_with_what_is_wrong() {
     assert!(error.contains("only applies when the first bounce add creates it"), "{error}");
     let error = bounce.rewrite_fails(&["bounce", "del", &format!("{LISTEN}:9999/tcp")]);
     assert!(error.contains("no bounce service listens on 10.230.1.1:9999/tcp"), "{error}");
+    // Source ports the host's own connections could take are refused, with the range.
+    bounce.bouncer.sysctl("net.ipv4.ip_local_port_range", "32768 60999");
+    let error = bounce.rewrite_fails(&[
+        "bounce",
+        "add",
+        &format!("{LISTEN}:8082/tcp"),
+        &format!("{TARGET}:82"),
+        "--ports",
+        "40000-40100",
+    ]);
+    assert!(error.contains("overlap this host's ephemeral port range 32768-60999"), "{error}");
+    // So are source ports the gate protects: the target's replies arrive there.
+    bounce.rewrite(&["gate", "protect", "tcp/20000"]);
+    let error = bounce.rewrite_fails(&[
+        "bounce",
+        "add",
+        &format!("{LISTEN}:8083/tcp"),
+        &format!("{TARGET}:83"),
+        "--ports",
+        "19500-20500",
+    ]);
+    assert!(error.contains("tcp/20000, in the source port range 19500-20500, is protected by the gate"), "{error}");
+    let list = bounce.rewrite(&["bounce", "list"]);
+    assert!(!list.contains(":8082") && !list.contains(":8083"), "a refused service is not added: {list}");
 }
 
 #[test]

@@ -281,3 +281,63 @@ fn only_a_reset_within_its_senders_window_closes_a_flow() {
         assert_eq!(counter(&object, "errors"), 0);
     });
 }
+
+/// A half whose partner was evicted from a full table must not splice into the flow
+/// that took its port over: the first client's next datagram ends its leftover half
+/// (`closed_evicted`) instead of leaving with the port the second client's flow holds,
+/// and the target's answers on that port still reach the second client only.
+#[test]
+fn a_half_left_by_eviction_does_not_splice_into_the_flow_that_reused_its_port() {
+    use aya::maps::{HashMap, Map, MapData};
+    use rewrite_common::bounce::{FROM_TARGET, FlowEntry, FlowTuple, MAP_BOUNCE_FLOWS};
+
+    bouncer(true).run(|| {
+        let object = bounce_object();
+        let first = IpSpec::udp(ip(CLIENT), ip(LISTEN)).with_ports(40000, 5353);
+        let second = IpSpec::udp(ip(CLIENT), ip(LISTEN)).with_ports(40001, 5353);
+        let run = |frame: &[u8]| object.test_run(PROG_TC_BOUNCE, frame, 1).expect("test run").0;
+        assert_eq!(run(&first.frame()).verdict, TC_ACT_REDIRECT, "the first client's flow takes the only port");
+
+        // The LRU evicts the first flow's target half (here: removed by hand).
+        let pin = object.layout.map(MAP_BOUNCE_FLOWS);
+        let data = MapData::from_pin(&pin).expect("open the pinned flow map");
+        let mut flows: HashMap<MapData, FlowTuple, FlowEntry> =
+            HashMap::try_from(Map::from_map_data(data).expect("a map")).expect("the flow map");
+        let target_halves: Vec<FlowTuple> = flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, entry)| entry.side == FROM_TARGET)
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(target_halves.len(), 1, "one flow, one target half");
+        flows.remove(&target_halves[0]).expect("evict the target half");
+
+        // The port is free again: the second client's flow takes it.
+        let bounced = second.with_addresses(ip(SOURCE), ip(TARGET)).with_ports(BOUNCE_PORT, 53).with_ttl(63);
+        expect_run(
+            &object,
+            PROG_TC_BOUNCE,
+            &second.frame(),
+            TC_ACT_REDIRECT,
+            &frame_between(&bounced, TARGET_MAC, BOUNCER_TARGET_SIDE_MAC),
+            "the second client's flow",
+        );
+        // The first client again: its leftover half ends, and with the only port held
+        // it gets no flow; nothing leaves on the second client's port.
+        let again = run(&first.frame());
+        assert_eq!(again.verdict, TC_NEXT, "the leftover half must not forward");
+        assert_eq!(hex(&again.output), hex(&first.frame()), "passed unchanged");
+        assert_eq!(counter(&object, "closed_evicted"), 1);
+        // The target's answer on the port reaches the second client.
+        let answer = IpSpec::udp(ip(TARGET), ip(SOURCE)).with_ports(53, BOUNCE_PORT);
+        let answered = answer.with_addresses(ip(LISTEN), ip(CLIENT)).with_ports(5353, 40001).with_ttl(63);
+        expect_run(
+            &object,
+            PROG_TC_BOUNCE,
+            &answer.frame(),
+            TC_ACT_REDIRECT,
+            &frame_between(&answered, CLIENT_MAC, BOUNCER_CLIENT_SIDE_MAC),
+            "the answer goes to the second client",
+        );
+    });
+}

@@ -287,6 +287,23 @@ fn an_agent_restarted_during_an_etcd_outage_keeps_the_fleet_and_catches_up() {
     assert_eq!(after.echoed, 10, "{after:?}");
 }
 
+/// Whoever can write the fleet table must not be able to take an agent's own path to
+/// etcd: a mapping whose VIRTUAL (or REAL) is an etcd endpoint's address is refused by
+/// every agent, counted, and the agents stay connected.
+#[test]
+fn a_fleet_mapping_that_would_capture_the_path_to_etcd_is_refused() {
+    let fleet = Fleet::new(3);
+    let r3 = fleet.node(3).real();
+    let agent = fleet.node(1).start_agent(&[]);
+    fleet.fleet_ok(&["add", HUB_ADDR, &r3]);
+    fleet.fleet_ok(&["add", "100.64.1.3", "10.99.0.3"]);
+    wait_for_mapping(fleet.node(1), "100.64.1.3", "10.99.0.3");
+    wait_metric(&agent, "the capture refused", "rewrite_fleet_refused_mappings", &[], |value| value == 1.0);
+    assert!(!fleet.node(1).maps_virtual(HUB_ADDR), "the etcd endpoint's address is not mapped");
+    assert_eq!(metric(&agent, "rewrite_fleet_connected", &[]), Some(1.0), "still connected");
+    assert!(agent.log().contains("capture the agent's own path to etcd"), "the agent says why:\n{}", agent.log());
+}
+
 /// `rewrite fleet ARGS` from a node, over the bridge.
 fn fleet_ok_in(node: &Node, args: &[&str]) -> String {
     let url = format!("http://{HUB_ADDR}:2379");
@@ -371,6 +388,94 @@ fn concurrent_registrations_never_claim_one_address_twice() {
             }
             let snapshot = store.snapshot().await.expect("read the table");
             assert_eq!(snapshot.entries.len(), 20, "one mapping per round");
+        });
+    });
+}
+
+/// A node id is one machine's while its agent lives: a second machine registering the
+/// same id with other REALs (a cloned image) is refused and takes nothing; the same
+/// machine restarting gets its VIRTUAL back; once the first registration lapses, the id
+/// moves with its VIRTUAL to the new REAL (a node whose private address changed).
+#[test]
+fn a_live_node_id_cannot_be_taken_by_another_machine() {
+    let fleet = Fleet::new(0);
+    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
+    fleet.hub.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
+            store.pool_add("ids", &["100.66.0.0/29".to_owned()]).await.expect("add a pool");
+            let node = |reals: &[&str]| NodeOptions {
+                id: "es-1".into(),
+                reals: reals.iter().map(|real| real.parse().expect("an address")).collect(),
+                pool: "ids".into(),
+                lease_ttl: Duration::from_secs(30),
+                expiry: MappingExpiry::WithLease,
+            };
+            let first_lease = store.grant(Duration::from_secs(30)).await.expect("a lease");
+            let first = store.register(&node(&["10.212.0.1"]), first_lease, Some(first_lease)).await;
+            let first = first.expect("the first machine registers");
+            let mapped = |snapshot: &rewrite_user::fleet::Snapshot| format!("{:?}", snapshot.entries);
+            let before = mapped(&store.snapshot().await.expect("read the table"));
+
+            let clone = register(&options, node(&["10.212.0.99"])).await;
+            match &clone {
+                Err(error @ FleetError::NodeIdInUse { .. }) => {
+                    let text = error.to_string();
+                    assert!(text.contains("10.212.0.1") && text.contains("10.212.0.99"), "names both: {text}");
+                }
+                other => panic!("a second machine with a live node's id must be refused, got {other:?}"),
+            }
+            assert_eq!(mapped(&store.snapshot().await.expect("read the table")), before, "the refusal changed nothing");
+
+            let restarted = register(&options, node(&["10.212.0.1"])).await.expect("the same machine restarts");
+            assert_eq!(restarted, first, "a restart keeps its VIRTUAL");
+
+            // The first registration lapses (here: revoked); the id may move.
+            store.client().lease_revoke(first_lease).await.expect("revoke the first lease");
+            let moved = loop_until_registered(&options, node(&["10.212.0.99"])).await;
+            assert_eq!(moved[0].1, first[0].1, "the VIRTUAL follows the node to its new REAL: {moved:?} {first:?}");
+        });
+    });
+}
+
+/// Registers `node`, retrying while the previous registration's lease (held by the
+/// restarted registration above) still lives; bounded.
+async fn loop_until_registered(options: &StoreOptions, node: NodeOptions) -> Vec<(IpAddr, IpAddr)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match register(options, node.clone()).await {
+            Ok(pairs) => return pairs,
+            Err(FleetError::NodeIdInUse { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("registering the moved node: {error}"),
+        }
+    }
+}
+
+/// A node with two REALs of one family gets a VIRTUAL for each, and keeps each one's
+/// across a restart.
+#[test]
+fn a_node_with_two_reals_of_a_family_keeps_both_virtuals() {
+    let fleet = Fleet::new(0);
+    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
+    fleet.hub.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
+            store.pool_add("two", &["100.66.1.0/29".to_owned()]).await.expect("add a pool");
+            let node = NodeOptions {
+                id: "gluster-1".into(),
+                reals: vec!["10.213.0.1".parse().expect("an address"), "10.213.0.2".parse().expect("an address")],
+                pool: "two".into(),
+                lease_ttl: Duration::from_secs(30),
+                expiry: MappingExpiry::WithLease,
+            };
+            let first = register(&options, node.clone()).await.expect("register");
+            assert_ne!(first[0].1, first[1].1, "one VIRTUAL per REAL: {first:?}");
+            let again = register(&options, node).await.expect("register again");
+            assert_eq!(again, first, "each REAL keeps its VIRTUAL");
         });
     });
 }

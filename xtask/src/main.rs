@@ -25,7 +25,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// etcd's protobufs for the etcd client; etcd-server is the store the fleet tests run
 /// (each in its own namespace); openssl makes their TLS certificates; socat is the
 /// userspace bouncer bounce mode is measured against, and ipset the second of the
-/// filters the gatekeeper is.
+/// filters the gatekeeper is; systemd-analyze checks the shipped unit.
 const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
@@ -38,6 +38,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("socat", "socat"),
     ("ipset", "ipset"),
+    ("systemd", "systemd-analyze"),
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 
