@@ -49,6 +49,12 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// pick a port a bounced flow holds.
 pub const DEFAULT_PORT_FIRST: u16 = 61000;
 pub const DEFAULT_PORT_LAST: u16 = 65535;
+/// [`DEFAULT_PORT_FIRST`]`..=`[`DEFAULT_PORT_LAST`].
+pub const DEFAULT_PORTS: crate::ports::PortRange =
+    match crate::ports::PortRange::new(DEFAULT_PORT_FIRST, DEFAULT_PORT_LAST) {
+        Some(range) => range,
+        None => panic!("the default source ports form a range"),
+    };
 /// How many ports a new flow tries before it counts as port exhaustion: a bound for
 /// the verifier. Starting at a random port, 16 tries find a free one unless the range
 /// is nearly full.

@@ -23,7 +23,11 @@
 
 use core::{fmt, net::IpAddr};
 
-use crate::maps::{Addr, Endpoint, IPPROTO_TCP, IPPROTO_UDP, PrefixTarget};
+use crate::{
+    maps::{Addr, Endpoint, PrefixTarget},
+    ports::PortRange,
+    protocol::Protocol,
+};
 
 /// The two directions, for code that is not on the packet path (the programs use the
 /// counter indices `counters::INGRESS` and `counters::EGRESS`).
@@ -108,12 +112,22 @@ where
     Rewrite { src: side(src, ports.map(|ports| ports.src)), dst: side(dst, ports.map(|ports| ports.dst)) }
 }
 
+/// An address mapping: every packet to or from `virtual_addr` is rewritten to or from
+/// `real_addr`, whatever its ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
+pub struct AddressMapping {
+    #[cfg_attr(feature = "user", serde(rename = "virtual"))]
+    pub virtual_addr: IpAddr,
+    #[cfg_attr(feature = "user", serde(rename = "real"))]
+    pub real_addr: IpAddr,
+}
+
 /// A port-scoped mapping: `count` consecutive ports from `virtual_first` on
 /// `virtual_addr` go to as many consecutive ports from `real_first` on `real_addr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortMapping {
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub virtual_addr: IpAddr,
     pub virtual_first: u16,
     pub real_addr: IpAddr,
@@ -127,6 +141,29 @@ impl PortMapping {
     pub fn ports(&self) -> impl Iterator<Item = (u16, u16)> + use<> {
         let (virtual_first, real_first) = (self.virtual_first, self.real_first);
         (0..self.count).map(move |offset| (virtual_first + offset, real_first + offset))
+    }
+
+    /// The VIRTUAL ports, `virtual_first` and the `count - 1` after it.
+    pub const fn virtual_ports(&self) -> PortRange {
+        PortRange::from_count(self.virtual_first, self.count)
+    }
+
+    /// The REAL ports.
+    pub const fn real_ports(&self) -> PortRange {
+        PortRange::from_count(self.real_first, self.count)
+    }
+
+    /// The (VIRTUAL, REAL) endpoints of each port, as the port maps key them.
+    #[cfg(any(test, feature = "user"))]
+    pub fn endpoints(&self) -> impl Iterator<Item = (Endpoint, Endpoint)> + use<> {
+        let (protocol, virtual_addr, real_addr) =
+            (self.protocol.number(), Addr::from(self.virtual_addr), Addr::from(self.real_addr));
+        self.ports().map(move |(virtual_port, real_port)| {
+            (
+                Endpoint::new(virtual_addr, virtual_port.to_be_bytes(), protocol),
+                Endpoint::new(real_addr, real_port.to_be_bytes(), protocol),
+            )
+        })
     }
 }
 
@@ -147,28 +184,32 @@ impl PrefixMapping {
             IpAddr::V6(_) => len as u32,
         }
     }
+
+    /// The VIRTUAL side, `virtual_net/len` (a length too long for the family is cut
+    /// to the family's: the table refuses such a mapping before it is used).
+    #[cfg(any(test, feature = "user"))]
+    pub fn virtual_prefix(&self) -> crate::prefix::Prefix {
+        crate::prefix::Prefix::clamped(self.virtual_net, self.len)
+    }
+
+    /// The REAL side, `real_net/len`.
+    #[cfg(any(test, feature = "user"))]
+    pub fn real_prefix(&self) -> crate::prefix::Prefix {
+        crate::prefix::Prefix::clamped(self.real_net, self.len)
+    }
 }
 
 /// An address and port in the form `ADDR:PORT/PROTO` (`[ADDR]:PORT/PROTO` for IPv6),
 /// for messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ShowEndpoint(pub IpAddr, pub u16, pub u8);
+pub struct ShowEndpoint(pub IpAddr, pub u16, pub Protocol);
 
 impl fmt::Display for ShowEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let protocol = protocol_name(self.2);
+        let protocol = self.2;
         match self.0 {
             IpAddr::V4(v4) => write!(f, "{v4}:{}/{protocol}", self.1),
             IpAddr::V6(v6) => write!(f, "[{v6}]:{}/{protocol}", self.1),
         }
-    }
-}
-
-/// "tcp", "udp", or "?" for anything else.
-pub const fn protocol_name(protocol: u8) -> &'static str {
-    match protocol {
-        IPPROTO_TCP => "tcp",
-        IPPROTO_UDP => "udp",
-        _ => "?",
     }
 }

@@ -6,10 +6,14 @@ use std::{collections::BTreeMap, net::IpAddr};
 use crate::{
     mapping::{Direction, PacketPorts, PortMapping, PrefixMapping, Rewrite, plan_rewrite},
     maps::{Addr, Endpoint, PrefixTarget},
-    validate::{AddPlan, MappingConflict, MappingView, in_prefix, plan_add, plan_add_ports, plan_add_prefix},
+    ports::PortRange,
+    prefix::Prefix,
+    protocol::Protocol,
+    spec::MappingSpec,
+    validate::{AddPlan, MappingConflict, MappingView, plan_add, plan_add_ports, plan_add_prefix},
 };
 
-/// A port-scoped entry's key: protocol, address, port.
+/// A port-scoped entry's key: protocol number (as packets carry it), address, port.
 type EndpointKey = (u8, IpAddr, u16);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,7 +39,7 @@ impl ModelTable {
     pub fn add_ports(&mut self, mapping: &PortMapping) -> Result<AddPlan, MappingConflict> {
         let plan = plan_add_ports(self, mapping)?;
         for (virtual_port, real_port) in mapping.ports() {
-            let protocol = mapping.protocol;
+            let protocol = mapping.protocol.number();
             self.port_forward.insert((protocol, mapping.virtual_addr, virtual_port), (mapping.real_addr, real_port));
             self.port_reverse.insert((protocol, mapping.real_addr, real_port), (mapping.virtual_addr, virtual_port));
         }
@@ -50,6 +54,31 @@ impl ModelTable {
         Ok(plan)
     }
 
+    /// Adds any kind of mapping, checked against the table's rules (see `validate`).
+    pub fn add_spec(&mut self, spec: &MappingSpec) -> Result<AddPlan, MappingConflict> {
+        match spec {
+            MappingSpec::Address { virtual_addr, real_addr } => self.add(*virtual_addr, *real_addr),
+            MappingSpec::Ports(mapping) => self.add_ports(mapping),
+            MappingSpec::Prefix(mapping) => self.add_prefix(mapping),
+        }
+    }
+
+    /// Removes any kind of mapping by its VIRTUAL side; whether it was there does not
+    /// matter to the callers (a plan removes what the table holds).
+    pub fn remove_spec(&mut self, spec: &MappingSpec) {
+        match spec {
+            MappingSpec::Address { virtual_addr, .. } => {
+                self.remove(*virtual_addr);
+            }
+            MappingSpec::Ports(mapping) => {
+                self.remove_ports(mapping.protocol, mapping.virtual_addr, mapping.virtual_ports());
+            }
+            MappingSpec::Prefix(mapping) => {
+                self.remove_prefix(mapping.virtual_net, mapping.len);
+            }
+        }
+    }
+
     /// The longest prefix mapping whose `from` side (VIRTUAL on egress, REAL on
     /// ingress) contains `addr`, as the trie would find it.
     fn longest_prefix(&self, addr: IpAddr, direction: Direction) -> Option<PrefixTarget> {
@@ -60,7 +89,7 @@ impl ModelTable {
                     Direction::Egress => (prefix.virtual_net, prefix.real_net),
                     Direction::Ingress => (prefix.real_net, prefix.virtual_net),
                 };
-                in_prefix(addr, from, prefix.len).then_some((prefix.len, to))
+                Prefix::clamped(from, prefix.len).contains(addr).then_some((prefix.len, to))
             })
             .max_by_key(|(len, _)| *len)
             .map(|(len, to)| PrefixTarget { network: Addr::from(to), prefix_len: PrefixMapping::key_len(to, len) })
@@ -73,11 +102,12 @@ impl ModelTable {
         Some(real)
     }
 
-    /// Removes the port-scoped entries of `virtual_addr` from `first` to `last` (both
-    /// directions); returns how many there were.
-    pub fn remove_ports(&mut self, protocol: u8, virtual_addr: IpAddr, first: u16, last: u16) -> usize {
+    /// Removes the port-scoped entries of `virtual_addr` on `ports` (both directions);
+    /// returns how many there were.
+    pub fn remove_ports(&mut self, protocol: Protocol, virtual_addr: IpAddr, ports: PortRange) -> usize {
         let mut removed = 0;
-        for port in first..=last {
+        let protocol = protocol.number();
+        for port in ports.ports() {
             if let Some(real) = self.port_forward.remove(&(protocol, virtual_addr, port)) {
                 self.port_reverse.remove(&(protocol, real.0, real.1));
                 removed += 1;
@@ -123,11 +153,11 @@ impl MappingView for ModelTable {
     fn virtual_of(&self, real_addr: IpAddr) -> Option<IpAddr> {
         self.reverse.get(&real_addr).copied()
     }
-    fn port_real_of(&self, protocol: u8, virtual_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
-        self.port_forward.get(&(protocol, virtual_addr, port)).copied()
+    fn port_real_of(&self, protocol: Protocol, virtual_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
+        self.port_forward.get(&(protocol.number(), virtual_addr, port)).copied()
     }
-    fn port_virtual_of(&self, protocol: u8, real_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
-        self.port_reverse.get(&(protocol, real_addr, port)).copied()
+    fn port_virtual_of(&self, protocol: Protocol, real_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)> {
+        self.port_reverse.get(&(protocol.number(), real_addr, port)).copied()
     }
     fn is_port_real(&self, addr: IpAddr) -> bool {
         self.port_reverse.keys().any(|(_, real, _)| *real == addr)
@@ -138,10 +168,10 @@ impl MappingView for ModelTable {
     fn prefixes(&self) -> Vec<PrefixMapping> {
         self.prefixes.clone()
     }
-    fn address_in(&self, net: IpAddr, len: u8, real_side: bool) -> Option<IpAddr> {
+    fn address_in(&self, prefix: Prefix, real_side: bool) -> Option<IpAddr> {
         let (addresses, ports) =
             if real_side { (&self.reverse, &self.port_reverse) } else { (&self.forward, &self.port_forward) };
-        addresses.keys().copied().chain(ports.keys().map(|(_, addr, _)| *addr)).find(|addr| in_prefix(*addr, net, len))
+        addresses.keys().copied().chain(ports.keys().map(|(_, addr, _)| *addr)).find(|addr| prefix.contains(*addr))
     }
 }
 
@@ -344,7 +374,7 @@ mod tests {
     fn bricks() -> PortMapping {
         // GlusterFS brick ports moved to another host and another range.
         PortMapping {
-            protocol: IPPROTO_TCP,
+            protocol: Protocol::Tcp,
             virtual_addr: ip("10.0.0.5"),
             virtual_first: 49152,
             real_addr: ip("192.0.2.5"),

@@ -5,18 +5,11 @@
 
 use std::net::IpAddr;
 
-use crate::mapping::{PortMapping, PrefixMapping, ShowEndpoint};
-
-/// Whether `addr` lies in `net/len` (bits of its own family).
-pub fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
-    addr.is_ipv4() == net.is_ipv4() && masked(addr, len) == masked(net, len)
-}
-
-/// Whether two prefixes share an address: the shorter one contains the other.
-pub fn prefixes_overlap(a: IpAddr, a_len: u8, b: IpAddr, b_len: u8) -> bool {
-    let shorter = a_len.min(b_len);
-    in_prefix(a, b, shorter) && in_prefix(b, a, shorter)
-}
+use crate::{
+    mapping::{PortMapping, PrefixMapping, ShowEndpoint},
+    prefix::Prefix,
+    protocol::Protocol,
+};
 
 /// Read access to the live (or a modelled) mapping table, for validation.
 pub trait MappingView {
@@ -25,9 +18,9 @@ pub trait MappingView {
     /// The VIRTUAL address whose address mapping has REAL `real_addr`, if any.
     fn virtual_of(&self, real_addr: IpAddr) -> Option<IpAddr>;
     /// The REAL endpoint of a VIRTUAL endpoint, if a port-scoped mapping has it.
-    fn port_real_of(&self, protocol: u8, virtual_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)>;
+    fn port_real_of(&self, protocol: Protocol, virtual_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)>;
     /// The VIRTUAL endpoint of a REAL endpoint, if a port-scoped mapping has it.
-    fn port_virtual_of(&self, protocol: u8, real_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)>;
+    fn port_virtual_of(&self, protocol: Protocol, real_addr: IpAddr, port: u16) -> Option<(IpAddr, u16)>;
     /// Whether some port-scoped mapping has `addr` as its REAL address.
     fn is_port_real(&self, addr: IpAddr) -> bool;
     /// Whether some port-scoped mapping has `addr` as its VIRTUAL address.
@@ -35,8 +28,8 @@ pub trait MappingView {
     /// Every prefix mapping (there are few).
     fn prefixes(&self) -> Vec<PrefixMapping>;
     /// Some address used by an address or port-scoped mapping, on its REAL side
-    /// (`real_side`) or its VIRTUAL side, that lies in `net/len`.
-    fn address_in(&self, net: IpAddr, len: u8, real_side: bool) -> Option<IpAddr>;
+    /// (`real_side`) or its VIRTUAL side, that lies in `prefix`.
+    fn address_in(&self, prefix: Prefix, real_side: bool) -> Option<IpAddr>;
 }
 
 /// Why a mapping cannot be added.
@@ -129,6 +122,45 @@ pub enum MappingConflict {
     PrefixContainsReal { net: IpAddr, len: u8, addr: IpAddr },
 }
 
+impl MappingConflict {
+    /// Whether the conflict is about `spec`'s REAL side (so a message points at the REAL
+    /// value a config wrote) rather than its VIRTUAL side.
+    pub fn is_about_real(&self, spec: &crate::spec::MappingSpec) -> bool {
+        use crate::spec::MappingSpec;
+        let real = spec.real_addr();
+        match *self {
+            Self::SameAddress(_)
+            | Self::MixedFamilies { .. }
+            | Self::RealTaken { .. }
+            | Self::RealIsVirtual { .. }
+            | Self::RealIsPortVirtual { .. }
+            | Self::RealOverlapsPortReal { .. }
+            | Self::PortRealOverlapsAddress { .. }
+            | Self::RealPortTaken { .. }
+            | Self::RealPrefixOverlap { .. }
+            | Self::PrefixContainsReal { .. } => true,
+            Self::VirtualIsReal { .. }
+            | Self::VirtualIsPortReal { .. }
+            | Self::PortTaken { .. }
+            | Self::VirtualPrefixOverlap { .. }
+            | Self::PrefixContainsVirtual { .. }
+            | Self::PrefixTaken { .. }
+            | Self::BadPrefixLength { .. } => false,
+            Self::UnusableAddress { addr, .. }
+            | Self::InRealPrefix { addr, .. }
+            | Self::InVirtualPrefix { addr, .. } => addr == real,
+            Self::HostBitsSet { net, .. }
+            | Self::PrefixContainsUnusable { net, .. }
+            | Self::PrefixSidesOverlap { net, .. }
+            | Self::PrefixContainsOtherSide { net, .. } => net == real,
+            Self::ZeroPort => matches!(spec, MappingSpec::Ports(ports) if ports.virtual_first != 0),
+            Self::PortRangeOverflow { first, .. } => {
+                matches!(spec, MappingSpec::Ports(ports) if ports.real_first == first && ports.virtual_first != first)
+            }
+        }
+    }
+}
+
 /// What adding a mapping does to the table, once it is known to be valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddPlan {
@@ -181,9 +213,7 @@ const UNUSABLE_BLOCKS: [(IpAddr, u8, &str); 10] = [
 
 /// The first unusable block `net/len` touches, if any.
 fn unusable_block(net: IpAddr, len: u8) -> Option<(IpAddr, u8, &'static str)> {
-    UNUSABLE_BLOCKS
-        .into_iter()
-        .find(|&(block, block_len, _)| block.is_ipv4() == net.is_ipv4() && prefixes_overlap(net, len, block, block_len))
+    UNUSABLE_BLOCKS.into_iter().find(|&(block, block_len, _)| overlap(net, len, block, block_len))
 }
 
 /// The checks every mapping kind shares: usable addresses of one family.
@@ -213,7 +243,7 @@ fn check_against_prefixes(
         // A VIRTUAL inside a VIRTUAL prefix would make two REALs restore to it: its own,
         // and the prefix's translation of it. Every other pairing crosses sides.
         for addr in [real_addr, virtual_addr] {
-            if in_prefix(addr, prefix.real_net, len) {
+            if prefix.real_prefix().contains(addr) {
                 return Err(MappingConflict::InRealPrefix {
                     addr,
                     net: prefix.real_net,
@@ -221,7 +251,7 @@ fn check_against_prefixes(
                     virtual_net: prefix.virtual_net,
                 });
             }
-            if in_prefix(addr, prefix.virtual_net, len) {
+            if prefix.virtual_prefix().contains(addr) {
                 return Err(MappingConflict::InVirtualPrefix { addr, net: prefix.virtual_net, len });
             }
         }
@@ -336,7 +366,7 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
         return Err(MappingConflict::BadPrefixLength { len, max });
     }
     for net in [virtual_net, real_net] {
-        if masked(net, len) != net {
+        if Prefix::clamped(net, len).has_host_bits() {
             return Err(MappingConflict::HostBitsSet { net, len });
         }
         if let Some(reason) = unusable_reason(net) {
@@ -346,7 +376,7 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
             return Err(MappingConflict::PrefixContainsUnusable { net, len, range, range_len, reason });
         }
     }
-    if prefixes_overlap(virtual_net, len, real_net, len) {
+    if overlap(virtual_net, len, real_net, len) {
         return Err(MappingConflict::PrefixSidesOverlap { net: virtual_net, len, other_net: real_net, other_len: len });
     }
     for other in table.prefixes() {
@@ -356,7 +386,7 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
             }
             return Err(MappingConflict::PrefixTaken { virtual_net, len, existing_real: other.real_net });
         }
-        if prefixes_overlap(virtual_net, len, other.virtual_net, other.len) {
+        if overlap(virtual_net, len, other.virtual_net, other.len) {
             return Err(MappingConflict::VirtualPrefixOverlap {
                 virtual_net,
                 len,
@@ -364,7 +394,7 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
                 other_len: other.len,
             });
         }
-        if prefixes_overlap(real_net, len, other.real_net, other.len) {
+        if overlap(real_net, len, other.real_net, other.len) {
             return Err(MappingConflict::RealPrefixOverlap {
                 real_net,
                 len,
@@ -373,36 +403,27 @@ pub fn plan_add_prefix(table: &impl MappingView, mapping: &PrefixMapping) -> Res
             });
         }
         for (net, other_net) in [(virtual_net, other.real_net), (real_net, other.virtual_net)] {
-            if prefixes_overlap(net, len, other_net, other.len) {
+            if overlap(net, len, other_net, other.len) {
                 return Err(MappingConflict::PrefixSidesOverlap { net, len, other_net, other_len: other.len });
             }
         }
     }
-    if let Some(addr) = table.address_in(real_net, len, true) {
+    if let Some(addr) = table.address_in(Prefix::clamped(real_net, len), true) {
         return Err(MappingConflict::PrefixContainsReal { net: real_net, len, addr });
     }
-    if let Some(addr) = table.address_in(real_net, len, false) {
+    if let Some(addr) = table.address_in(Prefix::clamped(real_net, len), false) {
         return Err(MappingConflict::PrefixContainsOtherSide { net: real_net, len, addr });
     }
-    if let Some(addr) = table.address_in(virtual_net, len, true) {
+    if let Some(addr) = table.address_in(Prefix::clamped(virtual_net, len), true) {
         return Err(MappingConflict::PrefixContainsOtherSide { net: virtual_net, len, addr });
     }
-    if let Some(addr) = table.address_in(virtual_net, len, false) {
+    if let Some(addr) = table.address_in(Prefix::clamped(virtual_net, len), false) {
         return Err(MappingConflict::PrefixContainsVirtual { net: virtual_net, len, addr });
     }
     Ok(AddPlan::Insert)
 }
 
-/// `net` with the bits after `len` cleared.
-pub fn masked(net: IpAddr, len: u8) -> IpAddr {
-    match net {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::V4((u32::from(v4) & mask).into())
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::V6((u128::from(v6) & mask).into())
-        }
-    }
+/// Whether `a/a_len` and `b/b_len` share an address.
+fn overlap(a: IpAddr, a_len: u8, b: IpAddr, b_len: u8) -> bool {
+    Prefix::clamped(a, a_len).overlaps(Prefix::clamped(b, b_len))
 }

@@ -16,6 +16,11 @@
 //! LISTEN endpoint that cannot be bounced (no free port, no route) passes unchanged
 //! too, and is counted: the host then answers it as it would without rewrite (a TCP
 //! RST when nothing listens), so the client sees the failure at once.
+//!
+//! Why one file of about 640 lines: it is one state machine (a flow's opening, its
+//! translation both ways, its forwarding and its end) written once over the two hooks'
+//! [`Forwarder`]s; its parts mean nothing apart, and its flow model and tested rules
+//! live in `rewrite_common::bounce`.
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "keys and values live in the per-CPU scratch area; passed by value they would be copied onto the \
@@ -44,7 +49,8 @@ use crate::{
     atomic::atomic_add,
     bounce_maps::{BounceScratch, EVENTS, FLOWS, SERVICES, SETTINGS, count, log_reader_present, parsed, scratch},
     packet::{Packet, TcPacket, XdpPacket},
-    parse::{DST_PORT_AFTER_SRC, IpPacket, parse},
+    parse::{DST_PORT_AFTER_SRC, parse},
+    parsed::IpPacket,
 };
 
 /// Where the data offset and the flags sit in the TCP header, and how much of it the

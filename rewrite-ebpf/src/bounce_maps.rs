@@ -15,7 +15,7 @@ use rewrite_common::{
     maps::{BPF_F_NO_PREALLOC, Endpoint},
 };
 
-use crate::parse::IpPacket;
+use crate::{parsed::IpPacket, per_cpu};
 
 /// LISTEN endpoint -> service.
 #[map(name = "BOUNCE_SERVICES")]
@@ -48,11 +48,7 @@ pub fn log_reader_present(now: u64) -> bool {
 /// Counts one occurrence of `counter` (a `rewrite_common::bounce::BOUNCE_*` index).
 #[inline(always)]
 pub fn count(counter: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: this CPU's slot of a per-CPU array: nothing else runs on this CPU
-        // while the program does, so the increment cannot race.
-        unsafe { *slot += 1 };
-    }
+    per_cpu::increment(&COUNTERS, counter);
 }
 
 /// Working memory of the bounce program, per CPU: two flow keys, a new flow's two
@@ -90,8 +86,7 @@ static SCRATCH: PerCpuArray<BounceScratch> = PerCpuArray::with_max_entries(1, 0)
 /// This CPU's bounce scratch area.
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut BounceScratch> {
-    // SAFETY: the slot belongs to this CPU for the program's run.
-    SCRATCH.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+    per_cpu::slot(&SCRATCH, 0)
 }
 
 /// The parsed headers of the packet, per CPU, apart from [`BounceScratch`] so that
@@ -102,6 +97,5 @@ static PARSED: PerCpuArray<IpPacket> = PerCpuArray::with_max_entries(1, 0);
 /// This CPU's header area.
 #[inline(always)]
 pub fn parsed() -> Option<&'static mut IpPacket> {
-    // SAFETY: the slot belongs to this CPU for the program's run.
-    PARSED.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+    per_cpu::slot(&PARSED, 0)
 }

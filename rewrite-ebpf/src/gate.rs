@@ -36,15 +36,15 @@ use rewrite_common::{
 };
 
 use crate::{
-    maps::{
-        GATE_ALLOW, GATE_LOG, GATE_LOG_LEASE, GATE_PORTS, GATE_SAMPLED_AT, GATE_SETTINGS, address_table, count_gate,
-        prefix_entry, tables_in_use,
-    },
+    gate_maps::{GATE_ALLOW, GATE_LOG, GATE_LOG_LEASE, GATE_PORTS, GATE_SAMPLED_AT, GATE_SETTINGS, count_gate},
+    maps::{address_table, prefix_entry, tables_in_use},
     packet::Packet,
     parse::{
         IPV4_FRAGMENT_OFFSET, IPV6_AUTHENTICATION, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_FRAGMENT_OFFSET,
-        IPV6_HOP_BY_HOP, IPV6_ROUTING, IpPacket,
+        IPV6_HOP_BY_HOP, IPV6_ROUTING,
     },
+    parsed::IpPacket,
+    per_cpu,
 };
 
 /// Whether the gate drops the packet. `record` holds the rewrite parser's result when
@@ -248,14 +248,11 @@ fn sample(src: &Addr, port: u16, protocol: u8, dropped: bool) {
     if GATE_LOG_LEASE.get(0).is_none_or(|until| now >= *until) {
         return;
     }
-    let Some(last) = GATE_SAMPLED_AT.get_ptr_mut(0) else { return };
-    // SAFETY: this CPU's slot; nothing else runs on this CPU meanwhile.
-    unsafe {
-        if now.saturating_sub(*last) < SAMPLE_INTERVAL_NS {
-            return;
-        }
-        *last = now;
+    let Some(last) = per_cpu::slot(&GATE_SAMPLED_AT, 0) else { return };
+    if now.saturating_sub(*last) < SAMPLE_INTERVAL_NS {
+        return;
     }
+    *last = now;
     let Some(mut slot) = GATE_LOG.reserve::<GateSample>(0) else { return };
     let record = slot.as_mut_ptr();
     // SAFETY: the reserved slot is ours until submitted; every field is written first.

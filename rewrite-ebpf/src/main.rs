@@ -15,10 +15,14 @@
 
 mod atomic;
 mod gate;
+mod gate_maps;
 mod maps;
 mod object;
 mod packet;
 mod parse;
+mod parsed;
+mod per_cpu;
+mod quoted;
 mod rewrite;
 
 use aya_ebpf::{

@@ -1,58 +1,24 @@
-//! The maps, pinned by name so that every program instance on the host (one per
-//! attached interface) and every later CLI process share one table.
+//! The mapping table's maps, pinned by name so that every program instance on the host
+//! (one per attached interface) and every later CLI process share one table; the
+//! outcome counters; the program arrays the programs tail-call through; and the per-CPU
+//! scratch area. The gate's maps are in `gate_maps`.
 
 use core::ptr;
 
-use crate::atomic::atomic_add;
-
-use crate::parse::IpPacket;
 use aya_ebpf::{
     helpers::bpf_map_lookup_elem,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
 };
 use rewrite_common::{
     counters,
-    gate::{self, GateSettings},
     maps::{
         Addr, AddressEntry, BPF_F_NO_PREALLOC, Counts, DEFAULT_MAX_MAPPINGS, Endpoint, EndpointEntry,
         MAX_PREFIX_MAPPINGS, PrefixEntry, TablesInUse,
     },
 };
 
-/// The gatekeeper's settings, port classes, allow prefixes and counters (see
-/// `rewrite_common::gate`). Created empty with the table: the gate starts off.
-#[map(name = "GATE_SETTINGS")]
-pub static GATE_SETTINGS: Array<GateSettings> = Array::pinned(1, 0);
-
-#[map(name = "GATE_PORTS")]
-pub static GATE_PORTS: Array<u32> = Array::pinned(gate::PORT_SLOTS, 0);
-
-#[map(name = "GATE_ALLOW")]
-pub static GATE_ALLOW: LpmTrie<Addr, u32> = LpmTrie::pinned(gate::MAX_ALLOW_PREFIXES, BPF_F_NO_PREALLOC);
-
-#[map(name = "GATE_COUNTERS")]
-static GATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(gate::GATE_COUNTER_SLOTS, 0);
-
-#[map(name = "GATE_LOG")]
-pub static GATE_LOG: RingBuf = RingBuf::pinned(gate::GATE_LOG_BYTES, 0);
-
-#[map(name = "GATE_LOG_LEASE")]
-pub static GATE_LOG_LEASE: Array<u64> = Array::pinned(1, 0);
-
-/// When this CPU last wrote a sample.
-#[map(name = "GATE_SAMPLED_AT")]
-pub static GATE_SAMPLED_AT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// Counts one packet under a `rewrite_common::gate::GATE_*` slot.
-#[inline(always)]
-pub fn count_gate(counter: u32) {
-    if let Some(slot) = GATE_COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: this CPU's slot of a per-CPU array; nothing else runs on this CPU
-        // while the program does.
-        unsafe { *slot += 1 };
-    }
-}
+use crate::{atomic::atomic_add, parsed::IpPacket, per_cpu};
 
 /// Bounce mode's XDP program (in the bounce object, loaded by the first `bounce add`)
 /// at index 0, which the XDP ingress program hands each packet to after its rewrite.
@@ -165,8 +131,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 /// This CPU's scratch area.
 #[inline(always)]
 pub fn scratch() -> Option<&'static mut Scratch> {
-    // SAFETY: the slot belongs to this CPU for the program's run (see `Scratch`).
-    SCRATCH.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+    per_cpu::slot(&SCRATCH, 0)
 }
 
 /// The TC programs that rewrite ICMP errors (and the packet each quotes), indexed by
@@ -218,11 +183,8 @@ pub fn port_table<const DIRECTION: u32>() -> &'static HashMap<Endpoint, Endpoint
     if DIRECTION == counters::EGRESS { &PORT_FORWARD } else { &PORT_REVERSE }
 }
 
+/// Counts one packet of `direction` under `outcome`.
 #[inline(always)]
 pub fn count(direction: u32, outcome: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counters::slot(direction, outcome)) {
-        // SAFETY: the pointer is this CPU's slot of a per-CPU array; nothing else runs
-        // on this CPU while the program does, so the increment cannot race.
-        unsafe { *slot += 1 };
-    }
+    per_cpu::increment(&COUNTERS, counters::slot(direction, outcome));
 }

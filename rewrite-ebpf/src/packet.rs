@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use rewrite_common::{checksum, maps::Addr};
 
-use crate::parse::IpPacket;
+use crate::parsed::IpPacket;
 
 pub trait Packet {
     /// Length of the whole packet in bytes.

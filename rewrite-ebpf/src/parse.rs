@@ -22,19 +22,19 @@ use rewrite_common::{
     maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::packet::Packet;
+use crate::{packet::Packet, parsed::IpPacket};
 
 /// Offsets inside an IPv4 header.
-const IPV4_CHECK: usize = 10;
-const IPV4_SRC: usize = 12;
-const IPV4_DST: usize = 16;
+pub const IPV4_CHECK: usize = 10;
+pub const IPV4_SRC: usize = 12;
+pub const IPV4_DST: usize = 16;
 /// Offsets inside an IPv6 header.
-const IPV6_SRC: usize = 8;
-const IPV6_DST: usize = 24;
+pub const IPV6_SRC: usize = 8;
+pub const IPV6_DST: usize = 24;
 /// Offset of the checksum inside a TCP, a UDP and an ICMP/ICMPv6 header.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
-const ICMP_CHECK: usize = 2;
+pub const ICMP_CHECK: usize = 2;
 /// Offset of the destination port from the source port in TCP and UDP headers.
 pub const DST_PORT_AFTER_SRC: u16 = 2;
 /// The smallest ICMP or ICMPv6 message: type, code, checksum and four more bytes; a
@@ -54,7 +54,7 @@ pub const IPV6_DESTINATION_OPTIONS: u8 = 60;
 /// a bound the verifier needs, and more than real traffic carries.
 const IPV6_MAX_EXTENSION_HEADERS: usize = 4;
 /// Transport headers further in than this are not looked at (a bound for the verifier).
-const MAX_L4_OFFSET: usize = 512;
+pub const MAX_L4_OFFSET: usize = 512;
 /// ICMPv6 types 133 to 137 are neighbour discovery (RFC 4861): link-local business
 /// whose addresses also sit inside the message, so it is never rewritten.
 const ICMPV6_ND_FIRST: u8 = 133;
@@ -67,60 +67,11 @@ const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
 /// ICMPv6: destination unreachable, packet too big, time exceeded, parameter problem.
 const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 
-/// Where a parsed packet keeps the fields the rewrite touches. Addresses are in the
-/// maps' 16-byte form; offsets are those of the fields from the frame's start, and 0
-/// means "none" (no field of interest ever sits at offset 0, the Ethernet header's).
-/// Every field is written for every packet that parses.
-#[repr(C)]
-pub struct IpPacket {
-    pub src: Addr,
-    pub dst: Addr,
-    pub src_offset: u16,
-    pub dst_offset: u16,
-    /// The IPv4 header checksum's offset; 0 for IPv6, which has none.
-    pub ipv4_check: u16,
-    /// The transport checksum that covers the addresses through the pseudo-header
-    /// (TCP, UDP, ICMPv6); 0 when none does (ICMP over IPv4, a later fragment).
-    pub l4_check: u16,
-    /// 1 when `l4_check` is a UDP checksum, whose zero means "none" and must stay zero.
-    pub l4_udp: u8,
-    /// `IPPROTO_TCP` or `IPPROTO_UDP` when the packet carries ports, else 0.
-    pub protocol: u8,
-    /// 1 for a fragment other than the first: no transport header, so no ports.
-    pub later_fragment: u8,
-    pub reserved: u8,
-    /// The source port's offset (the destination port follows it); 0 without ports.
-    pub ports_offset: u16,
-    /// The ports, big-endian as on the wire (zero without ports).
-    pub src_port: [u8; 2],
-    pub dst_port: [u8; 2],
-    /// For a packet quoted inside an ICMP error: the offset of the ICMP checksum that
-    /// covers its bytes as plain data; 0 for the outer packet.
-    pub icmp_check: u16,
-    /// For an ICMP error: where the quoted packet (its IP header) starts; 0 if none.
-    pub quoted: u16,
-    /// Where the datagram ends (at most 65,535; only ICMP errors, which are small, need
-    /// it): a quote must lie inside it, since the ICMP checksum covers nothing beyond.
-    pub datagram_end: u16,
-}
-
-impl IpPacket {
-    #[inline(always)]
-    pub fn is_ipv6(&self) -> bool {
-        self.ipv4_check == 0
-    }
-
-    #[inline(always)]
-    pub fn has_ports(&self) -> bool {
-        self.ports_offset != 0
-    }
-}
-
 /// Offsets are below `MAX_L4_OFFSET` plus a header (checked), or a datagram's end,
 /// which is capped: they fit a u16.
 #[inline(always)]
 #[expect(clippy::cast_possible_truncation, reason = "offsets are bounded by the parser's checks or capped")]
-fn short(offset: usize) -> u16 {
+pub fn short(offset: usize) -> u16 {
     if offset > usize::from(u16::MAX) { u16::MAX } else { offset as u16 }
 }
 
@@ -313,65 +264,4 @@ fn transport<P: Packet>(
         _ => return Err(UNSUPPORTED),
     }
     Ok(())
-}
-
-/// Parses the packet that the ICMP error `outer` quotes (same family as the error) into
-/// `out`. The quote is cut short by design, so only the fields the rewrite touches must
-/// be there, inside the error's datagram (before any Ethernet padding): the IP header,
-/// and the ports when the quoted packet is a first (or only) fragment of TCP or UDP.
-/// Its transport checksum is left alone (nobody verifies a quote's), and every change
-/// is folded into the error's own checksum. Returns whether there is a quote to rewrite.
-#[inline(always)]
-pub fn parse_quoted<P: Packet>(packet: &P, outer: &IpPacket, out: &mut IpPacket) -> bool {
-    let l3 = usize::from(outer.quoted);
-    let end = usize::from(outer.datagram_end);
-    let (protocol, l4, first_fragment) = if outer.is_ipv6() {
-        let Some(ip) = packet.read::<Ipv6Hdr>(l3) else { return false };
-        if l3 + Ipv6Hdr::LEN > end || ip.vcf[0] >> 4 != 6 {
-            return false;
-        }
-        out.src = Addr { octets: ip.src_addr };
-        out.dst = Addr { octets: ip.dst_addr };
-        out.src_offset = short(l3 + IPV6_SRC);
-        out.dst_offset = short(l3 + IPV6_DST);
-        out.ipv4_check = 0;
-        (ip.next_hdr, l3 + Ipv6Hdr::LEN, true)
-    } else {
-        let Some(ip) = packet.read::<Ipv4Hdr>(l3) else { return false };
-        let header_len = usize::from(ip.vihl & 0x0f) * 4;
-        if l3 + Ipv4Hdr::LEN > end || ip.vihl >> 4 != 4 || header_len < Ipv4Hdr::LEN {
-            return false;
-        }
-        out.src = Addr::from_v4(ip.src_addr);
-        out.dst = Addr::from_v4(ip.dst_addr);
-        out.src_offset = short(l3 + IPV4_SRC);
-        out.dst_offset = short(l3 + IPV4_DST);
-        out.ipv4_check = short(l3 + IPV4_CHECK);
-        (ip.proto, l3 + header_len, u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0)
-    };
-    if l4 > MAX_L4_OFFSET {
-        return false;
-    }
-    out.l4_check = 0;
-    out.l4_udp = 0;
-    out.later_fragment = 0;
-    out.reserved = 0;
-    out.icmp_check = outer.quoted - ICMP_HEADER + short(ICMP_CHECK);
-    out.quoted = 0;
-    out.datagram_end = 0;
-    out.protocol = 0;
-    out.ports_offset = 0;
-    out.src_port = [0; 2];
-    out.dst_port = [0; 2];
-    if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP)
-        && first_fragment
-        && l4 + 4 <= end
-        && let Some(ports) = packet.read::<[u8; 4]>(l4)
-    {
-        out.protocol = protocol;
-        out.ports_offset = short(l4);
-        out.src_port = [ports[0], ports[1]];
-        out.dst_port = [ports[2], ports[3]];
-    }
-    true
 }

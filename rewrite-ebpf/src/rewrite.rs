@@ -21,7 +21,9 @@ use crate::{
         count_in_entry, port_table, prefix_entry,
     },
     packet::Packet,
-    parse::{DST_PORT_AFTER_SRC, IpPacket, parse, parse_quoted},
+    parse::{DST_PORT_AFTER_SRC, parse},
+    parsed::IpPacket,
+    quoted::parse_quoted,
 };
 
 /// Rewrites the parsed packet `scratch.outer` for `DIRECTION` and returns the outcome

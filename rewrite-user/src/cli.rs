@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use rewrite_common::spec::{Side, SpecError};
 
-use crate::{loader::IngressMode, pins::DEFAULT_PIN_DIR, tc::TcAttach};
+use crate::{dataplane::pins::DEFAULT_PIN_DIR, dataplane::slots::IngressMode, dataplane::tc::TcAttach};
 
 /// Stateless eBPF address rewriting for moving live servers between networks.
 ///
@@ -107,7 +107,7 @@ pub enum Command {
         #[arg(long, required_unless_present = "etcd")]
         config: Option<PathBuf>,
         /// Where to serve `/metrics`. Loopback by default: expose it deliberately.
-        #[arg(long, value_name = "ADDR:PORT", default_value_t = crate::metrics::default_address())]
+        #[arg(long, value_name = "ADDR:PORT", default_value_t = crate::agent::metrics::default_address())]
         metrics: std::net::SocketAddr,
         #[command(flatten)]
         store: StoreArgs,
@@ -217,7 +217,7 @@ pub enum BounceCommand {
         /// Source ports for the flows, FIRST-LAST; at most this many flows at once per
         /// service [default: 61000-65535, above Linux's ephemeral ports].
         #[arg(long, value_name = "FIRST-LAST", value_parser = parse_bounce_ports)]
-        ports: Option<(u16, u16)>,
+        ports: Option<rewrite_common::ports::PortRange>,
         /// Room for this many flows at once over all services. Only the first bounce add,
         /// which creates the flow table (and attaches the bounce program to every
         /// attached interface), can set it; the table takes about 400 bytes of kernel
@@ -326,7 +326,7 @@ pub struct FollowArgs {
     pub timeout: Option<f64>,
 }
 
-fn parse_bounce_ports(text: &str) -> Result<(u16, u16), String> {
+fn parse_bounce_ports(text: &str) -> Result<rewrite_common::ports::PortRange, String> {
     crate::bounce::parse_port_range(text).map_err(|error| error.to_string())
 }
 

@@ -59,16 +59,18 @@ pub enum Error {
     NotLoaded { path: PathBuf },
 
     #[error(
-        "map {map} pinned at {} has key size {key_size} and value size {value_size}, but this \
-         version of rewrite expects {expected_key_size} and {expected_value_size}; it was created by \
-         an incompatible version",
+        "map {map} pinned at {} is of type {map_type} with key size {key_size} and value size \
+         {value_size}, but this version of rewrite expects type {expected_type} with {expected_key_size} \
+         and {expected_value_size}; it was created by an incompatible version",
         path.display()
     )]
     IncompatibleMap {
         map: &'static str,
         path: PathBuf,
+        map_type: u32,
         key_size: u32,
         value_size: u32,
+        expected_type: u32,
         expected_key_size: u32,
         expected_value_size: u32,
     },

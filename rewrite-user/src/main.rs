@@ -1,10 +1,6 @@
 //! `rewrite`: load the dataplane, attach it to interfaces and edit the mapping table.
 
-mod bounce_commands;
 mod commands;
-mod fleet_commands;
-mod gate_commands;
-mod report;
 
 use clap::Parser as _;
 

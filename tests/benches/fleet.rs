@@ -30,7 +30,7 @@ use rewrite_tests::{
     fleet::{ETCD_PORT, Fleet, PREFIX},
     machine,
 };
-use rewrite_user::{fleet::Layout, maps::MappingTable, pins::PinLayout};
+use rewrite_user::{dataplane::pins::PinLayout, fleet::Layout, table::live::MappingTable};
 
 /// etcd's default limit of operations per transaction.
 const TXN_OPS: usize = 128;

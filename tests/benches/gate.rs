@@ -42,14 +42,12 @@ use std::{
 };
 
 use report::summarise;
+use rewrite_common::mapping::AddressMapping;
 use rewrite_tests::{
     cli::{RewriteCli, rewrite_binary},
     machine,
 };
-use rewrite_user::{
-    maps::{Mapping, MappingTable},
-    pins::PinLayout,
-};
+use rewrite_user::{dataplane::pins::PinLayout, table::live::MappingTable};
 use topology::{CLIENT_SOURCES, Topology, client_source, real_addr, virtual_addr};
 
 /// The flood's destination ports (`load::udp_flood` sends to 1024..5120).
@@ -116,12 +114,12 @@ fn install<'a>(backend: Backend, topology: &'a Topology, sources: &[Ipv4Addr]) -
             let cli = RewriteCli::new(router);
             let layout = PinLayout::new(cli.pins().path());
             layout.create_dir(&layout.maps_dir()).expect("create the pin directory");
-            drop(rewrite_user::loader::load(&layout.maps_dir(), None).expect("load the eBPF object"));
+            drop(rewrite_user::dataplane::objects::load(&layout.maps_dir(), None).expect("load the eBPF object"));
             // Each allowed source is a fleet member: the REAL of a mapping.
-            let mappings: Vec<Mapping> = sources
+            let mappings: Vec<AddressMapping> = sources
                 .iter()
                 .enumerate()
-                .map(|(index, source)| Mapping {
+                .map(|(index, source)| AddressMapping {
                     virtual_addr: IpAddr::V4(virtual_addr(u32::try_from(index).expect("fits"))),
                     real_addr: IpAddr::V4(*source),
                 })

@@ -20,20 +20,20 @@ use std::{
     time::Duration,
 };
 
+use rewrite_common::mapping::AddressMapping;
+use rewrite_common::pinned::{PROG_BENCH_XDP_PASS, PROG_TC_EGRESS, PROG_XDP_INGRESS};
 use rewrite_common::{
     counters::{EGRESS, INGRESS, NO_MATCH, REWRITTEN},
     mapping::{PortMapping, PrefixMapping},
-    maps::{IPPROTO_TCP, MAX_PREFIX_MAPPINGS},
+    maps::MAX_PREFIX_MAPPINGS,
+    ports::PortRange,
+    protocol::Protocol,
 };
 use rewrite_tests::{
     packet::{IpSpec, verify_checksums},
     programs::LoadedObject,
 };
-use rewrite_user::{
-    loader::{PROG_BENCH_XDP_PASS, PROG_TC_EGRESS, PROG_XDP_INGRESS},
-    maps::Mapping,
-    stats::Counters,
-};
+use rewrite_user::table::counters::Counters;
 
 struct Plan {
     repeat: u32,
@@ -77,14 +77,14 @@ fn nth(base: [u8; 4], index: u32) -> IpAddr {
 }
 
 /// Address mappings: 10.0.0.0/12 -> 100.64.0.0/12.
-fn address(index: u32) -> Mapping {
-    Mapping { virtual_addr: nth([10, 0, 0, 0], index), real_addr: nth([100, 64, 0, 0], index) }
+fn address(index: u32) -> AddressMapping {
+    AddressMapping { virtual_addr: nth([10, 0, 0, 0], index), real_addr: nth([100, 64, 0, 0], index) }
 }
 
 /// Port-scoped mappings: 172.16.0.0/12 port 80 -> 32 ports per address of 198.18.0.0/15.
 fn service(index: u32) -> PortMapping {
     PortMapping {
-        protocol: IPPROTO_TCP,
+        protocol: Protocol::Tcp,
         virtual_addr: nth([172, 16, 0, 0], index),
         virtual_first: 80,
         real_addr: nth([198, 18, 0, 0], index / 32),
@@ -169,11 +169,11 @@ fn main() {
         let mut table = loaded.table();
         let mut installed = 0;
         for &size in &plan.sizes {
-            let addresses: Vec<Mapping> = (installed..size).map(address).collect();
+            let addresses: Vec<AddressMapping> = (installed..size).map(address).collect();
             table.insert_new_unchecked(&addresses).expect("fill the address table");
             installed = size;
             let target = address(size / 2);
-            let inverse = Mapping { virtual_addr: target.real_addr, real_addr: target.virtual_addr };
+            let inverse = AddressMapping { virtual_addr: target.real_addr, real_addr: target.virtual_addr };
             table.insert_new_unchecked(&[inverse]).expect("inverse address");
             let hit = IpSpec::tcp(target.real_addr, client).frame();
             let miss = IpSpec::tcp(stranger, client).frame();
@@ -202,7 +202,7 @@ fn main() {
     let mut installed = 0;
     for &size in &plan.sizes {
         let started = std::time::Instant::now();
-        let addresses: Vec<Mapping> = (installed..size).map(address).collect();
+        let addresses: Vec<AddressMapping> = (installed..size).map(address).collect();
         table.insert_new_unchecked(&addresses).expect("fill the address table");
         let services: Vec<PortMapping> = (installed..size).map(service).collect();
         table.insert_ports_unchecked(&services).expect("fill the port table");
@@ -217,7 +217,7 @@ fn main() {
         // Entries from the middle of each table, with their inverses (see the top).
         let target = size / 2;
         let (addr, port, prefix) = (address(target), service(target), subnet(target.min(MAX_PREFIX_MAPPINGS - 2)));
-        let inverse_addr = Mapping { virtual_addr: addr.real_addr, real_addr: addr.virtual_addr };
+        let inverse_addr = AddressMapping { virtual_addr: addr.real_addr, real_addr: addr.virtual_addr };
         table.insert_new_unchecked(&[inverse_addr]).expect("inverse address");
         table.insert_ports_unchecked(&[inverse_ports(&port)]).expect("inverse port");
         let inverse_prefix =
@@ -253,7 +253,7 @@ fn main() {
         table.remove_mapping(inverse_addr.virtual_addr).expect("remove inverse address");
         let inverse = inverse_ports(&port);
         table
-            .remove_ports(inverse.protocol, inverse.virtual_addr, inverse.virtual_first, inverse.virtual_first)
+            .remove_ports(inverse.protocol, inverse.virtual_addr, PortRange::single(inverse.virtual_first))
             .expect("remove inverse port");
         table.remove_prefix(inverse_prefix.virtual_net, inverse_prefix.len).expect("remove inverse prefix");
     }

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod bounce;
 pub mod cli;
 pub mod crafted;
+pub mod fixture;
 pub mod fleet;
 pub mod hosts;
 pub mod machine;

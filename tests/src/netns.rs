@@ -223,6 +223,6 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
         // And what rewrite keeps about it in /run/rewrite (versions, agent lock).
-        rewrite_user::pins::PinLayout::new(&self.path).remove_run_records();
+        rewrite_user::dataplane::pins::PinLayout::new(&self.path).remove_run_records();
     }
 }

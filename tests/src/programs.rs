@@ -5,7 +5,10 @@ use aya::{
     Ebpf,
     programs::{Program, ProgramError, TestRun as _, TestRunOptions},
 };
-use rewrite_user::{loader, maps::MappingTable, pins::PinLayout};
+use rewrite_user::{
+    dataplane::{objects, pins::PinLayout},
+    table::live::MappingTable,
+};
 
 use crate::netns::PinDir;
 
@@ -36,16 +39,16 @@ impl LoadedObject {
     /// their array too, as `attach` does.
     pub fn new(tag: &str, max_mappings: Option<u32>, programs: &[&str]) -> Self {
         let mut object = Self::load_with(tag, programs, |maps_dir| {
-            loader::load(maps_dir, max_mappings).expect("load the eBPF object")
+            objects::load(maps_dir, max_mappings).expect("load the eBPF object")
         });
-        loader::install_icmp_errors(&mut object.ebpf).expect("load the ICMP-error programs into their array");
+        objects::install_icmp_errors(&mut object.ebpf).expect("load the ICMP-error programs into their array");
         object
     }
 
     /// The same for the bounce object, with room for `max_flows` flows.
     pub fn bounce(tag: &str, max_flows: u32, programs: &[&str]) -> Self {
         Self::load_with(tag, programs, |maps_dir| {
-            loader::load_bounce(maps_dir, Some(max_flows)).expect("load the bounce object")
+            objects::load_bounce(maps_dir, Some(max_flows)).expect("load the bounce object")
         })
     }
 

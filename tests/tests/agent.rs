@@ -116,8 +116,8 @@ fn the_agent_follows_its_config_and_keeps_the_state_when_the_config_is_wrong() {
     });
     let refused = cli.fails(&["map", "del", "10.200.0.2"]);
     assert!(refused.contains(&format!("an agent (pid {})", agent.pid())), "{refused}");
-    let layout = rewrite_user::pins::PinLayout::new(cli.pins().path());
-    rewrite_user::maps::MappingTable::open(&layout)
+    let layout = rewrite_user::dataplane::pins::PinLayout::new(cli.pins().path());
+    rewrite_user::table::live::MappingTable::open(&layout)
         .expect("open the maps")
         .remove_mapping("10.200.0.2".parse().expect("address"))
         .expect("drift: the mapping removed behind the agent's back");

@@ -366,9 +366,9 @@ fn port_exhaustion_is_counted_and_the_client_is_refused_at_once() {
     let exhausted = bounce.counter("port_exhausted");
     assert!(exhausted >= 1, "port exhaustion is counted");
     // And shown in the metrics the agent serves.
-    let metrics = rewrite_user::metrics::render(
-        &rewrite_user::pins::PinLayout::new(bounce.pin_dir()),
-        &rewrite_user::metrics::ApplyStatus::default(),
+    let metrics = rewrite_user::agent::metrics::render(
+        &rewrite_user::dataplane::pins::PinLayout::new(bounce.pin_dir()),
+        &rewrite_user::agent::metrics::ApplyStatus::default(),
     )
     .expect("render the metrics");
     assert!(metrics.contains(&format!("rewrite_bounce_total{{counter=\"port_exhausted\"}} {exhausted}")), "{metrics}");

@@ -8,6 +8,10 @@
 
 use std::net::IpAddr;
 
+use rewrite_common::{
+    pinned::{PROG_TC_BOUNCE, PROG_XDP_BOUNCE},
+    ports::PortRange,
+};
 use rewrite_tests::{
     bounce::{
         BOUNCER_CLIENT_SIDE_MAC, BOUNCER_TARGET_SIDE_MAC, CLIENT, CLIENT_MAC, CLIENT_V6, LISTEN, LISTEN_V6, SOURCE,
@@ -18,10 +22,7 @@ use rewrite_tests::{
     packet::{IpSpec, hex, verify_checksums},
     programs::LoadedObject,
 };
-use rewrite_user::{
-    bounce::{BounceStats, BounceTable, ServiceSpec},
-    loader::{PROG_TC_BOUNCE, PROG_XDP_BOUNCE},
-};
+use rewrite_user::bounce::{BounceStats, BounceTable, ServiceSpec};
 
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
@@ -80,7 +81,8 @@ fn bounce_object() -> LoadedObject {
         (format!("{LISTEN}:5353/udp"), format!("{TARGET}:53")),
         (format!("[{LISTEN_V6}]:5353/udp"), format!("[{TARGET_V6}]:53")),
     ] {
-        let spec = ServiceSpec::new(&listen, &target, None, Some((BOUNCE_PORT, BOUNCE_PORT))).expect("a valid service");
+        let spec =
+            ServiceSpec::new(&listen, &target, None, Some(PortRange::single(BOUNCE_PORT))).expect("a valid service");
         let resolved = spec.resolve().expect("the fixture's namespace routes to the target and forwards");
         table.add(&resolved).expect("add the service");
     }
@@ -251,7 +253,7 @@ fn only_a_reset_within_its_senders_window_closes_a_flow() {
             &format!("{LISTEN}:8080/tcp"),
             &format!("{TARGET}:80"),
             None,
-            Some((BOUNCE_PORT, BOUNCE_PORT)),
+            Some(PortRange::single(BOUNCE_PORT)),
         )
         .expect("a valid service");
         table.add(&spec.resolve().expect("resolves in the fixture's namespace")).expect("add the TCP service");

@@ -26,6 +26,7 @@ use proptest::{
     sample::Index,
     test_runner::{Config, TestCaseError, TestRunner},
 };
+use rewrite_common::pinned::{PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS, PROG_XDP_INGRESS};
 use rewrite_common::{
     counters::{OUTCOMES, REWRITTEN},
     mapping::{Direction, Rewrite},
@@ -39,10 +40,7 @@ use rewrite_tests::{
     },
     programs::LoadedObject,
 };
-use rewrite_user::{
-    loader::{PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS, PROG_XDP_INGRESS},
-    stats::Counters,
-};
+use rewrite_user::table::counters::Counters;
 
 const XDP_PASS: u32 = 2;
 /// TC_ACT_UNSPEC.
@@ -123,20 +121,8 @@ impl Programs {
         let mut model = ModelTable::default();
         for (virtual_side, real_side) in MAPPINGS {
             let spec = MappingSpec::parse(virtual_side, real_side).expect("a valid mapping");
-            match spec {
-                MappingSpec::Address { virtual_addr, real_addr } => {
-                    table.add(virtual_addr, real_addr).map(drop).expect("add to the maps");
-                    model.add(virtual_addr, real_addr).map(drop).expect("add to the model");
-                }
-                MappingSpec::Ports(mapping) => {
-                    table.add_ports(&mapping).map(drop).expect("add to the maps");
-                    model.add_ports(&mapping).map(drop).expect("add to the model");
-                }
-                MappingSpec::Prefix(mapping) => {
-                    table.add_prefix(&mapping).map(drop).expect("add to the maps");
-                    model.add_prefix(&mapping).map(drop).expect("add to the model");
-                }
-            }
+            table.add(&spec).unwrap_or_else(|error| panic!("add {spec} to the maps: {error}"));
+            model.add_spec(&spec).unwrap_or_else(|error| panic!("add {spec} to the model: {error}"));
         }
         Self { object, model }
     }

@@ -137,9 +137,9 @@ fn monitor_mode_drops_nothing_but_counts_the_unknown_source() {
     assert!(would_drop >= 2, "what enforce would drop is counted");
     assert_eq!(gate.counter("dropped"), 0);
     // Operators switch to enforce once these are clean: the metrics show them.
-    let metrics = rewrite_user::metrics::render(
-        &rewrite_user::pins::PinLayout::new(gate.cli.pins().path()),
-        &rewrite_user::metrics::ApplyStatus::default(),
+    let metrics = rewrite_user::agent::metrics::render(
+        &rewrite_user::dataplane::pins::PinLayout::new(gate.cli.pins().path()),
+        &rewrite_user::agent::metrics::ApplyStatus::default(),
     )
     .expect("render the metrics");
     assert!(metrics.contains(&format!("rewrite_gate_total{{reason=\"would_drop\"}} {would_drop}")), "{metrics}");
@@ -149,7 +149,7 @@ fn monitor_mode_drops_nothing_but_counts_the_unknown_source() {
 #[test]
 fn gate_log_shows_samples_of_denied_sources_while_it_runs() {
     let gate = Gate::set_up("tc", "enforce");
-    let layout = rewrite_user::pins::PinLayout::new(gate.cli.pins().path());
+    let layout = rewrite_user::dataplane::pins::PinLayout::new(gate.cli.pins().path());
     assert!(!rewrite_user::gate::log_reader_present(&layout).expect("lease"), "no reader yet");
     let log = gate
         .hosts

@@ -4,14 +4,17 @@
 
 use std::net::IpAddr;
 
+use rewrite_common::{
+    pinned::{PROG_TC_INGRESS, PROG_XDP_INGRESS},
+    ports::PortRange,
+    spec::MappingSpec,
+};
 use rewrite_tests::{
+    fixture::address,
     packet::{IPV6_DESTINATION_OPTIONS, IPV6_ROUTING, IpSpec, Transport, hex},
     programs::LoadedObject,
 };
-use rewrite_user::{
-    gate::{GateTable, Mode, PortSpec, parse_prefix},
-    loader::{PROG_TC_INGRESS, PROG_XDP_INGRESS},
-};
+use rewrite_user::gate::{ClientPorts, GateTable, Mode, PortSpec, parse_allow};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -30,14 +33,20 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("test address parses")
 }
 
+/// The ports the fixtures' gate leaves open: Linux's default ephemeral range.
+fn client_ports() -> ClientPorts {
+    ClientPorts { ephemeral: PortRange::new(32768, 60999).expect("a range"), bounce: Vec::new() }
+}
+
 /// The rewrite object with one mapping (MEMBER), the gate protecting udp/5000 in
 /// `mode`, and 192.0.2.0/24 allowed.
 fn object(mode: Mode) -> LoadedObject {
     let object = LoadedObject::new("gtr", Some(64), &[PROG_XDP_INGRESS, PROG_TC_INGRESS]);
-    object.table().add(ip(MEMBER_VIRTUAL), ip(MEMBER_REAL)).expect("add the member's mapping");
+    object.table().add(&address(ip(MEMBER_VIRTUAL), ip(MEMBER_REAL))).expect("add the member's mapping");
     let mut gate = GateTable::open(&object.layout).expect("open the gate maps");
-    gate.protect(&[PortSpec::parse(&format!("udp/{PROTECTED_UDP}")).expect("spec")], true).expect("protect");
-    gate.allow(parse_prefix("192.0.2.0/24").expect("prefix"), true).expect("allow");
+    gate.protect(&[PortSpec::parse(&format!("udp/{PROTECTED_UDP}")).expect("spec")], &client_ports(), true)
+        .expect("protect");
+    gate.allow(parse_allow("192.0.2.0/24").expect("prefix"), true).expect("allow");
     gate.set_mode(mode).expect("mode");
     object
 }
@@ -101,7 +110,7 @@ fn monitor_passes_unknown_sources_unchanged_and_counts_them() {
 fn off_is_the_default_and_checks_nothing() {
     let object = LoadedObject::new("gtr", Some(64), &[PROG_XDP_INGRESS, PROG_TC_INGRESS]);
     let mut gate = GateTable::open(&object.layout).expect("open the gate maps");
-    gate.protect(&[PortSpec::parse("udp/5000").expect("spec")], true).expect("protect");
+    gate.protect(&[PortSpec::parse("udp/5000").expect("spec")], &client_ports(), true).expect("protect");
     let unknown = IpSpec::udp(ip(UNKNOWN), ip(HOST)).with_ports(40000, PROTECTED_UDP).frame();
     expect_both(&object, &unknown, false, &unknown, "gate off");
     assert!(counters(&object).values().all(|count| *count == 0), "nothing counted while off");
@@ -110,10 +119,10 @@ fn off_is_the_default_and_checks_nothing() {
 #[test]
 fn ipv6_sources_are_gated_alike() {
     let object = object(Mode::Enforce);
-    object.table().add(ip("fd00::2"), ip("2001:db8::2")).expect("add an IPv6 member");
+    object.table().add(&address(ip("fd00::2"), ip("2001:db8::2"))).expect("add an IPv6 member");
     GateTable::open(&object.layout)
         .expect("open the gate maps")
-        .allow(parse_prefix("2001:db8:77::/48").expect("prefix"), true)
+        .allow(parse_allow("2001:db8:77::/48").expect("prefix"), true)
         .expect("allow");
     let host = ip("2001:db8::1");
     let member = IpSpec::udp(ip("2001:db8::2"), host).with_ports(40000, PROTECTED_UDP);
@@ -136,7 +145,7 @@ fn a_source_inside_a_real_prefix_is_a_member() {
     let object = object(Mode::Enforce);
     let prefix =
         rewrite_common::mapping::PrefixMapping { virtual_net: ip("10.201.0.0"), real_net: ip("172.20.0.0"), len: 16 };
-    object.table().add_prefix(&prefix).expect("add a prefix mapping");
+    object.table().add(&MappingSpec::Prefix(prefix)).expect("add a prefix mapping");
     let member = IpSpec::udp(ip("172.20.5.5"), ip(HOST)).with_ports(40000, PROTECTED_UDP);
     let rewritten = member.with_addresses(ip("10.201.5.5"), ip(HOST));
     expect_both(&object, &member.frame(), false, &rewritten.frame(), "inside a REAL prefix");
@@ -151,7 +160,8 @@ const PROTECTED_TCP: u16 = 9200;
 fn object_with_tcp(mode: Mode) -> LoadedObject {
     let object = object(mode);
     let mut gate = GateTable::open(&object.layout).expect("open the gate maps");
-    gate.protect(&[PortSpec::parse(&format!("tcp/{PROTECTED_TCP}")).expect("spec")], true).expect("protect");
+    gate.protect(&[PortSpec::parse(&format!("tcp/{PROTECTED_TCP}")).expect("spec")], &client_ports(), true)
+        .expect("protect");
     object
 }
 
@@ -199,7 +209,7 @@ fn frames_the_parser_gives_up_on_are_judged_by_their_ports() {
         ),
     ];
     let object = object_with_tcp(Mode::Enforce);
-    object.table().add(ip("fd00::2"), ip("2001:db8::2")).expect("add an IPv6 member");
+    object.table().add(&address(ip("fd00::2"), ip("2001:db8::2"))).expect("add an IPv6 member");
     for (what, build) in &cases {
         let unknown = build(ip("2001:db8:99::9"), host6).frame();
         expect_both(&object, &unknown, true, &[], &format!("{what}, from an unknown source"));

@@ -6,14 +6,12 @@
 use std::time::{Duration, Instant};
 
 use aya::programs::Program;
-use rewrite_tests::netns::PinDir;
-use rewrite_user::{
-    loader::{
-        self, PROG_TC_BOUNCE, PROG_TC_EGRESS, PROG_TC_EGRESS_ICMP_ERRORS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS,
-        PROG_XDP_BOUNCE, PROG_XDP_INGRESS,
-    },
-    pins::PinLayout,
+use rewrite_common::pinned::{
+    PROG_TC_BOUNCE, PROG_TC_EGRESS, PROG_TC_EGRESS_ICMP_ERRORS, PROG_TC_ICMP_ERRORS, PROG_TC_INGRESS, PROG_XDP_BOUNCE,
+    PROG_XDP_INGRESS,
 };
+use rewrite_tests::netns::PinDir;
+use rewrite_user::dataplane::{objects, pins::PinLayout};
 
 /// One program's load, as the report prints it.
 struct Cost {
@@ -57,12 +55,12 @@ fn every_program_passes_this_kernels_verifier() {
     let pins = PinDir::new("verifier");
     let layout = PinLayout::new(pins.path());
     layout.create_dir(&layout.maps_dir()).expect("create the pin directory on bpffs");
-    let mut rewrite = loader::load(&layout.maps_dir(), Some(1024)).expect("load the rewrite object");
+    let mut rewrite = objects::load(&layout.maps_dir(), Some(1024)).expect("load the rewrite object");
     let mut costs = load_each(
         &mut rewrite,
         &[PROG_XDP_INGRESS, PROG_TC_INGRESS, PROG_TC_EGRESS, PROG_TC_ICMP_ERRORS, PROG_TC_EGRESS_ICMP_ERRORS],
     );
-    let mut bounce = loader::load_bounce(&layout.maps_dir(), Some(1024)).expect("load the bounce object");
+    let mut bounce = objects::load_bounce(&layout.maps_dir(), Some(1024)).expect("load the bounce object");
     costs.extend(load_each(&mut bounce, &[PROG_XDP_BOUNCE, PROG_TC_BOUNCE]));
     eprintln!("verifier cost on Linux {}:", kernel_release());
     eprintln!("{:<24} {:>14} {:>10}", "program", "instructions", "load ms");

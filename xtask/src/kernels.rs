@@ -13,6 +13,11 @@
 //! sources file and package lists of their own (the machine's apt state is not
 //! touched), and are cached under `target/kernels/`. QEMU uses KVM when it boots a
 //! guest within a few seconds, TCG otherwise.
+//!
+//! Why one file of about 620 lines: the matrix is one pipeline (fetch the kernel
+//! packages, build the initramfs, boot, collect the verdict) whose steps share the cache
+//! layout and the guest's protocol; split apart, each step would only make sense with
+//! the others open beside it.
 
 use std::{
     collections::BTreeMap,

@@ -3,6 +3,10 @@
 //! * `setup`: idempotent; installs the rust-src component, bpf-linker built against this
 //!   toolchain's own libLLVM, the apt packages the tests use, and mounts bpffs.
 //! * `build`, `run -- ARGS`, `test`, `bench`, `fuzz`: run `setup` first.
+//!
+//! Why one file of about 550 lines: it is the command line and the set-up steps every
+//! task starts with; the two tasks with a life of their own, the kernel matrix and
+//! fuzzing, are in `kernels` and `fuzz`.
 
 mod fuzz;
 mod kernels;

@@ -17,7 +17,7 @@ use rewrite_common::{
     maps::MAX_PREFIX_MAPPINGS,
 };
 
-use crate::{Error, maps::MappingTable, pins::PinLayout, stats::Counters};
+use crate::{Error, dataplane::pins::PinLayout, table::counters::Counters, table::live::MappingTable};
 
 type Labels = Vec<(String, String)>;
 
@@ -199,7 +199,7 @@ pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
         registry.register("map_fill_ratio", "Entries divided by capacity, per table", ratios);
     }
 
-    if crate::loader::bounce_enabled(pins) {
+    if crate::dataplane::objects::bounce_enabled(pins) {
         register_bounce(&mut registry, pins)?;
     }
     // A dataplane loaded before the gate existed has no gate maps until `upgrade`.

@@ -4,11 +4,15 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use rewrite_user::{
-    bounce::{Added, BounceStats, BounceTable, Event, ServiceSpec, follow_events, parse_listen},
+    bounce::{
+        Added, BounceStats, BounceTable, Event, ServiceSpec, check_gate_leaves_open, enable::enable_bounce,
+        follow_events, service::parse_listen,
+    },
     cli::{BounceCommand, FollowArgs},
-    loader,
-    pins::PinLayout,
+    dataplane::pins::PinLayout,
 };
+
+use crate::commands::stats::{deadline, print_records};
 
 pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
     match command {
@@ -17,8 +21,8 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
             // Everything is checked before bounce mode starts, so a refused service
             // changes nothing.
             let resolved = spec.resolve()?;
-            rewrite_user::bounce::check_gate_leaves_open(pins, &resolved)?;
-            for iface in loader::enable_bounce(pins, max_flows).context("cannot start bounce mode")? {
+            check_gate_leaves_open(pins, &resolved)?;
+            for iface in enable_bounce(pins, max_flows).context("cannot start bounce mode")? {
                 println!("bounce program attached to {iface}");
             }
             let mut table = open(pins)?;
@@ -46,7 +50,7 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
                         format!("{}/{}", row.listen, row.protocol),
                         row.target.to_string(),
                         row.source.to_string(),
-                        format!("{}-{}", row.ports.0, row.ports.1),
+                        row.ports.to_string(),
                         row.live_flows
                     );
                 }
@@ -73,7 +77,7 @@ pub fn run(pins: &PinLayout, command: BounceCommand) -> anyhow::Result<()> {
             }
         }
         BounceCommand::Log(FollowArgs { json, count, timeout }) => {
-            follow_events(pins, crate::report::deadline(timeout), crate::report::print_records::<Event>(json, count))?;
+            follow_events(pins, deadline(timeout), print_records::<Event>(json, count))?;
         }
         BounceCommand::Timeouts { udp, tcp, unreplied } => {
             let mut table = open(pins)?;

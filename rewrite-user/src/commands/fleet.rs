@@ -1,12 +1,11 @@
 //! `rewrite fleet`: the fleet table in etcd, edited directly. Needs no pins and no root.
 
 use anyhow::Context as _;
-use rewrite_common::spec::{MappingSpec, Side};
+use rewrite_common::spec::{MappingKey, MappingSpec};
 use rewrite_user::{
     cli::{FleetCommand, PoolCommand, StoreArgs},
-    config::written,
-    desired::{Change, key_of},
     fleet::{FleetMapping, Store},
+    table::admission::Change,
 };
 
 pub fn run(store: &StoreArgs, command: FleetCommand) -> anyhow::Result<()> {
@@ -22,35 +21,21 @@ pub fn run(store: &StoreArgs, command: FleetCommand) -> anyhow::Result<()> {
             FleetCommand::Add { virtual_side, real_side, label } => {
                 let spec = MappingSpec::new(virtual_side, real_side)?;
                 let change = store.add(FleetMapping { spec, label, node: None }).await?;
-                let (virtual_text, real_text) = written(&spec);
                 match change {
-                    Change::Unchanged => println!("unchanged {virtual_text} -> {real_text}"),
-                    Change::Changed { old, .. } => {
-                        println!("changed {virtual_text} -> {real_text} (was {})", written(&old).1)
-                    }
-                    _ => println!("added {virtual_text} -> {real_text}"),
+                    Change::Unchanged => println!("unchanged {spec}"),
+                    Change::Changed { old, .. } => println!("changed {spec} (was {})", old.real_side()),
+                    _ => println!("added {spec}"),
                 }
                 Ok(())
             }
             FleetCommand::Del { virtual_side } => {
-                let key = virtual_key(virtual_side);
-                let removed = store.delete(&key).await?;
-                let (virtual_text, real_text) = written(&removed.spec);
-                println!("deleted {virtual_text} -> {real_text}");
+                let removed = store.delete(&MappingKey(virtual_side).to_string()).await?;
+                println!("deleted {}", removed.spec);
                 Ok(())
             }
             FleetCommand::Pool(command) => pool(&mut store, command).await,
         }
     })
-}
-
-/// The key of a VIRTUAL side: as `map add` writes it (a mapping of that side would be
-/// stored under the same key).
-fn virtual_key(side: Side) -> String {
-    match MappingSpec::new(side, side) {
-        Ok(spec) => key_of(&spec),
-        Err(_) => side.to_string(),
-    }
 }
 
 async fn list(store: &mut Store, json: bool) -> anyhow::Result<()> {
@@ -62,13 +47,10 @@ async fn list(store: &mut Store, json: bool) -> anyhow::Result<()> {
             .entries
             .iter()
             .map(|(key, entry)| match entry {
-                Ok(mapping) => {
-                    let (virtual_text, real_text) = written(&mapping.spec);
-                    serde_json::json!({
-                        "virtual": virtual_text, "real": real_text, "label": mapping.label, "node": mapping.node,
-                        "refused": refused.get(key),
-                    })
-                }
+                Ok(mapping) => serde_json::json!({
+                    "virtual": mapping.spec.virtual_side(), "real": mapping.spec.real_side(),
+                    "label": mapping.label, "node": mapping.node, "refused": refused.get(key),
+                }),
                 Err(why) => serde_json::json!({ "key": key, "refused": why }),
             })
             .collect();
@@ -78,10 +60,9 @@ async fn list(store: &mut Store, json: bool) -> anyhow::Result<()> {
     for (key, entry) in &snapshot.entries {
         match entry {
             Ok(mapping) => {
-                let (virtual_text, real_text) = written(&mapping.spec);
                 let label = mapping.label.as_deref().map(|label| format!("  # {label}")).unwrap_or_default();
                 let refusal = refused.get(key).map(|why| format!("  (refused: {why})")).unwrap_or_default();
-                println!("{virtual_text} -> {real_text}{label}{refusal}");
+                println!("{}{label}{refusal}", mapping.spec);
             }
             Err(why) => println!("{key}: not a mapping ({why})"),
         }

@@ -2,14 +2,19 @@
 
 use anyhow::Context as _;
 use rewrite_user::{
+    bounce,
     cli::{FollowArgs, GateCommand},
-    gate::{GateTable, Mode, PortSpec, Sample, follow_samples, parse_prefix},
-    pins::PinLayout,
+    dataplane::pins::PinLayout,
+    gate::{ClientPorts, GateTable, Mode, PortSpec, Sample, follow_samples, parse_allow},
 };
+
+use crate::commands::stats::{deadline, print_records};
 
 pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
     let open = || GateTable::open(pins).context("cannot open the gate's maps");
     let specs = |texts: &[String]| texts.iter().map(|text| PortSpec::parse(text)).collect::<Result<Vec<_>, _>>();
+    // The ports replies to this host's own traffic arrive at: never protected.
+    let client = || -> anyhow::Result<ClientPorts> { Ok(ClientPorts::of_host(bounce::source_port_ranges(pins)?)?) };
     match command {
         GateCommand::Mode { mode } => {
             let mode = Mode::parse(&mode)?;
@@ -17,18 +22,18 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
             println!("gate mode {}", mode.name());
         }
         GateCommand::Protect { ports } => {
-            let changed = open()?.protect(&specs(&ports)?, true)?;
+            let changed = open()?.protect(&specs(&ports)?, &client()?, true)?;
             println!("protected {} ({changed} ports changed)", ports.join(" "));
         }
         GateCommand::Unprotect { ports } => {
-            let changed = open()?.protect(&specs(&ports)?, false)?;
+            let changed = open()?.protect(&specs(&ports)?, &client()?, false)?;
             println!("unprotected {} ({changed} ports changed)", ports.join(" "));
         }
         GateCommand::Allow { prefixes } => change_allow(pins, &prefixes, true)?,
         GateCommand::Disallow { prefixes } => change_allow(pins, &prefixes, false)?,
         GateCommand::Management { ports, none } => {
             let management = if none { Vec::new() } else { specs(&ports)? };
-            open()?.set_management(&management)?;
+            open()?.set_management(&management, &client()?)?;
             if none {
                 println!("no management ports: the gate may close ssh");
             } else {
@@ -48,7 +53,7 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
             }
         }
         GateCommand::Log(FollowArgs { json, count, timeout }) => {
-            follow_samples(pins, crate::report::deadline(timeout), crate::report::print_records::<Sample>(json, count))
+            follow_samples(pins, deadline(timeout), print_records::<Sample>(json, count))
                 .context("cannot follow the gate's samples")?;
         }
         GateCommand::Stats { json } => {
@@ -67,7 +72,7 @@ pub fn run(pins: &PinLayout, command: GateCommand) -> anyhow::Result<()> {
 
 /// Adds (`on`) or removes allow prefixes, all checked before the first is written.
 fn change_allow(pins: &PinLayout, prefixes: &[String], on: bool) -> anyhow::Result<()> {
-    let parsed = prefixes.iter().map(|text| parse_prefix(text)).collect::<Result<Vec<_>, _>>()?;
+    let parsed = prefixes.iter().map(|text| parse_allow(text)).collect::<Result<Vec<_>, _>>()?;
     let mut table = GateTable::open(pins).context("cannot open the gate's maps")?;
     for prefix in parsed {
         table.allow(prefix, on)?;

@@ -6,23 +6,35 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, bail};
 use rewrite_common::{
+    maps::DEFAULT_MAX_MAPPINGS,
     spec::{MappingSpec, Side},
     validate::AddPlan,
 };
 use rewrite_user::{
-    agent, apply,
+    agent,
+    bounce::plan::BouncePlan,
     cli::{Cli, Command, MapCommand},
-    config, iface, loader,
-    maps::{MappingTable, Removed, describe_ports},
-    pins::PinLayout,
+    config::{self, apply},
+    dataplane::{attach, iface, objects, pins::PinLayout, status, upgrade},
+    gate::GatePlan,
+    table::{
+        admission::{Capacity, DesiredTable, Source},
+        live::{MappingTable, Removed},
+        plan::live_specs,
+    },
 };
 
-use crate::report::{DEFAULT_TOP, Reading};
+mod bounce;
+mod fleet;
+mod gate;
+mod stats;
+
+use self::stats::{DEFAULT_TOP, Reading};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // The fleet table lives in etcd: editing it needs no pins, and no root.
     if let Command::Fleet { store, command } = cli.command {
-        return crate::fleet_commands::run(&store, command);
+        return fleet::run(&store, command);
     }
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -39,18 +51,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             agent::refuse_if_running(&pins)?;
         }
         let holder = std::env::args().collect::<Vec<_>>().join(" ");
-        Some(rewrite_user::lock::WriteLock::take(&pins, &holder, rewrite_user::lock::WAIT)?)
+        Some(rewrite_user::dataplane::lock::WriteLock::take(&pins, &holder, rewrite_user::dataplane::lock::WAIT)?)
     } else {
         None
     };
     match cli.command {
         Command::Attach { iface, ingress, tc_attach, max_mappings } => {
-            let attachment = loader::attach(&pins, &iface, ingress, tc_attach, max_mappings)
+            let attachment = attach::attach(&pins, &iface, ingress, tc_attach, max_mappings)
                 .with_context(|| format!("cannot attach to {iface}"))?;
             println!("attached to {} (ingress: {}, egress: tc)", attachment.iface, attachment.ingress);
         }
         Command::Detach { iface } => {
-            loader::detach(&pins, &iface).with_context(|| format!("cannot detach from {iface}"))?;
+            attach::detach(&pins, &iface).with_context(|| format!("cannot detach from {iface}"))?;
             println!("detached from {iface}");
         }
         Command::Map(command) => run_map(&pins, command)?,
@@ -58,20 +70,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upgrade { object } => {
             let bytes = match &object {
                 Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-                None => loader::EBPF_OBJECT.to_vec(),
+                None => objects::EBPF_OBJECT.to_vec(),
             };
-            let upgraded = loader::upgrade(&pins, &bytes).context("upgrade refused; the running programs stay")?;
+            let upgraded = upgrade::upgrade(&pins, &bytes).context("upgrade refused; the running programs stay")?;
             if upgraded.is_empty() {
                 println!("no interface attached; nothing to upgrade");
             }
             for change in &upgraded {
                 println!("{}: {} id {} -> {}", change.iface, change.program, change.old_id, change.new_id);
             }
-            println!("programs now at version {}", loader::object_version(&bytes));
+            println!("programs now at version {}", objects::object_version(&bytes));
         }
         Command::Down => {
             // An agent would attach it all again: refused above, with the agent named.
-            for iface in loader::down(&pins)? {
+            for iface in attach::down(&pins)? {
                 println!("detached from {iface}");
             }
             println!("removed {}", pins.root().display());
@@ -90,8 +102,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             agent::run(agent::AgentOptions { config, metrics, pins, fleet })?;
         }
         Command::Fleet { .. } => unreachable!("handled before the root check"),
-        Command::Bounce(command) => crate::bounce_commands::run(&pins, command)?,
-        Command::Gate(command) => crate::gate_commands::run(&pins, command)?,
+        Command::Bounce(command) => bounce::run(&pins, command)?,
+        Command::Gate(command) => gate::run(&pins, command)?,
         Command::Stats { json, top, watch, interval, count } => {
             let top = top.or((!json).then_some(DEFAULT_TOP));
             let mut previous = Reading::take(&pins)?;
@@ -117,8 +129,8 @@ fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<
     for interface in &prepared.to_attach {
         println!("{prefix}attached {} (ingress: {:?})", interface.name, interface.ingress);
     }
-    let bounce_lines = prepared.bounce.as_ref().map(apply::BouncePlan::lines).unwrap_or_default();
-    let gate_lines = prepared.gate.as_ref().map(rewrite_user::gate::GatePlan::lines).unwrap_or_default();
+    let bounce_lines = prepared.bounce.as_ref().map(BouncePlan::lines).unwrap_or_default();
+    let gate_lines = prepared.gate.as_ref().map(GatePlan::lines).unwrap_or_default();
     for line in prepared.plan.lines().iter().chain(&bounce_lines).chain(&gate_lines) {
         println!("{prefix}{line}");
     }
@@ -150,9 +162,9 @@ fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<
 /// `rewrite status`.
 fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
     let mut interfaces = Vec::new();
-    for attachment in loader::attached(pins)? {
-        let programs = loader::attached_programs(pins, &attachment.iface)?;
-        let stale = loader::staleness(pins, &attachment.iface)?;
+    for attachment in status::attached(pins)? {
+        let programs = status::attached_programs(pins, &attachment.iface)?;
+        let stale = status::staleness(pins, &attachment.iface)?;
         interfaces.push((attachment, programs, stale));
     }
     // The table is read apart: status must still show the programs when it cannot be.
@@ -165,7 +177,7 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
     let agent = agent::running_agent(pins);
     let fleet: Option<serde_json::Value> =
         std::fs::read_to_string(agent::fleet_record(pins)).ok().and_then(|text| serde_json::from_str(&text).ok());
-    let version = loader::object_version(loader::EBPF_OBJECT);
+    let version = objects::object_version(objects::EBPF_OBJECT);
     if json {
         let interfaces: Vec<serde_json::Value> = interfaces
             .iter()
@@ -233,19 +245,21 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
 
 /// The live state as a config file.
 fn export(pins: &PinLayout) -> anyhow::Result<String> {
-    let interfaces = loader::attached(pins)?
+    let interfaces = status::attached(pins)?
         .into_iter()
         .map(|attachment| config::InterfaceConfig { name: attachment.iface, ingress: attachment.ingress.mode() })
         .collect();
-    let (max_mappings, mappings) = if pins.maps_dir().exists() {
-        let table = MappingTable::open(pins)?;
-        let specs = apply::live_specs(&table.list()?);
-        let mappings = specs.into_iter().map(|spec| config::ConfigMapping { spec, label: None, line: 0 }).collect();
-        (Some(table.capacity()), mappings)
+    let (max_mappings, table) = if pins.maps_dir().exists() {
+        let live = MappingTable::open(pins)?;
+        let mut table = DesiredTable::new(Capacity::of_table(live.capacity()));
+        for spec in live_specs(&live.list()?) {
+            table.admit(spec, None, Source::Local).with_context(|| format!("the live table holds {spec}"))?;
+        }
+        (Some(live.capacity()), table)
     } else {
-        (None, Vec::new())
+        (None, DesiredTable::new(Capacity::of_table(DEFAULT_MAX_MAPPINGS)))
     };
-    let bounce = if loader::bounce_enabled(pins) {
+    let bounce = if objects::bounce_enabled(pins) {
         Some(rewrite_user::bounce::BounceTable::open(pins)?.config()?)
     } else {
         None
@@ -255,36 +269,23 @@ fn export(pins: &PinLayout) -> anyhow::Result<String> {
     } else {
         None
     };
-    Ok(config::render(&config::Config { max_mappings, interfaces, mappings, fleet: None, bounce, gate }))
+    Ok(config::render(&config::Config { max_mappings, interfaces, table, fleet: None, bounce, gate }))
 }
 
 fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
     let mut table = MappingTable::open(pins)?;
     match command {
-        MapCommand::Add { virtual_side, real_side } => match MappingSpec::new(virtual_side, real_side)? {
-            MappingSpec::Address { virtual_addr, real_addr } => {
-                let plan = table.add(virtual_addr, real_addr)?;
-                match plan {
-                    AddPlan::Unchanged => println!("unchanged {virtual_addr} -> {real_addr}"),
-                    AddPlan::Insert => println!("added {virtual_addr} -> {real_addr}"),
-                    AddPlan::Replace { old_real } => {
-                        println!("changed {virtual_addr} -> {real_addr} (was {old_real})");
-                    }
-                }
-                warn_if_own_virtual_missing(virtual_addr, real_addr);
+        MapCommand::Add { virtual_side, real_side } => {
+            let spec = MappingSpec::new(virtual_side, real_side)?;
+            match table.add(&spec)? {
+                AddPlan::Unchanged => println!("unchanged {spec}"),
+                AddPlan::Insert => println!("added {spec}"),
+                AddPlan::Replace { old_real } => println!("changed {spec} (was {old_real})"),
             }
-            MappingSpec::Prefix(mapping) => {
-                let plan = table.add_prefix(&mapping)?;
-                let verb = if plan == AddPlan::Unchanged { "unchanged" } else { "added" };
-                println!("{verb} {0}/{2} -> {1}/{2}", mapping.virtual_net, mapping.real_net, mapping.len);
+            if !matches!(spec, MappingSpec::Prefix(_)) {
+                warn_if_own_virtual_missing(spec.virtual_side().addr(), spec.real_addr());
             }
-            MappingSpec::Ports(mapping) => {
-                let plan = table.add_ports(&mapping)?;
-                let verb = if plan == AddPlan::Unchanged { "unchanged" } else { "added" };
-                println!("{verb} {}", describe_ports(&mapping));
-                warn_if_own_virtual_missing(mapping.virtual_addr, mapping.real_addr);
-            }
-        },
+        }
         MapCommand::Del { virtual_side } => match virtual_side {
             Side::Address(virtual_addr) => match table.remove_mapping(virtual_addr)? {
                 Removed::Mapping(real_addr) => println!("deleted {virtual_addr} -> {real_addr}"),
@@ -292,12 +293,12 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
                     println!("deleted the half-applied reverse entry {real_addr} -> {virtual_addr}");
                 }
             },
-            Side::Prefix { net, len } => {
-                let real_net = table.remove_prefix(net, len)?;
-                println!("deleted {net}/{len} -> {real_net}/{len}");
+            Side::Prefix(prefix) => {
+                let real_net = table.remove_prefix(prefix.net(), prefix.len())?;
+                println!("deleted {prefix} -> {real_net}/{}", prefix.len());
             }
-            Side::Service { addr, first, last, protocol } => {
-                let removed = table.remove_ports(protocol, addr, first, last)?;
+            Side::Service { addr, ports, protocol } => {
+                let removed = table.remove_ports(protocol, addr, ports)?;
                 println!("deleted {removed} mapped port(s) of {virtual_side}");
             }
         },

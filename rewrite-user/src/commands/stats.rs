@@ -7,9 +7,9 @@ use rewrite_common::{
     maps::MappingStats,
 };
 use rewrite_user::{
-    maps::MappingTable,
-    pins::PinLayout,
-    stats::{Counters, MappingCounters},
+    dataplane::pins::PinLayout,
+    table::counters::{Counters, MappingCounters},
+    table::live::MappingTable,
 };
 
 /// Mappings `stats` shows without `--top` or `--json`.

@@ -55,29 +55,34 @@
 //! addresses, ranges of different widths, duplicate VIRTUALs, REALs claimed twice,
 //! any conflict the table would refuse, and a table that would overflow.
 
+pub mod apply;
+pub mod mappings;
+
 use std::{
     collections::HashMap,
     fmt,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use clap::ValueEnum as _;
-use rewrite_common::{
-    bounce::{DEFAULT_TCP_IDLE_SECONDS, DEFAULT_UDP_IDLE_SECONDS, DEFAULT_UNREPLIED_SECONDS},
-    maps::{DEFAULT_MAX_MAPPINGS, MAX_PREFIX_MAPPINGS},
-    model::ModelTable,
-    spec::{MappingSpec, Side},
-    validate::MappingConflict,
-};
+use rewrite_common::maps::DEFAULT_MAX_MAPPINGS;
 use serde::Deserialize;
 use toml::Spanned;
 
+use self::mappings::{RawMapping, mappings, render_mappings};
 use crate::{
-    bounce::{BounceError, ServiceSpec},
-    fleet::{FleetSettings, Layout, MappingExpiry, NodeOptions, StoreOptions, check_name},
-    gate::GateConfig,
-    loader::IngressMode,
+    bounce::config::{BounceConfig, RawBounce, bounce_config, render_bounce},
+    dataplane::slots::IngressMode,
+    fleet::{
+        FleetSettings,
+        config::{RawFleet, fleet_settings, render_fleet},
+    },
+    gate::{
+        GateConfig,
+        config::{RawGate, gate_config, render_gate},
+    },
+    located::{Locator, Problem, quoted},
+    table::admission::{Capacity, DesiredTable},
 };
 
 /// A validated config.
@@ -86,7 +91,8 @@ pub struct Config {
     /// Capacity of the mapping maps, if this config's first attach creates them.
     pub max_mappings: Option<u32>,
     pub interfaces: Vec<InterfaceConfig>,
-    pub mappings: Vec<ConfigMapping>,
+    /// The mappings, admitted together (against `max_mappings`, or the default).
+    pub table: DesiredTable,
     /// The fleet table to follow, if any.
     pub fleet: Option<FleetSettings>,
     /// Bounce mode's services and settings; `None` leaves bounce mode alone.
@@ -95,35 +101,10 @@ pub struct Config {
     pub gate: Option<GateConfig>,
 }
 
-/// The `[bounce]` section.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BounceConfig {
-    /// Size of the flow table, if this config's first service creates it.
-    pub max_flows: Option<u32>,
-    pub timeouts: crate::bounce::Timeouts,
-    pub services: Vec<ServiceSpec>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfaceConfig {
     pub name: String,
     pub ingress: IngressMode,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigMapping {
-    pub spec: MappingSpec,
-    pub label: Option<String>,
-    /// The line of the mapping's `virtual` key (1-based), for messages.
-    pub line: usize,
-}
-
-/// One problem in a config file, at a 1-based line and column.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,75 +158,9 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawGate {
-    mode: Option<Spanned<String>>,
-    #[serde(default)]
-    protect: Vec<Spanned<String>>,
-    #[serde(default)]
-    allow: Vec<Spanned<String>>,
-    management: Option<Vec<Spanned<String>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBounce {
-    max_flows: Option<Spanned<u32>>,
-    udp_idle_seconds: Option<Spanned<u64>>,
-    tcp_idle_seconds: Option<Spanned<u64>>,
-    unreplied_seconds: Option<Spanned<u64>>,
-    #[serde(default, rename = "service")]
-    services: Vec<RawService>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    listen: Spanned<String>,
-    target: Spanned<String>,
-    source: Option<Spanned<String>>,
-    ports: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFleet {
-    etcd: Spanned<Vec<String>>,
-    prefix: Spanned<String>,
-    ca: Option<PathBuf>,
-    cert: Option<Spanned<PathBuf>>,
-    key: Option<Spanned<PathBuf>>,
-    user: Option<String>,
-    password_file: Option<PathBuf>,
-    keepalive_seconds: Option<Spanned<u64>>,
-    retry_max_seconds: Option<Spanned<u64>>,
-    node: Option<RawNode>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    id: Spanned<String>,
-    real: Spanned<Vec<String>>,
-    pool: Spanned<String>,
-    lease_ttl_seconds: Option<Spanned<u64>>,
-    expire_after: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawInterface {
     name: Spanned<String>,
     ingress: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMapping {
-    #[serde(rename = "virtual")]
-    virtual_side: Spanned<String>,
-    #[serde(rename = "real")]
-    real_side: Spanned<String>,
-    label: Option<String>,
 }
 
 /// Reads and validates the config at `path`.
@@ -255,9 +170,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validates `text` (the contents of `path`, which names it in messages) as a whole:
-/// either every mapping can be in one table, or every problem is reported.
-/// `capacity` limits are those of a table created by this config (or the default);
-/// [`check_capacity`] checks against a live table's.
+/// either every mapping can be in one table, or every problem is reported. The table's
+/// capacity is that of a table created by this config (or the default); `apply` holds
+/// it against a live table's.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let locate = Locator::new(text);
     let invalid = |problems| ConfigError::Invalid { path: path.to_owned(), problems };
@@ -274,16 +189,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         other => other.map(Spanned::into_inner),
     };
     let interfaces = interfaces(&raw.interfaces, &locate, &mut problems);
-    let mappings = mappings(&raw.mappings, &locate, &mut problems);
+    let capacity = Capacity::of_table(max_mappings.unwrap_or(DEFAULT_MAX_MAPPINGS));
+    let table = mappings(&raw.mappings, capacity, &locate, &mut problems);
     let fleet = raw.fleet.as_ref().and_then(|fleet| fleet_settings(fleet, &locate, &mut problems));
     let bounce = raw.bounce.as_ref().map(|bounce| bounce_config(bounce, &locate, &mut problems));
     let gate = raw.gate.as_ref().map(|gate| gate_config(gate, &locate, &mut problems));
     if problems.is_empty() {
-        let capacity = max_mappings.unwrap_or(DEFAULT_MAX_MAPPINGS);
-        problems.extend(check_capacity(&mappings, capacity, "max_mappings").err());
-    }
-    if problems.is_empty() {
-        Ok(Config { max_mappings, interfaces, mappings, fleet, bounce, gate })
+        Ok(Config { max_mappings, interfaces, table, fleet, bounce, gate })
     } else {
         problems.sort_by_key(|problem| (problem.line, problem.column));
         Err(invalid(problems))
@@ -297,7 +209,7 @@ fn interfaces(raw: &[RawInterface], locate: &Locator, problems: &mut Vec<Problem
         let name = interface.name.get_ref();
         let at = interface.name.span().start;
         let mut valid = true;
-        if let Err(error) = crate::iface::validate_name(name) {
+        if let Err(error) = crate::dataplane::iface::validate_name(name) {
             problems.push(locate.problem(at, error.to_string()));
             valid = false;
         } else if let Some(line) = seen.insert(name, locate.line(at)) {
@@ -321,365 +233,6 @@ fn interfaces(raw: &[RawInterface], locate: &Locator, problems: &mut Vec<Problem
     interfaces
 }
 
-/// A number of seconds within `range`, or a problem at its value.
-fn seconds(
-    value: Option<&Spanned<u64>>,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-    name: &str,
-    locate: &Locator,
-    problems: &mut Vec<Problem>,
-) -> std::time::Duration {
-    let seconds = value.map_or(default, |value| *value.get_ref());
-    if let Some(value) = value.filter(|_| !range.contains(&seconds)) {
-        let message = format!("{name} must be from {} to {}", range.start(), range.end());
-        problems.push(locate.problem(value.span().start, message));
-    }
-    std::time::Duration::from_secs(seconds)
-}
-
-fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Vec<Problem>) -> Option<FleetSettings> {
-    let before = problems.len();
-    if raw.etcd.get_ref().is_empty() {
-        problems.push(locate.problem(raw.etcd.span().start, "etcd needs at least one endpoint URL".into()));
-    }
-    for endpoint in raw.etcd.get_ref() {
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            let message = format!("etcd endpoint {endpoint:?} must start with http:// or https://");
-            problems.push(locate.problem(raw.etcd.span().start, message));
-        }
-    }
-    if let Err(error) = Layout::new(raw.prefix.get_ref()) {
-        problems.push(locate.problem(raw.prefix.span().start, error.to_string()));
-    }
-    match (&raw.cert, &raw.key) {
-        (Some(_), Some(_)) | (None, None) => {}
-        (Some(half), None) | (None, Some(half)) => {
-            problems.push(locate.problem(half.span().start, "cert and key go together: give both or neither".into()));
-        }
-    }
-    let mut store = StoreOptions::new(raw.etcd.get_ref().clone(), raw.prefix.get_ref().clone());
-    store.ca = raw.ca.clone();
-    store.cert = raw.cert.as_ref().map(|cert| cert.get_ref().clone());
-    store.key = raw.key.as_ref().map(|key| key.get_ref().clone());
-    store.user = raw.user.clone();
-    store.password_file = raw.password_file.clone();
-    store.keepalive = seconds(raw.keepalive_seconds.as_ref(), 10, 1..=600, "keepalive_seconds", locate, problems);
-    let retry_max = seconds(raw.retry_max_seconds.as_ref(), 10, 1..=3600, "retry_max_seconds", locate, problems);
-    let node = raw.node.as_ref().map(|node| {
-        if let Err(error) = check_name("node", node.id.get_ref()) {
-            problems.push(locate.problem(node.id.span().start, error.to_string()));
-        }
-        if let Err(error) = check_name("pool", node.pool.get_ref()) {
-            problems.push(locate.problem(node.pool.span().start, error.to_string()));
-        }
-        let mut reals = Vec::new();
-        for text in node.real.get_ref() {
-            match text.parse() {
-                Ok(addr) => reals.push(addr),
-                Err(_) => problems.push(locate.problem(node.real.span().start, format!("{text:?} is not an address"))),
-            }
-        }
-        if node.real.get_ref().is_empty() {
-            problems.push(locate.problem(node.real.span().start, "real needs at least one address".into()));
-        }
-        let lease_ttl = seconds(node.lease_ttl_seconds.as_ref(), 10, 2..=86400, "lease_ttl_seconds", locate, problems);
-        let expiry = match &node.expire_after {
-            None => MappingExpiry::WithLease,
-            Some(text) => text.get_ref().parse().unwrap_or_else(|message| {
-                problems.push(locate.problem(text.span().start, message));
-                MappingExpiry::WithLease
-            }),
-        };
-        NodeOptions { id: node.id.get_ref().clone(), reals, pool: node.pool.get_ref().clone(), lease_ttl, expiry }
-    });
-    (problems.len() == before).then_some(FleetSettings { store, node, retry_max })
-}
-
-/// The `[bounce]` section: every service checked as `bounce add` checks it, and no
-/// LISTEN twice.
-fn bounce_config(raw: &RawBounce, locate: &Locator, problems: &mut Vec<Problem>) -> BounceConfig {
-    let max_flows = match &raw.max_flows {
-        Some(value) if *value.get_ref() == 0 => {
-            problems.push(locate.problem(value.span().start, "max_flows must be at least 1".into()));
-            None
-        }
-        other => other.as_ref().map(|value| *value.get_ref()),
-    };
-    let week = 7 * 86_400;
-    let udp_idle = seconds(
-        raw.udp_idle_seconds.as_ref(),
-        DEFAULT_UDP_IDLE_SECONDS,
-        1..=week,
-        "udp_idle_seconds",
-        locate,
-        problems,
-    );
-    let tcp_idle = seconds(
-        raw.tcp_idle_seconds.as_ref(),
-        DEFAULT_TCP_IDLE_SECONDS,
-        1..=week,
-        "tcp_idle_seconds",
-        locate,
-        problems,
-    );
-    let unreplied = seconds(
-        raw.unreplied_seconds.as_ref(),
-        u64::from(DEFAULT_UNREPLIED_SECONDS),
-        1..=3600,
-        "unreplied_seconds",
-        locate,
-        problems,
-    );
-    let timeouts = crate::bounce::Timeouts { udp: udp_idle, tcp: tcp_idle, unreplied };
-    let mut seen: HashMap<(std::net::SocketAddr, crate::bounce::Protocol), usize> = HashMap::new();
-    let mut services = Vec::new();
-    for service in &raw.services {
-        let at = service.listen.span().start;
-        let source = match &service.source {
-            None => None,
-            Some(text) => match text.get_ref().parse::<IpAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    problems.push(
-                        locate.problem(text.span().start, format!("source {:?} is not an address", text.get_ref())),
-                    );
-                    continue;
-                }
-            },
-        };
-        let ports = match &service.ports {
-            None => None,
-            Some(text) => match crate::bounce::parse_port_range(text.get_ref()) {
-                Ok(range) => Some(range),
-                Err(error) => {
-                    problems.push(locate.problem(text.span().start, error.to_string()));
-                    continue;
-                }
-            },
-        };
-        match ServiceSpec::new(service.listen.get_ref(), service.target.get_ref(), source, ports) {
-            Ok(spec) => {
-                if let Some(line) = seen.insert((spec.listen, spec.protocol), locate.line(at)) {
-                    let message =
-                        format!("a service already listens on {}/{} (line {line})", spec.listen, spec.protocol);
-                    problems.push(locate.problem(at, message));
-                } else {
-                    services.push(spec);
-                }
-            }
-            Err(error) => {
-                // A problem with the target is reported at the target.
-                let at = match error {
-                    BounceError::BadTarget { .. } | BounceError::PortZero { what: "target" } => {
-                        service.target.span().start
-                    }
-                    _ => at,
-                };
-                problems.push(locate.problem(at, error.to_string()));
-            }
-        }
-    }
-    BounceConfig { max_flows, timeouts, services }
-}
-
-/// The `[gate]` section: the mode, and every port spec and prefix checked as the CLI
-/// checks them. (Whether a port lies in the host's ephemeral range is checked when the
-/// section is applied, against the host it is applied on.)
-fn gate_config(raw: &RawGate, locate: &Locator, problems: &mut Vec<Problem>) -> GateConfig {
-    let mode = match &raw.mode {
-        None => crate::gate::Mode::Off,
-        Some(text) => crate::gate::Mode::parse(text.get_ref()).unwrap_or_else(|error| {
-            problems.push(locate.problem(text.span().start, error.to_string()));
-            crate::gate::Mode::Off
-        }),
-    };
-    let mut specs = |texts: &[Spanned<String>]| -> Vec<String> {
-        texts
-            .iter()
-            .filter_map(|text| match crate::gate::PortSpec::parse(text.get_ref()) {
-                Ok(_) => Some(text.get_ref().clone()),
-                Err(error) => {
-                    problems.push(locate.problem(text.span().start, error.to_string()));
-                    None
-                }
-            })
-            .collect()
-    };
-    let protect = specs(&raw.protect);
-    let management = raw.management.as_deref().map(&mut specs);
-    let allow = raw
-        .allow
-        .iter()
-        .filter_map(|text| match crate::gate::parse_prefix(text.get_ref()) {
-            Ok(prefix) => Some(prefix),
-            Err(error) => {
-                problems.push(locate.problem(text.span().start, error.to_string()));
-                None
-            }
-        })
-        .collect();
-    GateConfig { mode, protect, allow, management }
-}
-
-/// What a mapping occupies, to find a second mapping of the same VIRTUAL.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum VirtualKey {
-    Address(IpAddr),
-    Port(u8, IpAddr, u16),
-    Prefix(IpAddr, u8),
-}
-
-pub(crate) fn virtual_keys(spec: &MappingSpec) -> Vec<VirtualKey> {
-    match spec {
-        MappingSpec::Address { virtual_addr, .. } => vec![VirtualKey::Address(*virtual_addr)],
-        MappingSpec::Ports(mapping) => {
-            mapping.ports().map(|(port, _)| VirtualKey::Port(mapping.protocol, mapping.virtual_addr, port)).collect()
-        }
-        MappingSpec::Prefix(mapping) => vec![VirtualKey::Prefix(mapping.virtual_net, mapping.len)],
-    }
-}
-
-fn mappings(raw: &[RawMapping], locate: &Locator, problems: &mut Vec<Problem>) -> Vec<ConfigMapping> {
-    let mut model = ModelTable::default();
-    let mut claimed: HashMap<VirtualKey, usize> = HashMap::new();
-    let mut mappings = Vec::new();
-    for mapping in raw {
-        // Each problem points at the value it is about: the VIRTUAL, or the REAL.
-        let (virtual_at, real_at) = (mapping.virtual_side.span().start, mapping.real_side.span().start);
-        let line = locate.line(virtual_at);
-        let sides = (
-            mapping.virtual_side.get_ref().parse::<Side>().map_err(|error| (virtual_at, error)),
-            mapping.real_side.get_ref().parse::<Side>().map_err(|error| (real_at, error)),
-        );
-        let spec = match sides {
-            (Err((at, error)), _) | (_, Err((at, error))) => {
-                problems.push(locate.problem(at, error.to_string()));
-                continue;
-            }
-            // Two sides that do not match: the REAL must follow the VIRTUAL.
-            (Ok(virtual_side), Ok(real_side)) => match MappingSpec::new(virtual_side, real_side) {
-                Ok(spec) => spec,
-                Err(error) => {
-                    problems.push(locate.problem(real_at, error.to_string()));
-                    continue;
-                }
-            },
-        };
-        if let Some(first) = virtual_keys(&spec).iter().find_map(|key| claimed.get(key)) {
-            let message = format!("VIRTUAL {} is already mapped on line {first}", mapping.virtual_side.get_ref());
-            problems.push(locate.problem(virtual_at, message));
-            continue;
-        }
-        let added = match &spec {
-            MappingSpec::Address { virtual_addr, real_addr } => model.add(*virtual_addr, *real_addr),
-            MappingSpec::Ports(ports) => model.add_ports(ports),
-            MappingSpec::Prefix(prefix) => model.add_prefix(prefix),
-        };
-        if let Err(conflict) = added {
-            let at = if conflict_is_about_real(&conflict, &spec) { real_at } else { virtual_at };
-            problems.push(locate.problem(at, conflict.to_string()));
-            continue;
-        }
-        claimed.extend(virtual_keys(&spec).into_iter().map(|key| (key, line)));
-        mappings.push(ConfigMapping { spec, label: mapping.label.clone(), line });
-    }
-    mappings
-}
-
-/// Whether a mapping's conflict with the table is about its REAL side (so a message
-/// points at the `real` value) rather than its VIRTUAL side.
-fn conflict_is_about_real(conflict: &MappingConflict, spec: &MappingSpec) -> bool {
-    let real = match spec {
-        MappingSpec::Address { real_addr, .. } => *real_addr,
-        MappingSpec::Ports(ports) => ports.real_addr,
-        MappingSpec::Prefix(prefix) => prefix.real_net,
-    };
-    match *conflict {
-        MappingConflict::SameAddress(_)
-        | MappingConflict::MixedFamilies { .. }
-        | MappingConflict::RealTaken { .. }
-        | MappingConflict::RealIsVirtual { .. }
-        | MappingConflict::RealIsPortVirtual { .. }
-        | MappingConflict::RealOverlapsPortReal { .. }
-        | MappingConflict::PortRealOverlapsAddress { .. }
-        | MappingConflict::RealPortTaken { .. }
-        | MappingConflict::RealPrefixOverlap { .. }
-        | MappingConflict::PrefixContainsReal { .. } => true,
-        MappingConflict::VirtualIsReal { .. }
-        | MappingConflict::VirtualIsPortReal { .. }
-        | MappingConflict::PortTaken { .. }
-        | MappingConflict::VirtualPrefixOverlap { .. }
-        | MappingConflict::PrefixContainsVirtual { .. }
-        | MappingConflict::PrefixTaken { .. }
-        | MappingConflict::BadPrefixLength { .. } => false,
-        MappingConflict::UnusableAddress { addr, .. }
-        | MappingConflict::InRealPrefix { addr, .. }
-        | MappingConflict::InVirtualPrefix { addr, .. } => addr == real,
-        MappingConflict::HostBitsSet { net, .. }
-        | MappingConflict::PrefixContainsUnusable { net, .. }
-        | MappingConflict::PrefixSidesOverlap { net, .. }
-        | MappingConflict::PrefixContainsOtherSide { net, .. } => net == real,
-        MappingConflict::ZeroPort => matches!(spec, MappingSpec::Ports(ports) if ports.virtual_first != 0),
-        MappingConflict::PortRangeOverflow { first, .. } => {
-            matches!(spec, MappingSpec::Ports(ports) if ports.real_first == first && ports.virtual_first != first)
-        }
-    }
-}
-
-/// Checks that `mappings` fit a table of `capacity` entries per map (and the fixed
-/// prefix table). The problem points at the first mapping that would not fit;
-/// `limit` names where the capacity comes from.
-pub fn check_capacity(mappings: &[ConfigMapping], capacity: u32, limit: &str) -> Result<(), Problem> {
-    let (mut addresses, mut ports, mut prefixes) = (0u64, 0u64, 0u64);
-    for mapping in mappings {
-        let (used, table, holds) = match &mapping.spec {
-            MappingSpec::Address { .. } => {
-                addresses += 1;
-                (addresses, "address", u64::from(capacity))
-            }
-            MappingSpec::Ports(ports_mapping) => {
-                ports += u64::from(ports_mapping.count);
-                (ports, "port", u64::from(capacity))
-            }
-            MappingSpec::Prefix(_) => {
-                prefixes += 1;
-                (prefixes, "prefix", u64::from(MAX_PREFIX_MAPPINGS))
-            }
-        };
-        if used > holds {
-            let message = format!(
-                "the {table} table would overflow here: it holds {holds} entries ({limit}) and this mapping \
-                 needs entry {used}"
-            );
-            return Err(Problem { line: mapping.line, column: 1, message });
-        }
-    }
-    Ok(())
-}
-
-/// Turns byte offsets into 1-based lines and columns.
-struct Locator {
-    line_starts: Vec<usize>,
-}
-
-impl Locator {
-    fn new(text: &str) -> Self {
-        let line_starts =
-            std::iter::once(0).chain(text.match_indices('\n').map(|(at, _)| at + 1)).collect::<Vec<usize>>();
-        Self { line_starts }
-    }
-
-    fn line(&self, at: usize) -> usize {
-        self.line_starts.partition_point(|&start| start <= at)
-    }
-
-    fn problem(&self, at: usize, message: String) -> Problem {
-        let line = self.line(at);
-        Problem { line, column: at - self.line_starts[line - 1] + 1, message }
-    }
-}
-
 /// Writes `config` as a TOML config file that [`parse`] reads back to the same config.
 pub fn render(config: &Config) -> String {
     let mut out = String::from("# rewrite config, written by `rewrite export`\n");
@@ -700,114 +253,18 @@ pub fn render(config: &Config) -> String {
     if let Some(gate) = &config.gate {
         out.push_str(&render_gate(gate));
     }
-    for mapping in &config.mappings {
-        let (virtual_side, real_side) = written(&mapping.spec);
-        out.push_str(&format!("\n[[mapping]]\nvirtual = {}\nreal = {}\n", quoted(&virtual_side), quoted(&real_side)));
-        if let Some(label) = &mapping.label {
-            out.push_str(&format!("label = {}\n", quoted(label)));
-        }
-    }
+    out.push_str(&render_mappings(&config.table));
     out
-}
-
-/// The `[gate]` section, as [`parse`] reads it.
-fn render_gate(gate: &GateConfig) -> String {
-    let list = |items: &[String]| format!("[{}]", items.iter().map(|item| quoted(item)).collect::<Vec<_>>().join(", "));
-    let allow: Vec<String> = gate.allow.iter().map(|(addr, len)| format!("{addr}/{len}")).collect();
-    let mut out = format!(
-        "\n[gate]\nmode = {}\nprotect = {}\nallow = {}\n",
-        quoted(gate.mode.name()),
-        list(&gate.protect),
-        list(&allow)
-    );
-    if let Some(management) = &gate.management {
-        out.push_str(&format!("management = {}\n", list(management)));
-    }
-    out
-}
-
-/// The `[fleet]` section (and `[fleet.node]`), as [`parse`] reads it.
-fn render_fleet(fleet: &FleetSettings) -> String {
-    let list =
-        |items: Vec<String>| format!("[{}]", items.iter().map(|item| quoted(item)).collect::<Vec<_>>().join(", "));
-    let path = |path: &Path| quoted(&path.to_string_lossy());
-    let store = &fleet.store;
-    let mut out = format!("\n[fleet]\netcd = {}\nprefix = {}\n", list(store.endpoints.clone()), quoted(&store.prefix));
-    for (key, value) in
-        [("ca", &store.ca), ("cert", &store.cert), ("key", &store.key), ("password_file", &store.password_file)]
-    {
-        if let Some(value) = value {
-            out.push_str(&format!("{key} = {}\n", path(value)));
-        }
-    }
-    if let Some(user) = &store.user {
-        out.push_str(&format!("user = {}\n", quoted(user)));
-    }
-    out.push_str(&format!("keepalive_seconds = {}\n", store.keepalive.as_secs()));
-    out.push_str(&format!("retry_max_seconds = {}\n", fleet.retry_max.as_secs()));
-    if let Some(node) = &fleet.node {
-        let expire_after = match node.expiry {
-            MappingExpiry::WithLease => "lease".to_owned(),
-            MappingExpiry::Never => "never".to_owned(),
-            MappingExpiry::After(grace) => format!("{}s", grace.as_secs()),
-        };
-        out.push_str(&format!(
-            "\n[fleet.node]\nid = {}\nreal = {}\npool = {}\nlease_ttl_seconds = {}\nexpire_after = {}\n",
-            quoted(&node.id),
-            list(node.reals.iter().map(ToString::to_string).collect()),
-            quoted(&node.pool),
-            node.lease_ttl.as_secs(),
-            quoted(&expire_after)
-        ));
-    }
-    out
-}
-
-/// The `[bounce]` section with its services, as [`parse`] reads it.
-fn render_bounce(bounce: &BounceConfig) -> String {
-    let mut out = String::from("\n[bounce]\n");
-    if let Some(max_flows) = bounce.max_flows {
-        out.push_str(&format!("max_flows = {max_flows}\n"));
-    }
-    out.push_str(&format!("udp_idle_seconds = {}\n", bounce.timeouts.udp.as_secs().max(1)));
-    out.push_str(&format!("tcp_idle_seconds = {}\n", bounce.timeouts.tcp.as_secs().max(1)));
-    out.push_str(&format!("unreplied_seconds = {}\n", bounce.timeouts.unreplied.as_secs().max(1)));
-    for service in &bounce.services {
-        let listen = format!("{}/{}", service.listen, service.protocol);
-        out.push_str(&format!(
-            "\n[[bounce.service]]\nlisten = {}\ntarget = {}\n",
-            quoted(&listen),
-            quoted(&service.target.to_string())
-        ));
-        if let Some(source) = service.source {
-            out.push_str(&format!("source = {}\n", quoted(&source.to_string())));
-        }
-        out.push_str(&format!("ports = {}\n", quoted(&format!("{}-{}", service.ports.0, service.ports.1))));
-    }
-    out
-}
-
-/// A TOML basic string.
-fn quoted(text: &str) -> String {
-    toml::Value::String(text.to_owned()).to_string()
-}
-
-/// The two sides of a mapping in the form `map add` takes.
-pub fn written(spec: &MappingSpec) -> (String, String) {
-    match spec {
-        MappingSpec::Address { virtual_addr, real_addr } => (virtual_addr.to_string(), real_addr.to_string()),
-        MappingSpec::Prefix(prefix) => {
-            (format!("{}/{}", prefix.virtual_net, prefix.len), format!("{}/{}", prefix.real_net, prefix.len))
-        }
-        MappingSpec::Ports(ports) => crate::maps::port_sides(ports),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
+    use rewrite_common::{bounce::DEFAULT_UNREPLIED_SECONDS, ports::PortRange};
+
     use super::*;
+    use crate::fleet::MappingExpiry;
 
     fn problems(text: &str) -> Vec<(usize, String)> {
         match parse(Path::new("test.toml"), text) {
@@ -939,7 +396,7 @@ expire_after = "10m"
         assert_eq!((bounce.timeouts.udp, bounce.timeouts.tcp), (Duration::from_secs(30), Duration::from_secs(7200)));
         assert_eq!(bounce.timeouts.unreplied, Duration::from_secs(u64::from(DEFAULT_UNREPLIED_SECONDS)));
         assert_eq!(bounce.services.len(), 2);
-        assert_eq!(bounce.services[1].ports, (62000, 62999));
+        assert_eq!(bounce.services[1].ports, PortRange::new(62000, 62999).expect("a range"));
         let again = parse(Path::new("c.toml"), &render(&config)).expect("the rendering parses");
         assert_eq!(again.bounce, config.bounce, "render and parse agree");
 

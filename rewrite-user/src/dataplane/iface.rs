@@ -186,7 +186,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 /// The id of the XDP program attached to `name` in any mode, as `ip link` shows it,
 /// whether it was attached through a bpf link or through netlink.
 pub fn xdp_program_id(name: &str) -> Result<Option<u32>, Error> {
-    crate::netlink::xdp_program_id(index(name)?).map_err(|source| Error::Netdevice {
+    crate::dataplane::netlink::xdp_program_id(index(name)?).map_err(|source| Error::Netdevice {
         what: "querying the XDP program",
         iface: name.to_owned(),
         source,

@@ -11,7 +11,7 @@ use std::{
     fs::File,
     io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -19,7 +19,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::{
     Error,
-    pins::{PinLayout, RUN_DIR},
+    dataplane::pins::{PinLayout, RUN_DIR},
 };
 
 /// How long a writer waits for another to finish before it gives up and says who holds
@@ -30,6 +30,19 @@ pub const WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct WriteLock {
     _lock: Flock<File>,
+}
+
+/// Opens (creating, root-only) the lock file at `path` without truncating it: its
+/// contents name the current holder.
+pub(crate) fn open_lock_file(path: &Path) -> Result<File, Error> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| Error::io("opening", path, error))
 }
 
 fn path(pins: &PinLayout) -> PathBuf {
@@ -44,14 +57,7 @@ impl WriteLock {
         let path = path(pins);
         let deadline = Instant::now() + wait;
         loop {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|error| Error::io("opening", &path, error))?;
+            let file = open_lock_file(&path)?;
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(mut lock) => {
                     lock.set_len(0).map_err(|error| Error::io("truncating", &path, error))?;

@@ -136,7 +136,7 @@ impl PinLayout {
     /// The pin directory of `iface`, after checking that the name cannot point
     /// anywhere else (`..`, `/`, empty).
     pub fn iface_dir(&self, iface: &str) -> Result<PathBuf, Error> {
-        crate::iface::validate_name(iface)?;
+        crate::dataplane::iface::validate_name(iface)?;
         Ok(self.ifaces_dir().join(iface))
     }
 

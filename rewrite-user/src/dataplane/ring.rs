@@ -12,7 +12,7 @@ use std::{
 use aya::maps::{Array, MapData, RingBuf};
 use rewrite_common::maps::LOG_LEASE_NS;
 
-use crate::{Error, maps::open_pinned, pins::PinLayout};
+use crate::{Error, dataplane::objects::open_pinned, dataplane::pins::PinLayout};
 
 /// A reader's presence, held while it follows a ring.
 struct LogLease {

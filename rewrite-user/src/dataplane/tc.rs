@@ -23,11 +23,13 @@ use aya::{
     },
     util::KernelVersion,
 };
+use rewrite_common::pinned::{PROGRAMS, ProgramKind};
 
 use crate::{
-    Error, iface,
-    netlink::{self, BpfFilter, ClsactHook},
-    pins::PinLayout,
+    Error,
+    dataplane::iface,
+    dataplane::netlink::{self, BpfFilter, ClsactHook},
+    dataplane::pins::PinLayout,
 };
 
 /// The kernel release from which TC programs can attach through tcx links.
@@ -165,16 +167,6 @@ impl fmt::Display for FilterSlot {
     }
 }
 
-/// The names rewrite's TC programs carry in their filters: what makes a filter at one
-/// of rewrite's slots rewrite's own.
-pub const OWN_PROGRAM_NAMES: [&str; 5] = [
-    crate::loader::PROG_TC_INGRESS,
-    crate::loader::PROG_TC_EGRESS,
-    crate::loader::PROG_TC_ICMP_ERRORS,
-    crate::loader::PROG_TC_BOUNCE,
-    crate::loader::PROG_TC_EGRESS_ICMP_ERRORS,
-];
-
 /// The filter at `slot` on `iface`, if there is one.
 pub fn filter_at(iface: &str, slot: FilterSlot) -> Result<Option<BpfFilter>, Error> {
     let index = iface::index(iface)?;
@@ -188,8 +180,10 @@ pub fn filter_at(iface: &str, slot: FilterSlot) -> Result<Option<BpfFilter>, Err
     }))
 }
 
+/// Whether a filter at one of rewrite's slots is rewrite's own: it runs one of the TC
+/// programs of the registry (by the name the filter carries).
 fn is_own(filter: &BpfFilter) -> bool {
-    OWN_PROGRAM_NAMES.contains(&filter.name.as_str())
+    PROGRAMS.iter().any(|program| program.kind == ProgramKind::Classifier && program.name == filter.name)
 }
 
 fn netlink_error(what: &'static str, iface: &str, program: &'static str, source: aya::programs::ProgramError) -> Error {

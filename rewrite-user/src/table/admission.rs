@@ -1,22 +1,29 @@
-//! The table an agent keeps the maps equal to: the local config's mappings and the
-//! fleet's, checked together against the live table's rules, one mapping at a time.
+//! The one admission of mappings. Every source (a `[[mapping]]` of the config file, a
+//! fleet table entry, `map add`) is admitted here, once, against the table's rules
+//! (`rewrite_common::validate`) and its capacity; what is admitted becomes a plan of map
+//! writes ([`crate::table::plan`]) that is written without being checked again (the
+//! kernel still refuses a key that exists: `BPF_NOEXIST`).
 //!
-//! The config file is checked as a whole when it is read. A fleet table changes one key
-//! at a time, and can hold a mapping that conflicts with another (two writers racing,
-//! or a key written by hand with etcdctl). A refused mapping must not stop the rest of
-//! the fleet from syncing, so every mapping is admitted here, in order, on a model of
-//! the table: what fits is kept and what does not is refused with the reason, and the
-//! agent writes only admitted mappings to the maps. Each admission also says what the
-//! maps must do (add, change, remove), so that a single fleet change costs a few map
-//! writes, not a diff of the whole table.
+//! A [`DesiredTable`] is the table as it must be: a model of the maps with every
+//! admitted mapping, its label and its source. A config file is admitted whole when it
+//! is read; the agent adds the fleet's mappings one key at a time, and a refused one
+//! does not stop the rest (two writers racing, or a key written by hand with etcdctl):
+//! what fits is kept and what does not is refused with the reason. Each admission also
+//! says what the maps must do (add, change, remove), so a single fleet change costs a
+//! few map writes, not a diff of the whole table.
 
-use std::collections::{BTreeMap, HashMap};
-
-use rewrite_common::{
-    mapping::PortMapping, maps::MAX_PREFIX_MAPPINGS, model::ModelTable, spec::MappingSpec, validate::MappingConflict,
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
 };
 
-use crate::config::{ConfigMapping, VirtualKey, virtual_keys, written};
+use rewrite_common::{
+    maps::MAX_PREFIX_MAPPINGS,
+    model::ModelTable,
+    protocol::Protocol,
+    spec::{Footprint, MappingKey, MappingSpec},
+    validate::MappingConflict,
+};
 
 /// Where a mapping comes from. A local mapping wins over a fleet mapping of the same
 /// VIRTUAL: the node's own config is the operator's explicit word for this node.
@@ -26,11 +33,12 @@ pub enum Source {
     Fleet,
 }
 
+/// One admitted mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Admitted {
-    spec: MappingSpec,
-    label: Option<String>,
-    source: Source,
+pub struct Admitted {
+    pub spec: MappingSpec,
+    pub label: Option<String>,
+    pub source: Source,
 }
 
 /// What the maps must do for one admitted change.
@@ -50,13 +58,13 @@ pub enum Change {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("VIRTUAL {key} is mapped by the local config, which wins over the fleet table")]
-    LocalWins { key: String },
+    LocalWins { key: MappingKey },
     #[error("VIRTUAL {key} overlaps the mapping of {other}")]
-    Overlaps { key: String, other: String },
+    Overlaps { key: MappingKey, other: MappingKey },
     #[error("{key}: {conflict}")]
-    Conflict { key: String, conflict: MappingConflict },
+    Conflict { key: MappingKey, conflict: MappingConflict },
     #[error("{key}: the {table} table is full ({capacity} entries)")]
-    Full { key: String, table: &'static str, capacity: u64 },
+    Full { key: MappingKey, table: &'static str, capacity: u64 },
 }
 
 /// Entries each map holds at most.
@@ -68,6 +76,8 @@ pub struct Capacity {
 }
 
 impl Capacity {
+    /// The maps of a table created with room for `max_mappings` (and the fixed prefix
+    /// tries).
     pub fn of_table(max_mappings: u32) -> Self {
         Self {
             addresses: u64::from(max_mappings),
@@ -75,15 +85,30 @@ impl Capacity {
             prefixes: u64::from(MAX_PREFIX_MAPPINGS),
         }
     }
+
+    /// No limit: a fleet table read in whole, before it meets a node's maps.
+    pub const UNBOUNDED: Self = Self { addresses: u64::MAX, ports: u64::MAX, prefixes: u64::MAX };
+
+    /// The first map `used` overflows.
+    fn overflow(&self, used: Footprint) -> Option<Overflow> {
+        [
+            (used.addresses, self.addresses, "address"),
+            (used.ports, self.ports, "port"),
+            (used.prefixes, self.prefixes, "prefix"),
+        ]
+        .into_iter()
+        .find(|(used, capacity, _)| used > capacity)
+        .map(|(needed, capacity, table)| Overflow { table, capacity, needed })
+    }
 }
 
-/// Entries a mapping takes in each map: (addresses, ports, prefixes).
-fn footprint(spec: &MappingSpec) -> (u64, u64, u64) {
-    match spec {
-        MappingSpec::Address { .. } => (1, 0, 0),
-        MappingSpec::Ports(ports) => (0, u64::from(ports.count), 0),
-        MappingSpec::Prefix(_) => (0, 0, 1),
-    }
+/// A map too small for what a table needs of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the {table} table would overflow: it holds {capacity} entries and {needed} are needed")]
+pub struct Overflow {
+    pub table: &'static str,
+    pub capacity: u64,
+    pub needed: u64,
 }
 
 /// Whether `spec` sends packets to this host (its REAL is one of `local`, or a REAL
@@ -91,30 +116,53 @@ fn footprint(spec: &MappingSpec) -> (u64, u64, u64) {
 /// node such a mapping would restore every packet sent to the host's own address to the
 /// VIRTUAL, breaking each connection the host opened from that address (its link to
 /// etcd first). So a node applies the mappings of the others only.
-pub fn is_own(spec: &MappingSpec, local: &[std::net::IpAddr]) -> bool {
+pub fn is_own(spec: &MappingSpec, local: &[IpAddr]) -> bool {
     match spec {
         MappingSpec::Address { real_addr, .. } => local.contains(real_addr),
         MappingSpec::Ports(ports) => local.contains(&ports.real_addr),
-        MappingSpec::Prefix(prefix) => {
-            local.iter().any(|addr| rewrite_common::validate::in_prefix(*addr, prefix.real_net, prefix.len))
-        }
+        MappingSpec::Prefix(prefix) => local.iter().any(|addr| prefix.real_prefix().contains(*addr)),
     }
 }
 
-/// The key a mapping is known by: its VIRTUAL side as `map add` writes it.
-pub fn key_of(spec: &MappingSpec) -> String {
-    written(spec).0
+/// What a mapping occupies of the VIRTUAL space: an address, each port of a range, or
+/// a prefix. Two mappings that occupy one are the same VIRTUAL mapped twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Occupied {
+    Address(IpAddr),
+    Port(Protocol, IpAddr, u16),
+    Prefix(IpAddr, u8),
 }
 
-#[derive(Debug)]
+fn occupied(spec: &MappingSpec) -> Vec<Occupied> {
+    match spec {
+        MappingSpec::Address { virtual_addr, .. } => vec![Occupied::Address(*virtual_addr)],
+        MappingSpec::Ports(mapping) => {
+            mapping.ports().map(|(port, _)| Occupied::Port(mapping.protocol, mapping.virtual_addr, port)).collect()
+        }
+        MappingSpec::Prefix(mapping) => vec![Occupied::Prefix(mapping.virtual_net, mapping.len)],
+    }
+}
+
+/// The table as it must be: every admitted mapping, checked together.
+#[derive(Clone, Debug)]
 pub struct DesiredTable {
     model: ModelTable,
-    admitted: BTreeMap<String, Admitted>,
+    admitted: BTreeMap<MappingKey, Admitted>,
     /// Which admitted mapping holds each VIRTUAL address, port or prefix.
-    owners: HashMap<VirtualKey, String>,
+    owners: HashMap<Occupied, MappingKey>,
     capacity: Capacity,
-    used: (u64, u64, u64),
+    used: Footprint,
 }
+
+/// Two tables are equal when they admitted the same mappings (with their labels and
+/// sources); how they got there does not matter.
+impl PartialEq for DesiredTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.admitted == other.admitted
+    }
+}
+
+impl Eq for DesiredTable {}
 
 impl DesiredTable {
     pub fn new(capacity: Capacity) -> Self {
@@ -123,7 +171,7 @@ impl DesiredTable {
             admitted: BTreeMap::new(),
             owners: HashMap::new(),
             capacity,
-            used: (0, 0, 0),
+            used: Footprint::default(),
         }
     }
 
@@ -135,27 +183,47 @@ impl DesiredTable {
         self.admitted.is_empty()
     }
 
-    pub fn contains(&self, key: &str) -> bool {
+    pub fn contains(&self, key: &MappingKey) -> bool {
         self.admitted.contains_key(key)
     }
 
     /// The spec admitted under `key`, if any.
-    pub fn get(&self, key: &str) -> Option<&MappingSpec> {
+    pub fn get(&self, key: &MappingKey) -> Option<&MappingSpec> {
         self.admitted.get(key).map(|admitted| &admitted.spec)
     }
 
-    /// The admitted mappings, in key order, as a config's mappings.
-    pub fn mappings(&self) -> Vec<ConfigMapping> {
-        self.admitted
-            .values()
-            .map(|admitted| ConfigMapping { spec: admitted.spec, label: admitted.label.clone(), line: 0 })
-            .collect()
+    /// The admitted mappings, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = &Admitted> {
+        self.admitted.values()
+    }
+
+    /// The admitted mappings' specs, in key order.
+    pub fn specs(&self) -> impl Iterator<Item = MappingSpec> + '_ {
+        self.admitted.values().map(|admitted| admitted.spec)
+    }
+
+    /// The entries the admitted mappings take in each map.
+    pub fn footprint(&self) -> Footprint {
+        self.used
+    }
+
+    /// Holds the table to another capacity (the live table's): refused, and the table
+    /// left as it was, if what is admitted does not fit.
+    pub fn set_capacity(&mut self, capacity: Capacity) -> Result<(), Overflow> {
+        self.fits(capacity)?;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Whether what is admitted fits a table of `capacity`.
+    pub fn fits(&self, capacity: Capacity) -> Result<(), Overflow> {
+        capacity.overflow(self.used).map_or(Ok(()), Err)
     }
 
     /// Admits `spec` from `source`, replacing what `source` had under the same key, or
     /// says why not; a refusal leaves the table as it was.
     pub fn admit(&mut self, spec: MappingSpec, label: Option<String>, source: Source) -> Result<Change, Refusal> {
-        let key = key_of(&spec);
+        let key = spec.key();
         let old = self.admitted.get(&key).cloned();
         if let Some(old) = &old {
             if old.source == Source::Local && source == Source::Fleet {
@@ -166,21 +234,23 @@ impl DesiredTable {
                 return Ok(Change::Unchanged);
             }
         }
-        let claimed = virtual_keys(&spec);
+        let claimed = occupied(&spec);
         if let Some(other) = claimed.iter().find_map(|claim| self.owners.get(claim).filter(|owner| **owner != key)) {
-            return Err(Refusal::Overlaps { key, other: other.clone() });
+            return Err(Refusal::Overlaps { key, other: *other });
         }
-        self.check_room(&key, old.as_ref().map(|old| &old.spec), &spec)?;
+        let after = self.used - old.as_ref().map(|old| old.spec.footprint()).unwrap_or_default() + spec.footprint();
+        if let Some(Overflow { table, capacity, .. }) = self.capacity.overflow(after) {
+            return Err(Refusal::Full { key, table, capacity });
+        }
         self.model_replace(old.as_ref().map(|old| &old.spec), &spec)
-            .map_err(|conflict| Refusal::Conflict { key: key.clone(), conflict })?;
+            .map_err(|conflict| Refusal::Conflict { key, conflict })?;
         if let Some(old) = &old {
-            for claim in virtual_keys(&old.spec) {
+            for claim in occupied(&old.spec) {
                 self.owners.remove(&claim);
             }
-            self.used = subtract(self.used, footprint(&old.spec));
         }
-        self.owners.extend(claimed.into_iter().map(|claim| (claim, key.clone())));
-        self.used = add(self.used, footprint(&spec));
+        self.owners.extend(claimed.into_iter().map(|claim| (claim, key)));
+        self.used = after;
         self.admitted.insert(key, Admitted { spec, label, source });
         Ok(match old {
             Some(old) => Change::Changed { old: old.spec, new: spec },
@@ -190,31 +260,18 @@ impl DesiredTable {
 
     /// Removes the mapping `source` holds under `key` (a fleet removal does not remove
     /// a local mapping of the same VIRTUAL).
-    pub fn remove(&mut self, key: &str, source: Source) -> Change {
+    pub fn remove(&mut self, key: &MappingKey, source: Source) -> Change {
         match self.admitted.get(key) {
             Some(admitted) if admitted.source == source => {}
             _ => return Change::Unchanged,
         }
         let Some(admitted) = self.admitted.remove(key) else { return Change::Unchanged };
-        remove_from_model(&mut self.model, &admitted.spec);
-        for claim in virtual_keys(&admitted.spec) {
+        self.model.remove_spec(&admitted.spec);
+        for claim in occupied(&admitted.spec) {
             self.owners.remove(&claim);
         }
-        self.used = subtract(self.used, footprint(&admitted.spec));
+        self.used = self.used - admitted.spec.footprint();
         Change::Removed(admitted.spec)
-    }
-
-    fn check_room(&self, key: &str, old: Option<&MappingSpec>, new: &MappingSpec) -> Result<(), Refusal> {
-        let after = add(subtract(self.used, old.map(footprint).unwrap_or_default()), footprint(new));
-        let limits = [
-            (after.0, self.capacity.addresses, "address"),
-            (after.1, self.capacity.ports, "port"),
-            (after.2, self.capacity.prefixes, "prefix"),
-        ];
-        match limits.into_iter().find(|(used, capacity, _)| used > capacity) {
-            Some((_, capacity, table)) => Err(Refusal::Full { key: key.to_owned(), table, capacity }),
-            None => Ok(()),
-        }
     }
 
     /// Puts `new` in the model in place of `old`; on a conflict the model is as before.
@@ -222,52 +279,17 @@ impl DesiredTable {
         match (old, new) {
             // An address retarget: the model checks and releases the old REAL itself.
             (Some(MappingSpec::Address { .. }) | None, MappingSpec::Address { .. }) | (None, _) => {
-                add_to_model(&mut self.model, new)
+                self.model.add_spec(new).map(drop)
             }
             (Some(old), _) => {
-                remove_from_model(&mut self.model, old);
-                add_to_model(&mut self.model, new).inspect_err(|_| {
+                self.model.remove_spec(old);
+                self.model.add_spec(new).map(drop).inspect_err(|_| {
                     // It was in the model a moment ago, so it fits again.
-                    let _ = add_to_model(&mut self.model, old);
+                    let _ = self.model.add_spec(old);
                 })
             }
         }
     }
-}
-
-fn add(a: (u64, u64, u64), b: (u64, u64, u64)) -> (u64, u64, u64) {
-    (a.0 + b.0, a.1 + b.1, a.2 + b.2)
-}
-
-fn subtract(a: (u64, u64, u64), b: (u64, u64, u64)) -> (u64, u64, u64) {
-    (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1), a.2.saturating_sub(b.2))
-}
-
-pub(crate) fn add_to_model(model: &mut ModelTable, spec: &MappingSpec) -> Result<(), MappingConflict> {
-    match spec {
-        MappingSpec::Address { virtual_addr, real_addr } => model.add(*virtual_addr, *real_addr).map(drop),
-        MappingSpec::Ports(mapping) => model.add_ports(mapping).map(drop),
-        MappingSpec::Prefix(mapping) => model.add_prefix(mapping).map(drop),
-    }
-}
-
-/// Removes `spec` from the model; what it removed does not matter here.
-pub(crate) fn remove_from_model(model: &mut ModelTable, spec: &MappingSpec) {
-    match spec {
-        MappingSpec::Address { virtual_addr, .. } => {
-            model.remove(*virtual_addr);
-        }
-        MappingSpec::Ports(mapping) => {
-            model.remove_ports(mapping.protocol, mapping.virtual_addr, mapping.virtual_first, last_port(mapping));
-        }
-        MappingSpec::Prefix(mapping) => {
-            model.remove_prefix(mapping.virtual_net, mapping.len);
-        }
-    }
-}
-
-pub(crate) fn last_port(mapping: &PortMapping) -> u16 {
-    mapping.virtual_first.saturating_add(mapping.count - 1)
 }
 
 #[cfg(test)]
@@ -276,6 +298,10 @@ mod tests {
 
     fn spec(virtual_side: &str, real_side: &str) -> MappingSpec {
         MappingSpec::parse(virtual_side, real_side).expect("a valid mapping")
+    }
+
+    fn key(text: &str) -> MappingKey {
+        text.parse().expect("a VIRTUAL side")
     }
 
     fn table() -> DesiredTable {
@@ -293,8 +319,8 @@ mod tests {
         // The old REAL is free again.
         let reuse = spec("10.0.0.2", "192.0.2.1");
         assert_eq!(desired.admit(reuse, None, Source::Fleet), Ok(Change::Added(reuse)));
-        assert_eq!(desired.remove("10.0.0.1", Source::Fleet), Change::Removed(moved));
-        assert_eq!(desired.remove("10.0.0.1", Source::Fleet), Change::Unchanged);
+        assert_eq!(desired.remove(&key("10.0.0.1"), Source::Fleet), Change::Removed(moved));
+        assert_eq!(desired.remove(&key("10.0.0.1"), Source::Fleet), Change::Unchanged);
         assert_eq!(desired.len(), 1);
     }
 
@@ -311,10 +337,11 @@ mod tests {
         // A range change that conflicts keeps the old range in the model.
         let bad_change = desired.admit(spec("10.0.0.3:100-103/tcp", "10.0.0.1:100-103/tcp"), None, Source::Fleet);
         assert!(bad_change.is_err(), "a REAL that is a VIRTUAL elsewhere must be refused");
-        assert_eq!(desired.get("10.0.0.3:100-103/tcp"), Some(&range));
+        assert_eq!(desired.get(&key("10.0.0.3:100-103/tcp")), Some(&range));
         let widened = spec("10.0.0.3:100-104/tcp", "192.0.2.3:100-104/tcp");
         assert!(desired.admit(widened, None, Source::Fleet).is_err(), "overlaps the range it would replace");
-        assert_eq!(desired.mappings().len(), 2);
+        assert_eq!(desired.len(), 2);
+        assert_eq!(desired.footprint(), Footprint { addresses: 1, ports: 4, prefixes: 0 });
     }
 
     #[test]
@@ -333,14 +360,17 @@ mod tests {
         desired.admit(spec("10.0.0.1", "192.0.2.1"), None, Source::Local).expect("admitted");
         let fleet = desired.admit(spec("10.0.0.1", "192.0.2.7"), None, Source::Fleet);
         assert!(matches!(fleet, Err(Refusal::LocalWins { .. })), "{fleet:?}");
-        assert_eq!(desired.remove("10.0.0.1", Source::Fleet), Change::Unchanged, "the fleet cannot remove it");
+        assert_eq!(desired.remove(&key("10.0.0.1"), Source::Fleet), Change::Unchanged, "the fleet cannot remove it");
         desired.admit(spec("10.0.0.2", "192.0.2.2"), None, Source::Fleet).expect("admitted");
         desired.admit(spec("10.0.0.3", "192.0.2.3"), None, Source::Fleet).expect("admitted");
         let full = desired.admit(spec("10.0.0.4", "192.0.2.4"), None, Source::Fleet);
-        assert_eq!(full, Err(Refusal::Full { key: "10.0.0.4".into(), table: "address", capacity: 3 }));
+        assert_eq!(full, Err(Refusal::Full { key: key("10.0.0.4"), table: "address", capacity: 3 }));
         // A retarget needs no new entry.
         desired.admit(spec("10.0.0.3", "192.0.2.33"), None, Source::Fleet).expect("a retarget fits");
         let ports = desired.admit(spec("10.0.0.9:1-11/udp", "192.0.2.9:1-11/udp"), None, Source::Fleet);
         assert!(matches!(ports, Err(Refusal::Full { table: "port", .. })), "{ports:?}");
+        let smaller = Capacity { addresses: 2, ports: 10, prefixes: 2 };
+        assert_eq!(desired.set_capacity(smaller), Err(Overflow { table: "address", capacity: 2, needed: 3 }));
+        assert_eq!(desired.set_capacity(Capacity::UNBOUNDED), Ok(()));
     }
 }

@@ -9,8 +9,9 @@ use rewrite_common::{
 
 use crate::{
     Error,
-    maps::{Listing, MappingTable, open_pinned},
-    pins::PinLayout,
+    dataplane::objects::open_pinned,
+    dataplane::pins::PinLayout,
+    table::{listing::Listing, live::MappingTable},
 };
 
 /// The outcome counters, summed over CPUs.

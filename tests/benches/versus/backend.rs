@@ -10,12 +10,9 @@ use std::{
 };
 
 use aya::maps::MapData;
+use rewrite_common::mapping::AddressMapping;
 use rewrite_tests::{cli::rewrite_binary, netns::PinDir};
-use rewrite_user::{
-    loader,
-    maps::{Mapping, MappingTable},
-    pins::PinLayout,
-};
+use rewrite_user::{dataplane::objects, dataplane::pins::PinLayout, table::live::MappingTable};
 
 use crate::topology::{ROUTER_TO_SERVER, Topology, real_addr, virtual_addr};
 
@@ -139,10 +136,10 @@ pub fn install(backend: Backend, topology: &Topology, mappings: u32) -> Installe
             let pins = PinDir::new("bench");
             let layout = PinLayout::new(pins.path());
             layout.create_dir(&layout.maps_dir()).expect("create the pin directory");
-            drop(loader::load(&layout.maps_dir(), None).expect("load the eBPF object"));
+            drop(objects::load(&layout.maps_dir(), None).expect("load the eBPF object"));
             let mut table = MappingTable::open(&layout).expect("open the maps");
-            let batch: Vec<Mapping> = (0..mappings)
-                .map(|index| Mapping {
+            let batch: Vec<AddressMapping> = (0..mappings)
+                .map(|index| AddressMapping {
                     virtual_addr: IpAddr::V4(virtual_addr(index)),
                     real_addr: IpAddr::V4(real_addr(index)),
                 })
