@@ -89,13 +89,41 @@ pub enum Command {
     Apply {
         /// The TOML config (see `rewrite export` for the format).
         file: PathBuf,
-        /// Check the file and print the difference; change nothing.
+        /// Check the file and print the difference; change nothing. The exit status
+        /// says whether applying would change anything: 0 nothing, 2 changes pending,
+        /// 1 an error.
         #[arg(long)]
         dry_run: bool,
+        /// Print the difference (and, once applied, the summary) as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Print only the summary, not one line per change (for large configs).
+        #[arg(long, conflicts_with = "json")]
+        quiet: bool,
+    },
+    /// Check a config file without touching the dataplane, as `apply` checks it: every
+    /// problem with its line and column. Needs no root; exit status 0 if the file is
+    /// valid, 1 if not (for a pipeline). The live table's capacity and what another
+    /// writer holds are only known to `apply`.
+    Check {
+        /// The TOML config.
+        file: PathBuf,
     },
     /// Print the live state (attached interfaces, mappings, bounce services and the
     /// gate) as a config file; applying it back changes nothing.
     Export,
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish or powershell),
+    /// e.g. `rewrite completions bash > /usr/share/bash-completion/completions/rewrite`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (rewrite.1 and one per command) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Keep the dataplane equal to a config file and, with `--etcd`, to a fleet table,
     /// in the foreground (for systemd): apply the config at start, on every change to
     /// the file and on SIGHUP; follow the fleet table (full sync at start, on reconnect
@@ -109,6 +137,10 @@ pub enum Command {
         /// Where to serve `/metrics`. Loopback by default: expose it deliberately.
         #[arg(long, value_name = "ADDR:PORT", default_value_t = crate::agent::metrics::default_address())]
         metrics: std::net::SocketAddr,
+        /// Which mappings get series of their own in /metrics: none, top:N (the N with
+        /// the most packets) or all (four series per mapping).
+        #[arg(long, value_name = "none|top:N|all", default_value_t = crate::agent::metrics::MappingSeries::DEFAULT)]
+        metrics_mappings: crate::agent::metrics::MappingSeries,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -263,7 +295,7 @@ pub enum GateCommand {
     /// off (the default: nothing is checked), monitor (count what would be dropped,
     /// drop nothing) or enforce.
     Mode {
-        #[arg(value_name = "MODE")]
+        #[arg(value_name = "MODE", value_parser = ["off", "monitor", "enforce"])]
         mode: String,
     },
     /// Protect ports: PROTO/PORT, PROTO/FIRST-LAST, PROTO/all or all (PROTO is tcp or
@@ -330,33 +362,41 @@ fn parse_bounce_ports(text: &str) -> Result<rewrite_common::ports::PortRange, St
     crate::bounce::parse_port_range(text).map_err(|error| error.to_string())
 }
 
-/// How to reach the fleet table in etcd.
+/// How to reach the fleet table in etcd. Global, so that `fleet --etcd URL add ...` and
+/// `fleet add ... --etcd URL` mean the same.
 #[derive(Clone, Debug, clap::Args)]
 pub struct StoreArgs {
     /// etcd endpoints, comma-separated (http://HOST:PORT, or https:// with --etcd-ca).
-    #[arg(long, value_name = "URL[,URL...]", env = "REWRITE_ETCD", value_delimiter = ',', requires = "prefix")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL[,URL...]",
+        env = "REWRITE_ETCD",
+        value_delimiter = ',',
+        requires = "prefix"
+    )]
     pub etcd: Vec<String>,
     /// The cluster's key prefix, e.g. /rewrite/prod.
-    #[arg(long, value_name = "PREFIX", env = "REWRITE_FLEET_PREFIX", requires = "etcd")]
+    #[arg(long, global = true, value_name = "PREFIX", env = "REWRITE_FLEET_PREFIX", requires = "etcd")]
     pub prefix: Option<String>,
     /// CA certificate (PEM) of the etcd servers; turns TLS on.
-    #[arg(long, value_name = "FILE", requires = "etcd")]
+    #[arg(long, global = true, value_name = "FILE", requires = "etcd")]
     pub etcd_ca: Option<PathBuf>,
     /// Client certificate (PEM), for servers that check client certificates.
-    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    #[arg(long, global = true, value_name = "FILE", requires = "etcd_key")]
     pub etcd_cert: Option<PathBuf>,
     /// The client certificate's key (PEM).
-    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    #[arg(long, global = true, value_name = "FILE", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
     /// etcd user.
-    #[arg(long, value_name = "NAME", requires = "etcd")]
+    #[arg(long, global = true, value_name = "NAME", requires = "etcd")]
     pub etcd_user: Option<String>,
     /// File whose first line is the etcd user's password.
-    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    #[arg(long, global = true, value_name = "FILE", requires = "etcd_user")]
     pub etcd_password_file: Option<PathBuf>,
     /// Seconds without an answer to an HTTP/2 ping after which the connection to etcd
     /// counts as lost.
-    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub etcd_keepalive: u64,
 }
 
@@ -478,7 +518,48 @@ impl Command {
                 !matches!(command, GateCommand::Show { .. } | GateCommand::Stats { .. } | GateCommand::Log(_))
             }
             // The agent takes the lock for each change it makes; the rest only read.
-            Self::Agent { .. } | Self::Status { .. } | Self::Export | Self::Stats { .. } | Self::Fleet { .. } => false,
+            Self::Agent { .. }
+            | Self::Status { .. }
+            | Self::Export
+            | Self::Stats { .. }
+            | Self::Fleet { .. }
+            | Self::Check { .. }
+            | Self::Completions { .. }
+            | Self::Manpages { .. } => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rewrite").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn etcd_options_are_accepted_on_either_side_of_the_fleet_subcommand() {
+        let before = parse(&["fleet", "--etcd", "http://127.0.0.1:2379", "--prefix", "/p", "list"]);
+        let after = parse(&["fleet", "list", "--etcd", "http://127.0.0.1:2379", "--prefix", "/p"]);
+        let add =
+            parse(&["fleet", "add", "10.0.0.5", "192.0.2.5", "--etcd", "http://127.0.0.1:2379", "--prefix", "/p"]);
+        for (what, parsed) in [("before", before), ("after", after), ("add", add)] {
+            let cli = parsed.unwrap_or_else(|error| panic!("{what}: {error}"));
+            let Command::Fleet { store, .. } = cli.command else { panic!("{what}: not a fleet command") };
+            assert_eq!(store.etcd, ["http://127.0.0.1:2379"], "{what}");
+            assert_eq!(store.prefix.as_deref(), Some("/p"), "{what}");
+        }
+    }
+
+    #[test]
+    fn gate_mode_lists_its_possible_values() {
+        let error = parse(&["gate", "mode", "enforcing"]).expect_err("an unknown mode is refused").to_string();
+        for mode in ["off", "monitor", "enforce"] {
+            assert!(error.contains(mode), "the error lists {mode}: {error}");
+        }
+        assert!(parse(&["gate", "mode", "monitor"]).is_ok());
     }
 }

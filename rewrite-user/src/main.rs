@@ -8,7 +8,8 @@ fn main() -> std::process::ExitCode {
     let cli = rewrite_user::cli::Cli::parse();
     let verbose = cli.verbose;
     match commands::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(commands::Status::Done) => std::process::ExitCode::SUCCESS,
+        Ok(commands::Status::ChangesPending) => std::process::ExitCode::from(2),
         Err(error) => {
             eprintln!("error: {error:#}");
             if verbose {

@@ -83,6 +83,19 @@ impl<'a> RewriteCli<'a> {
         self.run_with_pin_dir_ok(self.pins.path(), args)
     }
 
+    /// Runs `rewrite args...`, panics unless it exits with `code`, and returns its stdout.
+    pub fn exits_with(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "rewrite {args:?} must exit with {code}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs `rewrite args...`, panics if it succeeds, and returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         self.fails_with_pin_dir(self.pins.path(), args)

@@ -13,5 +13,6 @@ pub mod machine;
 pub mod netns;
 pub mod packet;
 pub mod programs;
+pub mod recipe;
 pub mod traffic;
 pub mod wait;

@@ -37,6 +37,56 @@ fn sock(addr: &str, port: u16) -> SocketAddr {
 }
 
 #[test]
+fn metrics_bound_the_series_per_mapping_and_serve_what_they_can_read() {
+    let hosts = two_hosts();
+    let cli = RewriteCli::new(&hosts.a);
+    // The mapping the traffic uses, and two it does not.
+    let extra = "\n[[mapping]]\nvirtual = \"10.222.0.1\"\nreal = \"10.111.0.1\"\n\
+                 \n[[mapping]]\nvirtual = \"10.222.0.2\"\nreal = \"10.111.0.2\"\n";
+    let config = ConfigFile::new("agent-metrics-top", &format!("{BASE}{extra}"));
+    let agent = AgentProcess::start_with(
+        &hosts.a,
+        cli.pins().path(),
+        &["--config", config.as_arg(), "--metrics-mappings", "top:1"],
+        9465,
+    );
+    let report = udp_echo(&hosts.b, sock("0.0.0.0", 7101), &hosts.a, sock(B_VIRTUAL, 7101), 20, Duration::from_secs(2));
+    assert_eq!(report.echoed, 20, "{report:?}");
+    let text = agent.scrape().expect("metrics");
+    let series = text.lines().filter(|line| line.starts_with("rewrite_mapping_packets_total{")).count();
+    assert_eq!(series, 2, "top:1: one mapping, both directions:\n{text}");
+    let busiest = [("virtual", B_VIRTUAL), ("direction", "egress")];
+    assert_eq!(sample(&text, "rewrite_mapping_packets_total", &busiest), Some(21.0), "the busiest mapping:\n{text}");
+    assert_eq!(sample(&text, "rewrite_mappings_without_series", &[]), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "rewrite_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0), "{text}");
+    assert!(!text.contains("rewrite_metrics_read_errors{"), "nothing failed to read:\n{text}");
+    for line in text
+        .lines()
+        .filter(|line| line.starts_with("# TYPE rewrite_mapping_") || line.starts_with("# TYPE rewrite_packets"))
+    {
+        assert!(line.ends_with(" counter"), "packet and byte counts are counters: {line}");
+    }
+
+    // A part of the dataplane that cannot be read leaves the rest served.
+    std::fs::remove_file(cli.pins().path().join("maps").join(rewrite_common::gate::MAP_GATE_PORTS))
+        .expect("remove the gate's port map pin");
+    let text = agent.scrape().expect("metrics served without the gate");
+    assert_eq!(sample(&text, "rewrite_metrics_read_errors", &[("section", "gate")]), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "rewrite_mapping_packets_total", &busiest), Some(21.0), "the rest is served:\n{text}");
+    drop(agent);
+
+    let agent = AgentProcess::start_with(
+        &hosts.a,
+        cli.pins().path(),
+        &["--config", config.as_arg(), "--metrics-mappings", "none"],
+        9466,
+    );
+    let text = agent.scrape().expect("metrics");
+    assert!(!text.contains("rewrite_mapping_packets_total{"), "none: no series per mapping:\n{text}");
+    assert_eq!(sample(&text, "rewrite_mappings_without_series", &[]), Some(3.0), "{text}");
+}
+
+#[test]
 fn metrics_count_exactly_the_traffic_sent() {
     let hosts = two_hosts();
     let cli = RewriteCli::new(&hosts.a);

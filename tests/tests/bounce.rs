@@ -369,6 +369,7 @@ fn port_exhaustion_is_counted_and_the_client_is_refused_at_once() {
     let metrics = rewrite_user::agent::metrics::render(
         &rewrite_user::dataplane::pins::PinLayout::new(bounce.pin_dir()),
         &rewrite_user::agent::metrics::ApplyStatus::default(),
+        rewrite_user::agent::metrics::MappingSeries::DEFAULT,
     )
     .expect("render the metrics");
     assert!(metrics.contains(&format!("rewrite_bounce_total{{counter=\"port_exhausted\"}} {exhausted}")), "{metrics}");

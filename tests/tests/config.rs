@@ -104,8 +104,22 @@ fn apply_prints_and_applies_the_difference_and_export_round_trips() {
         "[[mapping]]\nvirtual = \"fd00::2\"\nreal = \"2001:db8::2\"\n",
     );
     let next = ConfigFile::new("apply-next", &changed);
-    let dry = cli.ok(&["apply", "--dry-run", next.as_arg()]);
+    // A dry run with changes pending exits with 2, for a pipeline to tell.
+    let dry = cli.exits_with(2, &["apply", "--dry-run", next.as_arg()]);
     assert!(dry.contains("would be changed 10.200.0.2 -> 10.100.0.7 (was 10.100.0.2)"), "dry run:\n{dry}");
+    assert!(dry.contains("dry run: nothing changed; 1 added, 1 removed, 1 changed"), "dry run:\n{dry}");
+    let report: serde_json::Value =
+        serde_json::from_str(&cli.exits_with(2, &["apply", "--dry-run", "--json", next.as_arg()]))
+            .expect("apply --dry-run --json prints one JSON object");
+    assert_eq!(report["pending"], true, "{report}");
+    assert_eq!(report["applied"], false, "{report}");
+    assert_eq!(report["added"], serde_json::json!(["fd00::2 -> 2001:db8::2"]), "{report}");
+    assert_eq!(report["removed"], serde_json::json!(["10.201.0.0/16 -> 172.20.0.0/16"]), "{report}");
+    assert_eq!(
+        report["changed"],
+        serde_json::json!([{ "from": "10.200.0.2 -> 10.100.0.2", "to": "10.200.0.2 -> 10.100.0.7" }]),
+        "{report}"
+    );
     assert!(listing(&cli).contains("10.100.0.2"), "a dry run changes nothing");
     let applied = cli.ok(&["apply", next.as_arg()]);
     for line in [
@@ -118,6 +132,12 @@ fn apply_prints_and_applies_the_difference_and_export_round_trips() {
     }
     let live = listing(&cli);
     assert!(live.contains("10.100.0.7") && !live.contains("10.100.0.2\"") && !live.contains("172.20.0.0"), "{live}");
+    // Applied: nothing pending any more, and `--quiet` prints the summary alone.
+    let settled = cli.exits_with(0, &["apply", "--dry-run", next.as_arg()]);
+    assert!(settled.contains("dry run: nothing changed; nothing to change"), "{settled}");
+    let quiet = cli.ok(&["apply", "--quiet", next.as_arg()]);
+    assert_eq!(quiet.lines().count(), 1, "--quiet prints one line:\n{quiet}");
+    assert!(quiet.starts_with("applied: 0 added, 0 removed, 0 changed"), "{quiet}");
     // Applying it again changes nothing; so does applying the export.
     let again = cli.ok(&["apply", next.as_arg()]);
     assert!(again.contains("applied: 0 added, 0 removed, 0 changed"), "a second apply is a no-op:\n{again}");
@@ -151,4 +171,54 @@ fn the_systemd_unit_runs_a_command_line_the_cli_accepts() {
     let cli = rewrite_user::cli::Cli::try_parse_from(std::iter::once("rewrite").chain(words))
         .unwrap_or_else(|error| panic!("ExecStart={exec} is not a valid command line: {error}"));
     assert!(matches!(cli.command, rewrite_user::cli::Command::Agent { .. }), "the unit runs the agent: {cli:?}");
+}
+
+/// `rewrite check` validates a file as `apply` does, with no root and no dataplane:
+/// exit status 0 for a valid file, 1 with every problem at its line and column.
+#[test]
+fn check_validates_a_file_without_root() {
+    // A copy of the binary that an unprivileged user may run, wherever the checkout is.
+    let dir = TempDir::new("check");
+    let binary = dir.0.join("rewrite");
+    std::fs::copy(rewrite_tests::cli::rewrite_binary(), &binary).expect("copy the rewrite binary");
+    let as_nobody = |file: &ConfigFile| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&binary)
+            .args(["check", file.as_arg()])
+            .output()
+            .expect("run setpriv (util-linux)")
+    };
+    let valid = ConfigFile::new("check-valid", BASE);
+    let out = as_nobody(&valid);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "a valid file: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("valid (3 mappings)"), "{stdout}");
+
+    let invalid = ConfigFile::new("check-invalid", &BASE.replace("real = \"10.100.0.2\"", "real = \"10.100.0.300\""));
+    let out = as_nobody(&invalid);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an invalid file: {stderr}");
+    assert!(stderr.contains(&format!("{}:5:8:", invalid.as_arg())), "the problem at line 5, column 8:\n{stderr}");
+    assert!(!stderr.contains("root"), "check must not ask for root:\n{stderr}");
+}
+
+/// A directory removed when the test ends, however it ends.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("rewrite-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create a temp directory");
+        // Readable and searchable by the unprivileged user the test runs as.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod the temp directory");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

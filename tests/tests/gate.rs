@@ -140,6 +140,7 @@ fn monitor_mode_drops_nothing_but_counts_the_unknown_source() {
     let metrics = rewrite_user::agent::metrics::render(
         &rewrite_user::dataplane::pins::PinLayout::new(gate.cli.pins().path()),
         &rewrite_user::agent::metrics::ApplyStatus::default(),
+        rewrite_user::agent::metrics::MappingSeries::DEFAULT,
     )
     .expect("render the metrics");
     assert!(metrics.contains(&format!("rewrite_gate_total{{reason=\"would_drop\"}} {would_drop}")), "{metrics}");

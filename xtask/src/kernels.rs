@@ -185,7 +185,7 @@ fn output(command: &mut Command) -> anyhow::Result<String> {
 
 /// The Debian archive of the machine's apt sources whose path ends in `path` (`/debian`,
 /// `/debian-security`), or Debian's own.
-fn debian_archive(path: &str) -> String {
+pub fn debian_archive(path: &str) -> String {
     let sources = fs::read_to_string("/etc/apt/sources.list.d/debian.sources").unwrap_or_default();
     sources
         .lines()

@@ -8,6 +8,7 @@
 //! task starts with; the two tasks with a life of their own, the kernel matrix and
 //! fuzzing, are in `kernels` and `fuzz`.
 
+mod dist;
 mod fuzz;
 mod kernels;
 
@@ -24,25 +25,34 @@ use clap::{Parser, Subcommand};
 
 /// The bpf-linker release this project is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the build, tests and benchmarks call, with a binary that proves each.
-/// iptables and nftables are the baselines of `cargo xtask bench`; protoc compiles
-/// etcd's protobufs for the etcd client; etcd-server is the store the fleet tests run
-/// (each in its own namespace); openssl makes their TLS certificates; socat is the
-/// userspace bouncer bounce mode is measured against, and ipset the second of the
-/// filters the gatekeeper is; systemd-analyze checks the shipped unit.
-const APT_PACKAGES: &[(&str, &str)] = &[
+/// What building `rewrite` needs besides the toolchain: protoc compiles etcd's
+/// protobufs for the etcd client.
+const BUILD_PACKAGES: &[(&str, &str)] = &[("protobuf-compiler", "protoc")];
+
+/// What the tests and benchmarks use, installed only for them (never by `build` or
+/// `run`, so a node that only runs rewrite gets no daemon from here): ip, ethtool,
+/// nsenter and ping build and probe the namespaces; iptables and nftables are the
+/// baselines of `cargo xtask bench`; etcd-server is the store the fleet tests run (each
+/// in its own namespace; on a host booted with systemd, Debian's package also starts an
+/// etcd on 127.0.0.1:2379, which the tests do not use); openssl makes their TLS
+/// certificates; socat is the userspace bouncer bounce mode is measured against, and
+/// ipset the second of the filters the gatekeeper is; systemd-analyze checks the
+/// shipped unit; debootstrap makes the fresh Debian root the .deb is installed into,
+/// and dpkg-deb builds that .deb.
+const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("util-linux", "nsenter"),
     ("iputils-ping", "ping"),
     ("iptables", "iptables-legacy"),
     ("nftables", "nft"),
-    ("protobuf-compiler", "protoc"),
     ("etcd-server", "etcd"),
     ("openssl", "openssl"),
     ("socat", "socat"),
     ("ipset", "ipset"),
     ("systemd", "systemd-analyze"),
+    ("debootstrap", "debootstrap"),
+    ("dpkg", "dpkg-deb"),
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -114,6 +124,10 @@ enum Task {
     },
     /// rustfmt check, and clippy on the host crates and on the eBPF crate (BPF target).
     Lint,
+    /// The release artefacts in target/dist/: a static binary, a .deb (binary, systemd
+    /// unit, example config, completions, man pages, licences), a tarball of the same,
+    /// and SHA256SUMS.
+    Dist,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -123,11 +137,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Task::Setup => setup(),
         Task::Build { release } => {
-            setup()?;
+            setup_build()?;
             build(release)
         }
         Task::Run { release, args } => {
-            setup()?;
+            setup_build()?;
             build(release)?;
             let binary = root.join("target").join(if release { "release" } else { "debug" }).join("rewrite");
             run_as_root(&binary, &args)
@@ -151,8 +165,12 @@ fn main() -> anyhow::Result<()> {
             require_root("the tests attach eBPF programs and create network namespaces")?;
             build(false)?;
             let upgrade_object = build_upgrade_object(&root)?;
+            // The install test puts the .deb into a fresh Debian 11 root.
+            let artefacts = dist::dist(&root)?;
+            let debian_root = dist::debian_root(&root)?;
             let mut command = cargo();
             command.env("REWRITE_UPGRADE_OBJECT", &upgrade_object);
+            command.env("REWRITE_DIST_DEB", &artefacts.deb).env("REWRITE_DEBIAN_ROOT", &debian_root);
             command.args(["test", "--workspace", "--exclude", "rewrite-ebpf", "--no-fail-fast", "--"]).args(&args);
             run_tests(&mut command)
         }
@@ -178,6 +196,10 @@ fn main() -> anyhow::Result<()> {
                 fuzz::run_targets(&root, &targets, seconds)?;
             }
             Ok(())
+        }
+        Task::Dist => {
+            setup_build()?;
+            dist::dist(&root).map(drop)
         }
         Task::Lint => {
             setup()?;
@@ -291,11 +313,19 @@ fn require_root(why: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn setup() -> anyhow::Result<()> {
+/// What building and running need: the toolchain's parts, protoc, and bpffs.
+fn setup_build() -> anyhow::Result<()> {
     step("rust-src", ensure_rust_src())?;
     step("bpf-linker", ensure_bpf_linker())?;
-    step("apt packages", ensure_apt_packages())?;
+    step("build packages", ensure_packages(BUILD_PACKAGES))?;
     step("bpffs", ensure_bpffs())?;
+    Ok(())
+}
+
+/// Everything: building, and the tools the tests and benchmarks drive.
+fn setup() -> anyhow::Result<()> {
+    setup_build()?;
+    step("test packages", ensure_packages(TEST_PACKAGES))?;
     Ok(())
 }
 
@@ -407,10 +437,6 @@ fn package_installed(package: &str) -> bool {
 
 fn on_path(binary: &str) -> bool {
     env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
-}
-
-fn ensure_apt_packages() -> anyhow::Result<String> {
-    ensure_packages(APT_PACKAGES)
 }
 
 /// Installs the Debian packages of `packages` that are missing, each proved by a binary.

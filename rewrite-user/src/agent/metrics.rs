@@ -123,9 +123,64 @@ fn register_bounce(registry: &mut Registry, pins: &PinLayout) -> Result<(), Erro
     Ok(())
 }
 
+/// Which mappings get series of their own (`--metrics-mappings`): four per mapping
+/// (packets and bytes, each way) add up to 400,000 series at 100,000 mappings, more
+/// than a Prometheus server wants from one target, so the default is a bounded top.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MappingSeries {
+    None,
+    /// The N mappings with the most packets (both ways) at the scrape.
+    Top(usize),
+    All,
+}
+
+impl MappingSeries {
+    pub const DEFAULT: Self = Self::Top(100);
+}
+
+impl Default for MappingSeries {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl std::str::FromStr for MappingSeries {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Self::None),
+            "all" => Ok(Self::All),
+            _ => text
+                .strip_prefix("top:")
+                .and_then(|count| count.parse().ok())
+                .filter(|count| *count > 0)
+                .map(Self::Top)
+                .ok_or_else(|| format!("{text:?} is not none, all or top:N (N > 0)")),
+        }
+    }
+}
+
+impl std::fmt::Display for MappingSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => write!(f, "none"),
+            Self::Top(count) => write!(f, "top:{count}"),
+            Self::All => write!(f, "all"),
+        }
+    }
+}
+
 /// The metrics text for the dataplane pinned at `pins`, in the Prometheus text format.
-pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
+/// A part that cannot be read (a map gone or unreadable) is left out and counted in
+/// `rewrite_metrics_read_errors{section}`; the rest is served.
+pub fn render(pins: &PinLayout, apply: &ApplyStatus, series: MappingSeries) -> Result<String, Error> {
     let mut registry = Registry::with_prefix("rewrite");
+
+    let build = Family::<Labels, Gauge>::default();
+    let programs = crate::dataplane::objects::object_version(crate::dataplane::objects::EBPF_OBJECT);
+    build.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION")), ("programs", &programs)])).set(1);
+    registry.register("build_info", "This build of rewrite: its version and its programs' version", build);
 
     let last_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     last_timestamp.set(apply.timestamp);
@@ -145,71 +200,100 @@ pub fn render(pins: &PinLayout, apply: &ApplyStatus) -> Result<String, Error> {
         register_fleet(&mut registry, fleet);
     }
 
+    let errors = Family::<Labels, Gauge>::default();
+    let section = |name: &str, result: Result<(), Error>| {
+        if let Err(error) = result {
+            tracing::warn!(section = name, %error, "cannot read this part of the metrics; serving the rest");
+            errors.get_or_create(&labels(&[("section", name)])).set(1);
+        }
+    };
     if pins.maps_dir().exists() {
-        let table = MappingTable::open(pins)?;
-        let listing = table.list()?;
-
-        let outcomes = Family::<Labels, Counter>::default();
-        let counters = Counters::read(pins)?;
-        for (direction, row) in counters.values.iter().enumerate() {
-            for (outcome, value) in row.iter().enumerate() {
-                let key = labels(&[("direction", DIRECTION_NAMES[direction]), ("outcome", OUTCOME_NAMES[outcome])]);
-                outcomes.get_or_create(&key).inc_by(*value);
-            }
-        }
-        registry.register("packets", "Packets seen by the programs, by direction and outcome", outcomes);
-
-        let (packets, bytes) = (Family::<Labels, Counter>::default(), Family::<Labels, Counter>::default());
-        for (row, stats) in table.counters(&listing)? {
-            for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
-                let key = labels(&[
-                    ("virtual", &row.virtual_side),
-                    ("real", &row.real_side),
-                    ("kind", row.kind),
-                    ("direction", name),
-                ]);
-                packets.get_or_create(&key).inc_by(stats.packets[direction]);
-                bytes.get_or_create(&key).inc_by(stats.bytes[direction]);
-            }
-        }
-        registry.register("mapping_packets", "Packets rewritten by each mapping, by direction", packets);
-        registry.register("mapping_bytes", "Bytes (whole frames) rewritten by each mapping, by direction", bytes);
-
-        let capacity = u64::from(table.capacity());
-        let port_entries: u64 = listing.port_mappings.iter().map(|mapping| u64::from(mapping.count)).sum();
-        let address_entries = (listing.mappings.len() + listing.orphans.len()) as u64;
-        let fill = [
-            ("address", address_entries, capacity),
-            ("port", port_entries, capacity),
-            ("prefix", listing.prefixes.len() as u64, u64::from(MAX_PREFIX_MAPPINGS)),
-        ];
-        let (entries, capacities, ratios) = (
-            Family::<Labels, Gauge>::default(),
-            Family::<Labels, Gauge>::default(),
-            Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default(),
-        );
-        for (table_name, used, holds) in fill {
-            let key = labels(&[("table", table_name)]);
-            entries.get_or_create(&key).set(i64::try_from(used).unwrap_or(i64::MAX));
-            capacities.get_or_create(&key).set(i64::try_from(holds).unwrap_or(i64::MAX));
-            ratios.get_or_create(&key).set(used as f64 / holds as f64);
-        }
-        registry.register("map_entries", "Mappings (reverse entries) in each table", entries);
-        registry.register("map_capacity", "Room in each table", capacities);
-        registry.register("map_fill_ratio", "Entries divided by capacity, per table", ratios);
+        section("table", register_table(&mut registry, pins, series));
     }
-
     if crate::dataplane::objects::bounce_enabled(pins) {
-        register_bounce(&mut registry, pins)?;
+        section("bounce", register_bounce(&mut registry, pins));
     }
     // A dataplane loaded before the gate existed has no gate maps until `upgrade`.
     if pins.map(rewrite_common::gate::MAP_GATE_SETTINGS).exists() {
-        register_gate(&mut registry, pins)?;
+        section("gate", register_gate(&mut registry, pins));
     }
+    registry.register(
+        "metrics_read_errors",
+        "1 for each part of these metrics that could not be read at this scrape (and is missing)",
+        errors,
+    );
 
     let mut text = String::new();
     encode(&mut text, &registry).map_err(|_| Error::MetricsEncoding)?;
     Ok(text)
+}
+
+/// The mapping table: outcome counters, per-mapping series as `series` says, fill.
+fn register_table(registry: &mut Registry, pins: &PinLayout, series: MappingSeries) -> Result<(), Error> {
+    let table = MappingTable::open(pins)?;
+    let listing = table.list()?;
+
+    let outcomes = Family::<Labels, Counter>::default();
+    let counters = Counters::read(pins)?;
+    for (direction, row) in counters.values.iter().enumerate() {
+        for (outcome, value) in row.iter().enumerate() {
+            let key = labels(&[("direction", DIRECTION_NAMES[direction]), ("outcome", OUTCOME_NAMES[outcome])]);
+            outcomes.get_or_create(&key).inc_by(*value);
+        }
+    }
+    registry.register("packets", "Packets seen by the programs, by direction and outcome", outcomes);
+
+    let mut rows = if series == MappingSeries::None { Vec::new() } else { table.counters(&listing)? };
+    let total = listing.mappings.len() + listing.port_mappings.len() + listing.prefixes.len();
+    if let MappingSeries::Top(count) = series {
+        rows.sort_by_key(|(_, stats)| std::cmp::Reverse(stats.packets.iter().sum::<u64>()));
+        rows.truncate(count);
+    }
+    let (packets, bytes) = (Family::<Labels, Counter>::default(), Family::<Labels, Counter>::default());
+    for (row, stats) in &rows {
+        for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
+            let key = labels(&[
+                ("virtual", &row.virtual_side),
+                ("real", &row.real_side),
+                ("kind", row.kind),
+                ("direction", name),
+            ]);
+            packets.get_or_create(&key).inc_by(stats.packets[direction]);
+            bytes.get_or_create(&key).inc_by(stats.bytes[direction]);
+        }
+    }
+    registry.register("mapping_packets", "Packets rewritten by each mapping, by direction", packets);
+    registry.register("mapping_bytes", "Bytes (whole frames) rewritten by each mapping, by direction", bytes);
+    gauge(
+        registry,
+        "mappings_without_series",
+        "Mappings with no series of their own at this scrape (--metrics-mappings)",
+        i64::try_from(total.saturating_sub(rows.len())).unwrap_or(i64::MAX),
+    );
+
+    let capacity = u64::from(table.capacity());
+    let port_entries: u64 = listing.port_mappings.iter().map(|mapping| u64::from(mapping.count)).sum();
+    let address_entries = (listing.mappings.len() + listing.orphans.len()) as u64;
+    let fill = [
+        ("address", address_entries, capacity),
+        ("port", port_entries, capacity),
+        ("prefix", listing.prefixes.len() as u64, u64::from(MAX_PREFIX_MAPPINGS)),
+    ];
+    let (entries, capacities, ratios) = (
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge>::default(),
+        Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default(),
+    );
+    for (table_name, used, holds) in fill {
+        let key = labels(&[("table", table_name)]);
+        entries.get_or_create(&key).set(i64::try_from(used).unwrap_or(i64::MAX));
+        capacities.get_or_create(&key).set(i64::try_from(holds).unwrap_or(i64::MAX));
+        ratios.get_or_create(&key).set(used as f64 / holds as f64);
+    }
+    registry.register("map_entries", "Mappings (reverse entries) in each table", entries);
+    registry.register("map_capacity", "Room in each table", capacities);
+    registry.register("map_fill_ratio", "Entries divided by capacity, per table", ratios);
+    Ok(())
 }
 
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
@@ -279,8 +363,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     pins: Arc<PinLayout>,
     status: Arc<std::sync::Mutex<ApplyStatus>>,
+    series: MappingSeries,
 ) -> Result<(), Error> {
-    let renders = Arc::new(Renders::default());
+    let renders = Arc::new(Renders { series, ..Renders::default() });
     loop {
         let (stream, _) =
             listener.accept().await.map_err(|error| Error::io("accepting on", "metrics socket", error))?;
@@ -304,15 +389,17 @@ pub async fn serve(
 /// result. However many scrapes come at once, one rendering serves them.
 #[derive(Debug, Default)]
 struct Renders {
+    series: MappingSeries,
     /// When the last rendering finished, and what it gave.
     last: tokio::sync::Mutex<Option<(std::time::Instant, Result<String, String>)>>,
 }
 
 impl Renders {
     async fn get(&self, pins: Arc<PinLayout>, status: Arc<std::sync::Mutex<ApplyStatus>>) -> Result<String, String> {
+        let series = self.series;
         self.get_with(move || {
             let apply = status.lock().map(|status| status.clone()).unwrap_or_default();
-            render(&pins, &apply).map_err(|error| error.to_string())
+            render(&pins, &apply, series).map_err(|error| error.to_string())
         })
         .await
     }

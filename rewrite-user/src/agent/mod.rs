@@ -40,6 +40,8 @@ pub struct AgentOptions {
     /// The config file, if any (an agent may follow a fleet table alone).
     pub config: Option<PathBuf>,
     pub metrics: SocketAddr,
+    /// Which mappings get series of their own.
+    pub metrics_mappings: metrics::MappingSeries,
     pub pins: PinLayout,
     /// The fleet table to follow, from the command line; overrides the config's
     /// `[fleet]` section.
@@ -77,7 +79,7 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
         .await
         .map_err(|source| Error::MetricsBind { address: options.metrics, source })?;
     tracing::info!(address = %options.metrics, "serving metrics at /metrics");
-    let metrics_task = tokio::spawn(metrics::serve(listener, pins.clone(), status.clone()));
+    let metrics_task = tokio::spawn(metrics::serve(listener, pins.clone(), status.clone(), options.metrics_mappings));
 
     // The fleet settings are read once: changing them takes a restart.
     let fleet = options.fleet.or_else(|| dataplane.local.as_ref().and_then(|config| config.fleet.clone()));

@@ -5,6 +5,7 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, bail};
+use clap::CommandFactory as _;
 use rewrite_common::{
     maps::DEFAULT_MAX_MAPPINGS,
     spec::{MappingSpec, Side},
@@ -20,7 +21,7 @@ use rewrite_user::{
     table::{
         admission::{Capacity, DesiredTable, Source},
         live::{MappingTable, Removed},
-        plan::live_specs,
+        plan::{Plan, live_specs},
     },
 };
 
@@ -31,10 +32,37 @@ mod stats;
 
 use self::stats::{DEFAULT_TOP, Reading};
 
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// How a command that did not fail ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Done,
+    /// `apply --dry-run` found a difference to apply (exit status 2).
+    ChangesPending,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Status> {
     // The fleet table lives in etcd: editing it needs no pins, and no root.
     if let Command::Fleet { store, command } = cli.command {
-        return fleet::run(&store, command);
+        return fleet::run(&store, command).map(|()| Status::Done);
+    }
+    // Checking a file, and describing the command line, need neither.
+    match &cli.command {
+        Command::Check { file } => {
+            let config = config::load(file)?;
+            println!("{}: valid ({} mappings)", file.display(), config.table.len());
+            return Ok(Status::Done);
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "rewrite", &mut std::io::stdout());
+            return Ok(Status::Done);
+        }
+        Command::Manpages { dir } => {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            return Ok(Status::Done);
+        }
+        _ => {}
     }
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -88,9 +116,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             println!("removed {}", pins.root().display());
         }
-        Command::Apply { file, dry_run } => apply_config(&pins, &file, dry_run)?,
+        Command::Apply { file, dry_run, json, quiet } => {
+            return apply_config(&pins, &file, ApplyOutput { dry_run, json, quiet });
+        }
         Command::Export => print!("{}", export(&pins)?),
-        Command::Agent { config, metrics, store, node, etcd_retry_max } => {
+        Command::Agent { config, metrics, metrics_mappings, store, node, etcd_retry_max } => {
             let fleet = store.options().map(|store| rewrite_user::fleet::FleetSettings {
                 store,
                 node: node.options(),
@@ -99,9 +129,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let filter = tracing_subscriber::EnvFilter::try_from_env("REWRITE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
-            agent::run(agent::AgentOptions { config, metrics, pins, fleet })?;
+            agent::run(agent::AgentOptions { config, metrics, metrics_mappings, pins, fleet })?;
         }
-        Command::Fleet { .. } => unreachable!("handled before the root check"),
+        Command::Fleet { .. } | Command::Check { .. } | Command::Completions { .. } | Command::Manpages { .. } => {
+            unreachable!("handled before the root check")
+        }
         Command::Bounce(command) => bounce::run(&pins, command)?,
         Command::Gate(command) => gate::run(&pins, command)?,
         Command::Stats { json, top, watch, interval, count } => {
@@ -118,45 +150,119 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(Status::Done)
 }
 
-/// `rewrite apply`: validate, attach what is missing, then apply the difference.
-fn apply_config(pins: &PinLayout, file: &Path, dry_run: bool) -> anyhow::Result<()> {
+/// How `rewrite apply` reports.
+#[derive(Clone, Copy, Debug)]
+struct ApplyOutput {
+    dry_run: bool,
+    json: bool,
+    quiet: bool,
+}
+
+/// `apply --json`: the difference, and what was done about it.
+#[derive(Debug, serde::Serialize)]
+struct ApplyReport<'a> {
+    file: &'a Path,
+    dry_run: bool,
+    /// Whether the live state differs from the file (before this apply).
+    pending: bool,
+    attach: Vec<&'a str>,
+    added: &'a [MappingSpec],
+    removed: &'a [MappingSpec],
+    changed: Vec<ChangedMapping<'a>>,
+    half_applied_removed: usize,
+    bounce: Vec<String>,
+    gate: Vec<String>,
+    /// Attached interfaces the file does not name, left as they are.
+    unlisted: &'a [String],
+    applied: bool,
+    seconds: Option<f64>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ChangedMapping<'a> {
+    from: &'a MappingSpec,
+    to: &'a MappingSpec,
+}
+
+/// `rewrite apply`: validate, attach what is missing, then apply the difference. With
+/// `--dry-run`, [`Status::ChangesPending`] if there is a difference.
+fn apply_config(pins: &PinLayout, file: &Path, output: ApplyOutput) -> anyhow::Result<Status> {
     let config = config::load(file)?;
     let prepared = apply::prepare(pins, file, &config)?;
-    let prefix = if dry_run { "would be " } else { "" };
-    for interface in &prepared.to_attach {
-        println!("{prefix}attached {} (ingress: {:?})", interface.name, interface.ingress);
-    }
     let bounce_lines = prepared.bounce.as_ref().map(BouncePlan::lines).unwrap_or_default();
     let gate_lines = prepared.gate.as_ref().map(GatePlan::lines).unwrap_or_default();
-    for line in prepared.plan.lines().iter().chain(&bounce_lines).chain(&gate_lines) {
-        println!("{prefix}{line}");
+    let plan = &prepared.plan;
+    let pending =
+        !(prepared.to_attach.is_empty() && plan.is_empty() && bounce_lines.is_empty() && gate_lines.is_empty());
+    let mut report = ApplyReport {
+        file,
+        dry_run: output.dry_run,
+        pending,
+        attach: prepared.to_attach.iter().map(|interface| interface.name.as_str()).collect(),
+        added: &plan.added,
+        removed: &plan.removed,
+        changed: plan.changed.iter().map(|(from, to)| ChangedMapping { from, to }).collect(),
+        half_applied_removed: plan.orphans.len(),
+        bounce: bounce_lines.clone(),
+        gate: gate_lines.clone(),
+        unlisted: &prepared.unlisted,
+        applied: false,
+        seconds: None,
+    };
+    if !output.json {
+        let prefix = if output.dry_run { "would be " } else { "" };
+        if !output.quiet {
+            for interface in &prepared.to_attach {
+                println!("{prefix}attached {} (ingress: {:?})", interface.name, interface.ingress);
+            }
+            for line in plan.lines().iter().chain(&bounce_lines).chain(&gate_lines) {
+                println!("{prefix}{line}");
+            }
+        }
+        for name in &prepared.unlisted {
+            eprintln!(
+                "note: {name} is attached but not in {}; left as it is (`rewrite detach --iface {name}`)",
+                file.display()
+            );
+        }
     }
-    for name in &prepared.unlisted {
-        eprintln!(
-            "note: {name} is attached but not in {}; left as it is (`rewrite detach --iface {name}`)",
-            file.display()
-        );
-    }
-    if dry_run {
-        println!("dry run: nothing changed");
-        return Ok(());
+    if output.dry_run {
+        if output.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "dry run: nothing changed; {}",
+                if pending { summary(plan, &bounce_lines, &gate_lines) } else { "nothing to change".to_owned() }
+            );
+        }
+        return Ok(if pending { Status::ChangesPending } else { Status::Done });
     }
     let started = std::time::Instant::now();
     apply::execute(pins, &prepared)?;
-    let plan = &prepared.plan;
-    println!(
-        "applied: {} added, {} removed, {} changed{}{} in {:.3} s",
+    let seconds = started.elapsed().as_secs_f64();
+    if output.json {
+        report.applied = true;
+        report.seconds = Some(seconds);
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("applied: {} in {seconds:.3} s", summary(plan, &bounce_lines, &gate_lines));
+    }
+    Ok(Status::Done)
+}
+
+/// "N added, N removed, N changed[; N bounce changes][; N gate changes]".
+fn summary(plan: &Plan, bounce_lines: &[String], gate_lines: &[String]) -> String {
+    format!(
+        "{} added, {} removed, {} changed{}{}",
         plan.added.len(),
         plan.removed.len() + plan.orphans.len(),
         plan.changed.len(),
         if bounce_lines.is_empty() { String::new() } else { format!("; {} bounce changes", bounce_lines.len()) },
         if gate_lines.is_empty() { String::new() } else { format!("; {} gate changes", gate_lines.len()) },
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    )
 }
 
 /// `rewrite status`.
