@@ -3,7 +3,7 @@
 //! page's own blocks do the rest. Editing a page's commands changes what is tested.
 
 use rewrite_tests::{
-    netns::{Netns, VethEnd, veth},
+    netns::{Netns, VethEnd, must, veth},
     recipe::Recipe,
 };
 
@@ -33,4 +33,74 @@ fn glusterfs_peers_keep_their_old_addresses() {
     let b = Netns::new("gluster-b");
     pair(&a, "172.16.0.1/24", &b, "172.16.0.2/24");
     Recipe::new("docs/recipes/glusterfs.md", &[("gluster-a", &a), ("gluster-b", &b)]).run();
+}
+
+/// Hosts on one Ethernet segment: a bridge in a namespace of its own, each host's `eth0`
+/// on a port of it.
+fn segment<'a>(switch: &Netns, hosts: &[(&'a Netns, &str)]) {
+    switch.ip(&["link", "add", "br0", "type", "bridge"]);
+    switch.ip(&["link", "set", "br0", "up"]);
+    for (index, (host, addr)) in hosts.iter().enumerate() {
+        let port = format!("p{index}");
+        let mac = format!("02:00:00:00:0c:{:02x}", index + 1);
+        must(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "address",
+                &mac,
+                "netns",
+                host.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                switch.name(),
+            ],
+        );
+        switch.ip(&["link", "set", &port, "master", "br0", "up"]);
+        host.ip(&["addr", "add", addr, "dev", "eth0"]);
+        host.ip(&["link", "set", "eth0", "up"]);
+    }
+}
+
+#[test]
+fn a_transition_host_bounces_with_one_interface_and_with_two() {
+    let (switch, client, old, new) =
+        (Netns::new("tr-switch"), Netns::new("tr-client"), Netns::new("tr-old"), Netns::new("tr-new"));
+    segment(&switch, &[(&client, "10.0.0.10/24"), (&old, "10.0.0.1/24"), (&new, "10.0.0.7/24")]);
+    // The second layout: the old host routes between the clients' and the new host's
+    // subnets, and neither end has a route to the other.
+    let (client2, old2, new2) = (Netns::new("tr-client2"), Netns::new("tr-old2"), Netns::new("tr-new2"));
+    veth(
+        VethEnd { netns: &client2, name: "eth0", mac: [0x02, 0, 0, 0, 0x0d, 1] },
+        "10.1.0.10/24",
+        VethEnd { netns: &old2, name: "eth0", mac: [0x02, 0, 0, 0, 0x0d, 2] },
+        "10.1.0.1/24",
+    );
+    veth(
+        VethEnd { netns: &old2, name: "eth1", mac: [0x02, 0, 0, 0, 0x0d, 3] },
+        "10.2.0.1/24",
+        VethEnd { netns: &new2, name: "eth0", mac: [0x02, 0, 0, 0, 0x0d, 4] },
+        "10.2.0.7/24",
+    );
+    let outputs = Recipe::new(
+        "docs/recipes/transition-host.md",
+        &[
+            ("client", &client),
+            ("old-host", &old),
+            ("new-host", &new),
+            ("client-2", &client2),
+            ("old-host-2", &old2),
+            ("new-host-2", &new2),
+        ],
+    )
+    .run();
+    let log = outputs.iter().find(|output| output.contains("disconnect")).expect("a log with the disconnect");
+    eprintln!("{log}");
+    assert!(log.contains(" connect ") && log.contains("10.0.0.10"), "the log names the client:\n{log}");
 }

@@ -231,7 +231,7 @@ fn main() -> anyhow::Result<()> {
             require_root("the benchmarks load eBPF programs and build network namespaces")?;
             build(true)?;
             // The per-packet cost first: the comparison's report includes its table.
-            for bench in ["prog_cost", "versus", "fleet", "bounce", "gate"] {
+            for bench in ["prog_cost", "versus", "fleet", "bounce", "gate", "metrics"] {
                 let mut command = cargo();
                 command.args(["bench", "--package", "rewrite-tests", "--bench", bench, "--"]);
                 if quick {
