@@ -8,6 +8,7 @@
 //! ```sh host=peer-a                      run on peer-a with `sh -e`
 //! ```sh host=peer-b expect="peer-a"      ... and its output must contain peer-a
 //! ```toml host=peer-a file=rewrite.toml  written to rewrite.toml in peer-a's directory
+//! ```sh host=a1,a2,a3                    run on a1, then a2, then a3
 //! ````
 //!
 //! Each host has a working directory of its own (where its files are written and its
@@ -34,7 +35,8 @@ pub struct Block {
     /// The line of the opening fence, for messages.
     pub line: usize,
     pub language: String,
-    pub host: String,
+    /// Where it runs (or is written), in order.
+    pub hosts: Vec<String>,
     /// For a file block: the file's name in the host's directory.
     pub file: Option<String>,
     /// Text the block's output must contain.
@@ -61,7 +63,7 @@ pub fn blocks(markdown: &str) -> Vec<Block> {
         found.push(Block {
             line: index + 1,
             language: language.to_owned(),
-            host: host.clone(),
+            hosts: host.split(',').map(str::to_owned).collect(),
             file: attributes.get("file").cloned(),
             expect: attributes.get("expect").cloned(),
             text: body.join("\n") + "\n",
@@ -120,20 +122,26 @@ impl<'a> Recipe<'a> {
         Self { page: root.join(page), hosts, scratch }
     }
 
-    /// Runs every block of the page in order, panicking at the first that fails (or
-    /// whose output lacks its `expect`), with the block and its output. Returns each
-    /// block's output.
+    /// Runs every block of the page in order (a block for several hosts on each in
+    /// turn), panicking at the first that fails (or whose output lacks its `expect`),
+    /// with the block and its output. Returns each run's output.
     pub fn run(&self) -> Vec<String> {
         let markdown =
             std::fs::read_to_string(&self.page).unwrap_or_else(|error| panic!("read {}: {error}", self.page.display()));
         let blocks = blocks(&markdown);
         assert!(!blocks.is_empty(), "{} has no block that names a host", self.page.display());
-        blocks.iter().map(|block| self.run_block(block)).collect()
+        let mut outputs = Vec::new();
+        for block in &blocks {
+            for host in &block.hosts {
+                outputs.push(self.run_block(block, host));
+            }
+        }
+        outputs
     }
 
-    fn run_block(&self, block: &Block) -> String {
+    fn run_block(&self, block: &Block, name: &str) -> String {
         let at = format!("{}:{}", self.page.display(), block.line);
-        let host = self.hosts.get(&block.host).unwrap_or_else(|| panic!("{at}: no host {:?} in this test", block.host));
+        let host = self.hosts.get(name).unwrap_or_else(|| panic!("{at}: no host {name:?} in this test"));
         if let Some(file) = &block.file {
             let path = host.dir.join(file);
             std::fs::write(&path, &block.text)
@@ -160,12 +168,7 @@ impl<'a> Recipe<'a> {
         // A background process may still write; what the block itself printed is there.
         std::thread::sleep(Duration::from_millis(50));
         let output = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(
-            status.success(),
-            "{at}: the block on {} failed ({status}):\n{}\noutput:\n{output}",
-            block.host,
-            block.text
-        );
+        assert!(status.success(), "{at}: the block on {} failed ({status}):\n{}\noutput:\n{output}", name, block.text);
         if let Some(expected) = &block.expect {
             assert!(output.contains(expected.as_str()), "{at}: the output must contain {expected:?}:\n{output}");
         }
@@ -203,11 +206,12 @@ mod tests {
                     ```toml host=b file=x.toml\nk = 1\n```\n";
         let found = blocks(page);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert_eq!(found[0].host, "a");
+        assert_eq!(found[0].hosts, ["a"]);
         assert_eq!(found[0].expect.as_deref(), Some("two words"));
         assert_eq!(found[0].text, "echo two words\n");
         assert_eq!(found[0].line, 5);
         assert_eq!(found[1].file.as_deref(), Some("x.toml"));
         assert_eq!(found[1].language, "toml");
+        assert_eq!(blocks("```sh host=a1,a2\ntrue\n```\n")[0].hosts, ["a1", "a2"]);
     }
 }

@@ -35,20 +35,20 @@ fn glusterfs_peers_keep_their_old_addresses() {
     Recipe::new("docs/recipes/glusterfs.md", &[("gluster-a", &a), ("gluster-b", &b)]).run();
 }
 
-/// Hosts on one Ethernet segment: a bridge in a namespace of its own, each host's `eth0`
-/// on a port of it.
-fn segment<'a>(switch: &Netns, hosts: &[(&'a Netns, &str)]) {
+/// Hosts on one Ethernet segment: a bridge in a namespace of its own, and for each host
+/// an interface on a port of it with its addresses.
+fn segment(switch: &Netns, hosts: &[(&Netns, &str, Vec<String>)]) {
     switch.ip(&["link", "add", "br0", "type", "bridge"]);
     switch.ip(&["link", "set", "br0", "up"]);
-    for (index, (host, addr)) in hosts.iter().enumerate() {
+    for (index, (host, iface, addrs)) in hosts.iter().enumerate() {
         let port = format!("p{index}");
-        let mac = format!("02:00:00:00:0c:{:02x}", index + 1);
+        let mac = format!("02:00:00:{:02x}:0c:{:02x}", switch.name().len() % 256, index + 1);
         must(
             "ip",
             &[
                 "link",
                 "add",
-                "eth0",
+                iface,
                 "address",
                 &mac,
                 "netns",
@@ -63,8 +63,10 @@ fn segment<'a>(switch: &Netns, hosts: &[(&'a Netns, &str)]) {
             ],
         );
         switch.ip(&["link", "set", &port, "master", "br0", "up"]);
-        host.ip(&["addr", "add", addr, "dev", "eth0"]);
-        host.ip(&["link", "set", "eth0", "up"]);
+        for addr in addrs {
+            host.ip(&["addr", "add", addr, "dev", iface]);
+        }
+        host.ip(&["link", "set", iface, "up"]);
     }
 }
 
@@ -72,7 +74,14 @@ fn segment<'a>(switch: &Netns, hosts: &[(&'a Netns, &str)]) {
 fn a_transition_host_bounces_with_one_interface_and_with_two() {
     let (switch, client, old, new) =
         (Netns::new("tr-switch"), Netns::new("tr-client"), Netns::new("tr-old"), Netns::new("tr-new"));
-    segment(&switch, &[(&client, "10.0.0.10/24"), (&old, "10.0.0.1/24"), (&new, "10.0.0.7/24")]);
+    segment(
+        &switch,
+        &[
+            (&client, "eth0", vec!["10.0.0.10/24".to_owned()]),
+            (&old, "eth0", vec!["10.0.0.1/24".to_owned()]),
+            (&new, "eth0", vec!["10.0.0.7/24".to_owned()]),
+        ],
+    );
     // The second layout: the old host routes between the clients' and the new host's
     // subnets, and neither end has a route to the other.
     let (client2, old2, new2) = (Netns::new("tr-client2"), Netns::new("tr-old2"), Netns::new("tr-new2"));
@@ -103,4 +112,38 @@ fn a_transition_host_bounces_with_one_interface_and_with_two() {
     let log = outputs.iter().find(|output| output.contains("disconnect")).expect("a log with the disconnect");
     eprintln!("{log}");
     assert!(log.contains(" connect ") && log.contains("10.0.0.10"), "the log names the client:\n{log}");
+}
+
+#[test]
+fn an_elasticsearch_cluster_spans_two_sites_and_a_node_moves_across() {
+    let (switch_a, switch_b, router) = (Netns::new("es-swa"), Netns::new("es-swb"), Netns::new("es-router"));
+    let names = ["es-a1", "es-a2", "es-a3", "es-b1", "es-b2", "es-b3", "es-a3-moved"];
+    let nodes: Vec<Netns> = names.iter().map(|name| Netns::new(name)).collect();
+    let node = |name: &str| &nodes[names.iter().position(|candidate| *candidate == name).expect("a node")];
+    // Both LANs are 10.0.0.0/24; the transit addresses are routed between the sites.
+    let a_hosts = [("es-a1", 11), ("es-a2", 12), ("es-a3", 13)];
+    let b_hosts = [("es-b1", 21), ("es-b2", 22), ("es-b3", 23), ("es-a3-moved", 13)];
+    let members = |site: u8, hosts: &[(&str, u8)]| -> Vec<(&Netns, &str, Vec<String>)> {
+        hosts
+            .iter()
+            .map(|(name, number)| {
+                (node(name), "eth0", vec![format!("10.0.0.{number}/24"), format!("100.64.{site}.{number}/24")])
+            })
+            .collect()
+    };
+    let mut site_a = members(1, &a_hosts);
+    site_a.push((&router, "eth0", vec!["100.64.1.1/24".to_owned()]));
+    let mut site_b = members(2, &b_hosts);
+    site_b.push((&router, "eth1", vec!["100.64.2.1/24".to_owned()]));
+    segment(&switch_a, &site_a);
+    segment(&switch_b, &site_b);
+    router.sysctl("net.ipv4.ip_forward", "1");
+    for (name, _) in a_hosts {
+        node(name).ip(&["route", "add", "100.64.0.0/16", "via", "100.64.1.1"]);
+    }
+    for (name, _) in b_hosts {
+        node(name).ip(&["route", "add", "100.64.0.0/16", "via", "100.64.2.1"]);
+    }
+    let hosts: Vec<(&str, &Netns)> = names.iter().map(|name| (*name, node(name))).collect();
+    Recipe::new("docs/recipes/elasticsearch.md", &hosts).run();
 }
