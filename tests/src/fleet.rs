@@ -340,3 +340,87 @@ impl Fleet {
             .unwrap_or_else(|| panic!("{node_id} holds no address of {pool}: {claims:?}"))
     }
 }
+
+/// A CA, a server certificate for one IP address and a client certificate, made with
+/// openssl in a directory removed on drop.
+#[derive(Debug)]
+pub struct Certificates {
+    dir: std::path::PathBuf,
+}
+
+impl Certificates {
+    pub fn new(server_ip: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rewrite-test-{}-tls-{server_ip}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the certificate directory");
+        let certificates = Self { dir };
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .current_dir(&certificates.dir)
+                .args(args)
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rewrite-test-ca",
+        ]);
+        for (name, extension) in
+            [("server", format!("subjectAltName=IP:{server_ip}")), ("client", "extendedKeyUsage=clientAuth".to_owned())]
+        {
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            std::fs::write(certificates.dir.join(format!("{name}.ext")), extension).expect("write an extension file");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        certificates
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().expect("utf-8 path").to_owned()
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

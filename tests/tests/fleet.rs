@@ -10,7 +10,7 @@ use std::{
 
 use rewrite_tests::{
     agent::{AgentProcess, sample},
-    fleet::{Etcd, Fleet, HUB_ADDR, Node, PREFIX, wait_until},
+    fleet::{Certificates, Etcd, Fleet, HUB_ADDR, Node, PREFIX, wait_until},
     netns::Netns,
     traffic::{UdpReport, tcp_exchange, udp_echo},
 };
@@ -480,88 +480,6 @@ fn a_node_with_two_reals_of_a_family_keeps_both_virtuals() {
     });
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with
-/// openssl in a directory removed on drop.
-struct Certificates {
-    dir: std::path::PathBuf,
-}
-
-impl Certificates {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("rewrite-test-{}-tls", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the certificate directory");
-        let certificates = Self { dir };
-        let openssl = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .current_dir(&certificates.dir)
-                .args(args)
-                .output()
-                .expect("run openssl");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=rewrite-test-ca",
-        ]);
-        for (name, extension) in [("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")]
-        {
-            openssl(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ]);
-            std::fs::write(certificates.dir.join(format!("{name}.ext")), extension).expect("write an extension file");
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &format!("{name}.pem"),
-                "-days",
-                "1",
-                "-extfile",
-                &format!("{name}.ext"),
-            ]);
-        }
-        certificates
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().expect("utf-8 path").to_owned()
-    }
-}
-
-impl Drop for Certificates {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn fleet_command(netns: &Netns, args: &[&str]) -> std::process::Output {
     netns
         .command(rewrite_tests::cli::rewrite_binary().to_str().expect("utf-8 path"))
@@ -578,7 +496,7 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 #[test]
 fn the_fleet_table_is_reached_over_tls_with_client_certificates() {
-    let certificates = Certificates::new();
+    let certificates = Certificates::new("127.0.0.1");
     let netns = Netns::new("tls");
     let tls = ["--cert-file", "server.pem", "--key-file", "server.key", "--trusted-ca-file", "ca.pem"]
         .iter()

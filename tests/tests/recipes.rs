@@ -3,6 +3,7 @@
 //! page's own blocks do the rest. Editing a page's commands changes what is tested.
 
 use rewrite_tests::{
+    fleet::{Certificates, Etcd},
     netns::{Netns, VethEnd, must, veth},
     recipe::Recipe,
 };
@@ -146,4 +147,38 @@ fn an_elasticsearch_cluster_spans_two_sites_and_a_node_moves_across() {
     }
     let hosts: Vec<(&str, &Netns)> = names.iter().map(|name| (*name, node(name))).collect();
     Recipe::new("docs/recipes/elasticsearch.md", &hosts).run();
+}
+
+#[test]
+fn a_neti_style_fleet_follows_etcd_over_tls_and_the_gate_goes_to_enforce() {
+    let switch = Netns::new("fl-switch");
+    let hub = Netns::new("fl-hub");
+    let names = ["node1", "node2", "node3", "outsider"];
+    let hosts: Vec<Netns> = names.iter().map(|name| Netns::new(&format!("fl-{name}"))).collect();
+    let mut members = vec![(&hub, "eth0", vec!["10.210.0.1/24".to_owned()])];
+    for (host, number) in hosts.iter().zip([11, 12, 13, 99]) {
+        members.push((host, "eth0", vec![format!("10.210.0.{number}/24")]));
+    }
+    segment(&switch, &members);
+    // The gateway routes the nodes' overlay traffic back onto the subnet.
+    hub.sysctl("net.ipv4.ip_forward", "1");
+    for scope in ["all", "default", "eth0"] {
+        hub.sysctl(&format!("net.ipv4.conf.{scope}.send_redirects"), "0");
+    }
+    let certificates = Certificates::new("10.210.0.1");
+    let tls = [("--cert-file", "server.pem"), ("--key-file", "server.key"), ("--trusted-ca-file", "ca.pem")]
+        .iter()
+        .flat_map(|(flag, file)| [(*flag).to_owned(), certificates.path(file)])
+        .chain(["--client-cert-auth".to_owned()])
+        .collect::<Vec<_>>();
+    let _etcd = Etcd::start(&hub, "https://10.210.0.1:2379", &tls);
+
+    let named: Vec<(&str, &Netns)> = names.iter().copied().zip(hosts.iter()).collect();
+    let recipe = Recipe::new("docs/recipes/fleet.md", &named);
+    for name in ["node1", "node2", "node3"] {
+        for (from, to) in [("ca.pem", "ca.pem"), ("client.pem", "node.pem"), ("client.key", "node.key")] {
+            std::fs::copy(certificates.path(from), recipe.dir(name).join(to)).expect("give the node its credentials");
+        }
+    }
+    recipe.run();
 }
