@@ -54,7 +54,9 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         max_mappings: Option<u32>,
     },
-    /// Detach from an interface. The mapping table stays.
+    /// Detach from an interface.
+    ///
+    /// The mapping table stays.
     Detach {
         #[arg(long)]
         iface: String,
@@ -62,30 +64,36 @@ pub enum Command {
     /// Edit or show the mapping table.
     #[command(subcommand)]
     Map(MapCommand),
-    /// Show attached interfaces with their ingress mode and programs (ids and tags),
-    /// the table's capacity and use, the version of the programs this binary carries,
-    /// and whether an agent keeps this dataplane.
+    /// Show what is attached, the table's use and whether an agent runs.
+    ///
+    /// Attached interfaces with their ingress mode and programs (ids and tags), the
+    /// table's capacity and use, the version of the programs this binary carries, and
+    /// whether an agent keeps this dataplane.
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Replace the programs on every attached interface by those of this binary (or
-    /// of `--object`), atomically per attachment (BPF link update). The pinned maps and
-    /// their contents stay; a map layout the new programs do not share is refused
-    /// before anything changes.
+    /// Replace the running programs by this binary's, atomically, keeping the maps.
+    ///
+    /// On every attached interface, by those of this binary (or of `--object`), atomically
+    /// per attachment (BPF link update). The pinned maps and their contents stay; a map layout the new programs do not share is
+    /// refused before anything changes.
     Upgrade {
         /// An eBPF object file built from rewrite-ebpf, instead of the embedded one.
         #[arg(long, value_name = "FILE")]
         object: Option<PathBuf>,
     },
-    /// Remove everything rewrite created here: every interface's programs and links,
-    /// the maps with their mappings, and the pin directory. Nothing else is touched.
+    /// Remove everything rewrite created here
+    ///
+    /// Every interface's programs and links, the maps with their mappings, and the pin directory.
+    /// Nothing else is touched.
     Down,
-    /// Make the live state equal to a config file: check the whole file first (every
-    /// problem is reported with its line and column, and nothing is applied if there is
-    /// one), attach the interfaces it names that are not attached, then print and apply
-    /// the difference in the mapping table (added, removed, changed), in bounce mode's
-    /// services and in the gate, for the sections the file has.
+    /// Make the live state equal to a config file
+    ///
+    /// Check the whole file first (every problem is reported with its line and column, and nothing
+    /// is applied if there is one), attach the interfaces it names that are not attached, then
+    /// print and apply the difference in the mapping table (added, removed, changed), in bounce
+    /// mode's services and in the gate, for the sections the file has.
     Apply {
         /// The TOML config (see `rewrite export` for the format).
         file: PathBuf,
@@ -101,19 +109,24 @@ pub enum Command {
         #[arg(long, conflicts_with = "json")]
         quiet: bool,
     },
-    /// Check a config file without touching the dataplane, as `apply` checks it: every
-    /// problem with its line and column. Needs no root; exit status 0 if the file is
-    /// valid, 1 if not (for a pipeline). The live table's capacity and what another
-    /// writer holds are only known to `apply`.
+    /// Check a config file without touching the dataplane, as `apply` checks it
+    ///
+    /// Every problem with its line and column. Needs no root; exit status 0 if the file is valid, 1
+    /// if not (for a pipeline). The live table's capacity and what another writer holds are only
+    /// known to `apply`.
     Check {
         /// The TOML config.
         file: PathBuf,
     },
-    /// Print the live state (attached interfaces, mappings, bounce services and the
-    /// gate) as a config file; applying it back changes nothing.
+    /// Print the live state as a config file.
+    ///
+    /// Attached interfaces, mappings, bounce services and the gate; applying it back
+    /// changes nothing.
     Export,
-    /// Print a completion script for SHELL (bash, zsh, fish, elvish or powershell),
-    /// e.g. `rewrite completions bash > /usr/share/bash-completion/completions/rewrite`.
+    /// Print a shell completion script.
+    ///
+    /// For SHELL (bash, zsh, fish, elvish or powershell), e.g. `rewrite completions bash >
+    /// /usr/share/bash-completion/completions/rewrite`.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -124,12 +137,13 @@ pub enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
-    /// Keep the dataplane equal to a config file and, with `--etcd`, to a fleet table,
-    /// in the foreground (for systemd): apply the config at start, on every change to
-    /// the file and on SIGHUP; follow the fleet table (full sync at start, on reconnect
-    /// and after compaction, single changes as they come); serve Prometheus metrics;
-    /// log in JSON (level from REWRITE_LOG, default info). Killing the agent leaves the
-    /// dataplane running, and a new agent adopts it.
+    /// Keep the dataplane equal to a config file and, with `--etcd`, to a fleet table, in the
+    /// foreground (for systemd)
+    ///
+    /// Apply the config at start, on every change to the file and on SIGHUP; follow the fleet table
+    /// (full sync at start, on reconnect and after compaction, single changes as they come); serve
+    /// Prometheus metrics; log in JSON (level from REWRITE_LOG, default info). Killing the agent
+    /// leaves the dataplane running, and a new agent adopts it.
     Agent {
         /// The TOML config. Its `[fleet]` section is used unless `--etcd` is given.
         #[arg(long, required_unless_present = "etcd")]
@@ -150,27 +164,34 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         etcd_retry_max: u64,
     },
-    /// Edit the fleet table in etcd that agents started with `--etcd` follow. Every
-    /// change is checked against the whole table as `apply` checks a config, and
-    /// committed only if nobody changed the table meanwhile.
+    /// Edit the fleet table in etcd that agents started with `--etcd` follow.
+    ///
+    /// Every change is checked against the whole table as `apply` checks a config, and committed
+    /// only if nobody changed the table meanwhile.
     Fleet {
         #[command(flatten)]
         store: StoreArgs,
         #[command(subcommand)]
         command: FleetCommand,
     },
-    /// Bounce mode: forward what arrives at LISTEN to TARGET in the kernel, as a full
-    /// NAT (the replacement for `socat TCP-LISTEN:P,fork TCP:NEW:P` and Barefoot). Runs
-    /// on the ingress of every attached interface; needs IP forwarding on.
+    /// Bounce mode: forward a LISTEN endpoint to a TARGET in the kernel.
+    ///
+    /// Forward what arrives at LISTEN to TARGET in the kernel, as a full NAT (the replacement for
+    /// `socat TCP-LISTEN:P,fork TCP:NEW:P` and Barefoot). Runs on the ingress of every attached
+    /// interface; needs IP forwarding on.
     #[command(subcommand)]
     Bounce(BounceCommand),
-    /// The gatekeeper: on protected ports, admit only fleet members (the REAL addresses
-    /// of the mapping table) and allow prefixes; drop the rest at ingress, in XDP where
-    /// the interface runs it. Off until `gate mode monitor|enforce`; ssh stays open.
+    /// The gatekeeper: only fleet members reach protected ports.
+    ///
+    /// On protected ports, admit only fleet members (the REAL addresses of the mapping table) and
+    /// allow prefixes; drop the rest at ingress, in XDP where the interface runs it. Off until
+    /// `gate mode monitor|enforce`; ssh stays open.
     #[command(subcommand)]
     Gate(GateCommand),
-    /// Show the counters, summed over CPUs: packets by outcome and direction, then
-    /// packets and bytes per mapping and direction, busiest first.
+    /// Show the counters, summed over CPUs.
+    ///
+    /// Packets by outcome and direction, then packets and bytes per mapping and direction, busiest
+    /// first.
     Stats {
         #[arg(long)]
         json: bool,
@@ -199,8 +220,9 @@ pub fn parse_interval(text: &str) -> Result<f64, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum MapCommand {
-    /// Add a mapping, or retarget an address mapping to a new REAL. Takes effect for
-    /// the next packet.
+    /// Add a mapping, or retarget an address mapping to a new REAL.
+    ///
+    /// Takes effect for the next packet.
     ///
     /// Forms: `10.0.0.5 192.0.2.5` and `fd00::5 2001:db8::5` (addresses),
     /// `10.0.0.5:9300/tcp 192.0.2.5:9300/tcp` and `[fd00::5]:53/udp [2001:db8::5]:53/udp`
@@ -229,8 +251,9 @@ pub enum MapCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BounceCommand {
-    /// Add a service, or change where an existing LISTEN goes. Takes effect for the
-    /// next new flow; flows already open keep their target.
+    /// Add a service, or change where an existing LISTEN goes.
+    ///
+    /// Takes effect for the next new flow; flows already open keep their target.
     ///
     /// `rewrite bounce add 10.0.0.1:9200/tcp 192.0.2.7:9200`: flows to 10.0.0.1:9200
     /// go to 192.0.2.7:9200, from this host's address on the route there and a port of
@@ -267,8 +290,10 @@ pub enum BounceCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show the counters (connects, closes by reason, port exhaustion, unroutable,
-    /// events lost), the flows in the table and the flows evicted from it.
+    /// Show the counters and the flow table's use.
+    ///
+    /// Connects, closes by reason, port exhaustion, unroutable, events lost; the flows in
+    /// the table and the flows evicted from it.
     Stats {
         #[arg(long)]
         json: bool,
@@ -292,15 +317,18 @@ pub enum BounceCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum GateCommand {
-    /// off (the default: nothing is checked), monitor (count what would be dropped,
-    /// drop nothing) or enforce.
+    /// Set the gate's mode: off, monitor or enforce.
+    ///
+    /// off (the default: nothing is checked), monitor (count what would be dropped, drop
+    /// nothing) or enforce.
     Mode {
         #[arg(value_name = "MODE", value_parser = ["off", "monitor", "enforce"])]
         mode: String,
     },
-    /// Protect ports: PROTO/PORT, PROTO/FIRST-LAST, PROTO/all or all (PROTO is tcp or
-    /// udp). `all` leaves out this host's ephemeral ports, where replies to its own
-    /// connections arrive; naming one of those is refused.
+    /// Protect ports: PROTO/PORT, PROTO/FIRST-LAST, PROTO/all or all (PROTO is tcp or udp).
+    ///
+    /// `all` leaves out this host's ephemeral ports, where replies to its own connections arrive;
+    /// naming one of those is refused.
     Protect {
         #[arg(value_name = "PORTS", required = true)]
         ports: Vec<String>,
@@ -320,8 +348,11 @@ pub enum GateCommand {
         #[arg(value_name = "PREFIX", required = true)]
         prefixes: Vec<String>,
     },
-    /// Set the ports the gate never closes (ssh, tcp/22, until this is used), replacing
-    /// the previous ones. `--none` takes the fail-safe away.
+    /// Set the ports the gate never closes, replacing the previous ones.
+    ///
+    /// ssh (tcp/22) until this is used.
+    ///
+    /// `--none` takes the fail-safe away.
     Management {
         #[arg(value_name = "PORTS", required_unless_present = "none")]
         ports: Vec<String>,
@@ -333,14 +364,16 @@ pub enum GateCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show the counters: packets to protected ports passed by reason, would-drop
-    /// (monitor) and dropped (enforce).
+    /// Show the counters
+    ///
+    /// Packets to protected ports passed by reason, would-drop (monitor) and dropped (enforce).
     Stats {
         #[arg(long)]
         json: bool,
     },
-    /// Print samples of denied packets (at most one per CPU every 10 ms) as they come;
-    /// one reader at a time.
+    /// Print samples of denied packets as they come.
+    ///
+    /// At most one per CPU every 10 ms; one reader at a time.
     Log(FollowArgs),
 }
 

@@ -271,7 +271,7 @@ fn bad_gate_input_is_refused_with_what_is_wrong() {
         (&["gate", "protect", "tcp/9201", "udp/40000"][..], "ephemeral port range"),
         (&["gate", "protect", "tcp/x"][..], "is not PROTO/PORT"),
         (&["gate", "protect", "icmp/1"][..], "is not PROTO/PORT"),
-        (&["gate", "mode", "strict"][..], "not a gate mode"),
+        (&["gate", "mode", "strict"][..], "[possible values: off, monitor, enforce]"),
         (&["gate", "allow", "10.0.0.0/40"][..], "not an address prefix"),
     ] {
         let error = gate.cli.fails(args);

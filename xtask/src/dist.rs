@@ -45,6 +45,8 @@ pub fn dist(root: &Path) -> anyhow::Result<Artefacts> {
     let tree = out.join("tree");
     let binary = out.join("rewrite");
     copy(&built, &binary)?;
+    // Symbols are of no use on a node (the eBPF objects inside keep their BTF).
+    run(Command::new("strip").arg("--strip-all").arg(&binary), "strip")?;
     stage(root, &binary, &tree)?;
 
     let deb = out.join(format!("rewrite_{version}_amd64.deb"));

@@ -38,23 +38,51 @@ pub fn run(store: &StoreArgs, command: FleetCommand) -> anyhow::Result<()> {
     })
 }
 
+/// `fleet list --json`.
+#[derive(Debug, serde::Serialize)]
+struct FleetListing<'a> {
+    revision: i64,
+    mappings: Vec<FleetRow<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum FleetRow<'a> {
+    Mapping {
+        #[serde(rename = "virtual")]
+        virtual_side: rewrite_common::spec::Side,
+        #[serde(rename = "real")]
+        real_side: rewrite_common::spec::Side,
+        label: Option<&'a str>,
+        node: Option<&'a str>,
+        refused: Option<&'a str>,
+    },
+    NotAMapping {
+        key: &'a str,
+        refused: &'a str,
+    },
+}
+
 async fn list(store: &mut Store, json: bool) -> anyhow::Result<()> {
     let snapshot = store.snapshot().await?;
     let (_, refused) = snapshot.admitted();
     let refused: std::collections::BTreeMap<String, String> = refused.into_iter().collect();
     if json {
-        let rows: Vec<serde_json::Value> = snapshot
+        let mappings = snapshot
             .entries
             .iter()
             .map(|(key, entry)| match entry {
-                Ok(mapping) => serde_json::json!({
-                    "virtual": mapping.spec.virtual_side(), "real": mapping.spec.real_side(),
-                    "label": mapping.label, "node": mapping.node, "refused": refused.get(key),
-                }),
-                Err(why) => serde_json::json!({ "key": key, "refused": why }),
+                Ok(mapping) => FleetRow::Mapping {
+                    virtual_side: mapping.spec.virtual_side(),
+                    real_side: mapping.spec.real_side(),
+                    label: mapping.label.as_deref(),
+                    node: mapping.node.as_deref(),
+                    refused: refused.get(key).map(String::as_str),
+                },
+                Err(why) => FleetRow::NotAMapping { key, refused: why },
             })
             .collect();
-        println!("{}", serde_json::json!({ "revision": snapshot.revision, "mappings": rows }));
+        println!("{}", serde_json::to_string(&FleetListing { revision: snapshot.revision, mappings })?);
         return Ok(());
     }
     for (key, entry) in &snapshot.entries {

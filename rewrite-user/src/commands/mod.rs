@@ -265,6 +265,41 @@ fn summary(plan: &Plan, bounce_lines: &[String], gate_lines: &[String]) -> Strin
     )
 }
 
+/// `status --json`.
+#[derive(Debug, serde::Serialize)]
+struct StatusJson<'a> {
+    pin_dir: &'a Path,
+    version: &'a str,
+    agent: AgentJson,
+    interfaces: Vec<InterfaceJson<'a>>,
+    /// `None` before the table exists.
+    table: Option<TableJson>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct AgentJson {
+    running: bool,
+    pid: Option<u32>,
+    /// What the agent last recorded of its fleet table, as it wrote it.
+    fleet: Option<serde_json::Value>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct InterfaceJson<'a> {
+    name: &'a str,
+    ingress: String,
+    version: Option<String>,
+    programs: &'a [status::AttachedProgram],
+    stale: Option<&'static str>,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum TableJson {
+    Read { capacity: u32, address_entries: usize, port_entries: u64, prefix_entries: usize, prefix_capacity: u32 },
+    Unreadable { error: String },
+}
+
 /// `rewrite status`.
 fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
     let mut interfaces = Vec::new();
@@ -285,27 +320,32 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
         std::fs::read_to_string(agent::fleet_record(pins)).ok().and_then(|text| serde_json::from_str(&text).ok());
     let version = objects::object_version(objects::EBPF_OBJECT);
     if json {
-        let interfaces: Vec<serde_json::Value> = interfaces
-            .iter()
-            .map(|(attachment, programs, stale)| {
-                serde_json::json!({ "name": attachment.iface, "ingress": attachment.ingress.to_string(),
-                    "version": pins.recorded_version(&attachment.iface), "programs": programs, "stale": stale })
-            })
-            .collect();
-        let table = table.map(|table| match table {
-            Ok((capacity, addresses, ports, prefixes)) => serde_json::json!({ "capacity": capacity,
-                "address_entries": addresses, "port_entries": ports, "prefix_entries": prefixes,
-                "prefix_capacity": rewrite_common::maps::MAX_PREFIX_MAPPINGS }),
-            Err(error) => serde_json::json!({ "error": format!("{error:#}") }),
-        });
-        let status = serde_json::json!({
-            "pin_dir": pins.root(),
-            "version": version,
-            "agent": { "running": agent.is_some(), "pid": agent, "fleet": agent.and(fleet.clone()) },
-            "interfaces": interfaces,
-            "table": table,
-        });
-        println!("{status}");
+        let status = StatusJson {
+            pin_dir: pins.root(),
+            version: &version,
+            agent: AgentJson { running: agent.is_some(), pid: agent, fleet: agent.and(fleet.clone()) },
+            interfaces: interfaces
+                .iter()
+                .map(|(attachment, programs, stale)| InterfaceJson {
+                    name: &attachment.iface,
+                    ingress: attachment.ingress.to_string(),
+                    version: pins.recorded_version(&attachment.iface),
+                    programs,
+                    stale: *stale,
+                })
+                .collect(),
+            table: table.map(|table| match table {
+                Ok((capacity, address_entries, port_entries, prefix_entries)) => TableJson::Read {
+                    capacity,
+                    address_entries,
+                    port_entries,
+                    prefix_entries,
+                    prefix_capacity: rewrite_common::maps::MAX_PREFIX_MAPPINGS,
+                },
+                Err(error) => TableJson::Unreadable { error: format!("{error:#}") },
+            }),
+        };
+        println!("{}", serde_json::to_string(&status)?);
         return Ok(());
     }
     if interfaces.is_empty() {
@@ -419,11 +459,7 @@ fn run_map(pins: &PinLayout, command: MapCommand) -> anyhow::Result<()> {
             }
             let rows = listing.rows();
             if json {
-                let rows: Vec<serde_json::Value> = rows
-                    .into_iter()
-                    .map(|row| serde_json::json!({ "virtual": row.virtual_side, "real": row.real_side, "kind": row.kind }))
-                    .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                println!("{}", serde_json::to_string(&rows)?);
             } else {
                 for row in rows {
                     println!("{} -> {}", row.virtual_side, row.real_side);

@@ -36,9 +36,11 @@ pub struct Listing {
 }
 
 /// One mapping in the written form, as `map list` and `stats` show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Row {
+    #[serde(rename = "virtual")]
     pub virtual_side: String,
+    #[serde(rename = "real")]
     pub real_side: String,
     /// "address", "port" or "prefix".
     pub kind: &'static str,
