@@ -117,6 +117,15 @@ pub(super) fn empty_config() -> Config {
     Config { max_mappings: None, interfaces: Vec::new(), table, fleet: None, bounce: None, gate: None }
 }
 
+/// The fleet's state as the agent records it for `rewrite status` (its `agent.fleet`).
+#[derive(Debug, serde::Serialize)]
+struct FleetRecord {
+    connected: bool,
+    stale: bool,
+    revision: i64,
+    mappings: usize,
+}
+
 pub(super) fn log_applied(prepared: &apply::Prepared, reason: &str, source: &str, started: Instant) {
     let plan = &prepared.plan;
     tracing::info!(
@@ -171,14 +180,15 @@ impl Dataplane {
     pub(super) fn record_fleet_status(&self) {
         let Ok(status) = self.status.lock() else { return };
         let Some(fleet) = &status.fleet else { return };
-        let record = serde_json::json!({
-            "connected": fleet.connected,
-            "stale": fleet.stale,
-            "revision": fleet.revision,
-            "mappings": fleet.mappings,
-        });
+        let record = FleetRecord {
+            connected: fleet.connected,
+            stale: fleet.stale,
+            revision: fleet.revision,
+            mappings: fleet.mappings,
+        };
         let path = fleet_record(&self.pins);
-        if let Err(error) = std::fs::write(&path, record.to_string()) {
+        let text = serde_json::to_string(&record).unwrap_or_default();
+        if let Err(error) = std::fs::write(&path, text) {
             tracing::debug!(path = %path.display(), %error, "cannot record the fleet state");
         }
     }

@@ -1,9 +1,9 @@
 //! `rewrite stats`: readings of the counters and how they are printed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rewrite_common::{
-    counters::{DIRECTION_NAMES, OUTCOME_NAMES},
+    counters::{DIRECTION_NAMES, EGRESS, INGRESS, OUTCOME_NAMES},
     maps::MappingStats,
 };
 use rewrite_user::{
@@ -11,6 +11,44 @@ use rewrite_user::{
     table::counters::{Counters, MappingCounters},
     table::live::MappingTable,
 };
+
+/// `stats --json`: the outcome counters per direction, their rates when watching, and
+/// the mappings shown.
+#[derive(Debug, serde::Serialize)]
+struct StatsJson<'a> {
+    #[serde(flatten)]
+    outcomes: PerDirection<BTreeMap<&'static str, u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_second: Option<PerDirection<BTreeMap<&'static str, f64>>>,
+    mappings: Vec<MappingJson<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PerDirection<T> {
+    ingress: T,
+    egress: T,
+}
+
+/// `values[INGRESS]`, `values[EGRESS]` as named fields.
+fn per_direction<T>(mut value: impl FnMut(usize) -> T) -> PerDirection<T> {
+    PerDirection { ingress: value(INGRESS as usize), egress: value(EGRESS as usize) }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct MappingJson<'a> {
+    mapping: &'a str,
+    kind: &'a str,
+    ingress: Traffic<u64>,
+    egress: Traffic<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_second: Option<PerDirection<Traffic<f64>>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Traffic<T> {
+    packets: T,
+    bytes: T,
+}
 
 /// Mappings `stats` shows without `--top` or `--json`.
 pub const DEFAULT_TOP: usize = 50;
@@ -57,27 +95,39 @@ impl Reading {
         shown.sort_by(|a, b| busyness(b).total_cmp(&busyness(a)));
         shown.truncate(top.unwrap_or(usize::MAX));
         if json {
-            let mut value = outcomes_json(&self.outcomes, since.map(|(earlier, s)| (&earlier.outcomes, s)));
-            let mappings: Vec<serde_json::Value> = shown
+            let outcome_rates = since.map(|(earlier, seconds)| {
+                per_direction(|direction| {
+                    OUTCOME_NAMES
+                        .iter()
+                        .enumerate()
+                        .map(|(outcome, name)| {
+                            let now = self.outcomes.values[direction][outcome];
+                            (*name, now.saturating_sub(earlier.outcomes.values[direction][outcome]) as f64 / seconds)
+                        })
+                        .collect()
+                })
+            });
+            let mappings = shown
                 .iter()
-                .map(|mapping| {
-                    let mut object = mapping.to_json();
-                    if since.is_some() {
+                .map(|mapping| MappingJson {
+                    mapping: &mapping.mapping,
+                    kind: mapping.kind,
+                    ingress: Traffic { packets: mapping.stats.packets[0], bytes: mapping.stats.bytes[0] },
+                    egress: Traffic { packets: mapping.stats.packets[1], bytes: mapping.stats.bytes[1] },
+                    per_second: since.map(|_| {
                         let (packets, bytes) = rates(mapping).unwrap_or(([0.0; 2], [0.0; 2]));
-                        let mut per_second = serde_json::Map::new();
-                        for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
-                            per_second.insert(
-                                (*name).to_owned(),
-                                serde_json::json!({ "packets": packets[direction], "bytes": bytes[direction] }),
-                            );
-                        }
-                        object["per_second"] = per_second.into();
-                    }
-                    object
+                        per_direction(|direction| Traffic { packets: packets[direction], bytes: bytes[direction] })
+                    }),
                 })
                 .collect();
-            value["mappings"] = mappings.into();
-            println!("{value}");
+            let reading = StatsJson {
+                outcomes: per_direction(|direction| {
+                    OUTCOME_NAMES.iter().copied().zip(self.outcomes.values[direction].iter().copied()).collect()
+                }),
+                per_second: outcome_rates,
+                mappings,
+            };
+            println!("{}", serde_json::to_string(&reading).unwrap_or_default());
             return;
         }
         print_outcomes(&self.outcomes, since.map(|(earlier, s)| (&earlier.outcomes, s)));
@@ -111,28 +161,6 @@ impl Reading {
             println!("({} more mappings not shown; see --top or --json)", self.mappings.len() - shown.len());
         }
     }
-}
-
-/// The outcome counters as JSON, with their rates per second under "per_second" when
-/// `since` gives an earlier reading.
-fn outcomes_json(counters: &Counters, since: Option<(&Counters, f64)>) -> serde_json::Value {
-    let mut value = counters.to_json();
-    if let Some((earlier, seconds)) = since {
-        let mut rates = serde_json::Map::new();
-        for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
-            let row: serde_json::Map<String, serde_json::Value> = OUTCOME_NAMES
-                .iter()
-                .enumerate()
-                .map(|(outcome, outcome_name)| {
-                    let delta = counters.values[direction][outcome].saturating_sub(earlier.values[direction][outcome]);
-                    ((*outcome_name).to_owned(), (delta as f64 / seconds).into())
-                })
-                .collect();
-            rates.insert((*name).to_owned(), row.into());
-        }
-        value["per_second"] = rates.into();
-    }
-    value
 }
 
 /// Prints the outcome counters as a table, with rates when `since` is given.

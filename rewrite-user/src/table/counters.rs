@@ -3,7 +3,7 @@
 
 use aya::maps::{MapData, PerCpuArray};
 use rewrite_common::{
-    counters::{self, DIRECTION_NAMES, OUTCOME_NAMES},
+    counters,
     maps::{MAP_COUNTERS, MappingStats},
 };
 
@@ -41,17 +41,6 @@ impl Counters {
     pub fn get(&self, direction: u32, outcome: u32) -> u64 {
         self.values[direction as usize][outcome as usize]
     }
-
-    /// As a JSON object: `{"ingress": {"rewritten": N, ...}, "egress": {...}}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut object = serde_json::Map::new();
-        for (direction, row) in self.values.iter().enumerate() {
-            let outcomes =
-                OUTCOME_NAMES.iter().zip(row).map(|(name, value)| ((*name).to_owned(), (*value).into())).collect();
-            object.insert(DIRECTION_NAMES[direction].to_owned(), serde_json::Value::Object(outcomes));
-        }
-        serde_json::Value::Object(object)
-    }
 }
 
 /// One mapping's counters, summed over the ports of a range.
@@ -76,20 +65,5 @@ impl MappingCounters {
                 stats,
             })
             .collect())
-    }
-
-    /// As a JSON object: `{"mapping": "...", "kind": "...", "ingress": {"packets": N,
-    /// "bytes": N}, "egress": {...}}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut object = serde_json::Map::new();
-        object.insert("mapping".to_owned(), self.mapping.clone().into());
-        object.insert("kind".to_owned(), self.kind.into());
-        for (direction, name) in DIRECTION_NAMES.iter().enumerate() {
-            object.insert(
-                (*name).to_owned(),
-                serde_json::json!({ "packets": self.stats.packets[direction], "bytes": self.stats.bytes[direction] }),
-            );
-        }
-        serde_json::Value::Object(object)
     }
 }
