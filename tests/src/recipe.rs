@@ -44,8 +44,19 @@ pub struct Block {
     pub text: String,
 }
 
-/// The blocks of `markdown` that name a host, in order.
-pub fn blocks(markdown: &str) -> Vec<Block> {
+/// The text of each block of `markdown` whose info string has `attribute=value`, in
+/// order (for blocks that run elsewhere than in a namespace, like the README's install
+/// line, which the install test runs in a Debian root).
+pub fn texts_where(markdown: &str, attribute: &str, value: &str) -> Vec<String> {
+    fenced(markdown)
+        .into_iter()
+        .filter(|(_, _, attributes, _)| attributes.get(attribute).is_some_and(|found| found == value))
+        .map(|(_, _, _, text)| text)
+        .collect()
+}
+
+/// Every fenced block: its line, language, attributes and text.
+fn fenced(markdown: &str) -> Vec<(usize, String, BTreeMap<String, String>, String)> {
     let mut found = Vec::new();
     let mut lines = markdown.lines().enumerate();
     while let Some((index, line)) = lines.next() {
@@ -58,18 +69,27 @@ pub fn blocks(markdown: &str) -> Vec<Block> {
             body.push(inner);
         }
         let (language, attributes) = info.split_once(' ').unwrap_or((info, ""));
-        let attributes = parse_attributes(attributes);
-        let Some(host) = attributes.get("host") else { continue };
-        found.push(Block {
-            line: index + 1,
-            language: language.to_owned(),
-            hosts: host.split(',').map(str::to_owned).collect(),
-            file: attributes.get("file").cloned(),
-            expect: attributes.get("expect").cloned(),
-            text: body.join("\n") + "\n",
-        });
+        found.push((index + 1, language.to_owned(), parse_attributes(attributes), body.join("\n") + "\n"));
     }
     found
+}
+
+/// The blocks of `markdown` that name a host, in order.
+pub fn blocks(markdown: &str) -> Vec<Block> {
+    fenced(markdown)
+        .into_iter()
+        .filter_map(|(line, language, attributes, text)| {
+            let host = attributes.get("host")?;
+            Some(Block {
+                line,
+                language,
+                hosts: host.split(',').map(str::to_owned).collect(),
+                file: attributes.get("file").cloned(),
+                expect: attributes.get("expect").cloned(),
+                text,
+            })
+        })
+        .collect()
 }
 
 /// `key=value key="a value"` pairs.
@@ -213,5 +233,6 @@ mod tests {
         assert_eq!(found[1].file.as_deref(), Some("x.toml"));
         assert_eq!(found[1].language, "toml");
         assert_eq!(blocks("```sh host=a1,a2\ntrue\n```\n")[0].hosts, ["a1", "a2"]);
+        assert_eq!(texts_where("```sh chroot=x\napt install\n```\n", "chroot", "x"), ["apt install\n"]);
     }
 }

@@ -1,4 +1,4 @@
-//! The .deb that `cargo xtask dist` builds, installed as an operator would: into a fresh
+//! The .deb that `cargo xtask dist` builds, installed with the README's own command: into a fresh
 //! Debian 11 root (glibc 2.31, no Rust anywhere), where `rewrite` then attaches to an
 //! interface, takes a mapping, and carries a ping through it.
 //!
@@ -13,7 +13,10 @@ use std::{
     process::Command,
 };
 
-use rewrite_tests::netns::{Netns, VethEnd, veth};
+use rewrite_tests::{
+    netns::{Netns, VethEnd, veth},
+    recipe::texts_where,
+};
 
 fn required(variable: &str) -> PathBuf {
     let value = std::env::var_os(variable).unwrap_or_else(|| {
@@ -53,7 +56,14 @@ impl Drop for RootCopy {
 fn the_deb_installs_into_a_fresh_debian_11_and_rewrites_there() {
     let deb = required("REWRITE_DIST_DEB");
     let root = RootCopy::new(&required("REWRITE_DEBIAN_ROOT"));
-    std::fs::copy(&deb, root.0.join("tmp/rewrite.deb")).expect("copy the .deb into the root");
+    // The README's install block, as written, run in /root next to the .deb under its
+    // own name: a README that names another file or command fails here.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("read README.md");
+    let install = texts_where(&readme, "chroot", "debian-11");
+    assert_eq!(install.len(), 1, "README.md has one install block marked chroot=debian-11");
+    std::fs::write(root.0.join("root/install.sh"), &install[0]).expect("write the install block into the root");
+    std::fs::copy(&deb, root.0.join("root").join(deb.file_name().expect("a file name")))
+        .expect("copy the .deb into the root");
 
     // The node, and a peer that owns the REAL address 192.0.2.5.
     let node = Netns::new("install-node");
@@ -75,7 +85,8 @@ mount -t sysfs sysfs "$R/sys"
 mount -t bpf bpf "$R/sys/fs/bpf"
 in_root() { chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
 echo "== glibc in the root: $(in_root ldd --version | head -n 1)"
-in_root dpkg -i /tmp/rewrite.deb
+echo "== the README's install block"
+in_root sh -ec 'cd /root && sh -e install.sh' </dev/null
 if in_root sh -c 'command -v cargo || command -v rustc'; then echo "Rust is on the root's path"; exit 1; fi
 in_root rewrite --version
 for file in /usr/bin/rewrite /lib/systemd/system/rewrite-agent.service /etc/rewrite/rewrite.toml \
