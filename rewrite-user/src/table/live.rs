@@ -343,32 +343,14 @@ impl MappingTable {
         }
         let endpoints: Vec<(Endpoint, Endpoint)> = mapping.endpoints().collect();
         self.mark_in_use(Some(true), None)?;
-        let mut added_reverse = Vec::new();
+        // Reverse entries first, so that ingress can restore whatever egress rewrites.
+        let reverse = endpoints.iter().map(|(virtual_endpoint, real_endpoint)| (*real_endpoint, *virtual_endpoint));
+        let (added_reverse, mut result) = insert_new(&mut self.port_reverse, reverse, MAP_PORT_REVERSE);
         let mut added_forward = Vec::new();
-        let mut result = Ok(());
-        for (virtual_endpoint, real_endpoint) in &endpoints {
-            match self.port_reverse.insert(real_endpoint, EndpointEntry::new(*virtual_endpoint), BPF_NOEXIST) {
-                Ok(()) => added_reverse.push(*real_endpoint),
-                // Already there, the same way (the plan checked): leave it.
-                Err(error) if is_errno(&error, libc::EEXIST) => {}
-                Err(error) => {
-                    result = Err(self.insert_error(MAP_PORT_REVERSE, error));
-                    break;
-                }
-            }
-        }
         if result.is_ok() {
-            for (virtual_endpoint, real_endpoint) in &endpoints {
-                match self.port_forward.insert(virtual_endpoint, EndpointEntry::new(*real_endpoint), BPF_NOEXIST) {
-                    Ok(()) => added_forward.push(*virtual_endpoint),
-                    Err(error) if is_errno(&error, libc::EEXIST) => {}
-                    Err(error) => {
-                        result = Err(self.insert_error(MAP_PORT_FORWARD, error));
-                        break;
-                    }
-                }
-            }
+            (added_forward, result) = insert_new(&mut self.port_forward, endpoints.iter().copied(), MAP_PORT_FORWARD);
         }
+        let result = result.map_err(|(name, error)| self.insert_error(name, error));
         if let Err(error) = result {
             // Forward entries out first, as in a delete.
             for endpoint in added_forward {
@@ -492,4 +474,23 @@ impl MappingTable {
     pub fn insert_new_unchecked(&mut self, mappings: &[AddressMapping]) -> Result<(), Error> {
         self.insert_new_many(mappings)
     }
+}
+
+/// Inserts each `key -> value` pair into `map` with `BPF_NOEXIST`, stopping at the first
+/// error. A key already there is left alone: the plan checked it holds the same value.
+/// Returns the keys this call added (for undoing them) and how it ended.
+fn insert_new(
+    map: &mut PortMap,
+    pairs: impl Iterator<Item = (Endpoint, Endpoint)>,
+    name: &'static str,
+) -> (Vec<Endpoint>, Result<(), (&'static str, MapError)>) {
+    let mut added = Vec::new();
+    for (key, value) in pairs {
+        match map.insert(key, EndpointEntry::new(value), BPF_NOEXIST) {
+            Ok(()) => added.push(key),
+            Err(error) if is_errno(&error, libc::EEXIST) => {}
+            Err(error) => return (added, Err((name, error))),
+        }
+    }
+    (added, Ok(()))
 }
