@@ -243,14 +243,19 @@ fn a_thousand_concurrent_connections_each_get_their_own_flow() {
 }
 
 /// Sends one datagram from a fresh socket and returns whether it was answered.
-fn udp_request(socket_ns: &rewrite_tests::netns::Netns, to: SocketAddr) -> bool {
+/// One UDP request from `source_port` (0: any free port) and whether it was answered.
+fn udp_request_from(socket_ns: &rewrite_tests::netns::Netns, source_port: u16, to: SocketAddr) -> bool {
     socket_ns.run(|| {
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let socket = UdpSocket::bind(addr("0.0.0.0", source_port)).expect("bind");
         socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
         socket.send_to(b"ping", to).expect("send");
         let mut buffer = [0u8; 16];
         matches!(socket.recv_from(&mut buffer), Ok((4, _)))
     })
+}
+
+fn udp_request(socket_ns: &rewrite_tests::netns::Netns, to: SocketAddr) -> bool {
+    udp_request_from(socket_ns, 0, to)
 }
 
 /// A UDP echo server on the target for the life of `work`.
@@ -283,8 +288,11 @@ fn a_small_table_evicts_the_oldest_flows_and_counts_them() {
     const FLOWS: usize = 100;
     let bounce = Bounce::set_up();
     bounce.rewrite(&["bounce", "add", &format!("{LISTEN}:5353/udp"), &format!("{TARGET}:53"), "--max-flows", "16"]);
-    let answered =
-        with_udp_echo(&bounce, 53, || (0..FLOWS).filter(|_| udp_request(bounce.client, addr(LISTEN, 5353))).count());
+    // Each request from its own source port: a port the kernel picked twice would be one
+    // flow, not two (CI once saw 99 connects for 100 requests that way).
+    let answered = with_udp_echo(&bounce, 53, || {
+        (0..FLOWS as u16).filter(|&flow| udp_request_from(bounce.client, 20_000 + flow, addr(LISTEN, 5353))).count()
+    });
     assert_eq!(answered, FLOWS, "a full table makes room for every new flow instead of refusing it");
     let stats = bounce.stats();
     assert_eq!(stats["table_capacity_flows"], 16, "{stats}");
