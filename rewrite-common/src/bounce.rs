@@ -90,7 +90,7 @@ pub struct FlowTuple {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowTuple>() == 40);
-const _: () = assert!(core::mem::align_of::<FlowTuple>() == 1);
+const _: () = assert!(core::mem::align_of::<FlowTuple>() == 4);
 
 impl FlowTuple {
     /// The same flow seen from the other side: sources and destinations swapped.

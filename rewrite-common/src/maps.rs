@@ -51,7 +51,11 @@ const V4_MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 /// as an IPv4-mapped IPv6 address (::ffff:a.b.c.d). One map then serves both families,
 /// and an IPv4 key can never equal an IPv6 key of a real host (the CLI refuses
 /// IPv4-mapped IPv6 addresses).
-#[repr(C)]
+///
+/// Aligned to 4 bytes although it is only octets: the programs then copy and compare
+/// addresses a word at a time rather than byte by byte, and every key that holds one
+/// stays free of padding (an address always sits at a multiple of 4).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Addr {
     pub octets: [u8; 16],
@@ -61,14 +65,23 @@ impl Addr {
     /// The IPv4-mapped form of an IPv4 address.
     #[inline(always)]
     pub const fn from_v4(v4: [u8; 4]) -> Self {
-        let mut octets = [0u8; 16];
-        octets[10] = 0xff;
-        octets[11] = 0xff;
-        octets[12] = v4[0];
-        octets[13] = v4[1];
-        octets[14] = v4[2];
-        octets[15] = v4[3];
-        Self { octets }
+        Self::from_words([0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(v4)])
+    }
+
+    /// The address whose octets are these four words as they lie in memory. The
+    /// programs build and copy addresses a word at a time through this: built from an
+    /// octet array, an address compiled to byte loops (`memset`, `memmove`) in BPF.
+    #[inline(always)]
+    pub const fn from_words(words: [u32; 4]) -> Self {
+        // SAFETY: four u32 and sixteen u8 have the same size, and any bits are valid u8.
+        Self { octets: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) } }
+    }
+
+    /// The octets as four words, as they lie in memory (see [`Self::from_words`]).
+    #[inline(always)]
+    pub const fn words(&self) -> [u32; 4] {
+        // SAFETY: as above; every bit pattern is a valid u32.
+        unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(self.octets) }
     }
 
     /// The last four octets: the IPv4 address of an IPv4-mapped address.
@@ -83,7 +96,7 @@ impl Addr {
 }
 
 const _: () = assert!(core::mem::size_of::<Addr>() == 16);
-const _: () = assert!(core::mem::align_of::<Addr>() == 1);
+const _: () = assert!(core::mem::align_of::<Addr>() == 4);
 
 /// One side of a port-scoped mapping, for one port: the key and the value of the
 /// port maps. A range mapping is stored as one entry per port, so every lookup stays a
@@ -101,7 +114,7 @@ pub struct Endpoint {
 }
 
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
-const _: () = assert!(core::mem::align_of::<Endpoint>() == 1);
+const _: () = assert!(core::mem::align_of::<Endpoint>() == 4);
 
 /// The value of a prefix mapping: the network the matched prefix is replaced by, with
 /// the prefix length in bits of the 16-byte address form (an IPv4 /N is 96 + N). The
@@ -115,6 +128,38 @@ pub struct PrefixTarget {
 
 const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 20);
 const _: () = assert!(core::mem::align_of::<PrefixTarget>() == 4);
+
+/// The key of the prefix tries (the kernel's `struct bpf_lpm_trie_key_u8` with a 16-byte
+/// address): the number of leading bits that take part, in host byte order, then the
+/// address in the 16-byte form. The programs look up with `prefix_len` 128 (every bit
+/// of the packet's address). The same bytes as aya's `Key<[u8; 16]>`, which userspace
+/// uses; aya's key is packed, and so cannot hold the aligned [`Addr`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixKey {
+    pub prefix_len: u32,
+    pub addr: Addr,
+}
+
+impl PrefixKey {
+    /// The key that looks `addr` up with all 128 bits.
+    #[inline(always)]
+    pub const fn host(addr: Addr) -> Self {
+        Self { prefix_len: 128, addr }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<PrefixKey>() == 20);
+
+/// The prefix tries' key as aya's userspace API takes it: the same bytes as [`PrefixKey`].
+#[cfg(feature = "user")]
+pub type TrieKey = aya::maps::lpm_trie::Key<[u8; 16]>;
+
+/// The trie key of `addr` with `prefix_len` leading bits.
+#[cfg(feature = "user")]
+pub fn trie_key(prefix_len: u32, addr: Addr) -> TrieKey {
+    TrieKey::new(prefix_len, addr.octets)
+}
 
 /// How far ahead an event reader (`bounce log`, `gate log`) sets its lease, a pinned
 /// `u64` of `bpf_ktime_get_ns` time: the programs write events only while it lies

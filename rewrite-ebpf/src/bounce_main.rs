@@ -20,6 +20,7 @@
 mod atomic;
 mod bounce;
 mod bounce_maps;
+mod copy;
 mod object;
 mod packet;
 mod parse;

@@ -19,7 +19,7 @@
 //! an admitted one. Denied packets are sampled into a ring buffer while a `gate log`
 //! reader is there.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -32,12 +32,12 @@ use rewrite_common::{
         MODE_OFF, PORT_OPEN, SAMPLE_INTERVAL_NS, Source, Unjudgeable, decide, decide_unjudgeable, effective_class,
         port_slot,
     },
-    maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, PrefixKey},
 };
 
 use crate::{
     gate_maps::{GATE_ALLOW, GATE_LOG, GATE_LOG_LEASE, GATE_PORTS, GATE_SAMPLED_AT, GATE_SETTINGS, count_gate},
-    maps::{address_table, prefix_entry, tables_in_use},
+    maps::{address_table, lpm_lookup, prefix_entry, tables_in_use},
     packet::Packet,
     parse::{
         IPV4_FRAGMENT_OFFSET, IPV6_AUTHENTICATION, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_FRAGMENT_OFFSET,
@@ -51,7 +51,7 @@ use crate::{
 /// `parsed` (else [`locate`] writes the source address into it); `prefix_key` is working
 /// memory for the source's prefix lookups.
 #[inline(always)]
-pub fn drops<P: Packet>(packet: &P, record: &mut IpPacket, parsed: bool, prefix_key: &mut Key<Addr>) -> bool {
+pub fn drops<P: Packet>(packet: &P, record: &mut IpPacket, parsed: bool, prefix_key: &mut PrefixKey) -> bool {
     let settings: GateSettings = match GATE_SETTINGS.get(0) {
         Some(settings) if settings.mode != MODE_OFF => *settings,
         _ => return false,
@@ -269,15 +269,15 @@ fn sample(src: &Addr, port: u16, protocol: u8, dropped: bool) {
 
 /// Where `src` stands: the mapping table's REAL addresses and prefixes make the fleet.
 #[inline(always)]
-fn source(src: &Addr, prefix_key: &mut Key<Addr>) -> Source {
+fn source(src: &Addr, prefix_key: &mut PrefixKey) -> Source {
     if address_table::<INGRESS>().get_ptr(src).is_some() {
         return Source::Member;
     }
-    *prefix_key = Key::new(128, *src);
+    *prefix_key = PrefixKey::host(*src);
     if tables_in_use().prefixes != 0 && prefix_entry::<INGRESS>(prefix_key).is_some() {
         return Source::Member;
     }
-    if GATE_ALLOW.get(prefix_key).is_some() {
+    if lpm_lookup(&GATE_ALLOW, prefix_key).is_some() {
         return Source::AllowedPrefix;
     }
     Source::Unknown

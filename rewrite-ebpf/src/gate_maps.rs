@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use rewrite_common::{
     gate::{self, GateSettings},
-    maps::{Addr, BPF_F_NO_PREALLOC},
+    maps::BPF_F_NO_PREALLOC,
 };
 
 use crate::per_cpu::increment;
@@ -21,7 +21,7 @@ pub static GATE_SETTINGS: Array<GateSettings> = Array::pinned(1, 0);
 pub static GATE_PORTS: Array<u32> = Array::pinned(gate::PORT_SLOTS, 0);
 
 #[map(name = "GATE_ALLOW")]
-pub static GATE_ALLOW: LpmTrie<Addr, u32> = LpmTrie::pinned(gate::MAX_ALLOW_PREFIXES, BPF_F_NO_PREALLOC);
+pub static GATE_ALLOW: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(gate::MAX_ALLOW_PREFIXES, BPF_F_NO_PREALLOC);
 
 #[map(name = "GATE_COUNTERS")]
 static GATE_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(gate::GATE_COUNTER_SLOTS, 0);

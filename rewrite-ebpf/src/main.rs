@@ -14,6 +14,7 @@
 #![allow(internal_features)]
 
 mod atomic;
+mod copy;
 mod gate;
 mod gate_maps;
 mod maps;

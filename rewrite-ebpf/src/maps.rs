@@ -8,13 +8,13 @@ use core::ptr;
 use aya_ebpf::{
     helpers::bpf_map_lookup_elem,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray},
 };
 use rewrite_common::{
     counters,
     maps::{
         Addr, AddressEntry, BPF_F_NO_PREALLOC, Counts, DEFAULT_MAX_MAPPINGS, Endpoint, EndpointEntry,
-        MAX_PREFIX_MAPPINGS, PrefixEntry, TablesInUse,
+        MAX_PREFIX_MAPPINGS, PrefixEntry, PrefixKey, TablesInUse,
     },
 };
 
@@ -53,13 +53,14 @@ pub static PORT_FORWARD: HashMap<Endpoint, EndpointEntry> = HashMap::pinned(DEFA
 pub static PORT_REVERSE: HashMap<Endpoint, EndpointEntry> = HashMap::pinned(DEFAULT_MAX_MAPPINGS, BPF_F_NO_PREALLOC);
 
 /// VIRTUAL/N -> REAL/N, looked up (longest prefix) on egress when no port-scoped or
-/// address mapping matched. LPM tries are always created without preallocation.
+/// address mapping matched. LPM tries are always created without preallocation. Keyed
+/// by octets for aya's packed key type; looked up with a [`PrefixKey`], the same bytes.
 #[map(name = "PREFIX_FORWARD")]
-pub static PREFIX_FORWARD: LpmTrie<Addr, PrefixEntry> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
+pub static PREFIX_FORWARD: LpmTrie<[u8; 16], PrefixEntry> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
 
 /// REAL/N -> VIRTUAL/N, looked up on ingress.
 #[map(name = "PREFIX_REVERSE")]
-pub static PREFIX_REVERSE: LpmTrie<Addr, PrefixEntry> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
+pub static PREFIX_REVERSE: LpmTrie<[u8; 16], PrefixEntry> = LpmTrie::pinned(MAX_PREFIX_MAPPINGS, 0);
 
 /// Counts one packet of `bytes` in the entry it matched (a forward entry on egress, a
 /// reverse entry on ingress).
@@ -106,7 +107,7 @@ pub struct Lookup {
     /// What each side (source, destination) of the packet being rewritten becomes.
     pub plans: [SidePlan; 2],
     pub endpoint: Endpoint,
-    pub prefix_key: Key<Addr>,
+    pub prefix_key: PrefixKey,
 }
 
 /// The rewrite of one side of a packet, decided by the lookup before any byte changes.
@@ -167,14 +168,21 @@ pub fn address_table<const DIRECTION: u32>() -> &'static HashMap<Addr, AddressEn
 /// as the hash maps' `get_ptr_mut` does, so that the entry's counters can be updated:
 /// aya-ebpf's `LpmTrie::get` gives only a shared reference.
 #[inline(always)]
-pub fn prefix_entry<const DIRECTION: u32>(key: &Key<Addr>) -> Option<*mut PrefixEntry> {
-    let trie: &LpmTrie<Addr, PrefixEntry> =
-        if DIRECTION == counters::EGRESS { &PREFIX_FORWARD } else { &PREFIX_REVERSE };
+pub fn prefix_entry<const DIRECTION: u32>(key: &PrefixKey) -> Option<*mut PrefixEntry> {
+    let trie = if DIRECTION == counters::EGRESS { &PREFIX_FORWARD } else { &PREFIX_REVERSE };
+    lpm_lookup(trie, key)
+}
+
+/// Looks `key` up (longest prefix) in a trie keyed by 16 octets. aya-ebpf's
+/// `LpmTrie::get` takes its own packed key type, which cannot hold the aligned `Addr`;
+/// this takes the [`PrefixKey`] of the same bytes, and returns a mutable pointer.
+#[inline(always)]
+pub fn lpm_lookup<V>(trie: &LpmTrie<[u8; 16], V>, key: &PrefixKey) -> Option<*mut V> {
     // SAFETY: `LpmTrie` is `repr(transparent)` over its map definition, whose address the
-    // helper takes as the map; the key is a live LPM key of the trie's key type. The
-    // helper returns a pointer to the value in the trie, or null.
+    // helper takes as the map; the key has the trie's key size (asserted in
+    // rewrite-common). The helper returns a pointer to the value in the trie, or null.
     let entry = unsafe { bpf_map_lookup_elem(ptr::from_ref(trie).cast_mut().cast(), ptr::from_ref(key).cast()) };
-    (!entry.is_null()).then_some(entry.cast::<PrefixEntry>())
+    (!entry.is_null()).then_some(entry.cast::<V>())
 }
 
 /// The port-scoped table a direction looks endpoints up in.

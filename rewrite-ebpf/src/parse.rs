@@ -19,11 +19,13 @@ use network_types::{
 };
 use rewrite_common::{
     counters::{MALFORMED, UNSUPPORTED},
-    maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::{packet::Packet, parsed::IpPacket};
+use crate::{copy::set, packet::Packet, parsed::IpPacket};
 
+/// Offset of the ethertype in an Ethernet header.
+const ETHER_TYPE: usize = 12;
 /// Offsets inside an IPv4 header.
 pub const IPV4_CHECK: usize = 10;
 pub const IPV4_SRC: usize = 12;
@@ -79,8 +81,8 @@ pub fn short(offset: usize) -> u16 {
 /// counter that says why the packet is left alone (`MALFORMED` or `UNSUPPORTED`).
 #[inline(always)]
 pub fn parse<P: Packet>(packet: &P, out: &mut IpPacket) -> Result<(), u32> {
-    let eth: EthHdr = packet.read(0).ok_or(MALFORMED)?;
-    let mut ether_type = u16::from_be(eth.ether_type);
+    // Only the fields used are read: a header is copied byte by byte.
+    let mut ether_type = u16::from_be_bytes(packet.read(ETHER_TYPE).ok_or(MALFORMED)?);
     let mut l3 = EthHdr::LEN;
     if ether_type == ETH_P_8021Q {
         let vlan: VlanHdr = packet.read(l3).ok_or(MALFORMED)?;
@@ -104,40 +106,43 @@ fn claimed_length<P: Packet>(packet: &P, l3: usize, header_len: usize, claimed: 
 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<(), u32> {
-    let ip: Ipv4Hdr = packet.read(l3).ok_or(MALFORMED)?;
-    if ip.vihl >> 4 != 4 {
+    // Up to the addresses, which are read a word at a time below.
+    let ip: [u8; IPV4_SRC] = packet.read(l3).ok_or(MALFORMED)?;
+    let (version_ihl, protocol) = (ip[0], ip[9]);
+    if version_ihl >> 4 != 4 {
         return Err(MALFORMED);
     }
-    let header_len = usize::from(ip.vihl & 0x0f) * 4;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
     // The IPv4 total length includes the header.
-    let total_len = claimed_length(packet, l3, 0, usize::from(u16::from_be_bytes(ip.tot_len)));
+    let total_len = claimed_length(packet, l3, 0, usize::from(u16::from_be_bytes([ip[2], ip[3]])));
     // Trailing bytes beyond the datagram (Ethernet padding) are allowed; a length that
     // claims more than the frame holds, or less than the header, is not.
     if header_len < Ipv4Hdr::LEN || total_len < header_len || l3 + total_len > packet.len() {
         return Err(MALFORMED);
     }
-    let first_fragment = u16::from_be_bytes(ip.frags) & IPV4_FRAGMENT_OFFSET == 0;
-    out.src = Addr::from_v4(ip.src_addr);
-    out.dst = Addr::from_v4(ip.dst_addr);
+    let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAGMENT_OFFSET == 0;
+    out.src = packet.read_addr(l3 + IPV4_SRC, false).ok_or(MALFORMED)?;
+    out.dst = packet.read_addr(l3 + IPV4_DST, false).ok_or(MALFORMED)?;
     out.src_offset = short(l3 + IPV4_SRC);
     out.dst_offset = short(l3 + IPV4_DST);
     out.ipv4_check = short(l3 + IPV4_CHECK);
     out.icmp_check = 0;
     out.datagram_end = short(l3 + total_len);
-    transport(packet, ip.proto, l3 + header_len, l3 + total_len, first_fragment, false, out)
+    transport(packet, protocol, l3 + header_len, l3 + total_len, first_fragment, false, out)
 }
 
 #[inline(always)]
 fn parse_ipv6<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<(), u32> {
-    let ip: Ipv6Hdr = packet.read(l3).ok_or(MALFORMED)?;
-    if ip.vcf[0] >> 4 != 6 {
+    // Up to the addresses, which are read a word at a time below.
+    let ip: [u8; IPV6_SRC] = packet.read(l3).ok_or(MALFORMED)?;
+    if ip[0] >> 4 != 6 {
         return Err(MALFORMED);
     }
-    let end = l3 + claimed_length(packet, l3, Ipv6Hdr::LEN, usize::from(u16::from_be_bytes(ip.payload_len)));
+    let end = l3 + claimed_length(packet, l3, Ipv6Hdr::LEN, usize::from(u16::from_be_bytes([ip[4], ip[5]])));
     if end > packet.len() {
         return Err(MALFORMED);
     }
-    let mut next_header = ip.next_hdr;
+    let mut next_header = ip[6];
     let mut offset = l3 + Ipv6Hdr::LEN;
     let mut first_fragment = true;
     for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
@@ -166,8 +171,8 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<()
             break;
         }
     }
-    out.src = Addr { octets: ip.src_addr };
-    out.dst = Addr { octets: ip.dst_addr };
+    out.src = packet.read_addr(l3 + IPV6_SRC, true).ok_or(MALFORMED)?;
+    out.dst = packet.read_addr(l3 + IPV6_DST, true).ok_or(MALFORMED)?;
     out.src_offset = short(l3 + IPV6_SRC);
     out.dst_offset = short(l3 + IPV6_DST);
     out.ipv4_check = 0;
@@ -193,15 +198,15 @@ fn transport<P: Packet>(
         return Err(UNSUPPORTED);
     }
     let payload_len = end - l4;
-    out.l4_check = 0;
-    out.l4_udp = 0;
-    out.protocol = 0;
-    out.later_fragment = u8::from(!first_fragment);
-    out.reserved = 0;
-    out.ports_offset = 0;
-    out.src_port = [0; 2];
-    out.dst_port = [0; 2];
-    out.quoted = 0;
+    set(&mut out.l4_check, 0);
+    set(&mut out.l4_udp, 0);
+    set(&mut out.protocol, 0);
+    set(&mut out.later_fragment, u8::from(!first_fragment));
+    set(&mut out.reserved, 0);
+    set(&mut out.ports_offset, 0);
+    set(&mut out.src_port, [0; 2]);
+    set(&mut out.dst_port, [0; 2]);
+    set(&mut out.quoted, 0);
     match protocol {
         // A non-first fragment carries no transport header: its addresses are still
         // rewritten, and the first fragment's checksum update covers the datagram.

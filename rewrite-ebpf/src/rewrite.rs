@@ -9,13 +9,13 @@
 //!   XDP leaves to the TC program beside it;
 //! * [`rewrite_icmp_error`], in those programs, for an ICMP error and the packet it quotes.
 
-use aya_ebpf::maps::lpm_trie::Key;
 use rewrite_common::{
     counters::{FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
-    maps::{Counts, Endpoint, TablesInUse},
+    maps::{Counts, Endpoint, PrefixKey, TablesInUse},
 };
 
 use crate::{
+    copy::copy_addr,
     maps::{
         Lookup, MATCHED_ADDRESS, MATCHED_NONE, MATCHED_PORT, MATCHED_PREFIX, Scratch, SidePlan, address_table,
         count_in_entry, port_table, prefix_entry,
@@ -146,7 +146,7 @@ fn look_up_side<const DIRECTION: u32>(
         if let Some(entry) = port_table::<DIRECTION>().get_ptr_mut(&lookup.endpoint) {
             // SAFETY: a pointer to a live map value, read at once.
             unsafe {
-                plan.address = (*entry).endpoint.addr;
+                copy_addr(&mut plan.address, &raw const (*entry).endpoint.addr);
                 plan.port = (*entry).endpoint.port;
                 counts = &raw mut (*entry).counts;
             }
@@ -158,7 +158,7 @@ fn look_up_side<const DIRECTION: u32>(
     if let Some(entry) = address_table::<DIRECTION>().get_ptr_mut(addr) {
         // SAFETY: as above.
         unsafe {
-            plan.address = (*entry).addr;
+            copy_addr(&mut plan.address, &raw const (*entry).addr);
             counts = &raw mut (*entry).counts;
         }
         plan.matched = MATCHED_ADDRESS;
@@ -169,7 +169,7 @@ fn look_up_side<const DIRECTION: u32>(
         return false;
     }
     // All 128 bits of the 16-byte form take part; an IPv4 prefix is stored as 96 + N.
-    lookup.prefix_key = Key::new(128, *addr);
+    lookup.prefix_key = PrefixKey::host(*addr);
     if let Some(entry) = prefix_entry::<DIRECTION>(&lookup.prefix_key) {
         // SAFETY: as above.
         unsafe {

@@ -291,7 +291,7 @@ fn a_small_table_evicts_the_oldest_flows_and_counts_them() {
     // Each request from its own source port: a port the kernel picked twice would be one
     // flow, not two (CI once saw 99 connects for 100 requests that way).
     let answered = with_udp_echo(&bounce, 53, || {
-        (0..FLOWS as u16).filter(|&flow| udp_request_from(bounce.client, 20_000 + flow, addr(LISTEN, 5353))).count()
+        (20_000..).take(FLOWS).filter(|&port| udp_request_from(bounce.client, port, addr(LISTEN, 5353))).count()
     });
     assert_eq!(answered, FLOWS, "a full table makes room for every new flow instead of refusing it");
     let stats = bounce.stats();

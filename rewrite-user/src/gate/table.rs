@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, MapData, PerCpuArray, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{Array, MapData, PerCpuArray, lpm_trie::LpmTrie};
 use rewrite_common::{
     gate::{
         DEFAULT_MANAGEMENT_PORT, GATE_COUNTER_NAMES, GATE_COUNTER_SLOTS, GateSettings, MAP_GATE_ALLOW,
         MAP_GATE_COUNTERS, MAP_GATE_PORTS, MAP_GATE_SETTINGS, PORT_MANAGEMENT, PORT_PROTECTED, PORT_SLOTS,
     },
-    maps::Addr,
+    maps::{Addr, trie_key},
     ports::PortRange,
     prefix::Prefix,
     protocol::Protocol,
@@ -29,7 +29,7 @@ use crate::{
 pub struct GateTable {
     settings: Array<MapData, GateSettings>,
     ports: Array<MapData, u32>,
-    allow: LpmTrie<MapData, Addr, u32>,
+    allow: LpmTrie<MapData, [u8; 16], u32>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -147,7 +147,7 @@ impl GateTable {
             .keys()
             .map(|key| {
                 let key = key.map_err(|source| Error::map(MAP_GATE_ALLOW, source))?;
-                let addr = std::net::IpAddr::from(key.data());
+                let addr = std::net::IpAddr::from(Addr { octets: key.data() });
                 let len = if addr.is_ipv4() { key.prefix_len().saturating_sub(96) } else { key.prefix_len() };
                 Ok(Prefix::clamped(addr, u8::try_from(len).unwrap_or(u8::MAX)))
             })
@@ -161,7 +161,7 @@ impl GateTable {
 
     /// Adds (or removes) an allow prefix (host bits ignored).
     pub fn allow(&mut self, prefix: Prefix, on: bool) -> Result<(), Error> {
-        let key = Key::new(prefix.key_len(), Addr::from(prefix.masked().net()));
+        let key = trie_key(prefix.key_len(), Addr::from(prefix.masked().net()));
         let result = if on { self.allow.insert(&key, 1, 0) } else { self.allow.remove(&key) };
         result.map_err(|source| Error::map(MAP_GATE_ALLOW, source))
     }

@@ -4,12 +4,12 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, MapData, lpm_trie::Key};
+use aya::maps::{HashMap, MapData};
 use rewrite_common::{
     mapping::{AddressMapping, PortMapping, PrefixMapping},
     maps::{
         Addr, AddressEntry, Counts, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD,
-        MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MappingStats,
+        MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MappingStats, TrieKey, trie_key,
     },
     protocol::Protocol,
     spec::MappingSpec,
@@ -53,8 +53,8 @@ enum EntryKeys {
         real_addr: Addr,
     },
     Prefix {
-        virtual_net: Key<Addr>,
-        real_net: Key<Addr>,
+        virtual_net: TrieKey,
+        real_net: TrieKey,
     },
     /// One (VIRTUAL, REAL) endpoint pair per port of the range.
     Ports(Vec<(Endpoint, Endpoint)>),
@@ -87,8 +87,8 @@ impl Listing {
         for prefix in &self.prefixes {
             let key_len = PrefixMapping::key_len(prefix.virtual_net, prefix.len);
             let keys = EntryKeys::Prefix {
-                virtual_net: Key::new(key_len, prefix.virtual_net.into()),
-                real_net: Key::new(key_len, prefix.real_net.into()),
+                virtual_net: trie_key(key_len, prefix.virtual_net.into()),
+                real_net: trie_key(key_len, prefix.real_net.into()),
             };
             rows.push((row(MappingSpec::Prefix(*prefix), "prefix"), keys));
         }
@@ -180,7 +180,7 @@ impl MappingTable {
         let reverse = collect(&self.reverse, MAP_ADDR_REVERSE, |entry: &AddressEntry| entry.counts)?;
         let port_forward = collect(&self.port_forward, MAP_PORT_FORWARD, |entry: &EndpointEntry| entry.counts)?;
         let port_reverse = collect(&self.port_reverse, MAP_PORT_REVERSE, |entry: &EndpointEntry| entry.counts)?;
-        let prefix_counts = |trie: &PrefixMap, name, key: &Key<Addr>| match trie.get(key, 0) {
+        let prefix_counts = |trie: &PrefixMap, name, key: &TrieKey| match trie.get(key, 0) {
             Ok(entry) => Ok(entry.counts),
             Err(error) if is_not_found(&error) => Ok(Counts::default()),
             Err(source) => Err(Error::map(name, source)),
@@ -220,7 +220,7 @@ impl MappingTable {
         for entry in self.prefix_forward.iter() {
             let (key, entry) = entry.map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
             let target = entry.target;
-            let virtual_net = IpAddr::from(key.data());
+            let virtual_net = IpAddr::from(Addr { octets: key.data() });
             let family_bits = if virtual_net.is_ipv4() { 96 } else { 0 };
             let len = u8::try_from(key.prefix_len() - family_bits).unwrap_or(u8::MAX);
             prefixes.push(PrefixMapping { virtual_net, real_net: IpAddr::from(target.network), len });

@@ -5,16 +5,13 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{
-    Array, HashMap, MapData, MapError,
-    lpm_trie::{Key, LpmTrie},
-};
+use aya::maps::{Array, HashMap, MapData, MapError, lpm_trie::LpmTrie};
 use rewrite_common::{
     mapping::{AddressMapping, PortMapping, PrefixMapping},
     maps::{
         Addr, AddressEntry, Counts, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD,
         MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, MAX_PREFIX_MAPPINGS, PrefixEntry,
-        PrefixTarget, TablesInUse,
+        PrefixTarget, TablesInUse, trie_key,
     },
     ports::PortRange,
     protocol::Protocol,
@@ -38,7 +35,7 @@ const BPF_EXIST: u64 = 2;
 
 pub(crate) type AddressMap = HashMap<MapData, Addr, AddressEntry>;
 pub(crate) type PortMap = HashMap<MapData, Endpoint, EndpointEntry>;
-pub(crate) type PrefixMap = LpmTrie<MapData, Addr, PrefixEntry>;
+pub(crate) type PrefixMap = LpmTrie<MapData, [u8; 16], PrefixEntry>;
 
 /// The pinned VIRTUAL -> REAL and REAL -> VIRTUAL maps, for addresses and for
 /// port-scoped endpoints.
@@ -282,8 +279,8 @@ impl MappingTable {
         }
         let key_len = PrefixMapping::key_len(mapping.virtual_net, mapping.len);
         let (virtual_net, real_net) = (Addr::from(mapping.virtual_net), Addr::from(mapping.real_net));
-        let reverse_key = Key::new(key_len, real_net);
-        let forward_key = Key::new(key_len, virtual_net);
+        let reverse_key = trie_key(key_len, real_net);
+        let forward_key = trie_key(key_len, virtual_net);
         let full = |error: MapError, name| {
             if is_errno(&error, libc::ENOSPC) || is_errno(&error, libc::E2BIG) {
                 Error::PrefixTableFull { capacity: MAX_PREFIX_MAPPINGS }
@@ -316,7 +313,7 @@ impl MappingTable {
     /// network.
     pub fn remove_prefix(&mut self, net: IpAddr, len: u8) -> Result<IpAddr, Error> {
         let key_len = PrefixMapping::key_len(net, len);
-        let forward_key = Key::new(key_len, Addr::from(net));
+        let forward_key = trie_key(key_len, Addr::from(net));
         let target = match self.prefix_forward.get(&forward_key, 0) {
             Ok(entry) => entry.target,
             Err(error) if is_not_found(&error) => {
@@ -325,7 +322,7 @@ impl MappingTable {
             Err(source) => return Err(Error::map(MAP_PREFIX_FORWARD, source)),
         };
         self.prefix_forward.remove(&forward_key).map_err(|source| Error::map(MAP_PREFIX_FORWARD, source))?;
-        match self.prefix_reverse.remove(&Key::new(key_len, target.network)) {
+        match self.prefix_reverse.remove(&trie_key(key_len, target.network)) {
             Ok(()) => {}
             Err(error) if is_not_found(&error) => {}
             Err(source) => return Err(Error::map(MAP_PREFIX_REVERSE, source)),
@@ -419,14 +416,14 @@ impl MappingTable {
         self.mark_in_use(None, Some(true))?;
         self.prefix_reverse
             .insert(
-                &Key::new(key_len, real_net),
+                &trie_key(key_len, real_net),
                 PrefixEntry::new(PrefixTarget { network: virtual_net, prefix_len: key_len }),
                 BPF_NOEXIST,
             )
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
         self.prefix_forward
             .insert(
-                &Key::new(key_len, virtual_net),
+                &trie_key(key_len, virtual_net),
                 PrefixEntry::new(PrefixTarget { network: real_net, prefix_len: key_len }),
                 BPF_NOEXIST,
             )
