@@ -327,7 +327,8 @@ fn breakdown(
     let (size, address) = &address_rows[0];
     let (_, all) = &all_rows[0];
     // Columns of ADDRESS_COLUMNS and ALL_COLUMNS.
-    let (xdp_hit, xdp_miss, tc_hit, tc_miss) = (address[1].median, address[2].median, address[3].median, address[4].median);
+    let (xdp_hit, xdp_miss, tc_hit, tc_miss) =
+        (address[1].median, address[2].median, address[3].median, address[4].median);
     let empty = stages.empty.median;
     let (xdp_not_ip, tc_not_ip) = (stages.xdp_not_ip.median, stages.tc_not_ip.median);
     let mut text = format!(

@@ -38,7 +38,7 @@ const BUILD_PACKAGES: &[(&str, &str)] = &[("protobuf-compiler", "protoc")];
 /// certificates; socat is the userspace bouncer bounce mode is measured against, and
 /// ipset the second of the filters the gatekeeper is; systemd-analyze checks the
 /// shipped unit; debootstrap makes the fresh Debian root the .deb is installed into,
-/// and dpkg-deb builds that .deb.
+/// and dpkg-deb builds that .deb; perf samples where the benchmark's CPU time goes.
 const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
@@ -53,6 +53,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     ("debootstrap", "debootstrap"),
     ("dpkg", "dpkg-deb"),
+    ("linux-perf", "perf"),
 ];
 const BPFFS: &str = "/sys/fs/bpf";
 

@@ -18,6 +18,7 @@
 
 mod backend;
 mod load;
+mod profile;
 mod report;
 mod topology;
 
@@ -196,6 +197,7 @@ fn main() {
         );
     }
 
+    let profiles = profile_udp(&plan, &backends);
     let exhaustion = exhaustion(&plan, &backends);
     let machine = machine();
     let figures = [&connections, &udp, &bulk, &install, &change, &map_memory, &cli_rss];
@@ -204,7 +206,7 @@ fn main() {
         figure.write_files(&plan.out_dir);
     }
     exhaustion.write_files(&plan.out_dir);
-    let report = render(&plan, &machine, &figures, &exhaustion, started.elapsed());
+    let report = render(&plan, &machine, &figures, &exhaustion, &profiles, started.elapsed());
     std::fs::write(&plan.report, report).expect("write the report");
     eprintln!("report: {} (CSV and SVG in {})", plan.report.display(), plan.out_dir.display());
 }
@@ -233,6 +235,81 @@ fn installed_figures(
 
 fn installed_seconds(install: &Figure, n: u32, backend: Backend, _pass: usize) -> f64 {
     install.summary(n, backend.name()).map_or(0.0, |summary| summary.max)
+}
+
+/// The UDP figure once more at the smallest and the largest N for every backend, under
+/// `perf record`: where its CPU time goes (see `profile`). Apart from the measured
+/// passes, so that sampling does not disturb their figures.
+fn profile_udp(plan: &Plan, backends: &[Backend]) -> Vec<(u32, Backend, profile::Breakdown)> {
+    let smallest = *plan.sizes.iter().min().expect("sizes");
+    let largest = *plan.sizes.iter().max().expect("sizes");
+    let mut sizes = vec![smallest];
+    if largest != smallest {
+        sizes.push(largest);
+    }
+    std::fs::create_dir_all(&plan.out_dir).expect("create the output directory");
+    let mut profiles = Vec::new();
+    for n in sizes {
+        for &backend in backends.iter().filter(|backend| n <= backend.max_mappings()) {
+            let topology = Topology::new();
+            let installed = backend::install(backend, &topology, n);
+            let target = move |k: u64| backend.target(load::spread(k, n));
+            // The flood's time; its set-up before and the drain after are mostly idle.
+            let recording = profile::Recording::start(&plan.out_dir.join("perf-udp.data"), plan.traffic);
+            let packets = load::udp_flood(&topology, &target, plan.traffic);
+            let breakdown = recording.finish(packets);
+            installed.remove(&topology);
+            eprintln!(
+                "profile N={} {:<15} {:.0} ns of CPU per packet, {:.0} in rewrite's programs",
+                thousands(n),
+                backend.name(),
+                breakdown.total,
+                breakdown.groups[0]
+            );
+            profiles.push((n, backend, breakdown));
+        }
+    }
+    profiles
+}
+
+/// The profile section of the report: one row per backend and N, then the costliest
+/// functions of each rewrite backend at the largest N.
+fn render_profiles(profiles: &[(u32, Backend, profile::Breakdown)]) -> String {
+    let names: Vec<&str> = profile::GROUPS.iter().map(|(name, _)| *name).collect();
+    let mut out = format!(
+        "### Where the CPU goes in the UDP figure (ns of CPU per packet)\n\n\
+         The UDP figure run once more under `perf record -a -e cpu-clock` (all CPUs; idle left out), its samples \
+         summed by the kind of work their function does and divided by the packets the server received. Client, \
+         router and server share the CPUs: this is the whole path's cost, and the difference to `none` is what \
+         a backend adds.\n\n| N | backend | total | {} |\n|---:|---|---:|{}\n",
+        names.join(" | "),
+        "---:|".repeat(names.len())
+    );
+    for (n, backend, breakdown) in profiles {
+        let cells: Vec<String> = breakdown.groups.iter().map(|ns| format!("{ns:.0}")).collect();
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {} |\n",
+            thousands(*n),
+            backend.name(),
+            breakdown.total,
+            cells.join(" | ")
+        ));
+    }
+    if let Some(largest) = profiles.iter().map(|(n, _, _)| *n).max() {
+        for (n, backend, breakdown) in profiles.iter().filter(|(n, backend, _)| {
+            *n == largest && matches!(backend, Backend::None | Backend::RewriteXdp | Backend::RewriteTc)
+        }) {
+            let top: Vec<String> = breakdown.top.iter().map(|(symbol, ns)| format!("`{symbol}` {ns:.0}")).collect();
+            out.push_str(&format!(
+                "\nCostliest functions, {} at N = {}: {}.\n",
+                backend.name(),
+                thousands(*n),
+                top.join(", ")
+            ));
+        }
+    }
+    out.push('\n');
+    out
 }
 
 /// Figure 5: more concurrent connections than conntrack holds. Counts the failures.
@@ -303,7 +380,14 @@ fn machine() -> String {
     )
 }
 
-fn render(plan: &Plan, machine: &str, figures: &[&Figure], exhaustion: &Figure, took: Duration) -> String {
+fn render(
+    plan: &Plan,
+    machine: &str,
+    figures: &[&Figure],
+    exhaustion: &Figure,
+    profiles: &[(u32, Backend, profile::Breakdown)],
+    took: Duration,
+) -> String {
     let mut out = String::from("# Benchmarks: rewrite against iptables and nftables\n\n");
     out.push_str(PREAMBLE);
     out.push_str(&format!(
@@ -323,6 +407,8 @@ fn render(plan: &Plan, machine: &str, figures: &[&Figure], exhaustion: &Figure, 
         plan.conntrack_max, plan.held_connections
     ));
     out.push_str(&exhaustion.markdown());
+    out.push('\n');
+    out.push_str(&render_profiles(profiles));
     let prog_cost = plan.out_dir.join("prog_cost.md");
     match std::fs::read_to_string(&prog_cost) {
         Ok(text) => out.push_str(&format!("\n{text}\n")),
@@ -410,6 +496,8 @@ checksum.
 - **Conntrack exhaustion**: the init namespace's `nf_conntrack_max` (which bounds each
   namespace's own table) is lowered, more connections than it allows are opened at once
   and held, and those not established within 3 s are counted.
+- **Where the CPU goes**: the UDP figure once more at the smallest and largest N under
+  `perf record`, summed by kind of work (see that section).
 - **Per-packet program cost**: BPF_PROG_TEST_RUN of rewrite's programs against an empty
   XDP program, per lookup path (the `prog_cost` benchmark).
 
