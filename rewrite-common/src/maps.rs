@@ -77,13 +77,6 @@ impl Addr {
         Self { octets: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) } }
     }
 
-    /// The octets as four words, as they lie in memory (see [`Self::from_words`]).
-    #[inline(always)]
-    pub const fn words(&self) -> [u32; 4] {
-        // SAFETY: as above; every bit pattern is a valid u32.
-        unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(self.octets) }
-    }
-
     /// The last four octets: the IPv4 address of an IPv4-mapped address.
     #[inline(always)]
     pub const fn v4(&self) -> [u8; 4] {

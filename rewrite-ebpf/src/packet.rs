@@ -117,7 +117,7 @@ fn direct_addr(start: usize, end: usize, offset: usize, ipv6: bool) -> Option<Ad
     let pointer = checked_pointer::<[u8; 4]>(start, end, offset)?.cast::<u8>();
     // SAFETY: 4 bytes at `pointer` are inside the packet (checked above).
     let word = unsafe { load_word(pointer) };
-    Some(Addr::from_words([0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), word]))
+    Some(Addr::from_v4(word.to_ne_bytes()))
 }
 
 pub struct XdpPacket<'a> {
