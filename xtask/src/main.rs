@@ -25,9 +25,12 @@ use clap::{Parser, Subcommand};
 
 /// The bpf-linker release this project is built and tested with.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// What building `rewrite` needs besides the toolchain: protoc compiles etcd's
-/// protobufs for the etcd client.
-const BUILD_PACKAGES: &[(&str, &str)] = &[("protobuf-compiler", "protoc")];
+/// What building `rewrite` needs besides the toolchain, each with what proves it is
+/// there (a binary on PATH, or an absolute path): protoc compiles etcd's protobufs for
+/// the etcd client, and those import protobuf's own well-known types, which Debian
+/// ships apart from protoc (a machine can have protoc without them).
+const BUILD_PACKAGES: &[(&str, &str)] =
+    &[("protobuf-compiler", "protoc"), ("libprotobuf-dev", "/usr/include/google/protobuf/descriptor.proto")];
 
 /// What the tests and benchmarks use, installed only for them (never by `build` or
 /// `run`, so a node that only runs rewrite gets no daemon from here): ip, ethtool,
@@ -440,11 +443,17 @@ fn on_path(binary: &str) -> bool {
     env::var_os("PATH").is_some_and(|path| env::split_paths(&path).any(|dir| dir.join(binary).is_file()))
 }
 
-/// Installs the Debian packages of `packages` that are missing, each proved by a binary.
+/// Whether `proof` is there: an absolute path is a file, anything else a binary on PATH.
+fn proof_present(proof: &str) -> bool {
+    if proof.starts_with('/') { Path::new(proof).is_file() } else { on_path(proof) }
+}
+
+/// Installs the Debian packages of `packages` that are missing, each proved by a binary
+/// or a file (see [`proof_present`]).
 fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<String> {
     let missing: Vec<&str> = packages
         .iter()
-        .filter(|(package, binary)| !package_installed(package) || !on_path(binary))
+        .filter(|(package, proof)| !package_installed(package) || !proof_present(proof))
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
@@ -459,8 +468,8 @@ fn ensure_packages(packages: &[(&str, &str)]) -> anyhow::Result<String> {
             .args(&missing),
         "apt-get install",
     )?;
-    for (package, binary) in packages {
-        ensure!(on_path(binary), "{package} was installed but {binary} is not on PATH");
+    for (package, proof) in packages {
+        ensure!(proof_present(proof), "{package} was installed but {proof} is not there");
     }
     Ok(format!("installed {}", missing.join(", ")))
 }
