@@ -37,6 +37,7 @@ macro_rules! serde_as_text {
 pub mod bounce;
 pub mod checksum;
 pub mod counters;
+pub mod filter;
 pub mod gate;
 pub mod mapping;
 pub mod maps;

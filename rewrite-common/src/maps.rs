@@ -28,8 +28,9 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_ICMP_ERRORS: &str = "ICMP_ERRORS";
 
 /// Capacity of each mapping map unless the first `attach` asks for another
-/// (`--max-mappings`). The maps are created with `BPF_F_NO_PREALLOC`, so an idle
-/// table costs memory only for the entries it holds.
+/// (`--max-mappings`). The maps are created with `BPF_F_NO_PREALLOC`, so entries take
+/// memory only once inserted; the kernel still allocates each hash map's buckets at
+/// creation (16 bytes per slot of the capacity rounded up to a power of two).
 pub const DEFAULT_MAX_MAPPINGS: u32 = 1 << 20;
 
 /// `BPF_F_NO_PREALLOC`: allocate hash entries on insert rather than at map creation.
@@ -75,6 +76,15 @@ impl Addr {
     pub const fn from_words(words: [u32; 4]) -> Self {
         // SAFETY: four u32 and sixteen u8 have the same size, and any bits are valid u8.
         Self { octets: unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) } }
+    }
+
+    /// The octets as four words as they lie in memory (the inverse of
+    /// [`Addr::from_words`]): four word loads in the programs.
+    #[inline(always)]
+    pub const fn as_words(&self) -> [u32; 4] {
+        // SAFETY: an `Addr` is sixteen octets aligned to 4 (asserted below), which are
+        // four valid u32.
+        unsafe { *core::ptr::from_ref(self).cast::<[u32; 4]>() }
     }
 
     /// The last four octets: the IPv4 address of an IPv4-mapped address.

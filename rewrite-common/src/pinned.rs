@@ -12,6 +12,7 @@ use crate::{
         BounceService, BounceSettings, FlowEntry, FlowTuple, MAP_BOUNCE_COUNTERS, MAP_BOUNCE_EVENTS, MAP_BOUNCE_FLOWS,
         MAP_BOUNCE_LOG_LEASE, MAP_BOUNCE_SERVICES, MAP_BOUNCE_SETTINGS, MAP_BOUNCE_XDP,
     },
+    filter::MAP_ADDR_FILTER,
     gate::{
         GateSettings, MAP_GATE_ALLOW, MAP_GATE_COUNTERS, MAP_GATE_LOG, MAP_GATE_LOG_LEASE, MAP_GATE_PORTS,
         MAP_GATE_SETTINGS,
@@ -116,7 +117,7 @@ const INDEX: usize = size_of::<u32>();
 
 /// Every map of both objects. (`BOUNCE_XDP` belongs to the rewrite object, whose XDP
 /// program tail-calls through it; the bounce object's program is put in it by its pin.)
-pub const MAPS: [MapSpec; 26] = [
+pub const MAPS: [MapSpec; 27] = [
     pinned(MAP_ADDR_FORWARD, Object::Rewrite, MapType::Hash, size_of::<Addr>(), size_of::<AddressEntry>()),
     pinned(MAP_ADDR_REVERSE, Object::Rewrite, MapType::Hash, size_of::<Addr>(), size_of::<AddressEntry>()),
     pinned(MAP_PORT_FORWARD, Object::Rewrite, MapType::Hash, size_of::<Endpoint>(), size_of::<EndpointEntry>()),
@@ -124,6 +125,7 @@ pub const MAPS: [MapSpec; 26] = [
     pinned(MAP_PREFIX_FORWARD, Object::Rewrite, MapType::LpmTrie, LPM_KEY, size_of::<PrefixEntry>()),
     pinned(MAP_PREFIX_REVERSE, Object::Rewrite, MapType::LpmTrie, LPM_KEY, size_of::<PrefixEntry>()),
     pinned(MAP_TABLES_IN_USE, Object::Rewrite, MapType::Array, INDEX, size_of::<TablesInUse>()),
+    pinned(MAP_ADDR_FILTER, Object::Rewrite, MapType::Array, INDEX, size_of::<u64>()),
     pinned(MAP_COUNTERS, Object::Rewrite, MapType::PerCpuArray, INDEX, size_of::<u64>()),
     pinned(MAP_ICMP_ERRORS, Object::Rewrite, MapType::ProgramArray, INDEX, size_of::<u32>()),
     pinned(MAP_BOUNCE_XDP, Object::Rewrite, MapType::ProgramArray, INDEX, size_of::<u32>()),

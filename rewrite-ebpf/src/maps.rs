@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use rewrite_common::{
     counters,
+    filter::{BPF_F_MMAPABLE, FILTER_BUILT, FILTER_SLOTS, filter_bit, prefix_filter_bit},
     maps::{
         Addr, AddressEntry, BPF_F_NO_PREALLOC, Counts, DEFAULT_MAX_MAPPINGS, Endpoint, EndpointEntry,
         MAX_PREFIX_MAPPINGS, PrefixEntry, PrefixKey, TablesInUse,
@@ -75,6 +76,35 @@ pub unsafe fn count_in_entry(counts: *mut Counts, bytes: u64) {
         atomic_add(&raw mut (*counts).packets, 1);
         atomic_add(&raw mut (*counts).bytes, bytes);
     }
+}
+
+/// The address filter, see `rewrite_common::filter`: a clear bit lets a side skip its
+/// port and address lookups. Userspace maps it into memory to set bits.
+#[map(name = "ADDR_FILTER")]
+static ADDR_FILTER: Array<u64> = Array::pinned(FILTER_SLOTS, BPF_F_MMAPABLE);
+
+/// Whether the direction's maps of `KIND` (`ADDRESS_KEYS`, `PORT_KEYS`) may hold
+/// `addr` in a key: false only when the filter is built and the address's bit is clear.
+#[inline(always)]
+pub fn may_be_mapped<const DIRECTION: u32, const KIND: u32>(addr: &Addr) -> bool {
+    filter_admits(filter_bit(DIRECTION, KIND, addr))
+}
+
+/// Whether a prefix of the direction's trie may cover `addr`: false only when the
+/// filter is built and the bit of the address's leading 16 bits is clear.
+#[inline(always)]
+pub fn may_match_prefix<const DIRECTION: u32>(addr: &Addr) -> bool {
+    filter_admits(prefix_filter_bit(DIRECTION, addr))
+}
+
+/// Whether the filter's bit at `(index, mask)` is set, or the filter is not built yet.
+/// Both reads are array lookups, which the kernel inlines (no helper call).
+#[inline(always)]
+fn filter_admits((index, mask): (u32, u64)) -> bool {
+    if ADDR_FILTER.get(0).copied() != Some(FILTER_BUILT) {
+        return true;
+    }
+    ADDR_FILTER.get(index).is_none_or(|word| word & mask != 0)
 }
 
 /// Which optional tables hold entries, see `TablesInUse`.

@@ -11,6 +11,7 @@
 
 use rewrite_common::{
     counters::{FRAGMENT_UNMATCHED, HELPER_ERROR, NO_MATCH, REWRITTEN},
+    filter::{ADDRESS_KEYS, PORT_KEYS},
     maps::{Counts, Endpoint, PrefixKey, TablesInUse},
 };
 
@@ -18,7 +19,7 @@ use crate::{
     copy::copy_addr,
     maps::{
         Lookup, MATCHED_ADDRESS, MATCHED_NONE, MATCHED_PORT, MATCHED_PREFIX, Scratch, SidePlan, address_table,
-        count_in_entry, port_table, prefix_entry,
+        count_in_entry, may_be_mapped, may_match_prefix, port_table, prefix_entry,
     },
     packet::Packet,
     parse::{DST_PORT_AFTER_SRC, parse},
@@ -140,7 +141,8 @@ fn look_up_side<const DIRECTION: u32>(
     let plan = &mut lookup.plans[side];
     plan.matched = MATCHED_NONE;
     let counts: *mut Counts;
-    if parsed.has_ports() && in_use.ports != 0 {
+    // The filter rules out most addresses that a map does not hold, without a lookup.
+    if parsed.has_ports() && in_use.ports != 0 && may_be_mapped::<DIRECTION, PORT_KEYS>(addr) {
         let port = if side == DESTINATION { parsed.dst_port } else { parsed.src_port };
         lookup.endpoint = Endpoint::new(*addr, port, parsed.protocol);
         if let Some(entry) = port_table::<DIRECTION>().get_ptr_mut(&lookup.endpoint) {
@@ -155,7 +157,9 @@ fn look_up_side<const DIRECTION: u32>(
             return true;
         }
     }
-    if let Some(entry) = address_table::<DIRECTION>().get_ptr_mut(addr) {
+    if may_be_mapped::<DIRECTION, ADDRESS_KEYS>(addr)
+        && let Some(entry) = address_table::<DIRECTION>().get_ptr_mut(addr)
+    {
         // SAFETY: as above.
         unsafe {
             copy_addr(&mut plan.address, &raw const (*entry).addr);
@@ -165,7 +169,7 @@ fn look_up_side<const DIRECTION: u32>(
         count(counts, bytes);
         return true;
     }
-    if in_use.prefixes == 0 {
+    if in_use.prefixes == 0 || !may_match_prefix::<DIRECTION>(addr) {
         return false;
     }
     // All 128 bits of the 16-byte form take part; an IPv4 prefix is stored as 96 + N.

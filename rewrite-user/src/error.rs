@@ -213,6 +213,9 @@ pub enum Error {
         source: Box<aya::programs::links::LinkError>,
     },
 
+    #[error("the address filter map (ADDR_FILTER) cannot be used: {why}")]
+    FilterMap { why: String },
+
     #[error("operation on map {map} failed")]
     Map {
         map: &'static str,

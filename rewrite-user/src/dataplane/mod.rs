@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub(crate) mod batch;
+pub mod filter;
 pub mod host;
 pub mod iface;
 pub mod lock;

@@ -19,7 +19,7 @@ use rewrite_common::{
 
 use crate::{
     Error,
-    dataplane::{pins::PinLayout, tc},
+    dataplane::{filter::AddressFilter, pins::PinLayout, tc},
 };
 
 /// The compiled eBPF object, built by this crate's build script.
@@ -59,6 +59,9 @@ pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) ->
     }
     let ebpf = loader.load(object).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, Object::Rewrite)?;
+    // A filter map this load created (a new table, or a table of an older build) is
+    // built from the maps before any program that reads it is attached.
+    AddressFilter::build_from(&ebpf, false)?;
     Ok(ebpf)
 }
 

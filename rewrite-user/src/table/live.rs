@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData, MapError, lpm_trie::LpmTrie};
 use rewrite_common::{
+    counters,
+    filter::{ADDRESS_KEYS, MAP_ADDR_FILTER, PORT_KEYS},
     mapping::{AddressMapping, PortMapping, PrefixMapping},
     maps::{
         Addr, AddressEntry, Counts, Endpoint, EndpointEntry, MAP_ADDR_FORWARD, MAP_ADDR_REVERSE, MAP_PORT_FORWARD,
@@ -23,6 +25,7 @@ use crate::{
     Error,
     dataplane::{
         batch::{self, BatchError},
+        filter::{AddressFilter, FilterKey},
         objects::{is_errno, is_not_found, open_pinned, table_capacity},
         pins::PinLayout,
     },
@@ -47,6 +50,9 @@ pub struct MappingTable {
     pub(crate) prefix_forward: PrefixMap,
     pub(crate) prefix_reverse: PrefixMap,
     in_use: Array<MapData, TablesInUse>,
+    /// The address filter, if the dataplane has one (a table created by an older build
+    /// has none until a load of this build adds it).
+    filter: Option<AddressFilter>,
     capacity: u32,
     /// The address maps again, for the batch commands aya's typed maps do not offer.
     forward_batch: MapData,
@@ -88,6 +94,12 @@ impl MappingTable {
             .map_err(|source| Error::map(MAP_TABLES_IN_USE, source))?;
         let batch_handle =
             |name: &'static str| MapData::from_pin(pins.map(name)).map_err(|source| Error::map(name, source));
+        let filter_pin = pins.map(MAP_ADDR_FILTER);
+        let filter = if filter_pin.exists() {
+            Some(AddressFilter::from_map_data(&batch_handle(MAP_ADDR_FILTER)?)?)
+        } else {
+            None
+        };
         Ok(Self {
             forward,
             reverse,
@@ -96,6 +108,7 @@ impl MappingTable {
             prefix_forward,
             prefix_reverse,
             in_use,
+            filter,
             capacity,
             forward_batch: batch_handle(MAP_ADDR_FORWARD)?,
             reverse_batch: batch_handle(MAP_ADDR_REVERSE)?,
@@ -154,6 +167,33 @@ impl MappingTable {
         }
     }
 
+    /// Sets the filter bit of an address about to be in a key of `direction`'s map of
+    /// `kind` (before the insert, so that no program skips the entry).
+    fn admit_to_filter(&self, direction: u32, kind: u32, addr: &Addr) {
+        self.admit_key(FilterKey::Address { direction, kind, addr: *addr });
+    }
+
+    fn admit_key(&self, key: FilterKey) {
+        if let Some(filter) = &self.filter {
+            filter.admit(key);
+        }
+    }
+
+    /// Sets the filter bits of a prefix mapping about to be inserted.
+    fn admit_prefix(&self, virtual_net: Addr, real_net: Addr, prefix_len: u32) {
+        self.admit_key(FilterKey::Prefix { direction: counters::EGRESS, network: virtual_net, prefix_len });
+        self.admit_key(FilterKey::Prefix { direction: counters::INGRESS, network: real_net, prefix_len });
+    }
+
+    /// [`Self::admit_to_filter`] for the endpoints of port entries: forward keys (VIRTUAL) on
+    /// egress, reverse keys (REAL) on ingress.
+    fn admit_endpoints(&self, endpoints: &[(Endpoint, Endpoint)]) {
+        for (virtual_endpoint, real_endpoint) in endpoints {
+            self.admit_to_filter(counters::EGRESS, PORT_KEYS, &virtual_endpoint.addr);
+            self.admit_to_filter(counters::INGRESS, PORT_KEYS, &real_endpoint.addr);
+        }
+    }
+
     fn insert(&mut self, forward: bool, key: IpAddr, value: IpAddr, flags: u64) -> Result<(), MapError> {
         self.insert_counted(forward, key, value, Counts::default(), flags)
     }
@@ -166,6 +206,11 @@ impl MappingTable {
         counts: Counts,
         flags: u64,
     ) -> Result<(), MapError> {
+        self.admit_to_filter(
+            if forward { counters::EGRESS } else { counters::INGRESS },
+            ADDRESS_KEYS,
+            &Addr::from(key),
+        );
         let map = if forward { &mut self.forward } else { &mut self.reverse };
         map.insert(Addr::from(key), AddressEntry { addr: Addr::from(value), counts }, flags)
     }
@@ -289,6 +334,7 @@ impl MappingTable {
             }
         };
         self.mark_in_use(None, Some(true))?;
+        self.admit_prefix(virtual_net, real_net, key_len);
         let reverse_value = PrefixTarget { network: virtual_net, prefix_len: key_len };
         match self.prefix_reverse.insert(&reverse_key, PrefixEntry::new(reverse_value), BPF_NOEXIST) {
             Ok(()) => {}
@@ -340,6 +386,7 @@ impl MappingTable {
         }
         let endpoints: Vec<(Endpoint, Endpoint)> = mapping.endpoints().collect();
         self.mark_in_use(Some(true), None)?;
+        self.admit_endpoints(&endpoints);
         // Reverse entries first, so that ingress can restore whatever egress rewrites.
         let reverse = endpoints.iter().map(|(virtual_endpoint, real_endpoint)| (*real_endpoint, *virtual_endpoint));
         let (added_reverse, mut result) = insert_new(&mut self.port_reverse, reverse, MAP_PORT_REVERSE);
@@ -396,6 +443,7 @@ impl MappingTable {
     pub fn insert_ports_unchecked(&mut self, mappings: &[PortMapping]) -> Result<(), Error> {
         let endpoints: Vec<(Endpoint, Endpoint)> = mappings.iter().flat_map(PortMapping::endpoints).collect();
         self.mark_in_use(Some(true), None)?;
+        self.admit_endpoints(&endpoints);
         for (virtual_endpoint, real_endpoint) in &endpoints {
             self.port_reverse
                 .insert(real_endpoint, EndpointEntry::new(*virtual_endpoint), BPF_NOEXIST)
@@ -414,6 +462,7 @@ impl MappingTable {
         let key_len = PrefixMapping::key_len(mapping.virtual_net, mapping.len);
         let (virtual_net, real_net) = (Addr::from(mapping.virtual_net), Addr::from(mapping.real_net));
         self.mark_in_use(None, Some(true))?;
+        self.admit_prefix(virtual_net, real_net, key_len);
         self.prefix_reverse
             .insert(
                 &trie_key(key_len, real_net),

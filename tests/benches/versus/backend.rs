@@ -136,7 +136,7 @@ pub fn install(backend: Backend, topology: &Topology, mappings: u32) -> Installe
             let pins = PinDir::new("bench");
             let layout = PinLayout::new(pins.path());
             layout.create_dir(&layout.maps_dir()).expect("create the pin directory");
-            drop(objects::load(&layout.maps_dir(), std::env::var("BENCH_CAP").ok().map(|v| v.parse().unwrap())).expect("load the eBPF object"));
+            drop(objects::load(&layout.maps_dir(), None).expect("load the eBPF object"));
             let mut table = MappingTable::open(&layout).expect("open the maps");
             let batch: Vec<AddressMapping> = (0..mappings)
                 .map(|index| AddressMapping {

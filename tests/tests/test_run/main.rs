@@ -5,6 +5,7 @@
 //! file per theme.
 
 mod addresses;
+mod filter;
 mod icmp_errors;
 mod ipv6;
 mod malformed;
