@@ -4,6 +4,7 @@
 //! the programs wait for before they trust a clear bit.
 
 use std::{
+    borrow::Borrow,
     num::NonZeroUsize,
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
@@ -179,34 +180,52 @@ fn page_size() -> usize {
 }
 
 /// Every key of the address and port maps and of the tries of `ebpf`, as the filter
-/// covers it (forward maps: egress; reverse maps: ingress).
+/// covers it.
 fn table_keys(ebpf: &Ebpf) -> Result<Vec<FilterKey>, Error> {
     let map =
         |name: &'static str| -> Result<&Map, Error> { ebpf.map(name).ok_or(Error::NotLoaded { path: name.into() }) };
+    let address =
+        |name| HashMap::<_, Addr, AddressEntry>::try_from(map(name)?).map_err(|source| Error::map(name, source));
+    let port =
+        |name| HashMap::<_, Endpoint, EndpointEntry>::try_from(map(name)?).map_err(|source| Error::map(name, source));
+    let prefix =
+        |name| LpmTrie::<_, [u8; 16], PrefixEntry>::try_from(map(name)?).map_err(|source| Error::map(name, source));
+    keys_of(
+        [&address(MAP_ADDR_FORWARD)?, &address(MAP_ADDR_REVERSE)?],
+        [&port(MAP_PORT_FORWARD)?, &port(MAP_PORT_REVERSE)?],
+        [&prefix(MAP_PREFIX_FORWARD)?, &prefix(MAP_PREFIX_REVERSE)?],
+    )
+}
+
+/// Every key of the address maps, the port maps and the tries, each pair given as
+/// `[forward, reverse]`, as the filter covers it (forward maps: egress; reverse maps:
+/// ingress).
+pub fn keys_of<A: Borrow<MapData>, P: Borrow<MapData>, L: Borrow<MapData>>(
+    addresses: [&HashMap<A, Addr, AddressEntry>; 2],
+    ports: [&HashMap<P, Endpoint, EndpointEntry>; 2],
+    prefixes: [&LpmTrie<L, [u8; 16], PrefixEntry>; 2],
+) -> Result<Vec<FilterKey>, Error> {
+    const DIRECTIONS: [(u32, &str, &str, &str); 2] = [
+        (counters::EGRESS, MAP_ADDR_FORWARD, MAP_PORT_FORWARD, MAP_PREFIX_FORWARD),
+        (counters::INGRESS, MAP_ADDR_REVERSE, MAP_PORT_REVERSE, MAP_PREFIX_REVERSE),
+    ];
     let mut keys = Vec::new();
-    for (name, direction) in [(MAP_ADDR_FORWARD, counters::EGRESS), (MAP_ADDR_REVERSE, counters::INGRESS)] {
-        let addresses =
-            HashMap::<_, Addr, AddressEntry>::try_from(map(name)?).map_err(|source| Error::map(name, source))?;
-        for key in addresses.keys() {
-            let addr = key.map_err(|source| Error::map(name, source))?;
+    for (index, (direction, address_name, port_name, prefix_name)) in DIRECTIONS.into_iter().enumerate() {
+        for key in addresses[index].keys() {
+            let addr = key.map_err(|source| Error::map(address_name, source))?;
             keys.push(FilterKey::Address { direction, kind: ADDRESS_KEYS, addr });
         }
-    }
-    for (name, direction) in [(MAP_PORT_FORWARD, counters::EGRESS), (MAP_PORT_REVERSE, counters::INGRESS)] {
-        let endpoints =
-            HashMap::<_, Endpoint, EndpointEntry>::try_from(map(name)?).map_err(|source| Error::map(name, source))?;
-        for key in endpoints.keys() {
-            let addr = key.map_err(|source| Error::map(name, source))?.addr;
+        for key in ports[index].keys() {
+            let addr = key.map_err(|source| Error::map(port_name, source))?.addr;
             keys.push(FilterKey::Address { direction, kind: PORT_KEYS, addr });
         }
-    }
-    for (name, direction) in [(MAP_PREFIX_FORWARD, counters::EGRESS), (MAP_PREFIX_REVERSE, counters::INGRESS)] {
-        let trie =
-            LpmTrie::<_, [u8; 16], PrefixEntry>::try_from(map(name)?).map_err(|source| Error::map(name, source))?;
-        for key in trie.keys() {
-            let key = key.map_err(|source| Error::map(name, source))?;
-            let network = Addr { octets: key.data() };
-            keys.push(FilterKey::Prefix { direction, network, prefix_len: key.prefix_len() });
+        for key in prefixes[index].keys() {
+            let key = key.map_err(|source| Error::map(prefix_name, source))?;
+            keys.push(FilterKey::Prefix {
+                direction,
+                network: Addr { octets: key.data() },
+                prefix_len: key.prefix_len(),
+            });
         }
     }
     Ok(keys)

@@ -1,7 +1,7 @@
 //! Where rewrite keeps its pinned objects in bpffs:
 //!
 //! ```text
-//! <pin dir>/maps/{ADDR,PORT,PREFIX}_{FORWARD,REVERSE}, TABLES_IN_USE, COUNTERS
+//! <pin dir>/maps/{ADDR,PORT,PREFIX}_{FORWARD,REVERSE}, TABLES_IN_USE, ADDR_FILTER, COUNTERS
 //!                                                   the table and counters, shared by all interfaces
 //! <pin dir>/ifaces/<IF>/<program>_prog              the program instance attached to IF
 //! <pin dir>/ifaces/<IF>/<program>_link              its bpf link: removing it detaches

@@ -25,7 +25,7 @@ use crate::{
     Error,
     dataplane::{
         batch::{self, BatchError},
-        filter::{AddressFilter, FilterKey},
+        filter::{self, AddressFilter, FilterKey},
         objects::{is_errno, is_not_found, open_pinned, table_capacity},
         pins::PinLayout,
     },
@@ -504,7 +504,22 @@ impl MappingTable {
         let virtuals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.virtual_addr)).collect();
         let reals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.real_addr)).collect();
         batch::delete(&self.forward_batch, &virtuals).map_err(|error| self.batch_error(MAP_ADDR_FORWARD, error))?;
-        batch::delete(&self.reverse_batch, &reals).map_err(|error| self.batch_error(MAP_ADDR_REVERSE, error))
+        batch::delete(&self.reverse_batch, &reals).map_err(|error| self.batch_error(MAP_ADDR_REVERSE, error))?;
+        self.compact_filter()
+    }
+
+    /// Rebuilds the address filter from the maps, clearing the bits that removals left
+    /// set (each costs a lookup that finds nothing). A whole rebuild reads every key, so
+    /// it follows bulk removals only; single removals leave their bits until then.
+    pub fn compact_filter(&self) -> Result<(), Error> {
+        let Some(filter) = &self.filter else { return Ok(()) };
+        let keys = filter::keys_of(
+            [&self.forward, &self.reverse],
+            [&self.port_forward, &self.port_reverse],
+            [&self.prefix_forward, &self.prefix_reverse],
+        )?;
+        filter.rebuild(keys);
+        Ok(())
     }
 
     fn batch_error(&self, map: &'static str, error: BatchError) -> Error {

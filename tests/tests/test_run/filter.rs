@@ -102,3 +102,32 @@ fn a_table_without_a_filter_gets_one_built_from_its_maps_on_load() {
     }
     drop(reloaded);
 }
+
+#[test]
+fn a_bulk_removal_clears_the_bits_it_leaves_and_keeps_the_rest() {
+    let fixture = Fixture::load();
+    let mut table = fixture.table();
+    let batch: Vec<AddressMapping> = (0..50u8)
+        .map(|host| AddressMapping {
+            virtual_addr: ip(&format!("10.210.0.{host}")),
+            real_addr: ip(&format!("10.110.0.{host}")),
+        })
+        .collect();
+    table.insert_new_many(&batch).expect("insert the batch");
+    let filter = AddressFilter::of(&fixture.object.ebpf).expect("map the filter");
+    let held = |direction, addr: IpAddr| filter.may_hold(direction, ADDRESS_KEYS, &Addr::from(addr));
+    for mapping in &batch {
+        assert!(held(counters::EGRESS, mapping.virtual_addr), "the insert set {}", mapping.virtual_addr);
+        assert!(held(counters::INGRESS, mapping.real_addr), "the insert set {}", mapping.real_addr);
+    }
+    table.remove_batch(&batch).expect("remove the batch");
+    for mapping in &batch {
+        assert!(!held(counters::EGRESS, mapping.virtual_addr), "the removal left {}", mapping.virtual_addr);
+        assert!(!held(counters::INGRESS, mapping.real_addr), "the removal left {}", mapping.real_addr);
+    }
+    assert!(held(counters::EGRESS, peer_virtual()) && held(counters::INGRESS, peer_real()), "kept the fixture's");
+    let peer = IpSpec::tcp(local(), peer_virtual());
+    fixture.expect_rewrite(Hook::TcEgress, &peer, &peer.with_addresses(local(), peer_real()));
+    let gone = IpSpec::tcp(local(), ip("10.210.0.7"));
+    fixture.expect_unchanged(Hook::TcEgress, &gone.frame(), NO_MATCH);
+}
