@@ -4,9 +4,10 @@
 //! * XDP sees a flat buffer and must patch checksums itself (RFC 1624 arithmetic from
 //!   `rewrite_common::checksum`). That is only correct for packets whose checksums are
 //!   complete, which is why XDP is used on wire devices only.
-//! * TC uses the kernel's `bpf_l3_csum_replace`/`bpf_l4_csum_replace`, which also know
-//!   the skb's checksum state (CHECKSUM_PARTIAL from a local socket or a veth peer,
-//!   CHECKSUM_COMPLETE from a NIC) and keep it consistent.
+//! * TC uses the kernel's `bpf_l4_csum_replace`, which also knows the skb's checksum
+//!   state (CHECKSUM_PARTIAL from a local socket or a veth peer, CHECKSUM_COMPLETE from
+//!   a NIC) and keeps it consistent. The IPv4 header checksum, which no offload
+//!   concerns, is computed as XDP does and stored with the address it covers.
 
 use aya_ebpf::{
     bindings::{BPF_F_INVALIDATE_HASH, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -303,6 +304,36 @@ impl<'a> TcPacket<'a> {
         self.ctx.l4_csum_replace(usize::from(parsed.l4_check), old_raw, new_raw, flags).map_err(|_| ())
     }
 
+    /// Writes the new IPv4 address at `offset` (the source or the destination) together
+    /// with the header checksum, in one store: the checksum (at 10), the source (12) and
+    /// the destination (16) lie side by side. The header checksum is a plain field on
+    /// every skb (checksum offloads concern the transport checksum only), so the
+    /// arithmetic XDP uses updates it, rather than a helper call of its own; and since
+    /// the checksum cancels the address's change in the header's sum, a
+    /// CHECKSUM_COMPLETE skb's sum stays right, as with `bpf_l3_csum_replace`.
+    #[inline(always)]
+    fn store_ipv4_address(&mut self, parsed: &IpPacket, offset: u16, old: &Addr, new: &Addr) -> Result<(), ()> {
+        let check_at = usize::from(parsed.ipv4_check);
+        let old_check: [u8; 2] = self.read(check_at).ok_or(())?;
+        let check = checksum::replace_u32(
+            u16::from_be_bytes(old_check),
+            u32::from_be_bytes(old.v4()),
+            u32::from_be_bytes(new.v4()),
+        )
+        .to_be_bytes();
+        let new = new.v4();
+        let store_flags = u64::from(BPF_F_INVALIDATE_HASH);
+        if usize::from(offset) == check_at + IPV4_SRC_AFTER_CHECK {
+            let bytes = [check[0], check[1], new[0], new[1], new[2], new[3]];
+            return self.ctx.store(check_at, &bytes, store_flags).map_err(|_| ());
+        }
+        // The destination: the source between them is written back as it is now (the
+        // source's own rewrite, if any, came first).
+        let src: [u8; 4] = self.read(check_at + IPV4_SRC_AFTER_CHECK).ok_or(())?;
+        let bytes = [check[0], check[1], src[0], src[1], src[2], src[3], new[0], new[1], new[2], new[3]];
+        self.ctx.store(check_at, &bytes, store_flags).map_err(|_| ())
+    }
+
     /// Folds a change of `SIZE` bytes (2 or 4) of plain covered data into the ICMP
     /// checksum over a quoted packet, if `parsed` is one.
     #[inline(always)]
@@ -313,6 +344,10 @@ impl<'a> TcPacket<'a> {
         self.ctx.l4_csum_replace(usize::from(parsed.icmp_check), old, new, size).map_err(|_| ())
     }
 }
+
+/// Where an IPv4 header's source address lies after its checksum (checksum at 10,
+/// source at 12, destination at 16).
+const IPV4_SRC_AFTER_CHECK: usize = 2;
 
 /// A 4-byte word of an address as the helpers take it (its bytes as they sit in memory).
 #[inline(always)]
@@ -366,19 +401,18 @@ impl Packet for TcPacket<'_> {
             return self.ctx.store(usize::from(offset), &new.octets, store_flags).map_err(|_| ());
         }
         self.l4_word(parsed, old.v4(), new.v4())?;
+        if parsed.icmp_check == 0 {
+            return self.store_ipv4_address(parsed, offset, old, new);
+        }
+        // A quoted packet: its IPv4 header's checksum is part of the ICMP message, so
+        // that checksum's change is folded into the error's checksum too.
         self.icmp_data(parsed, raw_word(old.v4()), raw_word(new.v4()), 4)?;
         let header_check = usize::from(parsed.ipv4_check);
-        if parsed.icmp_check == 0 {
-            self.ctx.l3_csum_replace(header_check, raw_word(old.v4()), raw_word(new.v4()), 4).map_err(|_| ())?;
-        } else {
-            // A quoted IPv4 header's checksum is part of the ICMP message: its change
-            // is folded into the error's checksum too.
-            let before: [u8; 2] = self.read(header_check).ok_or(())?;
-            self.ctx.l3_csum_replace(header_check, raw_word(old.v4()), raw_word(new.v4()), 4).map_err(|_| ())?;
-            let after: [u8; 2] = self.read(header_check).ok_or(())?;
-            let (from, to) = (u64::from(u16::from_ne_bytes(before)), u64::from(u16::from_ne_bytes(after)));
-            self.icmp_data(parsed, from, to, 2)?;
-        }
+        let before: [u8; 2] = self.read(header_check).ok_or(())?;
+        self.ctx.l3_csum_replace(header_check, raw_word(old.v4()), raw_word(new.v4()), 4).map_err(|_| ())?;
+        let after: [u8; 2] = self.read(header_check).ok_or(())?;
+        let (from, to) = (u64::from(u16::from_ne_bytes(before)), u64::from(u16::from_ne_bytes(after)));
+        self.icmp_data(parsed, from, to, 2)?;
         self.ctx.store(usize::from(offset), &new.v4(), store_flags).map_err(|_| ())
     }
 
