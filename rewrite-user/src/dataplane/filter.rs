@@ -27,7 +27,7 @@ use rewrite_common::{
     },
 };
 
-use crate::{Error, dataplane::objects::map_data};
+use crate::Error;
 
 /// What a bit of the filter stands for: a key of an address or port map, or a prefix of
 /// a trie.
@@ -100,8 +100,11 @@ impl AddressFilter {
 
     /// The filter map of a loaded object.
     pub fn of(ebpf: &Ebpf) -> Result<Self, Error> {
-        let map = ebpf.map(MAP_ADDR_FILTER).ok_or(Error::NotLoaded { path: MAP_ADDR_FILTER.into() })?;
-        Self::from_map_data(map_data(map))
+        match ebpf.map(MAP_ADDR_FILTER) {
+            Some(Map::Array(data)) => Self::from_map_data(data),
+            Some(_) => Err(Error::FilterMap { why: "the object declares it as another type of map".into() }),
+            None => Err(Error::NotLoaded { path: MAP_ADDR_FILTER.into() }),
+        }
     }
 
     fn slots(&self) -> &[AtomicU64] {
