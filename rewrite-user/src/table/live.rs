@@ -505,12 +505,16 @@ impl MappingTable {
         let reals: Vec<Addr> = mappings.iter().map(|mapping| Addr::from(mapping.real_addr)).collect();
         batch::delete(&self.forward_batch, &virtuals).map_err(|error| self.batch_error(MAP_ADDR_FORWARD, error))?;
         batch::delete(&self.reverse_batch, &reals).map_err(|error| self.batch_error(MAP_ADDR_REVERSE, error))?;
-        self.compact_filter()
+        if mappings.len() >= COMPACT_FILTER_AFTER {
+            self.compact_filter()?;
+        }
+        Ok(())
     }
 
     /// Rebuilds the address filter from the maps, clearing the bits that removals left
-    /// set (each costs a lookup that finds nothing). A whole rebuild reads every key, so
-    /// it follows bulk removals only; single removals leave their bits until then.
+    /// set (each costs a lookup that finds nothing). A whole rebuild reads every key of
+    /// the table, so it follows large removals only (see [`COMPACT_FILTER_AFTER`]);
+    /// smaller ones leave their bits until then.
     pub fn compact_filter(&self) -> Result<(), Error> {
         let Some(filter) = &self.filter else { return Ok(()) };
         let keys = filter::keys_of(
@@ -536,6 +540,12 @@ impl MappingTable {
         self.insert_new_many(mappings)
     }
 }
+
+/// Removals of at least this many address mappings at once rebuild the address filter.
+/// The rebuild reads every key of the table, so it must not follow each small change:
+/// an agent applies every fleet change as a plan, and a rebuild per change would make
+/// each one cost as much as the whole table.
+pub const COMPACT_FILTER_AFTER: usize = 1024;
 
 /// Inserts each `key -> value` pair into `map` with `BPF_NOEXIST`, stopping at the first
 /// error. A key already there is left alone: the plan checked it holds the same value.

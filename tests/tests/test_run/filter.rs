@@ -11,7 +11,10 @@ use rewrite_common::{
     filter::{ADDRESS_KEYS, MAP_ADDR_FILTER, PORT_KEYS},
     maps::Counts,
 };
-use rewrite_user::dataplane::{filter::AddressFilter, objects};
+use rewrite_user::{
+    dataplane::{filter::AddressFilter, objects},
+    table::live::COMPACT_FILTER_AFTER,
+};
 
 use super::*;
 
@@ -104,13 +107,14 @@ fn a_table_without_a_filter_gets_one_built_from_its_maps_on_load() {
 }
 
 #[test]
-fn a_bulk_removal_clears_the_bits_it_leaves_and_keeps_the_rest() {
+fn a_large_removal_clears_the_bits_it_leaves_and_a_small_one_does_not_rebuild() {
     let fixture = Fixture::load();
     let mut table = fixture.table();
-    let batch: Vec<AddressMapping> = (0..50u8)
+    let count = u32::try_from(COMPACT_FILTER_AFTER + 1).expect("a small count");
+    let batch: Vec<AddressMapping> = (0..count)
         .map(|host| AddressMapping {
-            virtual_addr: ip(&format!("10.210.0.{host}")),
-            real_addr: ip(&format!("10.110.0.{host}")),
+            virtual_addr: IpAddr::from(std::net::Ipv4Addr::from(0x0ad2_0000 + host)),
+            real_addr: IpAddr::from(std::net::Ipv4Addr::from(0x0a6e_0000 + host)),
         })
         .collect();
     table.insert_new_many(&batch).expect("insert the batch");
@@ -120,14 +124,25 @@ fn a_bulk_removal_clears_the_bits_it_leaves_and_keeps_the_rest() {
         assert!(held(counters::EGRESS, mapping.virtual_addr), "the insert set {}", mapping.virtual_addr);
         assert!(held(counters::INGRESS, mapping.real_addr), "the insert set {}", mapping.real_addr);
     }
-    table.remove_batch(&batch).expect("remove the batch");
-    for mapping in &batch {
-        assert!(!held(counters::EGRESS, mapping.virtual_addr), "the removal left {}", mapping.virtual_addr);
-        assert!(!held(counters::INGRESS, mapping.real_addr), "the removal left {}", mapping.real_addr);
-    }
+
+    // A small removal (what an agent applies for one fleet change) does not read the
+    // whole table again: its bits stay, and its packets still pass unchanged.
+    let (first, rest) = batch.split_first().expect("a batch");
+    table.remove_batch(std::slice::from_ref(first)).expect("remove one mapping");
+    assert!(held(counters::EGRESS, first.virtual_addr), "one removal rebuilt the filter");
+    let gone = IpSpec::tcp(local(), first.virtual_addr);
+    fixture.expect_unchanged(Hook::TcEgress, &gone.frame(), NO_MATCH);
+
+    // A large one rebuilds it: the bits of everything removed are clear (a few may be
+    // shared with the fixture's own mappings), the fixture's are kept.
+    table.remove_batch(rest).expect("remove the rest");
+    let left = batch
+        .iter()
+        .filter(|mapping| held(counters::EGRESS, mapping.virtual_addr) || held(counters::INGRESS, mapping.real_addr))
+        .count();
+    assert!(left <= 2, "{left} of {count} removed mappings kept a bit after the rebuild");
     assert!(held(counters::EGRESS, peer_virtual()) && held(counters::INGRESS, peer_real()), "kept the fixture's");
     let peer = IpSpec::tcp(local(), peer_virtual());
     fixture.expect_rewrite(Hook::TcEgress, &peer, &peer.with_addresses(local(), peer_real()));
-    let gone = IpSpec::tcp(local(), ip("10.210.0.7"));
-    fixture.expect_unchanged(Hook::TcEgress, &gone.frame(), NO_MATCH);
+    fixture.expect_unchanged(Hook::TcEgress, &IpSpec::tcp(local(), rest[7].virtual_addr).frame(), NO_MATCH);
 }
