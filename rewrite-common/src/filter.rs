@@ -86,8 +86,7 @@ pub fn filter_bit(direction: u32, kind: u32, addr: &Addr) -> (u32, u64) {
 /// IPv4-mapped), and the family's region (1 IPv4, 0 IPv6).
 #[inline(always)]
 fn leading_bits(addr: &Addr) -> (u32, u32) {
-    let words = addr.as_words();
-    let v4 = words[0] == 0 && words[1] == 0 && words[2] == Addr::from_v4([0; 4]).as_words()[2];
+    let v4 = addr.is_v4();
     let first = if v4 { 12 } else { 0 };
     let leading = u32::from(addr.octets[first]) << 8 | u32::from(addr.octets[first + 1]);
     (leading, u32::from(v4))

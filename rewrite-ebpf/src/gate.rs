@@ -38,7 +38,7 @@ use rewrite_common::{
 
 use crate::{
     gate_maps::{GATE_ALLOW, GATE_LOG, GATE_LOG_LEASE, GATE_PORTS, GATE_SAMPLED_AT, GATE_SETTINGS, count_gate},
-    maps::{address_table, lpm_lookup, may_be_mapped, may_match_prefix, prefix_entry, tables_in_use},
+    maps::{AddressFilter, address_table, lpm_lookup, prefix_entry, tables_in_use},
     packet::Packet,
     parse::{
         IPV4_FRAGMENT_OFFSET, IPV6_AUTHENTICATION, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_FRAGMENT_OFFSET,
@@ -271,12 +271,13 @@ fn sample(src: &Addr, port: u16, protocol: u8, dropped: bool) {
 /// Where `src` stands: the mapping table's REAL addresses and prefixes make the fleet.
 #[inline(always)]
 fn source(src: &Addr, prefix_key: &mut PrefixKey) -> Source {
-    if may_be_mapped::<INGRESS, ADDRESS_KEYS>(src) && address_table::<INGRESS>().get_ptr(src).is_some() {
+    let filter = AddressFilter::read();
+    if filter.may_be_mapped::<INGRESS, ADDRESS_KEYS>(src) && address_table::<INGRESS>().get_ptr(src).is_some() {
         return Source::Member;
     }
     *prefix_key = PrefixKey::host(*src);
     if tables_in_use().prefixes != 0
-        && may_match_prefix::<INGRESS>(src)
+        && filter.may_match_prefix::<INGRESS>(src)
         && prefix_entry::<INGRESS>(prefix_key).is_some()
     {
         return Source::Member;

@@ -83,28 +83,41 @@ pub unsafe fn count_in_entry(counts: *mut Counts, bytes: u64) {
 #[map(name = "ADDR_FILTER")]
 static ADDR_FILTER: Array<u64> = Array::pinned(FILTER_SLOTS, BPF_F_MMAPABLE);
 
-/// Whether the direction's maps of `KIND` (`ADDRESS_KEYS`, `PORT_KEYS`) may hold
-/// `addr` in a key: false only when the filter is built and the address's bit is clear.
-#[inline(always)]
-pub fn may_be_mapped<const DIRECTION: u32, const KIND: u32>(addr: &Addr) -> bool {
-    filter_admits(filter_bit(DIRECTION, KIND, addr))
+/// The address filter as one packet's lookups see it. Whether the filter is built is
+/// read once per packet, not before every bit: a packet checks up to six bits.
+#[derive(Clone, Copy)]
+pub struct AddressFilter {
+    built: bool,
 }
 
-/// Whether a prefix of the direction's trie may cover `addr`: false only when the
-/// filter is built and the bit of the address's leading 16 bits is clear.
-#[inline(always)]
-pub fn may_match_prefix<const DIRECTION: u32>(addr: &Addr) -> bool {
-    filter_admits(prefix_filter_bit(DIRECTION, addr))
-}
-
-/// Whether the filter's bit at `(index, mask)` is set, or the filter is not built yet.
-/// Both reads are array lookups, which the kernel inlines (no helper call).
-#[inline(always)]
-fn filter_admits((index, mask): (u32, u64)) -> bool {
-    if ADDR_FILTER.get(0).copied() != Some(FILTER_BUILT) {
-        return true;
+impl AddressFilter {
+    /// Reads the filter's header.
+    #[inline(always)]
+    pub fn read() -> Self {
+        Self { built: ADDR_FILTER.get(0).copied() == Some(FILTER_BUILT) }
     }
-    ADDR_FILTER.get(index).is_none_or(|word| word & mask != 0)
+
+    /// Whether the direction's maps of `KIND` (`ADDRESS_KEYS`, `PORT_KEYS`) may hold
+    /// `addr` in a key: false only when the filter is built and the address's bit is
+    /// clear.
+    #[inline(always)]
+    pub fn may_be_mapped<const DIRECTION: u32, const KIND: u32>(self, addr: &Addr) -> bool {
+        self.admits(filter_bit(DIRECTION, KIND, addr))
+    }
+
+    /// Whether a prefix of the direction's trie may cover `addr`: false only when the
+    /// filter is built and the bit of the address's leading 16 bits is clear.
+    #[inline(always)]
+    pub fn may_match_prefix<const DIRECTION: u32>(self, addr: &Addr) -> bool {
+        self.admits(prefix_filter_bit(DIRECTION, addr))
+    }
+
+    /// Whether the filter's bit at `(index, mask)` is set, or the filter is not built
+    /// yet. An array lookup, which the kernel inlines (no helper call).
+    #[inline(always)]
+    fn admits(self, (index, mask): (u32, u64)) -> bool {
+        !self.built || ADDR_FILTER.get(index).is_none_or(|word| word & mask != 0)
+    }
 }
 
 /// Which optional tables hold entries, see `TablesInUse`.

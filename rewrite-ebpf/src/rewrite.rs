@@ -18,8 +18,8 @@ use rewrite_common::{
 use crate::{
     copy::copy_addr,
     maps::{
-        Lookup, MATCHED_ADDRESS, MATCHED_NONE, MATCHED_PORT, MATCHED_PREFIX, Scratch, SidePlan, address_table,
-        count_in_entry, may_be_mapped, may_match_prefix, port_table, prefix_entry,
+        AddressFilter, Lookup, MATCHED_ADDRESS, MATCHED_NONE, MATCHED_PORT, MATCHED_PREFIX, Scratch, SidePlan,
+        address_table, count_in_entry, port_table, prefix_entry,
     },
     packet::Packet,
     parse::{DST_PORT_AFTER_SRC, parse},
@@ -94,8 +94,9 @@ fn rewrite_sides<P: Packet, const DIRECTION: u32>(
 ) -> Result<bool, u32> {
     // Counted as the program saw it: the whole frame.
     let bytes = if count { packet.len() as u64 } else { 0 };
-    let src_matched = look_up_side::<DIRECTION>(lookup, parsed, in_use, SOURCE, bytes);
-    let dst_matched = look_up_side::<DIRECTION>(lookup, parsed, in_use, DESTINATION, bytes);
+    let filter = AddressFilter::read();
+    let src_matched = look_up_side::<DIRECTION>(lookup, parsed, in_use, filter, SOURCE, bytes);
+    let dst_matched = look_up_side::<DIRECTION>(lookup, parsed, in_use, filter, DESTINATION, bytes);
     if src_matched {
         apply_side(packet, parsed, &lookup.plans[SOURCE], SOURCE).map_err(|()| HELPER_ERROR)?;
     }
@@ -134,6 +135,7 @@ fn look_up_side<const DIRECTION: u32>(
     lookup: &mut Lookup,
     parsed: &IpPacket,
     in_use: &TablesInUse,
+    filter: AddressFilter,
     side: usize,
     bytes: u64,
 ) -> bool {
@@ -142,7 +144,7 @@ fn look_up_side<const DIRECTION: u32>(
     plan.matched = MATCHED_NONE;
     let counts: *mut Counts;
     // The filter rules out most addresses that a map does not hold, without a lookup.
-    if parsed.has_ports() && in_use.ports != 0 && may_be_mapped::<DIRECTION, PORT_KEYS>(addr) {
+    if parsed.has_ports() && in_use.ports != 0 && filter.may_be_mapped::<DIRECTION, PORT_KEYS>(addr) {
         let port = if side == DESTINATION { parsed.dst_port } else { parsed.src_port };
         lookup.endpoint = Endpoint::new(*addr, port, parsed.protocol);
         if let Some(entry) = port_table::<DIRECTION>().get_ptr_mut(&lookup.endpoint) {
@@ -157,7 +159,7 @@ fn look_up_side<const DIRECTION: u32>(
             return true;
         }
     }
-    if may_be_mapped::<DIRECTION, ADDRESS_KEYS>(addr)
+    if filter.may_be_mapped::<DIRECTION, ADDRESS_KEYS>(addr)
         && let Some(entry) = address_table::<DIRECTION>().get_ptr_mut(addr)
     {
         // SAFETY: as above.
@@ -169,7 +171,7 @@ fn look_up_side<const DIRECTION: u32>(
         count(counts, bytes);
         return true;
     }
-    if in_use.prefixes == 0 || !may_match_prefix::<DIRECTION>(addr) {
+    if in_use.prefixes == 0 || !filter.may_match_prefix::<DIRECTION>(addr) {
         return false;
     }
     // All 128 bits of the 16-byte form take part; an IPv4 prefix is stored as 96 + N.

@@ -157,17 +157,25 @@ impl AddressFilter {
         slots[0].store(FILTER_BUILT, Ordering::Release);
     }
 
-    /// Builds the filter from the maps of `ebpf` if no build has done so yet (a table
-    /// just created, or a filter map created beside a table of an older build); with
-    /// `always`, rebuilds it anyway (an upgrade, after which writers of any build may
-    /// have inserted without setting bits).
-    pub fn build_from(ebpf: &Ebpf, always: bool) -> Result<(), Error> {
+    /// Builds the filter from the maps of `ebpf` when `when` says so.
+    pub fn build_from(ebpf: &Ebpf, when: BuildFilter) -> Result<(), Error> {
         let filter = Self::of(ebpf)?;
-        if always || !filter.is_built() {
+        if when == BuildFilter::Always || !filter.is_built() {
             filter.rebuild(table_keys(ebpf)?);
         }
         Ok(())
     }
+}
+
+/// When a load builds the filter from the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildFilter {
+    /// Only if no build has done so yet: a table just created, or a filter map created
+    /// beside a table of an older build.
+    IfUnbuilt,
+    /// Always: an upgrade, after which writers of any build may have inserted without
+    /// setting bits.
+    Always,
 }
 
 impl Drop for AddressFilter {

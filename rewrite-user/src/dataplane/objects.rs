@@ -19,7 +19,11 @@ use rewrite_common::{
 
 use crate::{
     Error,
-    dataplane::{filter::AddressFilter, pins::PinLayout, tc},
+    dataplane::{
+        filter::{AddressFilter, BuildFilter},
+        pins::PinLayout,
+        tc,
+    },
 };
 
 /// The compiled eBPF object, built by this crate's build script.
@@ -34,7 +38,7 @@ pub static BOUNCE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_
 /// capacity of the mapping maps if this load creates them. Programs are not loaded
 /// into the kernel yet: callers load only those they attach or test.
 pub fn load(maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
-    load_object(EBPF_OBJECT, maps_dir, max_mappings)
+    load_object(EBPF_OBJECT, maps_dir, max_mappings, BuildFilter::IfUnbuilt)
 }
 
 /// A loader whose verifier log, when a program is refused, holds the verifier's whole
@@ -46,8 +50,14 @@ fn ebpf_loader(maps_dir: &Path) -> EbpfLoader<'_> {
     loader
 }
 
-/// [`load`] for any build of the object (`rewrite upgrade --object`).
-pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) -> Result<Ebpf, Error> {
+/// [`load`] for any build of the object (`rewrite upgrade --object`), building the
+/// address filter from the maps when `build_filter` says so.
+pub fn load_object(
+    object: &[u8],
+    maps_dir: &Path,
+    max_mappings: Option<u32>,
+    build_filter: BuildFilter,
+) -> Result<Ebpf, Error> {
     if object.is_empty() {
         return Err(Error::BuiltWithoutPrograms);
     }
@@ -59,9 +69,8 @@ pub fn load_object(object: &[u8], maps_dir: &Path, max_mappings: Option<u32>) ->
     }
     let ebpf = loader.load(object).map_err(|error| Error::Load(Box::new(error)))?;
     check_map_layout(&ebpf, maps_dir, Object::Rewrite)?;
-    // A filter map this load created (a new table, or a table of an older build) is
-    // built from the maps before any program that reads it is attached.
-    AddressFilter::build_from(&ebpf, false)?;
+    // Built from the maps before any program that reads it is attached.
+    AddressFilter::build_from(&ebpf, build_filter)?;
     Ok(ebpf)
 }
 

@@ -9,7 +9,7 @@ use rewrite_common::bounce::MAP_BOUNCE_XDP;
 use crate::{
     Error,
     dataplane::{
-        filter::AddressFilter,
+        filter::BuildFilter,
         objects::{
             bounce_enabled, install_bounce_xdp, install_icmp_errors, load_bounce, load_object, object_version,
             program_error, typed_program,
@@ -37,10 +37,9 @@ pub struct Upgraded {
 /// contents; a map whose layout the new object does not share is refused before
 /// anything changes.
 pub fn upgrade(pins: &PinLayout, object: &[u8]) -> Result<Vec<Upgraded>, Error> {
-    let mut rewrite_ebpf = load_object(object, &pins.maps_dir(), None)?;
     // Writers of a build without the filter may have inserted since it was last built:
     // rebuilt from the maps before the new programs trust it.
-    AddressFilter::build_from(&rewrite_ebpf, true)?;
+    let mut rewrite_ebpf = load_object(object, &pins.maps_dir(), None, BuildFilter::Always)?;
     // The old programs hand ICMP errors to whatever the array holds: the new build's
     // from here on, which expect the same maps.
     install_icmp_errors(&mut rewrite_ebpf)?;

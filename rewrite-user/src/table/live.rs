@@ -92,14 +92,11 @@ impl MappingTable {
             .map_err(|source| Error::map(MAP_PREFIX_REVERSE, source))?;
         let in_use = Array::try_from(open_pinned(pins, MAP_TABLES_IN_USE)?)
             .map_err(|source| Error::map(MAP_TABLES_IN_USE, source))?;
-        let batch_handle =
+        let map_data =
             |name: &'static str| MapData::from_pin(pins.map(name)).map_err(|source| Error::map(name, source));
         let filter_pin = pins.map(MAP_ADDR_FILTER);
-        let filter = if filter_pin.exists() {
-            Some(AddressFilter::from_map_data(&batch_handle(MAP_ADDR_FILTER)?)?)
-        } else {
-            None
-        };
+        let filter =
+            if filter_pin.exists() { Some(AddressFilter::from_map_data(&map_data(MAP_ADDR_FILTER)?)?) } else { None };
         Ok(Self {
             forward,
             reverse,
@@ -110,8 +107,8 @@ impl MappingTable {
             in_use,
             filter,
             capacity,
-            forward_batch: batch_handle(MAP_ADDR_FORWARD)?,
-            reverse_batch: batch_handle(MAP_ADDR_REVERSE)?,
+            forward_batch: map_data(MAP_ADDR_FORWARD)?,
+            reverse_batch: map_data(MAP_ADDR_REVERSE)?,
         })
     }
 

@@ -12,7 +12,10 @@ use rewrite_common::{
     maps::Counts,
 };
 use rewrite_user::{
-    dataplane::{filter::AddressFilter, objects},
+    dataplane::{
+        filter::{AddressFilter, BuildFilter},
+        objects,
+    },
     table::live::COMPACT_FILTER_AFTER,
 };
 
@@ -39,7 +42,7 @@ fn an_entry_written_behind_the_filters_back_is_skipped_until_a_rebuild() {
     fixture.expect_unchanged(Hook::TcEgress, &spec.frame(), NO_MATCH);
     fixture.expect_unchanged(Hook::XdpIngress, &IpSpec::tcp(virtual_addr, local()).frame(), NO_MATCH);
 
-    AddressFilter::build_from(&fixture.object.ebpf, true).expect("rebuild the filter from the maps");
+    AddressFilter::build_from(&fixture.object.ebpf, BuildFilter::Always).expect("rebuild the filter from the maps");
     assert!(
         filter.may_hold(counters::EGRESS, ADDRESS_KEYS, &Addr::from(virtual_addr)),
         "the rebuild set the entry's bit"
