@@ -88,6 +88,8 @@ pub const PROG_TC_ICMP_ERRORS: &str = "rewrite_tc_icmp_errors";
 pub const PROG_TC_EGRESS_ICMP_ERRORS: &str = "rewrite_tc_egress_icmp_errors";
 /// An XDP program that only returns XDP_PASS: the baseline for benchmarks.
 pub const PROG_BENCH_XDP_PASS: &str = "bench_xdp_pass";
+/// A TC program that only returns TC_ACT_UNSPEC: the floor of a TC hook for benchmarks.
+pub const PROG_BENCH_TC_PASS: &str = "bench_tc_pass";
 /// Bounce mode's TC ingress program, beside the rewrite programs on every attached
 /// interface once bounce mode is in use (it returns at once while no service exists).
 pub const PROG_TC_BOUNCE: &str = "bounce_tc_ingress";
@@ -96,13 +98,14 @@ pub const PROG_TC_BOUNCE: &str = "bounce_tc_ingress";
 pub const PROG_XDP_BOUNCE: &str = "bounce_xdp_ingress";
 
 /// Every program of both objects.
-pub const PROGRAMS: [ProgramSpec; 8] = [
+pub const PROGRAMS: [ProgramSpec; 9] = [
     program(PROG_XDP_INGRESS, Object::Rewrite, ProgramKind::Xdp),
     program(PROG_TC_INGRESS, Object::Rewrite, ProgramKind::Classifier),
     program(PROG_TC_EGRESS, Object::Rewrite, ProgramKind::Classifier),
     program(PROG_TC_ICMP_ERRORS, Object::Rewrite, ProgramKind::Classifier),
     program(PROG_TC_EGRESS_ICMP_ERRORS, Object::Rewrite, ProgramKind::Classifier),
     program(PROG_BENCH_XDP_PASS, Object::Rewrite, ProgramKind::Xdp),
+    program(PROG_BENCH_TC_PASS, Object::Rewrite, ProgramKind::Classifier),
     program(PROG_TC_BOUNCE, Object::Bounce, ProgramKind::Classifier),
     program(PROG_XDP_BOUNCE, Object::Bounce, ProgramKind::Xdp),
 ];

@@ -138,8 +138,16 @@ fn icmp_errors<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
 }
 
 /// An XDP program that does nothing: the baseline that benchmarks subtract from the
-/// rewrite programs' BPF_PROG_TEST_RUN cost. The loader never attaches it.
+/// rewrite programs' BPF_PROG_TEST_RUN cost, and the floor of XDP on a device in the
+/// throughput benchmark. The loader never attaches it.
 #[xdp]
 pub fn bench_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Its TC counterpart: the floor of TC hooks on a device in the throughput benchmark.
+/// The loader never attaches it.
+#[classifier]
+pub fn bench_tc_pass(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
 }

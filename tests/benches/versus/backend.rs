@@ -9,8 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::MapData;
-use rewrite_common::mapping::AddressMapping;
+use aya::{
+    Ebpf,
+    maps::MapData,
+    programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
+};
+use rewrite_common::{
+    mapping::AddressMapping,
+    pinned::{PROG_BENCH_TC_PASS, PROG_BENCH_XDP_PASS},
+};
 use rewrite_tests::{cli::rewrite_binary, netns::PinDir};
 use rewrite_user::{dataplane::objects, dataplane::pins::PinLayout, table::live::MappingTable};
 
@@ -27,11 +34,24 @@ pub enum Backend {
     IptablesLegacy,
     /// `dnat to ip daddr map @…` and `snat to ip saddr map @…`: one rule, two maps.
     NftMap,
+    /// Plain routing with programs that do nothing on the hooks rewrite-xdp uses (XDP
+    /// and TC ingress, TC egress): the floor of any XDP program on the device.
+    EmptyXdp,
+    /// The same on the hooks rewrite-tc uses (TC ingress and egress).
+    EmptyTc,
 }
 
 impl Backend {
-    pub const ALL: [Self; 6] =
-        [Self::None, Self::RewriteXdp, Self::RewriteTc, Self::IptablesNft, Self::IptablesLegacy, Self::NftMap];
+    pub const ALL: [Self; 8] = [
+        Self::None,
+        Self::RewriteXdp,
+        Self::RewriteTc,
+        Self::IptablesNft,
+        Self::IptablesLegacy,
+        Self::NftMap,
+        Self::EmptyXdp,
+        Self::EmptyTc,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -41,13 +61,20 @@ impl Backend {
             Self::IptablesNft => "iptables-nft",
             Self::IptablesLegacy => "iptables-legacy",
             Self::NftMap => "nft-map",
+            Self::EmptyXdp => "empty-xdp",
+            Self::EmptyTc => "empty-tc",
         }
     }
 
     /// The largest table measured: netfilter stops at 100,000 (its rule walk makes
-    /// larger tables pointless to wait for), rewrite goes on to 1,000,000.
+    /// larger tables pointless to wait for), rewrite goes on to 1,000,000. The empty
+    /// programs hold no table: measured once, at N = 1.
     pub fn max_mappings(self) -> u32 {
-        if self.is_rewrite() { 1_000_000 } else { 100_000 }
+        match self {
+            Self::EmptyXdp | Self::EmptyTc => 1,
+            _ if self.is_rewrite() => 1_000_000,
+            _ => 100_000,
+        }
     }
 
     pub fn is_rewrite(self) -> bool {
@@ -57,7 +84,11 @@ impl Backend {
     /// Where the client sends for mapping `index`: the VIRTUAL address, except without
     /// translation, where it goes straight to REAL.
     pub fn target(self, index: u32) -> std::net::Ipv4Addr {
-        if self == Self::None { real_addr(index) } else { virtual_addr(index) }
+        if self.translates() { virtual_addr(index) } else { real_addr(index) }
+    }
+
+    pub fn translates(self) -> bool {
+        !matches!(self, Self::None | Self::EmptyXdp | Self::EmptyTc)
     }
 }
 
@@ -73,6 +104,8 @@ pub struct Installed {
     /// Kernel memory of rewrite's maps (their `memlock`), in bytes.
     pub map_bytes: Option<u64>,
     pins: Option<PinDir>,
+    /// The empty programs' object (dropping it detaches them), and its pins.
+    empty: Option<(Ebpf, PinDir)>,
     router: String,
 }
 
@@ -125,6 +158,7 @@ pub fn install(backend: Backend, topology: &Topology, mappings: u32) -> Installe
         change_rss_kib: 0,
         map_bytes: None,
         pins: None,
+        empty: None,
         router: router.name().to_owned(),
     };
     let middle = mappings / 2;
@@ -132,6 +166,13 @@ pub fn install(backend: Backend, topology: &Topology, mappings: u32) -> Installe
     let new_real = real_addr(mappings);
     match backend {
         Backend::None => {}
+        Backend::EmptyXdp | Backend::EmptyTc => {
+            let pins = PinDir::new("bench-empty");
+            let layout = PinLayout::new(pins.path());
+            layout.create_dir(&layout.maps_dir()).expect("create the pin directory");
+            let ebpf = router.run(|| attach_empty(&layout, backend == Backend::EmptyXdp));
+            installed.empty = Some((ebpf, pins));
+        }
         Backend::RewriteXdp | Backend::RewriteTc => {
             let pins = PinDir::new("bench");
             let layout = PinLayout::new(pins.path());
@@ -217,6 +258,29 @@ pub fn install(backend: Backend, topology: &Topology, mappings: u32) -> Installe
         }
     }
     installed
+}
+
+/// Attaches the programs that do nothing to the router's hooks toward the server, as
+/// `rewrite attach` does its own (XDP in driver mode, TC through tcx links): XDP
+/// ingress (with `xdp`), TC ingress, TC egress. Runs inside the router's namespace.
+fn attach_empty(layout: &PinLayout, xdp: bool) -> Ebpf {
+    let mut ebpf = objects::load(&layout.maps_dir(), None).expect("load the eBPF object");
+    if xdp {
+        let program: &mut Xdp = ebpf
+            .program_mut(PROG_BENCH_XDP_PASS)
+            .and_then(|program| program.try_into().ok())
+            .expect("the empty XDP program");
+        program.load().expect("load the empty XDP program");
+        program.attach(ROUTER_TO_SERVER, XdpMode::Driver).expect("attach the empty XDP program");
+    }
+    let program: &mut SchedClassifier =
+        ebpf.program_mut(PROG_BENCH_TC_PASS).and_then(|program| program.try_into().ok()).expect("the empty TC program");
+    program.load().expect("load the empty TC program");
+    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+        program.attach_with_options(ROUTER_TO_SERVER, hook, options).expect("attach the empty TC program");
+    }
+    ebpf
 }
 
 /// Connections the client resets stay in conntrack for the close timeout (10 s); at

@@ -222,7 +222,7 @@ fn installed_figures(
     map_memory: &mut Figure,
     cli_rss: &mut Figure,
 ) {
-    if backend == Backend::None {
+    if !backend.translates() {
         return;
     }
     install.record(n, backend.name(), pass, installed.install.as_secs_f64());
@@ -324,7 +324,7 @@ fn exhaustion(plan: &Plan, backends: &[Backend]) -> Figure {
     let n = 1_000.min(*plan.sizes.iter().max().expect("sizes"));
     let _limit = ConntrackMax::set(plan.conntrack_max);
     for pass in 0..plan.passes {
-        for &backend in backends {
+        for &backend in backends.iter().filter(|backend| n <= backend.max_mappings()) {
             let topology = Topology::new();
             let installed = backend::install(backend, &topology, n);
             let target = move |k: u64| backend.target(load::spread(k, n));
@@ -470,6 +470,11 @@ tears it all down, so no backend inherits another's netfilter hooks or conntrack
   write-ups do it. A new flow walks about N/2 DNAT rules and all N SNAT rules.
 - `nft-map`: `dnat to ip daddr map @forward` and `snat to ip saddr map @reverse`: one rule
   each, O(1) lookups. The strongest netfilter baseline.
+- `empty-xdp`, `empty-tc`: plain routing as in `none`, with programs that only pass the
+  packet on the hooks `rewrite-xdp` (XDP ingress in driver mode, TC ingress and egress
+  through tcx links) or `rewrite-tc` (TC ingress and egress) uses. Measured at N = 1
+  only (they hold no table): the floor any program on those hooks starts from, so that
+  `rewrite-… ÷ empty-…` is what rewrite's own work costs.
 
 Traffic always targets mappings spread over the whole table (a multiplicative hash of
 the flow number), never only the first rules. The client sends from 32 source
@@ -483,7 +488,9 @@ checksum.
   flows do not fill it. Rewrite and `none` use no conntrack at all.
 - **Small UDP packets per second**: 18-byte datagrams (64-byte frames) over 131,072
   distinct 5-tuples (32 sources × 4,096 destination ports, destinations over all N),
-  counted on the server's interface; the server drops them in routing.
+  counted on the server's interface; the server drops them in routing. The flood is one
+  way: in both rewrite modes only the router's TC egress program sees it (the ingress
+  programs are on the interface nothing comes back through).
 - **Bulk TCP**: one stream of 256 KiB writes, as the server receives it.
 - **Install** and **change one**: wall time of `iptables-restore`, `nft -f` or rewrite's
   batch update for N mappings; and of one CLI process that retargets one mapping

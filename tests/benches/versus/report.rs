@@ -17,7 +17,8 @@ pub struct Figure {
 }
 
 /// The order lines and columns appear in: the backends, then whatever else.
-const SERIES_ORDER: [&str; 6] = ["none", "rewrite-xdp", "rewrite-tc", "iptables-nft", "iptables-legacy", "nft-map"];
+const SERIES_ORDER: [&str; 8] =
+    ["none", "rewrite-xdp", "rewrite-tc", "iptables-nft", "iptables-legacy", "nft-map", "empty-xdp", "empty-tc"];
 
 /// Median, minimum and maximum.
 #[derive(Clone, Copy, Debug)]
@@ -82,13 +83,17 @@ pub fn human(value: f64) -> String {
 
 /// The series whose ratios a figure reports, against which baselines (when both are
 /// in the figure).
-const RATIOS: [(&str, &str); 6] = [
+const RATIOS: [(&str, &str); 10] = [
     ("rewrite-xdp", "none"),
     ("rewrite-xdp", "iptables-nft"),
     ("rewrite-xdp", "nft-map"),
+    ("rewrite-xdp", "empty-xdp"),
     ("rewrite-tc", "none"),
     ("rewrite-tc", "iptables-nft"),
     ("rewrite-tc", "nft-map"),
+    ("rewrite-tc", "empty-tc"),
+    ("empty-xdp", "none"),
+    ("empty-tc", "none"),
 ];
 
 impl Figure {
