@@ -433,6 +433,33 @@ fn pins_are_root_only() {
     rewrite.ok(&["attach", "--iface", "vz", "--max-mappings", "1000"]);
 }
 
+/// `status` reports the kernel memory of the maps, and `attach --max-mappings` is what
+/// sizes it: a table for 1,000 mappings takes a small part of a default one.
+#[test]
+fn status_reports_the_maps_kernel_memory() {
+    let hosts = two_hosts();
+    let memory = |rewrite: &RewriteCli| -> u64 {
+        let status: serde_json::Value =
+            serde_json::from_str(&rewrite.ok(&["status", "--json"])).expect("status --json is JSON");
+        status["table"]["kernel_memory_bytes"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("status --json has no table.kernel_memory_bytes: {status}"))
+    };
+    let small = RewriteCli::new(&hosts.a);
+    small.ok(&["attach", "--iface", "va", "--max-mappings", "1000"]);
+    small.ok(&["map", "add", B_VIRTUAL, B_REAL]);
+    let default = RewriteCli::new(&hosts.b);
+    default.ok(&["attach", "--iface", "vb"]);
+    let (small_bytes, default_bytes) = (memory(&small), memory(&default));
+    assert!(small_bytes > 0, "a table's maps take some kernel memory");
+    assert!(
+        default_bytes > 10 * small_bytes,
+        "a default table (1,048,576 mappings) must take far more than one for 1,000: {default_bytes} vs {small_bytes} bytes"
+    );
+    let text = small.ok(&["status"]);
+    assert!(text.contains("kernel memory"), "status names the maps' kernel memory: {text}");
+}
+
 #[test]
 fn port_scoped_mapping_moves_one_service_and_leaves_the_others() {
     let hosts = two_hosts();

@@ -296,8 +296,18 @@ struct InterfaceJson<'a> {
 #[derive(Debug, serde::Serialize)]
 #[serde(untagged)]
 enum TableJson {
-    Read { capacity: u32, address_entries: usize, port_entries: u64, prefix_entries: usize, prefix_capacity: u32 },
-    Unreadable { error: String },
+    Read {
+        capacity: u32,
+        address_entries: usize,
+        port_entries: u64,
+        prefix_entries: usize,
+        prefix_capacity: u32,
+        /// Kernel memory of all the pinned maps (their `memlock`), in bytes.
+        kernel_memory_bytes: u64,
+    },
+    Unreadable {
+        error: String,
+    },
 }
 
 /// `rewrite status`.
@@ -313,7 +323,8 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
         let table = MappingTable::open(pins)?;
         let listing = table.list()?;
         let ports: u64 = listing.port_mappings.iter().map(|mapping| u64::from(mapping.count)).sum();
-        Ok::<_, rewrite_user::Error>((table.capacity(), listing.mappings.len(), ports, listing.prefixes.len()))
+        let memory = status::maps_memory(pins)?;
+        Ok::<_, rewrite_user::Error>((table.capacity(), listing.mappings.len(), ports, listing.prefixes.len(), memory))
     });
     let agent = agent::running_agent(pins);
     let fleet: Option<serde_json::Value> =
@@ -335,12 +346,13 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
                 })
                 .collect(),
             table: table.map(|table| match table {
-                Ok((capacity, address_entries, port_entries, prefix_entries)) => TableJson::Read {
+                Ok((capacity, address_entries, port_entries, prefix_entries, kernel_memory_bytes)) => TableJson::Read {
                     capacity,
                     address_entries,
                     port_entries,
                     prefix_entries,
                     prefix_capacity: rewrite_common::maps::MAX_PREFIX_MAPPINGS,
+                    kernel_memory_bytes,
                 },
                 Err(error) => TableJson::Unreadable { error: format!("{error:#}") },
             }),
@@ -366,9 +378,11 @@ fn print_status(pins: &PinLayout, json: bool) -> anyhow::Result<()> {
     }
     match table {
         Some(Err(error)) => println!("table: cannot be read: {error}"),
-        Some(Ok((capacity, addresses, ports, prefixes))) => println!(
-            "table: {addresses} address and {ports} port entries of {capacity} each, {prefixes} prefixes of {}",
-            rewrite_common::maps::MAX_PREFIX_MAPPINGS
+        Some(Ok((capacity, addresses, ports, prefixes, memory))) => println!(
+            "table: {addresses} address and {ports} port entries of {capacity} each, {prefixes} prefixes of {}; \
+             kernel memory {:.1} MiB (`attach --max-mappings` sizes a new table)",
+            rewrite_common::maps::MAX_PREFIX_MAPPINGS,
+            memory as f64 / f64::from(1 << 20)
         ),
         None => println!("table: none"),
     }

@@ -163,3 +163,55 @@ pub fn attached_programs(pins: &PinLayout, iface: &str) -> Result<Vec<AttachedPr
     programs.sort_by(|a, b| a.pin.cmp(&b.pin));
     Ok(programs)
 }
+
+/// Kernel memory the pinned maps hold, in bytes: the sum of the `memlock` the kernel
+/// reports for each map in `fdinfo`. The hash maps' bucket arrays are sized for their
+/// capacity when they are created (`attach --max-mappings`), so most of it is fixed
+/// whatever the number of mappings.
+pub fn maps_memory(pins: &PinLayout) -> Result<u64, Error> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let maps_dir = pins.maps_dir();
+    let entries = std::fs::read_dir(&maps_dir).map_err(|source| Error::Io {
+        action: "listing",
+        path: maps_dir.clone(),
+        source,
+    })?;
+    let mut total = 0;
+    for entry in entries {
+        let path = entry.map_err(|source| Error::Io { action: "listing", path: maps_dir.clone(), source })?.path();
+        let map = aya::maps::MapData::from_pin(&path).map_err(|source| Error::Io {
+            action: "opening the pinned map",
+            path: path.clone(),
+            source: io::Error::other(source),
+        })?;
+        let fdinfo = Path::new("/proc/self/fdinfo").join(map.fd().as_fd().as_raw_fd().to_string());
+        let info = std::fs::read_to_string(&fdinfo).map_err(|source| Error::Io {
+            action: "reading",
+            path: fdinfo.clone(),
+            source,
+        })?;
+        total += memlock(&info).ok_or_else(|| Error::Io {
+            action: "reading memlock from",
+            path: fdinfo,
+            source: io::Error::new(io::ErrorKind::InvalidData, "no memlock line"),
+        })?;
+    }
+    Ok(total)
+}
+
+/// The `memlock:` value of a map's fdinfo.
+fn memlock(fdinfo: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| line.strip_prefix("memlock:")).and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memlock;
+
+    #[test]
+    fn memlock_is_read_from_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmap_type:\t1\nmemlock:\t69632\nmap_id:\t7\n";
+        assert_eq!(memlock(fdinfo), Some(69_632));
+        assert_eq!(memlock("map_type:\t1\n"), None, "no memlock line");
+    }
+}

@@ -4,14 +4,12 @@
 use std::{
     io::Write as _,
     net::IpAddr,
-    os::fd::{AsFd as _, AsRawFd as _},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf,
-    maps::MapData,
     programs::{LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode, tc::TcAttachOptions},
 };
 use rewrite_common::{
@@ -19,7 +17,10 @@ use rewrite_common::{
     pinned::{PROG_BENCH_TC_PASS, PROG_BENCH_XDP_PASS},
 };
 use rewrite_tests::{cli::rewrite_binary, netns::PinDir};
-use rewrite_user::{dataplane::objects, dataplane::pins::PinLayout, table::live::MappingTable};
+use rewrite_user::{
+    dataplane::{objects, pins::PinLayout, status},
+    table::live::MappingTable,
+};
 
 use crate::topology::{ROUTER_TO_SERVER, Topology, real_addr, virtual_addr};
 
@@ -188,7 +189,7 @@ pub fn install(backend: Backend, topology: &Topology, mappings: u32) -> Installe
             let started = Instant::now();
             table.insert_new_unchecked(&batch).expect("install the mappings");
             installed.install = started.elapsed();
-            installed.map_bytes = Some(map_memory(&layout));
+            installed.map_bytes = Some(status::maps_memory(&layout).expect("read the maps' kernel memory"));
             let binary = rewrite_binary();
             let pin_dir = pins.path().to_string_lossy().into_owned();
             let ingress = if backend == Backend::RewriteXdp { "xdp" } else { "tc" };
@@ -335,21 +336,4 @@ fn timed(mut command: Command, input: &str) -> (Duration, u64) {
     }
     assert!(status.success(), "{command:?} failed: {stderr}");
     (elapsed, peak_kib)
-}
-
-/// The kernel memory rewrite's maps hold, as their `memlock` in fdinfo reports it.
-fn map_memory(layout: &PinLayout) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(layout.maps_dir()).expect("list the pinned maps") {
-        let path = entry.expect("a pinned map").path();
-        let map = MapData::from_pin(&path).unwrap_or_else(|error| panic!("open {}: {error}", path.display()));
-        let fd = map.fd().as_fd().as_raw_fd();
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("read fdinfo");
-        total += info
-            .lines()
-            .find_map(|line| line.strip_prefix("memlock:"))
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no memlock in fdinfo of {}", path.display()));
-    }
-    total
 }
