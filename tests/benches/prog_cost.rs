@@ -120,23 +120,42 @@ fn run_once(loaded: &LoadedObject, program: &str, frame: &[u8], repeat: u32) -> 
     duration
 }
 
-/// Median, min and max of the plan's passes, in nanoseconds per packet, after checking
-/// that every run counted `outcome` (when given) in `direction`.
-fn measure(plan: &Plan, loaded: &LoadedObject, program: &str, frame: &[u8], expect: Option<(u32, u32)>) -> Cost {
-    let before = Counters::read(&loaded.layout).expect("read counters");
-    let mut samples: Vec<f64> =
-        (0..plan.passes).map(|_| run_once(loaded, program, frame, plan.repeat).as_secs_f64() * 1e9).collect();
-    if let Some((direction, outcome)) = expect {
-        let runs = Counters::read(&loaded.layout).expect("read counters").get(direction, outcome)
-            - before.get(direction, outcome);
-        assert_eq!(
-            runs,
-            u64::from(plan.repeat) * plan.passes as u64,
-            "{program}: not every run took the measured path"
-        );
+/// One path measured: a program run on a frame, and the outcome every run must count
+/// (`(direction, outcome)`), if any.
+struct Path<'a> {
+    program: &'a str,
+    frame: &'a [u8],
+    expect: Option<(u32, u32)>,
+}
+
+fn path<'a>(program: &'a str, frame: &'a [u8], expect: Option<(u32, u32)>) -> Path<'a> {
+    Path { program, frame, expect }
+}
+
+/// Median, min and max of the plan's passes for each path, in nanoseconds per packet,
+/// after checking that every run counted its outcome. The passes are interleaved (pass 1
+/// of every path, then pass 2, ...), so that a slow spell of the shared machine falls on
+/// one pass of each path, which the median drops, rather than on every pass of one path.
+fn measure_row(plan: &Plan, loaded: &LoadedObject, paths: &[Path<'_>]) -> Vec<Cost> {
+    let mut samples = vec![Vec::with_capacity(plan.passes); paths.len()];
+    for _ in 0..plan.passes {
+        for (path, samples) in paths.iter().zip(&mut samples) {
+            let before = Counters::read(&loaded.layout).expect("read counters");
+            samples.push(run_once(loaded, path.program, path.frame, plan.repeat).as_secs_f64() * 1e9);
+            if let Some((direction, outcome)) = path.expect {
+                let runs = Counters::read(&loaded.layout).expect("read counters").get(direction, outcome)
+                    - before.get(direction, outcome);
+                assert_eq!(runs, u64::from(plan.repeat), "{}: not every run took the measured path", path.program);
+            }
+        }
     }
-    samples.sort_by(f64::total_cmp);
-    Cost { median: samples[plan.passes / 2], min: samples[0], max: samples[plan.passes - 1] }
+    samples
+        .into_iter()
+        .map(|mut samples| {
+            samples.sort_by(f64::total_cmp);
+            Cost { median: samples[plan.passes / 2], min: samples[0], max: samples[plan.passes - 1] }
+        })
+        .collect()
 }
 
 /// An ARP request: a frame the programs look at only as far as its ethertype.
@@ -226,25 +245,29 @@ fn main() {
             let miss = IpSpec::tcp(stranger, client).frame();
             let egress_hit = IpSpec::tcp(client, target.virtual_addr).frame();
             let egress_miss = IpSpec::tcp(client, stranger).frame();
-            let cells = vec![
-                measure(&plan, &loaded, PROG_BENCH_XDP_PASS, &hit, None),
-                measure(&plan, &loaded, PROG_XDP_INGRESS, &hit, Some((INGRESS, REWRITTEN))),
-                measure(&plan, &loaded, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
-                measure(&plan, &loaded, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
-                measure(&plan, &loaded, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
+            let arp = arp_frame();
+            let mut paths = vec![
+                path(PROG_BENCH_XDP_PASS, &hit, None),
+                path(PROG_XDP_INGRESS, &hit, Some((INGRESS, REWRITTEN))),
+                path(PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
+                path(PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
+                path(PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
             ];
+            // The stages of the first size are measured in the same passes.
+            if stages.is_none() {
+                paths.push(path(PROG_XDP_INGRESS, &arp, Some((INGRESS, UNSUPPORTED))));
+                paths.push(path(PROG_TC_EGRESS, &arp, Some((EGRESS, UNSUPPORTED))));
+            }
+            let mut cells = measure_row(&plan, &loaded, &paths);
+            if stages.is_none() {
+                let tc_not_ip = cells.pop().expect("the TC stage");
+                let xdp_not_ip = cells.pop().expect("the XDP stage");
+                stages = Some(Stages { empty: cells[0], xdp_not_ip, tc_not_ip });
+            }
             eprintln!(
                 "address table, {size} entries: {}",
                 cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
             );
-            if stages.is_none() {
-                let arp = arp_frame();
-                stages = Some(Stages {
-                    empty: cells[0],
-                    xdp_not_ip: measure(&plan, &loaded, PROG_XDP_INGRESS, &arp, Some((INGRESS, UNSUPPORTED))),
-                    tc_not_ip: measure(&plan, &loaded, PROG_TC_EGRESS, &arp, Some((EGRESS, UNSUPPORTED))),
-                });
-            }
             address_rows.push((size, cells));
             table.remove_mapping(inverse.virtual_addr).expect("remove inverse");
         }
@@ -289,15 +312,19 @@ fn main() {
         let miss = IpSpec::tcp(stranger, client).frame();
         let egress_hit = IpSpec::tcp(client, addr.virtual_addr).frame();
         let egress_miss = IpSpec::tcp(client, stranger).frame();
-        let cells = vec![
-            measure(&plan, &loaded, PROG_BENCH_XDP_PASS, &address_hit, None),
-            measure(&plan, &loaded, PROG_XDP_INGRESS, &port_hit, Some((INGRESS, REWRITTEN))),
-            measure(&plan, &loaded, PROG_XDP_INGRESS, &address_hit, Some((INGRESS, REWRITTEN))),
-            measure(&plan, &loaded, PROG_XDP_INGRESS, &prefix_hit, Some((INGRESS, REWRITTEN))),
-            measure(&plan, &loaded, PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
-            measure(&plan, &loaded, PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
-            measure(&plan, &loaded, PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
-        ];
+        let cells = measure_row(
+            &plan,
+            &loaded,
+            &[
+                path(PROG_BENCH_XDP_PASS, &address_hit, None),
+                path(PROG_XDP_INGRESS, &port_hit, Some((INGRESS, REWRITTEN))),
+                path(PROG_XDP_INGRESS, &address_hit, Some((INGRESS, REWRITTEN))),
+                path(PROG_XDP_INGRESS, &prefix_hit, Some((INGRESS, REWRITTEN))),
+                path(PROG_XDP_INGRESS, &miss, Some((INGRESS, NO_MATCH))),
+                path(PROG_TC_EGRESS, &egress_hit, Some((EGRESS, REWRITTEN))),
+                path(PROG_TC_EGRESS, &egress_miss, Some((EGRESS, NO_MATCH))),
+            ],
+        );
         eprintln!(
             "all tables, {size} entries: {}",
             cells.iter().map(ToString::to_string).collect::<Vec<_>>().join(" | ")
@@ -376,7 +403,9 @@ fn breakdown(
 fn write_report(plan: &Plan, address_rows: &[(u32, Vec<Cost>)], all_rows: &[(u32, Vec<Cost>)], breakdown: &str) {
     let mut markdown = format!(
         "### Per-packet program cost (BPF_PROG_TEST_RUN, ns per packet)\n\n\
-         {} runs per pass, median of {} passes [min–max], on {}. The same frame is run again and again, \
+         {} runs per pass, median of {} passes [min–max], on {}; the passes of a row's paths are \
+         interleaved, so that a slow spell of the shared machine costs each path one pass, not all of one \
+         path's. The same frame is run again and again, \
          so the entries it uses stay in the CPU's caches: this is the cost of the program's work, not of \
          cache misses on a large table under real traffic.\n\n",
         plan.repeat,
