@@ -338,6 +338,10 @@ pub struct StreamReport {
     /// Sequence numbers sent but never received (at most the first 20).
     pub missing: Vec<u64>,
     pub duplicates: u64,
+    /// When each datagram was sent, by sequence number.
+    pub sent_at: Vec<std::time::Instant>,
+    /// The sequence numbers received, sorted, each once.
+    pub received_sequences: Vec<u64>,
 }
 
 /// Streams numbered UDP datagrams from `client_ns` to `send_to` (one every
@@ -382,22 +386,24 @@ pub fn udp_stream_during(
         let sender = scope.spawn(|| {
             client_ns.enter();
             let socket = unspecified_udp_socket(send_to);
-            let mut sequence = 0u64;
+            let mut sent_at = Vec::new();
             while !stop.load(Ordering::Relaxed) {
+                let sequence = sent_at.len() as u64;
+                sent_at.push(std::time::Instant::now());
                 let mut datagram = sequence.to_be_bytes().to_vec();
                 datagram.extend_from_slice(b"rewrite-seq");
                 socket.send_to(&datagram, send_to).unwrap_or_else(|error| panic!("send to {send_to}: {error}"));
-                sequence += 1;
                 std::thread::sleep(interval);
             }
-            sequence
+            sent_at
         });
         // Stops the stream however `during` ends: a panic in it must fail the test, not
         // leave the sender and receiver running while the scope waits for them.
         let stopper = crate::wait::SetOnDrop(&stop);
         during();
         drop(stopper);
-        let sent = sender.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let sent_at = sender.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let sent = sent_at.len() as u64;
         let mut seen = receiver.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         let received = seen.len() as u64;
         seen.sort_unstable();
@@ -405,6 +411,6 @@ pub fn udp_stream_during(
         seen.dedup();
         let duplicates = (before - seen.len()) as u64;
         let missing = (0..sent).filter(|sequence| seen.binary_search(sequence).is_err()).take(20).collect();
-        StreamReport { sent, received, missing, duplicates }
+        StreamReport { sent, received, missing, duplicates, sent_at, received_sequences: seen }
     })
 }

@@ -567,3 +567,120 @@ fn the_fleet_table_is_reached_with_a_user_and_password() {
     let guessed = stderr_of(&guessed);
     assert!(guessed.contains("authentication failed"), "{guessed}");
 }
+
+/// A node's config with the gate in enforce on udp/7000.
+const GATED_CONFIG: &str = "[[interface]]\nname = \"eth0\"\ningress = \"tc\"\n\n\
+                            [gate]\nmode = \"enforce\"\nprotect = [\"udp/7000\"]\n";
+
+/// How long a node removed from the fleet may keep reaching a gated member after the
+/// delete is committed: a bound for a loaded test machine, far above the propagation the
+/// fleet benchmark measures (milliseconds).
+const GATE_CLOSES_WITHIN: Duration = Duration::from_millis(500);
+
+#[test]
+fn agents_with_the_gate_in_enforce_admit_exactly_the_fleets_members() {
+    let fleet = Fleet::new(4);
+    fleet.fleet_ok(&["pool", "add", "overlay", "100.64.0.0/24"]);
+    // Nodes 1 to 3 are the fleet, each gating udp/7000; node 4 is on the same bridge but
+    // runs no agent and is in no table.
+    for node in &fleet.nodes[..3] {
+        node.config.write(GATED_CONFIG);
+    }
+    let agents: Vec<AgentProcess<'_>> = fleet.nodes[..3].iter().map(|node| start_registered(node, "overlay")).collect();
+    for agent in &agents {
+        wait_metric(agent, "registered", "rewrite_fleet_registered", &[], |value| value == 1.0);
+        wait_metric(agent, "the gate enforces", "rewrite_gate_mode", &[("mode", "enforce")], |value| value == 1.0);
+    }
+    let virtuals: Vec<String> =
+        (1..=3).map(|index| fleet.claim_of("overlay", &format!("node{index}")).to_string()).collect();
+    for (owner, virtual_addr) in fleet.nodes[..3].iter().zip(&virtuals) {
+        for node in fleet.nodes[..3].iter().filter(|node| node.index != owner.index) {
+            wait_for_mapping(node, virtual_addr, &owner.real());
+        }
+    }
+    let (v1, r1) = (virtuals[0].as_str(), fleet.node(1).real());
+
+    // Members pass, on node 1's VIRTUAL and on its REAL.
+    for client in [2, 3] {
+        let report = echo_to_virtual(fleet.node(1), fleet.node(client), v1, 10, Duration::from_secs(2));
+        assert_eq!(report.echoed, 10, "member node {client} must reach node 1's VIRTUAL through its gate: {report:?}");
+        let direct = udp_echo(
+            &fleet.node(1).netns,
+            addr("0.0.0.0", 7000),
+            &fleet.node(client).netns,
+            addr(&r1, 7000),
+            5,
+            Duration::from_secs(2),
+        );
+        assert_eq!(direct.echoed, 5, "member node {client} must reach node 1's REAL through its gate: {direct:?}");
+    }
+    // The outsider is dropped on the protected port, and still reaches an unprotected one.
+    let outsider = |port| {
+        udp_echo(
+            &fleet.node(1).netns,
+            addr("0.0.0.0", port),
+            &fleet.node(4).netns,
+            addr(&r1, port),
+            5,
+            Duration::from_millis(300),
+        )
+    };
+    let denied = outsider(7000);
+    assert_eq!(denied.echoed, 0, "node 4 is no member: node 1's gate must drop it: {denied:?}");
+    assert!(denied.server_sources.is_empty(), "nothing from node 4 may reach the server: {denied:?}");
+    wait_metric(
+        &agents[0],
+        "the outsider's datagrams counted as dropped",
+        "rewrite_gate_total",
+        &[("reason", "dropped")],
+        |value| value >= 5.0,
+    );
+    assert_eq!(outsider(7001).echoed, 5, "udp/7001 is not protected: node 4 must reach it");
+
+    // Node 3 leaves the fleet while it streams to node 1: everything it sent before the
+    // delete arrives, nothing it sent once the change had time to propagate does.
+    let (v3, r3) = (virtuals[2].clone(), fleet.node(3).real());
+    let mut delete_window = None;
+    let stream = rewrite_tests::traffic::udp_stream_during(
+        &fleet.node(1).netns,
+        addr("0.0.0.0", 7000),
+        &fleet.node(3).netns,
+        addr(v1, 7000),
+        Duration::from_millis(2),
+        || {
+            std::thread::sleep(Duration::from_millis(300));
+            let before = std::time::Instant::now();
+            assert_eq!(fleet.fleet_ok(&["del", &v3]).trim(), format!("deleted {v3} -> {r3}"));
+            delete_window = Some((before, std::time::Instant::now()));
+            wait_for_no_mapping(fleet.node(1), &v3);
+            std::thread::sleep(GATE_CLOSES_WITHIN * 2);
+        },
+    );
+    let (before_delete, after_delete) = delete_window.expect("the delete ran");
+    let sent_before: Vec<u64> = (0..stream.sent).filter(|seq| stream.sent_at[*seq as usize] < before_delete).collect();
+    let lost_before: Vec<&u64> =
+        sent_before.iter().filter(|seq| stream.received_sequences.binary_search(seq).is_err()).collect();
+    assert!(
+        !sent_before.is_empty() && lost_before.is_empty(),
+        "while node 3 was a member every datagram must pass; lost {lost_before:?} of {}",
+        sent_before.len()
+    );
+    let last_admitted = stream.received_sequences.last().map(|seq| stream.sent_at[*seq as usize]).expect("some passed");
+    let late = (0..stream.sent).filter(|seq| stream.sent_at[*seq as usize] > after_delete + GATE_CLOSES_WITHIN).count();
+    assert!(late > 100, "the stream must go on well past the delete to show the gate closed: {late} datagrams");
+    assert!(
+        last_admitted <= after_delete + GATE_CLOSES_WITHIN,
+        "node 1 admitted a datagram node 3 sent {:?} after its delete was committed",
+        last_admitted.saturating_duration_since(after_delete)
+    );
+    eprintln!(
+        "gate closed for node 3: last datagram admitted was sent {:?} after the delete command returned \
+         ({:?} after it started)",
+        last_admitted.saturating_duration_since(after_delete),
+        last_admitted.saturating_duration_since(before_delete)
+    );
+    // Node 2 is still a member.
+    let report = echo_to_virtual(fleet.node(1), fleet.node(2), v1, 5, Duration::from_secs(2));
+    assert_eq!(report.echoed, 5, "node 2 is still a member: {report:?}");
+    drop(agents);
+}
