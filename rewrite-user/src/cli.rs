@@ -163,6 +163,11 @@ pub enum Command {
         /// 100 ms up to this).
         #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
         etcd_retry_max: u64,
+        /// Follow the fleet table through these endpoints instead of `--etcd` (an etcd gRPC
+        /// proxy near the node, which serves a rack's agents over one watch on the cluster);
+        /// registration, leases and writes still go to `--etcd`.
+        #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',', requires = "etcd")]
+        etcd_watch: Vec<String>,
     },
     /// Edit the fleet table in etcd that agents started with `--etcd` follow.
     ///

@@ -109,6 +109,11 @@ impl Etcd {
         }
     }
 
+    /// etcd's process id while it runs (nsenter execs etcd in its own place).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills etcd, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -127,6 +132,47 @@ impl Drop for Etcd {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// An etcd gRPC proxy in a namespace (`etcd grpc-proxy start`), killed on drop.
+#[derive(Debug)]
+pub struct GrpcProxy {
+    child: Child,
+}
+
+impl GrpcProxy {
+    /// Starts a proxy inside `netns` listening on `listen` (ADDR:PORT) for the etcd at
+    /// `upstream` (ADDR:PORT), and waits until it accepts connections.
+    pub fn start(netns: &Netns, listen: &str, upstream: &str) -> Self {
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.path().display()))
+            .args(["--", "etcd", "grpc-proxy", "start"])
+            .arg(format!("--endpoints={upstream}"))
+            .arg(format!("--listen-addr={listen}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start etcd grpc-proxy: {error}"));
+        let proxy = Self { child };
+        let address: std::net::SocketAddr = listen.parse().expect("ADDR:PORT");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while netns.run(|| std::net::TcpStream::connect(address).is_err()) {
+            assert!(Instant::now() < deadline, "the gRPC proxy on {listen} does not listen after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        proxy
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for GrpcProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -657,7 +657,8 @@ fn agents_with_the_gate_in_enforce_admit_exactly_the_fleets_members() {
         },
     );
     let (before_delete, after_delete) = delete_window.expect("the delete ran");
-    let sent_before: Vec<u64> = (0..stream.sent).filter(|seq| stream.sent_at[*seq as usize] < before_delete).collect();
+    let sent_at = |seq: u64| stream.sent_at[usize::try_from(seq).expect("a sequence number fits usize")];
+    let sent_before: Vec<u64> = (0..stream.sent).filter(|seq| sent_at(*seq) < before_delete).collect();
     let lost_before: Vec<&u64> =
         sent_before.iter().filter(|seq| stream.received_sequences.binary_search(seq).is_err()).collect();
     assert!(
@@ -665,8 +666,8 @@ fn agents_with_the_gate_in_enforce_admit_exactly_the_fleets_members() {
         "while node 3 was a member every datagram must pass; lost {lost_before:?} of {}",
         sent_before.len()
     );
-    let last_admitted = stream.received_sequences.last().map(|seq| stream.sent_at[*seq as usize]).expect("some passed");
-    let late = (0..stream.sent).filter(|seq| stream.sent_at[*seq as usize] > after_delete + GATE_CLOSES_WITHIN).count();
+    let last_admitted = stream.received_sequences.last().map(|seq| sent_at(*seq)).expect("some passed");
+    let late = (0..stream.sent).filter(|seq| sent_at(*seq) > after_delete + GATE_CLOSES_WITHIN).count();
     assert!(late > 100, "the stream must go on well past the delete to show the gate closed: {late} datagrams");
     assert!(
         last_admitted <= after_delete + GATE_CLOSES_WITHIN,
@@ -683,4 +684,96 @@ fn agents_with_the_gate_in_enforce_admit_exactly_the_fleets_members() {
     let report = echo_to_virtual(fleet.node(1), fleet.node(2), v1, 5, Duration::from_secs(2));
     assert_eq!(report.echoed, 5, "node 2 is still a member: {report:?}");
     drop(agents);
+}
+
+/// A store that answers no renewal for less than the lease's TTL (restarted, or too
+/// busy) must not make a node register again: a new lease per hiccup would, once the old
+/// one ran out, take the node's mapping out of every agent's table, which is how an
+/// overloaded etcd's trouble would spread to the whole fleet. The agent keeps renewing
+/// the lease it has.
+#[test]
+fn a_registered_node_rides_out_a_store_hiccup_on_the_lease_it_has() {
+    let mut fleet = Fleet::new(2);
+    fleet.fleet_ok(&["pool", "add", "overlay", "100.64.0.0/24"]);
+    let (etcd, nodes) = (&mut fleet.etcd, &fleet.nodes);
+    let node = &nodes[0];
+    let mut args = register_args(node, "overlay");
+    // A lease long enough to outlast the restart below, short enough for the test.
+    let ttl = args.iter().position(|arg| arg == "--lease-ttl").expect("the helper sets a TTL") + 1;
+    args[ttl] = "6".into();
+    let agent = node.start_agent(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_metric(&agent, "registered", "rewrite_fleet_registered", &[], |value| value == 1.0);
+    let virtual_addr = agent
+        .log()
+        .lines()
+        .find(|line| line.contains("registered in the fleet table"))
+        .and_then(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .and_then(|value| value["fields"]["virtual_addr"].as_str().map(ToOwned::to_owned))
+        .expect("the agent logs the VIRTUAL it registered");
+    let watcher = nodes[1].start_agent(&[]);
+    wait_for_mapping(&nodes[1], &virtual_addr, &node.real());
+    let changes_before = metric(&watcher, "rewrite_fleet_changes_total", &[]).unwrap_or(0.0);
+
+    etcd.kill();
+    std::thread::sleep(Duration::from_millis(2500));
+    etcd.restart();
+    // Long enough for the lease to have lapsed had the agent stopped renewing it.
+    std::thread::sleep(Duration::from_secs(8));
+    let log = agent.log();
+    let registrations = log.lines().filter(|line| line.contains("registered in the fleet table")).count();
+    assert_eq!(registrations, 1, "the node must keep its first registration through the hiccup:\n{log}");
+    assert!(log.contains("renewing the registration lease failed; retrying"), "the outage was noticed:\n{log}");
+    assert!(nodes[1].has_mapping(&virtual_addr, &node.real()), "node 1's mapping stays on node 2");
+    wait_metric(&watcher, "reconnected", "rewrite_fleet_connected", &[], |value| value == 1.0);
+    let changes_after = metric(&watcher, "rewrite_fleet_changes_total", &[]).unwrap_or(0.0);
+    assert_eq!(
+        changes_after, changes_before,
+        "no change may reach the other agents: node 1's mapping was neither removed nor written again"
+    );
+    drop((agent, watcher));
+}
+
+/// At thousands of nodes, agents follow the table through an etcd gRPC proxy near them
+/// (`--etcd-watch`), which serves their watches over one watch on the cluster, while
+/// registration and leases go to etcd itself. The watch really goes through the proxy:
+/// without it the agent loses the table (and keeps its maps), and catches up once it
+/// is back; registration does not notice.
+#[test]
+fn an_agent_follows_the_table_through_a_grpc_proxy_and_registers_with_etcd() {
+    let fleet = Fleet::new(2);
+    fleet.fleet_ok(&["pool", "add", "overlay", "100.64.0.0/24"]);
+    let proxy_listen = format!("{HUB_ADDR}:23790");
+    let upstream = format!("127.0.0.1:{}", rewrite_tests::fleet::ETCD_PORT);
+    let proxy = rewrite_tests::fleet::GrpcProxy::start(&fleet.hub, &proxy_listen, &upstream);
+    let watch_url = format!("http://{proxy_listen}");
+    let mut args = register_args(fleet.node(1), "overlay");
+    args.extend(["--etcd-watch".to_owned(), watch_url.clone()]);
+    let proxied = fleet.node(1).start_agent(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let direct = start_registered(fleet.node(2), "overlay");
+    for agent in [&proxied, &direct] {
+        wait_metric(agent, "registered", "rewrite_fleet_registered", &[], |value| value == 1.0);
+    }
+    let v2 = fleet.claim_of("overlay", "node2").to_string();
+    wait_for_mapping(fleet.node(1), &v2, &fleet.node(2).real());
+    fleet.fleet_ok(&["add", "100.64.1.9", "10.99.0.9"]);
+    wait_for_mapping(fleet.node(1), "100.64.1.9", "10.99.0.9");
+
+    drop(proxy);
+    wait_metric(&proxied, "the watch lost with the proxy", "rewrite_fleet_connected", &[], |value| value == 0.0);
+    fleet.fleet_ok(&["del", "100.64.1.9"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        fleet.node(1).has_mapping("100.64.1.9", "10.99.0.9"),
+        "without its watch, the agent keeps what it had:\n{}",
+        fleet.node(1).map_list()
+    );
+    assert_eq!(
+        metric(&proxied, "rewrite_fleet_registered", &[]),
+        Some(1.0),
+        "registration goes to etcd, not the proxy"
+    );
+    let _proxy = rewrite_tests::fleet::GrpcProxy::start(&fleet.hub, &proxy_listen, &upstream);
+    wait_metric(&proxied, "the watch back", "rewrite_fleet_connected", &[], |value| value == 1.0);
+    wait_for_no_mapping(fleet.node(1), "100.64.1.9");
+    drop((proxied, direct));
 }

@@ -87,8 +87,8 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
     let mut fleet_tasks = Vec::new();
     if let Some(fleet) = fleet {
         tracing::info!(endpoints = %fleet.store.endpoints.join(","), prefix = %fleet.store.prefix, "following the fleet table");
-        dataplane.follow_fleet(fleet.node.is_some(), &fleet.store.endpoints);
-        let table = fleet_watch::follow_table(fleet.store.clone(), fleet.retry_max, updates_sender.clone());
+        dataplane.follow_fleet(fleet.node.is_some(), &fleet.store.all_endpoints());
+        let table = fleet_watch::follow_table(fleet.store.for_watching(), fleet.retry_max, updates_sender.clone());
         fleet_tasks.push(tokio::spawn(table));
         if let Some(node) = fleet.node {
             fleet_tasks.push(tokio::spawn(fleet_watch::keep_registered(

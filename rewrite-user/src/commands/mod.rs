@@ -120,8 +120,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             return apply_config(&pins, &file, ApplyOutput { dry_run, json, quiet });
         }
         Command::Export => print!("{}", export(&pins)?),
-        Command::Agent { config, metrics, metrics_mappings, store, node, etcd_retry_max } => {
-            let fleet = store.options().map(|store| rewrite_user::fleet::FleetSettings {
+        Command::Agent { config, metrics, metrics_mappings, store, node, etcd_retry_max, etcd_watch } => {
+            let fleet = store.options().map(|mut store| {
+                store.watch_endpoints = etcd_watch;
+                store
+            });
+            let fleet = fleet.map(|store| rewrite_user::fleet::FleetSettings {
                 store,
                 node: node.options(),
                 retry_max: std::time::Duration::from_secs(etcd_retry_max),

@@ -15,6 +15,7 @@
 //!
 //! [fleet]                          # optional: follow a fleet table in etcd
 //! etcd = ["https://10.1.0.1:2379"]
+//! watch = ["http://127.0.0.1:23790"]  # optional: follow the table through a gRPC proxy
 //! prefix = "/rewrite/prod"
 //! ca = "/etc/rewrite/etcd-ca.pem"   # optional: TLS; cert and key for client auth
 //! user = "rewrite"                  # optional, with password_file
@@ -339,6 +340,7 @@ real = \"224.0.0.1\"
         let text = r#"
 [fleet]
 etcd = ["https://10.1.0.1:2379", "https://10.1.0.2:2379"]
+watch = ["http://127.0.0.1:23790"]
 prefix = "/rewrite/prod/"
 ca = "/etc/rewrite/ca.pem"
 cert = "/etc/rewrite/client.pem"
@@ -356,6 +358,9 @@ expire_after = "10m"
         assert_eq!(parse(Path::new("written.toml"), &written).expect("the written config parses"), config, "{written}");
         let fleet = config.fleet.expect("a fleet section");
         assert_eq!(fleet.store.endpoints.len(), 2);
+        assert_eq!(fleet.store.watch_endpoints, ["http://127.0.0.1:23790"]);
+        assert_eq!(fleet.store.for_watching().endpoints, ["http://127.0.0.1:23790"], "the watch goes to the proxy");
+        assert_eq!(fleet.store.all_endpoints().len(), 3);
         assert_eq!(fleet.store.keepalive, Duration::from_secs(5));
         assert_eq!(fleet.retry_max, Duration::from_secs(10));
         let node = fleet.node.expect("a node");
@@ -438,6 +443,7 @@ target = "10.1.0.2:83"
     fn a_bad_fleet_section_names_each_problem() {
         let text = r#"[fleet]
 etcd = ["10.1.0.1:2379"]
+watch = ["127.0.0.1:23790"]
 prefix = "rewrite"
 cert = "/etc/rewrite/client.pem"
 retry_max_seconds = 0
@@ -450,11 +456,12 @@ expire_after = "soon"
 "#;
         let found = problems(text);
         let lines: Vec<usize> = found.iter().map(|(line, _)| *line).collect();
-        assert_eq!(lines, vec![2, 3, 4, 5, 8, 9, 11], "{found:?}");
+        assert_eq!(lines, vec![2, 3, 4, 5, 6, 9, 10, 12], "{found:?}");
         assert!(found[0].1.contains("http://"), "{found:?}");
-        assert!(found[1].1.contains("must start with '/'"), "{found:?}");
-        assert!(found[2].1.contains("cert and key go together"), "{found:?}");
-        assert!(found[6].1.contains("grace period"), "{found:?}");
+        assert!(found[1].1.contains("\"127.0.0.1:23790\" must start with http://"), "{found:?}");
+        assert!(found[2].1.contains("must start with '/'"), "{found:?}");
+        assert!(found[3].1.contains("cert and key go together"), "{found:?}");
+        assert!(found[7].1.contains("grace period"), "{found:?}");
         assert!(
             problems("[fleet]\netcd = [\"http://a:1\"]\nprefix = \"/r/x\"\ntimeout = 3\n")[0]
                 .1

@@ -14,6 +14,7 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawFleet {
     etcd: Spanned<Vec<String>>,
+    watch: Option<Spanned<Vec<String>>>,
     prefix: Spanned<String>,
     ca: Option<PathBuf>,
     cert: Option<Spanned<PathBuf>>,
@@ -40,10 +41,12 @@ pub(crate) fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Ve
     if raw.etcd.get_ref().is_empty() {
         problems.push(locate.problem(raw.etcd.span().start, "etcd needs at least one endpoint URL".into()));
     }
-    for endpoint in raw.etcd.get_ref() {
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            let message = format!("etcd endpoint {endpoint:?} must start with http:// or https://");
-            problems.push(locate.problem(raw.etcd.span().start, message));
+    for list in std::iter::once(&raw.etcd).chain(raw.watch.as_ref()) {
+        for endpoint in list.get_ref() {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                let message = format!("etcd endpoint {endpoint:?} must start with http:// or https://");
+                problems.push(locate.problem(list.span().start, message));
+            }
         }
     }
     if let Err(error) = Layout::new(raw.prefix.get_ref()) {
@@ -56,6 +59,7 @@ pub(crate) fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Ve
         }
     }
     let mut store = StoreOptions::new(raw.etcd.get_ref().clone(), raw.prefix.get_ref().clone());
+    store.watch_endpoints = raw.watch.as_ref().map(|watch| watch.get_ref().clone()).unwrap_or_default();
     store.ca = raw.ca.clone();
     store.cert = raw.cert.as_ref().map(|cert| cert.get_ref().clone());
     store.key = raw.key.as_ref().map(|key| key.get_ref().clone());
@@ -99,7 +103,11 @@ pub(crate) fn render_fleet(fleet: &FleetSettings) -> String {
         |items: Vec<String>| format!("[{}]", items.iter().map(|item| quoted(item)).collect::<Vec<_>>().join(", "));
     let path = |path: &Path| quoted(&path.to_string_lossy());
     let store = &fleet.store;
-    let mut out = format!("\n[fleet]\netcd = {}\nprefix = {}\n", list(store.endpoints.clone()), quoted(&store.prefix));
+    let mut out = format!("\n[fleet]\netcd = {}\n", list(store.endpoints.clone()));
+    if !store.watch_endpoints.is_empty() {
+        out.push_str(&format!("watch = {}\n", list(store.watch_endpoints.clone())));
+    }
+    out.push_str(&format!("prefix = {}\n", quoted(&store.prefix)));
     for (key, value) in
         [("ca", &store.ca), ("cert", &store.cert), ("key", &store.key), ("password_file", &store.password_file)]
     {

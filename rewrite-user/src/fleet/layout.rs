@@ -66,6 +66,22 @@ impl Layout {
         format!("{}/claims/{pool}/{address}", self.prefix)
     }
 
+    /// The index of a node's claims in a pool: `holders/POOL/NODE/ADDRESS`, one key per
+    /// claim, written and removed with it, so a node finds its claims without reading
+    /// the whole pool.
+    pub fn holders(&self, pool: &str, node: &str) -> String {
+        format!("{}/holders/{pool}/{node}/", self.prefix)
+    }
+
+    pub fn holder(&self, pool: &str, node: &str, address: IpAddr) -> String {
+        format!("{}/holders/{pool}/{node}/{address}", self.prefix)
+    }
+
+    /// Every holder key of a pool.
+    pub fn pool_holders(&self, pool: &str) -> String {
+        format!("{}/holders/{pool}/", self.prefix)
+    }
+
     pub fn node(&self, node: &str) -> String {
         format!("{}/nodes/{node}", self.prefix)
     }

@@ -54,7 +54,7 @@ mod tests {
 
     use super::{
         layout::range_end,
-        pool::{first_free, parse_pool_prefix},
+        pool::{candidates, parse_pool_prefix},
         *,
     };
 
@@ -91,17 +91,25 @@ mod tests {
     }
 
     #[test]
-    fn pools_hand_out_host_addresses_in_order() {
+    fn pools_hand_out_every_host_address_once_from_the_seed_on() {
+        let address = |text: &str| text.parse::<IpAddr>().expect("address");
         let pool = [parse_pool_prefix("100.64.0.0/30").expect("pool"), parse_pool_prefix("fd00::/127").expect("pool")];
-        let v4: IpAddr = "192.0.2.1".parse().expect("address");
-        let nothing_taken = |_: IpAddr| false;
-        assert_eq!(first_free(&pool, v4, &nothing_taken), Some("100.64.0.1".parse().expect("address")));
-        let first_taken = |addr: IpAddr| addr == "100.64.0.1".parse::<IpAddr>().expect("address");
-        assert_eq!(first_free(&pool, v4, &first_taken), Some("100.64.0.2".parse().expect("address")));
-        let all_taken = |_: IpAddr| true;
-        assert_eq!(first_free(&pool, v4, &all_taken), None, "the broadcast address is never handed out");
-        let v6: IpAddr = "2001:db8::1".parse().expect("address");
-        assert_eq!(first_free(&pool, v6, &nothing_taken), Some("fd00::1".parse().expect("address")));
+        let v4 = address("192.0.2.1");
+        let walk = |seed| candidates(&pool, v4, seed).collect::<Vec<_>>();
+        // A /30 has two host addresses: never the network or the broadcast address.
+        assert_eq!(walk(0), [address("100.64.0.1"), address("100.64.0.2")]);
+        assert_eq!(walk(1), [address("100.64.0.2"), address("100.64.0.1")], "starts at the seed, wraps around");
+        assert_eq!(walk(u64::MAX), walk(1), "the seed is taken modulo the pool's size");
+        let v6 = address("2001:db8::1");
+        assert_eq!(candidates(&pool, v6, 7).collect::<Vec<_>>(), [address("fd00::1")]);
+        // Two prefixes of a family are one sequence.
+        let two = [parse_pool_prefix("10.0.0.0/30").expect("pool"), parse_pool_prefix("10.0.1.0/30").expect("pool")];
+        let all: Vec<IpAddr> = candidates(&two, v4, 3).collect();
+        assert_eq!(all, ["10.0.1.2", "10.0.0.1", "10.0.0.2", "10.0.1.1"].map(address));
+        // A huge IPv6 pool is walked lazily.
+        let wide = [parse_pool_prefix("fd00::/64").expect("pool")];
+        assert_eq!(candidates(&wide, v6, 0).next(), Some(address("fd00::1")));
+        assert_eq!(candidates(&[], v4, 0).next(), None);
         assert!(parse_pool_prefix("100.64.0.1/24").is_err(), "host bits set");
         assert!(parse_pool_prefix("100.64.0.1").is_err(), "not a prefix");
         assert_eq!(

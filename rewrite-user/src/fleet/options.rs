@@ -6,6 +6,10 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     pub endpoints: Vec<String>,
+    /// Where to follow the table from, if not `endpoints`: typically an etcd gRPC proxy
+    /// near the node, which turns the watches of a rack's agents into one watch on the
+    /// cluster. Registration, leases and writes still go to `endpoints`.
+    pub watch_endpoints: Vec<String>,
     pub prefix: String,
     /// CA certificate that signs the servers' certificates (PEM): turns TLS on.
     pub ca: Option<PathBuf>,
@@ -24,6 +28,7 @@ impl StoreOptions {
     pub fn new(endpoints: Vec<String>, prefix: String) -> Self {
         Self {
             endpoints,
+            watch_endpoints: Vec::new(),
             prefix,
             ca: None,
             cert: None,
@@ -32,6 +37,22 @@ impl StoreOptions {
             password_file: None,
             keepalive: Duration::from_secs(10),
         }
+    }
+}
+
+impl StoreOptions {
+    /// The options to follow the table with: the watch endpoints, if any.
+    pub fn for_watching(&self) -> Self {
+        let mut options = self.clone();
+        if !self.watch_endpoints.is_empty() {
+            options.endpoints = self.watch_endpoints.clone();
+        }
+        options
+    }
+
+    /// Every endpoint the agent talks to (for writes and for the watch).
+    pub fn all_endpoints(&self) -> Vec<String> {
+        self.endpoints.iter().chain(&self.watch_endpoints).cloned().collect()
     }
 }
 

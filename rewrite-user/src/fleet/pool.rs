@@ -3,14 +3,14 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
 use rewrite_common::prefix::Prefix;
 
 use crate::fleet::{
     error::{FleetError, timed},
     layout::{SCHEMA_VERSION, check_name, range_end},
     schema::{PoolView, StoredClaim, StoredPool},
-    store::Store,
+    store::{ATTEMPTS, Store},
 };
 
 /// A pool prefix: `ADDR/LEN` with no host bits set, holding at least one address a node
@@ -31,14 +31,27 @@ pub(crate) fn family(addr: IpAddr) -> &'static str {
     if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
-/// The first address a node can be given in `prefixes` (of `real`'s family) that is
-/// not `taken`: the network address and (IPv4) the broadcast address are never handed
-/// out (see [`Prefix::host_numbers`]).
-pub(crate) fn first_free(prefixes: &[Prefix], real: IpAddr, taken: &dyn Fn(IpAddr) -> bool) -> Option<IpAddr> {
-    prefixes.iter().filter(|prefix| prefix.is_ipv4() == real.is_ipv4()).find_map(|prefix| {
-        let (first, last) = prefix.host_numbers()?;
-        // Stops at the first free address: at most (claims + 1) steps per prefix.
-        (first..=last).map(|value| prefix.address(value)).find(|addr| !taken(*addr))
+/// The addresses a node can be given in `prefixes` (of `real`'s family), every one once,
+/// starting at the one `seed` picks and wrapping around: the network address and (IPv4)
+/// the broadcast address are never handed out (see [`Prefix::host_numbers`]).
+pub(crate) fn candidates(prefixes: &[Prefix], real: IpAddr, seed: u64) -> impl Iterator<Item = IpAddr> {
+    let ranges: Vec<(Prefix, u128, u128)> = prefixes
+        .iter()
+        .filter(|prefix| prefix.is_ipv4() == real.is_ipv4())
+        .filter_map(|prefix| prefix.host_numbers().map(|(first, last)| (*prefix, first, last - first + 1)))
+        .collect();
+    let total = ranges.iter().fold(0u128, |sum, (_, _, count)| sum.saturating_add(*count));
+    let start = if total == 0 { 0 } else { u128::from(seed) % total };
+    (0..total).map(move |step| {
+        // (start + step) mod total, without overflowing near u128::MAX.
+        let mut offset = if step < total - start { start + step } else { step - (total - start) };
+        for (prefix, first, count) in &ranges {
+            if offset < *count {
+                return prefix.address(first + offset);
+            }
+            offset -= count;
+        }
+        unreachable!("an offset below the total lies in one of the ranges")
     })
 }
 
@@ -86,17 +99,6 @@ impl Store {
             .collect()
     }
 
-    pub(crate) async fn pool(&mut self, pool: &str, revision: i64) -> Result<Vec<Prefix>, FleetError> {
-        let options = GetOptions::new().with_revision(revision);
-        let response = timed("reading a pool", self.client.get(self.layout.pool(pool), Some(options))).await?;
-        let Some(kv) = response.kvs().first() else {
-            return Err(FleetError::NoSuchPool { pool: pool.to_owned() });
-        };
-        let stored: StoredPool = serde_json::from_slice(kv.value())
-            .map_err(|error| FleetError::BadEntry { key: self.layout.pool(pool), why: error.to_string() })?;
-        stored.prefixes.iter().map(|text| parse_pool_prefix(text)).collect()
-    }
-
     pub async fn pool_add(&mut self, pool: &str, prefixes: &[String]) -> Result<(), FleetError> {
         check_name("pool", pool)?;
         for text in prefixes {
@@ -116,35 +118,44 @@ impl Store {
     pub async fn pool_delete(&mut self, pool: &str) -> Result<usize, FleetError> {
         check_name("pool", pool)?;
         let claims = self.layout.claims(pool);
+        let holders = self.layout.pool_holders(pool);
         let txn = Txn::new().when([Compare::version(self.layout.pool(pool), CompareOp::Greater, 0)]).and_then([
-            TxnOp::delete(self.layout.pool(pool), None),
             TxnOp::delete(claims.clone(), Some(DeleteOptions::new().with_range(range_end(&claims)))),
+            TxnOp::delete(self.layout.pool(pool), None),
+            TxnOp::delete(holders.clone(), Some(DeleteOptions::new().with_range(range_end(&holders)))),
         ]);
         let response = timed("deleting a pool", self.client.txn(txn)).await?;
         if !response.succeeded() {
             return Err(FleetError::NoSuchPool { pool: pool.to_owned() });
         }
-        let released = response
-            .op_responses()
-            .into_iter()
-            .filter_map(|op| match op {
-                TxnOpResponse::Delete(deleted) => Some(deleted.deleted()),
-                _ => None,
-            })
-            .sum::<i64>();
-        Ok(usize::try_from(released.saturating_sub(1)).unwrap_or(0))
+        // The first operation's count: the claims released.
+        let released = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Delete(deleted) => Some(deleted.deleted()),
+            _ => None,
+        });
+        Ok(usize::try_from(released.unwrap_or(0)).unwrap_or(0))
     }
 
-    /// Frees one claimed address of a pool.
+    /// Frees one claimed address of a pool (its claim and its holder key, together).
     pub async fn pool_release(&mut self, pool: &str, address: IpAddr) -> Result<StoredClaim, FleetError> {
         check_name("pool", pool)?;
         let key = self.layout.claim(pool, address);
-        let response =
-            timed("releasing a claim", self.client.delete(key, Some(DeleteOptions::new().with_prev_key()))).await?;
-        let Some(previous) = response.prev_kvs().first() else {
-            return Err(FleetError::NoSuchClaim { pool: pool.to_owned(), address });
-        };
-        serde_json::from_slice(previous.value())
-            .map_err(|error| FleetError::BadEntry { key: self.layout.claim(pool, address), why: error.to_string() })
+        for _ in 0..ATTEMPTS {
+            let response = timed("reading a claim", self.client.get(key.clone(), None)).await?;
+            let Some(kv) = response.kvs().first() else {
+                return Err(FleetError::NoSuchClaim { pool: pool.to_owned(), address });
+            };
+            let claim: StoredClaim = serde_json::from_slice(kv.value())
+                .map_err(|error| FleetError::BadEntry { key: key.clone(), why: error.to_string() })?;
+            let txn =
+                Txn::new().when([Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision())]).and_then([
+                    TxnOp::delete(key.clone(), None),
+                    TxnOp::delete(self.layout.holder(pool, &claim.node, address), None),
+                ]);
+            if timed("releasing a claim", self.client.txn(txn)).await?.succeeded() {
+                return Ok(claim);
+            }
+        }
+        Err(FleetError::Contention { attempts: ATTEMPTS })
     }
 }

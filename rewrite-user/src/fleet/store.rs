@@ -186,6 +186,22 @@ impl Store {
         Ok(response.succeeded())
     }
 
+    /// Commits `operations` if `compares` hold, whatever the generation (a registration
+    /// checks exactly the keys it read); also writes the schema version and a new
+    /// generation, so that a change checked against a table read before this one is
+    /// checked again.
+    pub(crate) async fn commit_unchecked(
+        &mut self,
+        compares: Vec<Compare>,
+        mut operations: Vec<TxnOp>,
+    ) -> Result<bool, FleetError> {
+        operations.push(TxnOp::put(self.layout.schema(), SCHEMA_VERSION, None));
+        operations.push(TxnOp::put(self.layout.generation(), "registration", None));
+        let txn = Txn::new().when(compares).and_then(operations);
+        let response = timed("committing a registration", self.client.txn(txn)).await?;
+        Ok(response.succeeded())
+    }
+
     /// Adds or retargets a mapping, checked against the whole table as `apply` checks a
     /// config. Returns what changed.
     pub async fn add(&mut self, mapping: FleetMapping) -> Result<Change, FleetError> {

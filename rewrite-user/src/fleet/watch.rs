@@ -172,30 +172,31 @@ async fn register_and_renew(
         backoff.reset();
         let mut leases = vec![node_lease];
         leases.extend(mapping_lease.filter(|lease| *lease != node_lease));
-        let mut keepers = Vec::new();
-        for lease in leases {
-            let what = "renewing the registration lease";
-            let keeper = tokio::time::timeout(REQUEST_TIMEOUT, store.client().lease_keep_alive(lease))
-                .await
-                .map_err(|_| FleetError::Timeout { what: what.into() })?
-                .map_err(|error| FleetError::Request { what: what.into(), cause: describe(&error) })?;
-            keepers.push(keeper);
-        }
-        // Renew three times per TTL: one lost renewal does not lose the lease.
+        // The keep-alive streams open at the first renewal, which retries a failure.
+        let mut renewers: Vec<Renewer> = leases.into_iter().map(Renewer::new).collect();
+        // Renew three times per TTL, so that one lost renewal does not lose the lease;
+        // after a failed one, try again soon. A renewal that fails (etcd overloaded, a
+        // connection reset) is retried on the same lease until the lease's TTL has run
+        // out since the last success: registering again on every hiccup would give each
+        // node a new lease, and the old one's expiry would take the node's mapping out of
+        // every agent's table and put it back, which is how an overloaded store's
+        // trouble would spread to the whole fleet.
         let period = node.lease_ttl / 3;
+        let mut pause = period;
         loop {
-            tokio::time::sleep(period).await;
-            for (keeper, responses) in &mut keepers {
-                let what = "renewing the registration lease";
-                let renewed = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                    keeper.keep_alive().await?;
-                    responses.message().await
-                })
-                .await
-                .map_err(|_| FleetError::Timeout { what: what.into() })?
-                .map_err(|error| FleetError::Request { what: what.into(), cause: describe(&error) })?;
-                if renewed.is_none_or(|response| response.ttl() <= 0) {
-                    return Err::<(), _>(FleetError::LeaseLost { id: keeper.id() });
+            tokio::time::sleep(pause).await;
+            pause = period;
+            for renewer in &mut renewers {
+                match renewer.renew(&mut store, period.max(Duration::from_secs(1))).await {
+                    Ok(()) => {}
+                    Err(lost @ FleetError::LeaseLost { .. }) => return Err(lost),
+                    Err(_) if renewer.last_renewed.elapsed() >= node.lease_ttl => {
+                        return Err::<(), _>(FleetError::LeaseLost { id: renewer.lease });
+                    }
+                    Err(error) => {
+                        tracing::warn!(lease = format!("{:x}", renewer.lease), %error, "renewing the registration lease failed; retrying");
+                        pause = RENEWAL_RETRY.min(period);
+                    }
                 }
             }
         }
@@ -203,6 +204,63 @@ async fn register_and_renew(
     match attempt.await {
         Ok(()) => FleetError::WatchEnded,
         Err(error) => error,
+    }
+}
+
+/// How soon a failed lease renewal is tried again.
+const RENEWAL_RETRY: Duration = Duration::from_millis(500);
+
+/// Keeps one lease alive over a keep-alive stream, opened again after a failure.
+struct Renewer {
+    lease: i64,
+    stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    last_renewed: std::time::Instant,
+}
+
+impl Renewer {
+    /// For a lease just granted (or just used to register).
+    fn new(lease: i64) -> Self {
+        Self { lease, stream: None, last_renewed: std::time::Instant::now() }
+    }
+
+    async fn open(&mut self, store: &mut Store) -> Result<(), FleetError> {
+        let what = "renewing the registration lease";
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, store.client().lease_keep_alive(self.lease))
+            .await
+            .map_err(|_| FleetError::Timeout { what: what.into() })?
+            .map_err(|error| FleetError::Request { what: what.into(), cause: describe(&error) })?;
+        self.stream = Some(stream);
+        Ok(())
+    }
+
+    /// One renewal within `timeout`. `LeaseLost` if etcd says the lease is gone; another
+    /// error if the renewal could not be made (the stream is opened again next time).
+    async fn renew(&mut self, store: &mut Store, timeout: Duration) -> Result<(), FleetError> {
+        if self.stream.is_none() {
+            self.open(store).await?;
+        }
+        let Some((keeper, responses)) = self.stream.as_mut() else { return Err(FleetError::WatchEnded) };
+        let what = "renewing the registration lease";
+        // Bounded by the renewal period: a renewal stuck on a dead connection must not
+        // outlast the lease it renews.
+        let renewed = tokio::time::timeout(timeout, async {
+            keeper.keep_alive().await?;
+            responses.message().await
+        })
+        .await
+        .map_err(|_| FleetError::Timeout { what: what.into() })
+        .and_then(|result| result.map_err(|error| FleetError::Request { what: what.into(), cause: describe(&error) }));
+        match renewed {
+            Ok(Some(response)) if response.ttl() > 0 => {
+                self.last_renewed = std::time::Instant::now();
+                Ok(())
+            }
+            Ok(_) => Err(FleetError::LeaseLost { id: self.lease }),
+            Err(error) => {
+                self.stream = None;
+                Err(error)
+            }
+        }
     }
 }
 

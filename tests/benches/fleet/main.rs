@@ -37,9 +37,30 @@ const TXN_OPS: usize = 128;
 /// The prefix of the full-sync table, apart from the propagation one.
 const BULK_PREFIX: &str = "/rewrite/bulk";
 
+mod scale;
+
 fn main() {
-    let quick = std::env::args().any(|arg| arg == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|arg| arg == "--simulate") {
+        scale::simulate(&args[at + 1..(at + 7).min(args.len())]);
+        return;
+    }
+    // Room for every connection of thousands of simulated nodes, in etcd and in the
+    // simulators, which inherit the limit: the soft limit up to the hard one.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).expect("read the open files limit");
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .expect("raise the open files limit");
+    let quick = args.iter().any(|arg| arg == "--quick");
     let (changes, bulk) = if quick { (100, 10_000) } else { (1_000, 100_000) };
+    let probes = if quick { 10 } else { 50 };
+    let scenarios = scale_scenarios(quick, &args);
+    // `--scale-only` runs the scale figure alone and prints it (to explore its limits).
+    if args.iter().any(|arg| arg == "--scale-only") {
+        let runs: Vec<_> = scenarios.iter().map(|scenario| scale::run(*scenario, probes, bulk)).collect();
+        print!("{}", scale::render(&runs));
+        return;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf();
     // The full run's report is kept with the other benchmarks; a quick run proves the
     // harness and writes under target/.
@@ -90,10 +111,25 @@ fn main() {
     drop(agents);
 
     // Full sync into an empty agent.
+    let sync = full_sync(&fleet, &fleet.nodes[3], bulk);
+    drop(fleet);
+
+    // The fleet at scale.
+    let scale: Vec<_> = scenarios.iter().map(|scenario| scale::run(*scenario, probes, bulk)).collect();
+    let mut report = render(&machine::describe(), &latencies, bulk, &sync);
+    report.push_str(&scale::render(&scale));
+    print!("{report}");
+    std::fs::write(&report_path, &report).unwrap_or_else(|error| panic!("write {}: {error}", report_path.display()));
+    println!("report: {}", report_path.display());
+}
+
+/// A full sync of `bulk` mappings (written first, under [`BULK_PREFIX`]) into a new agent
+/// with empty pins on `node`.
+fn full_sync(fleet: &Fleet, node: &rewrite_tests::fleet::Node, bulk: usize) -> SyncFigures {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let write_started = Instant::now();
     fleet.hub.run(|| runtime.block_on(write_bulk(bulk)));
     let write_seconds = write_started.elapsed().as_secs_f64();
-    let node = &fleet.nodes[3];
     let started = Instant::now();
     let mut agent = node.spawn_agent_on(BULK_PREFIX, &[]);
     let deadline = started + Duration::from_secs(120);
@@ -127,11 +163,47 @@ fn main() {
     let listed = table.list().expect("list the maps").mappings.len();
     assert_eq!(listed, bulk, "every mapping must be in the maps after the sync");
 
-    let sync = SyncFigures { total: synced.0, attach_seconds, fleet_seconds, agent_seconds, rss, peak };
-    let report = render(&machine::describe(), &latencies, bulk, write_seconds, &sync);
-    print!("{report}");
-    std::fs::write(&report_path, &report).unwrap_or_else(|error| panic!("write {}: {error}", report_path.display()));
-    println!("report: {}", report_path.display());
+    SyncFigures { total: synced.0, attach_seconds, fleet_seconds, agent_seconds, rss, peak, write_seconds }
+}
+
+/// The scale figure's runs: growing fleets, following etcd itself and then through gRPC
+/// proxies (one per 500 nodes), up to 8,000 nodes. `--nodes N [--proxies K] [--register-only]`
+/// runs one scenario instead.
+fn scale_scenarios(quick: bool, args: &[String]) -> Vec<scale::Scenario> {
+    let value = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .and_then(|at| args.get(at + 1))
+            .map(|text| text.parse::<usize>().unwrap_or_else(|_| panic!("{flag} takes a number, not {text:?}")))
+    };
+    let scenario = |nodes: usize, proxies: usize, follow: bool, seconds: u64| scale::Scenario {
+        nodes,
+        proxies,
+        follow,
+        limit: Duration::from_secs(seconds),
+        sync_under_load: false,
+    };
+    if let Some(nodes) = value("--nodes") {
+        let follow = !args.iter().any(|arg| arg == "--register-only");
+        return vec![scale::Scenario {
+            sync_under_load: true,
+            ..scenario(nodes, value("--proxies").unwrap_or(0), follow, 600)
+        }];
+    }
+    if quick {
+        return vec![
+            scenario(200, 0, true, 60),
+            scale::Scenario { sync_under_load: true, ..scenario(200, 1, true, 60) },
+        ];
+    }
+    vec![
+        scenario(1_000, 0, true, 120),
+        scenario(2_000, 0, true, 120),
+        scenario(2_000, 4, true, 180),
+        scale::Scenario { sync_under_load: true, ..scenario(4_000, 8, true, 240) },
+        scenario(8_000, 0, false, 180),
+        scenario(8_000, 16, true, 300),
+    ]
 }
 
 async fn connect() -> Client {
@@ -224,9 +296,11 @@ struct SyncFigures {
     agent_seconds: f64,
     rss: f64,
     peak: f64,
+    /// Writing the mappings into etcd first.
+    write_seconds: f64,
 }
 
-fn render(machine: &str, latencies: &[Duration], bulk: usize, write_seconds: f64, sync: &SyncFigures) -> String {
+fn render(machine: &str, latencies: &[Duration], bulk: usize, sync: &SyncFigures) -> String {
     let mut sorted = latencies.to_vec();
     sorted.sort();
     let mean = sorted.iter().sum::<Duration>() / u32::try_from(sorted.len()).unwrap_or(1);
@@ -262,7 +336,8 @@ fn render(machine: &str, latencies: &[Duration], bulk: usize, write_seconds: f64
         sync.peak
     ));
     out.push_str(&format!(
-        "(Writing the {bulk} mappings into etcd, {TXN_OPS} per transaction, took {write_seconds:.2} s.)\n"
+        "(Writing the {bulk} mappings into etcd, {TXN_OPS} per transaction, took {:.2} s.)\n",
+        sync.write_seconds
     ));
     out
 }
