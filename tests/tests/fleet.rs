@@ -777,3 +777,53 @@ fn an_agent_follows_the_table_through_a_grpc_proxy_and_registers_with_etcd() {
     wait_for_no_mapping(fleet.node(1), "100.64.1.9");
     drop((proxied, direct));
 }
+
+/// `fleet pool release` frees an address for good: the claim and the node's index of it
+/// go together, so the node that held it does not find it again as its own once another
+/// node has claimed it.
+#[test]
+fn a_released_address_is_no_longer_its_old_holders() {
+    let fleet = Fleet::new(0);
+    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
+    fleet.hub.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
+            store.pool_add("solo", &["100.64.9.1/32".into()]).await.expect("add a one-address pool");
+            let node = |id: &str, real: &str| NodeOptions {
+                id: id.into(),
+                reals: vec![real.parse().expect("an address")],
+                pool: "solo".into(),
+                lease_ttl: Duration::from_secs(30),
+                expiry: MappingExpiry::WithLease,
+            };
+            let only: IpAddr = "100.64.9.1".parse().expect("an address");
+            let lease_a = store.grant(Duration::from_secs(30)).await.expect("a lease");
+            let pairs = store.register(&node("a", "10.212.0.1"), lease_a, Some(lease_a)).await.expect("a registers");
+            assert_eq!(pairs[0].1, only);
+            // The operator frees the address of a node that is gone.
+            let released = store.pool_release("solo", only).await.expect("release the claim");
+            assert_eq!(released.node, "a");
+            store.client().lease_revoke(lease_a).await.expect("node a's lease ends");
+            let pairs = register(&options, node("b", "10.212.0.2")).await.expect("b takes the freed address");
+            assert_eq!(pairs[0].1, only);
+            let again = register(&options, node("a", "10.212.0.1")).await;
+            assert!(
+                matches!(again, Err(FleetError::PoolExhausted { .. })),
+                "a must not find {only} as its own once released and claimed by b: {again:?}"
+            );
+            let pools = store.pools().await.expect("list the pools");
+            let claims = &pools.iter().find(|pool| pool.name == "solo").expect("the pool").claims;
+            assert_eq!(claims.get(&only).map(|claim| claim.node.as_str()), Some("b"), "{claims:?}");
+            // Deleting the pool takes every claim and its index with it.
+            assert_eq!(store.pool_delete("solo").await.expect("delete the pool"), 1, "one claim released");
+            let holders = store.layout().holders("solo", "b");
+            let left = store
+                .client()
+                .get(holders.clone(), Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+                .expect("read the index");
+            assert_eq!(left.count(), 0, "no holder key outlives its pool");
+        });
+    });
+}

@@ -20,6 +20,8 @@
 //! PREFIX/claims/POOL/ADDRESS     {"node": "node-a", "real": "192.0.2.5"}: ADDRESS of POOL is
 //!                                node-a's, for good (no lease), so a node that restarts
 //!                                gets the same VIRTUAL back
+//! PREFIX/holders/POOL/NODE/ADDRESS  the same claim, indexed by node (written and removed
+//!                                with it), so a registering node reads its own claims only
 //! PREFIX/nodes/NODE              {"real": [...], "virtual": [...], "pool": "..."}: held by
 //!                                the node's lease, so it exists while the node is alive
 //! ```
