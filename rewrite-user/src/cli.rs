@@ -168,6 +168,10 @@ pub enum Command {
         /// registration, leases and writes still go to `--etcd`.
         #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',', requires = "etcd")]
         etcd_watch: Vec<String>,
+        /// This node's zone: of a fleet mapping with a REAL per zone (`fleet add --zone`),
+        /// apply the REAL of this zone (the default REAL if the mapping has none for it).
+        #[arg(long, value_name = "ZONE", requires = "etcd")]
+        zone: Option<String>,
     },
     /// Edit the fleet table in etcd that agents started with `--etcd` follow.
     ///
@@ -503,6 +507,10 @@ pub enum FleetCommand {
         real_side: Side,
         #[arg(long)]
         label: Option<String>,
+        /// A REAL for agents in one zone (`--zone vpc-a=172.16.0.5`, repeat per zone):
+        /// agents started with `--zone vpc-a` apply it, the others REAL.
+        #[arg(long = "zone", value_name = "ZONE=REAL", value_parser = parse_zone_real)]
+        zones: Vec<(String, Side)>,
     },
     /// Delete the fleet mapping of VIRTUAL.
     Del {
@@ -539,6 +547,13 @@ pub enum PoolCommand {
 
 pub fn parse_side(text: &str) -> Result<Side, SpecError> {
     text.parse()
+}
+
+/// `ZONE=REAL`, as `fleet add --zone` takes it.
+pub fn parse_zone_real(text: &str) -> Result<(String, Side), String> {
+    let (zone, real) = text.split_once('=').ok_or_else(|| format!("{text:?} is not ZONE=REAL"))?;
+    crate::fleet::check_name("zone", zone).map_err(|error| error.to_string())?;
+    Ok((zone.to_owned(), real.parse().map_err(|error: SpecError| error.to_string())?))
 }
 
 impl Command {

@@ -827,3 +827,61 @@ fn a_released_address_is_no_longer_its_old_holders() {
         });
     });
 }
+
+/// Neti's shortest path: a mapping carries one REAL per zone (a peer's private address
+/// inside its VPC, its public one across), and each agent applies its own zone's. Node 1
+/// has a "public" address (its REAL on the bridge) and a "private" one; nodes 1 and 2
+/// are in zone `a`, node 3 in zone `b`. Servers bound to only one of node 1's addresses
+/// show which one each peer reaches.
+#[test]
+fn each_agent_reaches_a_peer_at_its_zones_address() {
+    let fleet = Fleet::new(3);
+    let (public, private) = (fleet.node(1).real(), "10.210.1.11".to_owned());
+    fleet.node(1).netns.ip(&["addr", "add", &format!("{private}/24"), "dev", "eth0"]);
+    fleet.hub.ip(&["addr", "add", "10.210.1.1/24", "dev", "br0"]);
+    let v1 = "100.64.1.1";
+    let added = fleet.fleet_ok(&["add", v1, &public, "--zone", &format!("a={private}"), "--label", "node1"]);
+    assert_eq!(added.trim(), format!("added {v1} -> {public}"));
+    let listed = fleet.fleet_ok(&["list"]);
+    assert!(listed.contains(&format!("{v1} -> {public}  [a: {private}]  # node1")), "{listed}");
+    let json: serde_json::Value = serde_json::from_str(&fleet.fleet_ok(&["list", "--json"])).expect("json");
+    assert_eq!(json["mappings"][0]["zones"]["a"], private.as_str(), "{json}");
+    // A zone's REAL must fit the VIRTUAL: refused with the reason, nothing written.
+    let refused = fleet.fleet(&["add", "100.64.1.2", "10.99.0.2", "--zone", "a=10.99.0.0/24"]);
+    assert!(!refused.status.success(), "a prefix REAL for an address VIRTUAL must be refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("zone a"), "{}", stderr_of(&refused));
+    assert_eq!(fleet.fleet_ok(&["list"]), listed, "a refused add writes nothing");
+
+    let agents: Vec<AgentProcess<'_>> = [(1, "a"), (2, "a"), (3, "b")]
+        .iter()
+        .map(|(index, zone)| fleet.node(*index).start_agent(&["--zone", zone]))
+        .collect();
+    wait_for_mapping(fleet.node(2), v1, &private);
+    wait_for_mapping(fleet.node(3), v1, &public);
+    wait_metric(&agents[0], "node 1 knows the mapping is its own", "rewrite_fleet_own_mappings", &[], |value| {
+        value == 1.0
+    });
+    assert!(!fleet.node(1).maps_virtual(v1), "node 1 must not map itself:\n{}", fleet.node(1).map_list());
+
+    let echo = |client: usize, bound: &str, port: u16, count: u32| {
+        udp_echo(
+            &fleet.node(1).netns,
+            addr(bound, port),
+            &fleet.node(client).netns,
+            addr(v1, port),
+            count,
+            Duration::from_millis(if count > 0 { 2000 } else { 300 }),
+        )
+    };
+    // Zone a reaches node 1 at its private address, and sees the echoes from its VIRTUAL.
+    let inside = echo(2, &private, 7000, 5);
+    assert_eq!(inside.echoed, 5, "node 2 (zone a) must reach node 1's private address: {inside:?}");
+    assert!(inside.echo_sources.iter().all(|source| source.ip().to_string() == v1), "{inside:?}");
+    assert_eq!(echo(2, &public, 7001, 3).echoed, 0, "node 2 must not go to node 1's public address");
+    // Zone b reaches it at the public one.
+    let across = echo(3, &public, 7002, 5);
+    assert_eq!(across.echoed, 5, "node 3 (zone b) must reach node 1's public address: {across:?}");
+    assert!(across.echo_sources.iter().all(|source| source.ip().to_string() == v1), "{across:?}");
+    assert_eq!(echo(3, &private, 7003, 3).echoed, 0, "node 3 must not go to node 1's private address");
+    drop(agents);
+}

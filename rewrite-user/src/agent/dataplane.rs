@@ -58,6 +58,8 @@ pub(super) struct Dataplane {
     /// The addresses of the etcd endpoints it follows the table through: no fleet
     /// mapping may touch them, or the table could redirect the agent's own path to it.
     pub(super) etcd_addrs: Vec<IpAddr>,
+    /// This node's zone: which REAL of a fleet mapping with a REAL per zone applies.
+    pub(super) zone: Option<String>,
     pub(super) status: Arc<Mutex<ApplyStatus>>,
 }
 
@@ -160,12 +162,14 @@ impl Dataplane {
             own: BTreeSet::new(),
             following: false,
             etcd_addrs: Vec::new(),
+            zone: None,
             status,
         }
     }
 
-    pub(super) fn follow_fleet(&mut self, registers: bool, endpoints: &[String]) {
+    pub(super) fn follow_fleet(&mut self, registers: bool, endpoints: &[String], zone: Option<String>) {
         self.following = true;
+        self.zone = zone;
         self.etcd_addrs = endpoint_addresses(endpoints);
         // Until the first snapshot, what the maps hold of the fleet is the last state a
         // previous agent knew.

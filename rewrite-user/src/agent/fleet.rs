@@ -43,7 +43,13 @@ impl Dataplane {
         match update {
             Update::Snapshot { revision, entries, reason } => {
                 let started = Instant::now();
-                self.fleet = Some(entries.into_iter().collect());
+                let zone = self.zone.clone();
+                self.fleet = Some(
+                    entries
+                        .into_iter()
+                        .map(|(key, entry)| (key, entry.map(|mapping| mapping.in_zone(zone.as_deref()))))
+                        .collect(),
+                );
                 self.full_sync(reason, revision, started);
                 self.record_fleet_status();
             }
@@ -109,6 +115,12 @@ impl Dataplane {
     /// never keep a mapping the table no longer has). Refused keys are tried again after
     /// every change, since a change can free what they need.
     pub(super) fn apply_changes(&mut self, revision: i64, changes: Vec<KeyChange>) {
+        // From here on a mapping is what this node's zone applies.
+        let zone = self.zone.clone();
+        let changes: Vec<KeyChange> = changes
+            .into_iter()
+            .map(|(key, entry)| (key, entry.map(|entry| entry.map(|mapping| mapping.in_zone(zone.as_deref())))))
+            .collect();
         let Some(fleet) = self.fleet.as_mut() else { return };
         for (key, entry) in &changes {
             match entry {

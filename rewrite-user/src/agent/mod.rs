@@ -87,7 +87,10 @@ async fn serve(options: AgentOptions) -> Result<(), Error> {
     let mut fleet_tasks = Vec::new();
     if let Some(fleet) = fleet {
         tracing::info!(endpoints = %fleet.store.endpoints.join(","), prefix = %fleet.store.prefix, "following the fleet table");
-        dataplane.follow_fleet(fleet.node.is_some(), &fleet.store.all_endpoints());
+        if let Some(zone) = &fleet.zone {
+            tracing::info!(%zone, "applying this zone's REAL of mappings that have one");
+        }
+        dataplane.follow_fleet(fleet.node.is_some(), &fleet.store.all_endpoints(), fleet.zone.clone());
         let table = fleet_watch::follow_table(fleet.store.for_watching(), fleet.retry_max, updates_sender.clone());
         fleet_tasks.push(tokio::spawn(table));
         if let Some(node) = fleet.node {

@@ -18,9 +18,15 @@ pub fn run(store: &StoreArgs, command: FleetCommand) -> anyhow::Result<()> {
         let mut store = Store::connect(&options).await?;
         match command {
             FleetCommand::List { json } => list(&mut store, json).await,
-            FleetCommand::Add { virtual_side, real_side, label } => {
+            FleetCommand::Add { virtual_side, real_side, label, zones } => {
                 let spec = MappingSpec::new(virtual_side, real_side)?;
-                let change = store.add(FleetMapping { spec, label, node: None }).await?;
+                let mapping = zones
+                    .into_iter()
+                    .try_fold(FleetMapping::new(spec, label, None), |mapping, (zone, real)| {
+                        mapping.with_zone(&zone, real)
+                    })
+                    .map_err(anyhow::Error::msg)?;
+                let change = store.add(mapping).await?;
                 match change {
                     Change::Unchanged => println!("unchanged {spec}"),
                     Change::Changed { old, .. } => println!("changed {spec} (was {})", old.real_side()),
@@ -55,6 +61,9 @@ enum FleetRow<'a> {
         real_side: rewrite_common::spec::Side,
         label: Option<&'a str>,
         node: Option<&'a str>,
+        /// A REAL per zone, for agents in that zone.
+        #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        zones: std::collections::BTreeMap<&'a str, rewrite_common::spec::Side>,
         refused: Option<&'a str>,
     },
     NotAMapping {
@@ -77,6 +86,7 @@ async fn list(store: &mut Store, json: bool) -> anyhow::Result<()> {
                     real_side: mapping.spec.real_side(),
                     label: mapping.label.as_deref(),
                     node: mapping.node.as_deref(),
+                    zones: mapping.zones.iter().map(|(zone, spec)| (zone.as_str(), spec.real_side())).collect(),
                     refused: refused.get(key).map(String::as_str),
                 },
                 Err(why) => FleetRow::NotAMapping { key, refused: why },
@@ -90,7 +100,10 @@ async fn list(store: &mut Store, json: bool) -> anyhow::Result<()> {
             Ok(mapping) => {
                 let label = mapping.label.as_deref().map(|label| format!("  # {label}")).unwrap_or_default();
                 let refusal = refused.get(key).map(|why| format!("  (refused: {why})")).unwrap_or_default();
-                println!("{}{label}{refusal}", mapping.spec);
+                let zones: Vec<String> =
+                    mapping.zones.iter().map(|(zone, spec)| format!("{zone}: {}", spec.real_side())).collect();
+                let zones = if zones.is_empty() { String::new() } else { format!("  [{}]", zones.join(", ")) };
+                println!("{}{zones}{label}{refusal}", mapping.spec);
             }
             Err(why) => println!("{key}: not a mapping ({why})"),
         }

@@ -120,7 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             return apply_config(&pins, &file, ApplyOutput { dry_run, json, quiet });
         }
         Command::Export => print!("{}", export(&pins)?),
-        Command::Agent { config, metrics, metrics_mappings, store, node, etcd_retry_max, etcd_watch } => {
+        Command::Agent { config, metrics, metrics_mappings, store, node, etcd_retry_max, etcd_watch, zone } => {
             let fleet = store.options().map(|mut store| {
                 store.watch_endpoints = etcd_watch;
                 store
@@ -129,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 store,
                 node: node.options(),
                 retry_max: std::time::Duration::from_secs(etcd_retry_max),
+                zone,
             });
             let filter = tracing_subscriber::EnvFilter::try_from_env("REWRITE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -22,6 +22,7 @@
 //! password_file = "/etc/rewrite/etcd-password"
 //! keepalive_seconds = 10           # optional
 //! retry_max_seconds = 10           # optional
+//! zone = "vpc-a"                   # optional: of a mapping with a REAL per zone, apply this zone's
 //!
 //! [fleet.node]                     # optional: register this node
 //! id = "es-data-1"
@@ -346,6 +347,7 @@ ca = "/etc/rewrite/ca.pem"
 cert = "/etc/rewrite/client.pem"
 key = "/etc/rewrite/client.key"
 keepalive_seconds = 5
+zone = "vpc-a"
 
 [fleet.node]
 id = "es-data-1"
@@ -363,6 +365,7 @@ expire_after = "10m"
         assert_eq!(fleet.store.all_endpoints().len(), 3);
         assert_eq!(fleet.store.keepalive, Duration::from_secs(5));
         assert_eq!(fleet.retry_max, Duration::from_secs(10));
+        assert_eq!(fleet.zone.as_deref(), Some("vpc-a"));
         let node = fleet.node.expect("a node");
         assert_eq!(node.reals.len(), 2);
         assert_eq!(node.lease_ttl, Duration::from_secs(10));

@@ -23,6 +23,7 @@ pub(crate) struct RawFleet {
     password_file: Option<PathBuf>,
     keepalive_seconds: Option<Spanned<u64>>,
     retry_max_seconds: Option<Spanned<u64>>,
+    zone: Option<Spanned<String>>,
     node: Option<RawNode>,
 }
 
@@ -67,6 +68,12 @@ pub(crate) fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Ve
     store.password_file = raw.password_file.clone();
     store.keepalive = seconds(raw.keepalive_seconds.as_ref(), 10, 1..=600, "keepalive_seconds", locate, problems);
     let retry_max = seconds(raw.retry_max_seconds.as_ref(), 10, 1..=3600, "retry_max_seconds", locate, problems);
+    if let Some(zone) = &raw.zone
+        && let Err(error) = check_name("zone", zone.get_ref())
+    {
+        problems.push(locate.problem(zone.span().start, error.to_string()));
+    }
+    let zone = raw.zone.as_ref().map(|zone| zone.get_ref().clone());
     let node = raw.node.as_ref().map(|node| {
         if let Err(error) = check_name("node", node.id.get_ref()) {
             problems.push(locate.problem(node.id.span().start, error.to_string()));
@@ -94,7 +101,7 @@ pub(crate) fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Ve
         };
         NodeOptions { id: node.id.get_ref().clone(), reals, pool: node.pool.get_ref().clone(), lease_ttl, expiry }
     });
-    (problems.len() == before).then_some(FleetSettings { store, node, retry_max })
+    (problems.len() == before).then_some(FleetSettings { store, node, retry_max, zone })
 }
 
 /// The `[fleet]` section (and `[fleet.node]`), as [`parse`] reads it.
@@ -120,6 +127,9 @@ pub(crate) fn render_fleet(fleet: &FleetSettings) -> String {
     }
     out.push_str(&format!("keepalive_seconds = {}\n", store.keepalive.as_secs()));
     out.push_str(&format!("retry_max_seconds = {}\n", fleet.retry_max.as_secs()));
+    if let Some(zone) = &fleet.zone {
+        out.push_str(&format!("zone = {}\n", quoted(zone)));
+    }
     if let Some(node) = &fleet.node {
         let expire_after = match node.expiry {
             MappingExpiry::WithLease => "lease".to_owned(),

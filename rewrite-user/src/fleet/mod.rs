@@ -13,7 +13,9 @@
 //!                                writer that read the table at one generation commits
 //!                                only if nobody changed it since (optimistic locking)
 //! PREFIX/mappings/VIRTUAL        {"virtual": "10.0.0.5", "real": "192.0.2.5",
-//!                                 "label": "es-1", "node": "node-a"}   label and node optional;
+//!                                 "label": "es-1", "node": "node-a",
+//!                                 "zones": {"vpc-a": "172.16.0.5"}}   label, node, zones optional
+//!                                (an agent in zone vpc-a applies 172.16.0.5);
 //!                                VIRTUAL in the key is written as `map add` writes it
 //!                                (10.0.0.5, 10.0.0.5:9300/tcp, 10.0.0.0/24, [fd00::5]:53/udp)
 //! PREFIX/pools/POOL              {"prefixes": ["100.64.0.0/24", "fd00:64::/120"]}
@@ -90,6 +92,31 @@ mod tests {
         assert!(wrong_key.expect_err("a key that names another VIRTUAL").contains("10.0.0.5"));
         assert!(decode_mapping("10.0.0.5", br#"{"virtual": "10.0.0.5", "real": "192.0.2.5", "x": 1}"#).is_err());
         assert!(decode_mapping("10.0.0.5", b"not json").is_err());
+    }
+
+    #[test]
+    fn a_mapping_may_carry_a_real_per_zone() {
+        let value = br#"{"virtual": "10.0.0.5", "real": "192.0.2.5", "zones": {"vpc-a": "172.16.0.5"}}"#;
+        let mapping = decode_mapping("10.0.0.5", value).expect("decodes");
+        assert_eq!(mapping.spec_in(Some("vpc-a")).to_string(), "10.0.0.5 -> 172.16.0.5");
+        assert_eq!(mapping.spec_in(Some("vpc-b")).to_string(), "10.0.0.5 -> 192.0.2.5", "the default elsewhere");
+        assert_eq!(mapping.spec_in(None).to_string(), "10.0.0.5 -> 192.0.2.5");
+        assert_eq!(mapping.clone().in_zone(Some("vpc-a")).spec.to_string(), "10.0.0.5 -> 172.16.0.5");
+        let written = serde_json::to_vec(&mapping.stored()).expect("json");
+        assert_eq!(decode_mapping("10.0.0.5", &written), Ok(mapping), "zones are written back");
+        // A zone's REAL must fit the VIRTUAL as the default does, and zones are names.
+        let port = br#"{"virtual": "10.0.0.5:9300/tcp", "real": "192.0.2.5:9300/tcp", "zones": {"a": "172.16.0.5"}}"#;
+        assert!(decode_mapping("10.0.0.5:9300/tcp", port).expect_err("an address for a port").contains("zone a"));
+        let prefix = br#"{"virtual": "10.0.0.5", "real": "192.0.2.5", "zones": {"a": "172.16.0.0/24"}}"#;
+        assert!(decode_mapping("10.0.0.5", prefix).is_err(), "a prefix REAL for an address VIRTUAL");
+        let name = br#"{"virtual": "10.0.0.5", "real": "192.0.2.5", "zones": {"a/b": "172.16.0.5"}}"#;
+        assert!(decode_mapping("10.0.0.5", name).expect_err("a zone that is no name").contains("zone"));
+        // Tables written before zones read the same.
+        let plain = decode_mapping("10.0.0.5", br#"{"virtual": "10.0.0.5", "real": "192.0.2.5"}"#).expect("decodes");
+        assert!(
+            plain.zones.is_empty()
+                && !String::from_utf8_lossy(&serde_json::to_vec(&plain.stored()).expect("json")).contains("zones")
+        );
     }
 
     #[test]

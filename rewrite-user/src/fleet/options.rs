@@ -63,6 +63,8 @@ pub struct FleetSettings {
     pub node: Option<NodeOptions>,
     /// Longest pause between two attempts to reach etcd.
     pub retry_max: Duration,
+    /// This node's zone: which REAL of a mapping with a REAL per zone it applies.
+    pub zone: Option<String>,
 }
 
 /// When a registered node's mappings leave the table after the node stops renewing its

@@ -226,11 +226,11 @@ impl Store {
                 operations.push(TxnOp::put(self.layout.claim(&node.pool, *virtual_addr), claim.clone(), None));
                 operations.push(TxnOp::put(holder, claim, None));
             }
-            let mapping = FleetMapping {
-                spec: MappingSpec::Address { virtual_addr: *virtual_addr, real_addr: *real },
-                label: Some(node.id.clone()),
-                node: Some(node.id.clone()),
-            };
+            let mapping = FleetMapping::new(
+                MappingSpec::Address { virtual_addr: *virtual_addr, real_addr: *real },
+                Some(node.id.clone()),
+                Some(node.id.clone()),
+            );
             let options = mapping_lease.map(|lease| PutOptions::new().with_lease(lease));
             let value = serde_json::to_vec(&mapping.stored()).unwrap_or_default();
             operations.push(TxnOp::put(self.layout.mapping(&virtual_addr.to_string()), value, options));

@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr};
 use rewrite_common::spec::{MappingSpec, Side};
 use serde::{Deserialize, Serialize};
 
-use crate::table::admission::{Capacity, DesiredTable, Source};
+use crate::{
+    fleet::layout::check_name,
+    table::admission::{Capacity, DesiredTable, Source},
+};
 
 /// One mapping of the fleet table, as stored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,24 +23,58 @@ pub struct StoredMapping {
     /// The registered node the mapping belongs to, if a node wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// A REAL per zone (an agent in the zone applies it instead of `real`): a peer's
+    /// private address inside its VPC, its public one across.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<String, Side>,
 }
 
 /// A fleet mapping, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetMapping {
+    /// The mapping with its default REAL.
     pub spec: MappingSpec,
     pub label: Option<String>,
     pub node: Option<String>,
+    /// The mapping in each zone that has a REAL of its own (same VIRTUAL).
+    pub zones: BTreeMap<String, MappingSpec>,
 }
 
 impl FleetMapping {
+    /// A mapping with one REAL for every zone.
+    pub fn new(spec: MappingSpec, label: Option<String>, node: Option<String>) -> Self {
+        Self { spec, label, node, zones: BTreeMap::new() }
+    }
+
     pub fn stored(&self) -> StoredMapping {
         StoredMapping {
             virtual_side: self.spec.virtual_side(),
             real_side: self.spec.real_side(),
             label: self.label.clone(),
             node: self.node.clone(),
+            zones: self.zones.iter().map(|(zone, spec)| (zone.clone(), spec.real_side())).collect(),
         }
+    }
+
+    /// The mapping an agent in `zone` applies: the zone's REAL if it has one, the
+    /// default otherwise.
+    pub fn spec_in(&self, zone: Option<&str>) -> MappingSpec {
+        zone.and_then(|zone| self.zones.get(zone)).copied().unwrap_or(self.spec)
+    }
+
+    /// This mapping as an agent in `zone` applies it.
+    #[must_use]
+    pub fn in_zone(mut self, zone: Option<&str>) -> Self {
+        self.spec = self.spec_in(zone);
+        self
+    }
+
+    /// Adds a zone's REAL, which must fit the VIRTUAL as the default REAL does.
+    pub fn with_zone(mut self, zone: &str, real: Side) -> Result<Self, String> {
+        check_name("zone", zone).map_err(|error| error.to_string())?;
+        let spec = MappingSpec::new(self.spec.virtual_side(), real).map_err(|error| format!("zone {zone}: {error}"))?;
+        self.zones.insert(zone.to_owned(), spec);
+        Ok(self)
     }
 }
 
@@ -49,7 +86,9 @@ pub fn decode_mapping(key: &str, value: &[u8]) -> Result<FleetMapping, String> {
     if written != key {
         return Err(format!("the key names {key} but its mapping's VIRTUAL is {written}"));
     }
-    Ok(FleetMapping { spec, label: stored.label, node: stored.node })
+    stored.zones.into_iter().try_fold(FleetMapping::new(spec, stored.label, stored.node), |mapping, (zone, real)| {
+        mapping.with_zone(&zone, real)
+    })
 }
 
 /// The mapping keys of a table read, each decoded or with the reason it cannot be.
