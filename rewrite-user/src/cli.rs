@@ -463,6 +463,12 @@ pub struct NodeArgs {
     /// period after it (`90s`, `10m`, `2h`), or `never` (only `rewrite fleet del`).
     #[arg(long, value_name = "WHEN", default_value = "lease")]
     pub expire_after: crate::fleet::MappingExpiry,
+    /// When a gone node's VIRTUAL goes back to the pool: `never` (the node id keeps it
+    /// for good), or this long after its lease lapsed (`1h`), which must be later than
+    /// its mapping leaves the table: the time between is the quarantine in which every
+    /// agent removes the mapping before the address is handed out again.
+    #[arg(long, value_name = "WHEN", default_value = "never")]
+    pub release_claim_after: crate::fleet::options::ClaimRelease,
 }
 
 impl StoreArgs {
@@ -488,6 +494,7 @@ impl NodeArgs {
             pool: self.pool.clone()?,
             lease_ttl: std::time::Duration::from_secs(self.lease_ttl),
             expiry: self.expire_after,
+            release_claim_after: self.release_claim_after.0,
         })
     }
 }

@@ -14,7 +14,7 @@ use rewrite_tests::{
     netns::Netns,
     traffic::{UdpReport, tcp_exchange, udp_echo},
 };
-use rewrite_user::fleet::{FleetError, MappingExpiry, NodeOptions, Store, StoreOptions};
+use rewrite_user::fleet::{FleetError, Leases, MappingExpiry, NodeOptions, Store, StoreOptions};
 
 const SYNC: Duration = Duration::from_secs(10);
 
@@ -354,7 +354,7 @@ fn two_agents_racing_for_the_last_free_address_one_wins() {
 async fn register(options: &StoreOptions, node: NodeOptions) -> Result<Vec<(IpAddr, IpAddr)>, FleetError> {
     let mut store = Store::connect(options).await?;
     let lease = store.grant(node.lease_ttl).await?;
-    store.register(&node, lease, Some(lease)).await
+    store.register(&node, Leases { node: lease, mappings: Some(lease), claims: None }).await
 }
 
 #[test]
@@ -371,6 +371,7 @@ fn concurrent_registrations_never_claim_one_address_twice() {
                 pool: String::new(),
                 lease_ttl: Duration::from_secs(30),
                 expiry: MappingExpiry::WithLease,
+                release_claim_after: None,
             };
             for round in 0..20u8 {
                 let pool = format!("race{round}");
@@ -411,9 +412,15 @@ fn a_live_node_id_cannot_be_taken_by_another_machine() {
                 pool: "ids".into(),
                 lease_ttl: Duration::from_secs(30),
                 expiry: MappingExpiry::WithLease,
+                release_claim_after: None,
             };
             let first_lease = store.grant(Duration::from_secs(30)).await.expect("a lease");
-            let first = store.register(&node(&["10.212.0.1"]), first_lease, Some(first_lease)).await;
+            let first = store
+                .register(
+                    &node(&["10.212.0.1"]),
+                    Leases { node: first_lease, mappings: Some(first_lease), claims: None },
+                )
+                .await;
             let first = first.expect("the first machine registers");
             let mapped = |snapshot: &rewrite_user::fleet::Snapshot| format!("{:?}", snapshot.entries);
             let before = mapped(&store.snapshot().await.expect("read the table"));
@@ -471,6 +478,7 @@ fn a_node_with_two_reals_of_a_family_keeps_both_virtuals() {
                 pool: "two".into(),
                 lease_ttl: Duration::from_secs(30),
                 expiry: MappingExpiry::WithLease,
+                release_claim_after: None,
             };
             let first = register(&options, node.clone()).await.expect("register");
             assert_ne!(first[0].1, first[1].1, "one VIRTUAL per REAL: {first:?}");
@@ -796,10 +804,14 @@ fn a_released_address_is_no_longer_its_old_holders() {
                 pool: "solo".into(),
                 lease_ttl: Duration::from_secs(30),
                 expiry: MappingExpiry::WithLease,
+                release_claim_after: None,
             };
             let only: IpAddr = "100.64.9.1".parse().expect("an address");
             let lease_a = store.grant(Duration::from_secs(30)).await.expect("a lease");
-            let pairs = store.register(&node("a", "10.212.0.1"), lease_a, Some(lease_a)).await.expect("a registers");
+            let pairs = store
+                .register(&node("a", "10.212.0.1"), Leases { node: lease_a, mappings: Some(lease_a), claims: None })
+                .await
+                .expect("a registers");
             assert_eq!(pairs[0].1, only);
             // The operator frees the address of a node that is gone.
             let released = store.pool_release("solo", only).await.expect("release the claim");
@@ -884,4 +896,92 @@ fn each_agent_reaches_a_peer_at_its_zones_address() {
     assert!(across.echo_sources.iter().all(|source| source.ip().to_string() == v1), "{across:?}");
     assert_eq!(echo(3, &private, 7003, 3).echoed, 0, "node 3 must not go to node 1's private address");
     drop(agents);
+}
+
+/// Claims that expire, under node churn: with `--release-claim-after`, a gone node's
+/// VIRTUAL goes back to the pool that long after its lease lapsed, never while it lives;
+/// its mapping leaves the table with its lease first, so every agent has dropped it for
+/// the quarantine (release delay) before another node can claim the address. Three nodes
+/// take turns on a one-address pool, a fourth agent watching.
+#[test]
+fn a_gone_nodes_address_returns_to_the_pool_only_after_the_agents_dropped_its_mapping() {
+    let fleet = Fleet::new(4);
+    fleet.fleet_ok(&["pool", "add", "churn", "100.64.3.1/32"]);
+    let address = "100.64.3.1";
+    let watcher = fleet.node(4).start_agent(&[]);
+    let args = |index: usize| {
+        let mut args = register_args(fleet.node(index), "churn");
+        let ttl = args.iter().position(|arg| arg == "--lease-ttl").expect("the helper sets a TTL") + 1;
+        args[ttl] = "2".into();
+        args.extend(["--release-claim-after".to_owned(), "3s".to_owned()]);
+        args
+    };
+    let start = |index: usize| {
+        let args = args(index);
+        fleet.node(index).start_agent(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let registered = |agent: &AgentProcess<'_>| metric(agent, "rewrite_fleet_registered", &[]) == Some(1.0);
+
+    let mut holder = start(1);
+    wait_metric(&holder, "node 1 registered", "rewrite_fleet_registered", &[], |value| value == 1.0);
+    wait_for_mapping(fleet.node(4), address, &fleet.node(1).real());
+    for next in 2..=3 {
+        let previous = next - 1;
+        let waiting = start(next);
+        // Never while the holder lives: longer than its lease and the release delay.
+        std::thread::sleep(Duration::from_secs(6));
+        assert!(!registered(&waiting), "node {next} must not get {address} while node {previous} lives");
+        assert_eq!(fleet.claims("churn").values().next().map(String::as_str), Some(format!("node{previous}").as_str()));
+        assert!(waiting.log().contains("has no free IPv4 address left"), "node {next} says why:\n{}", waiting.log());
+
+        // The holder dies: its mapping goes with its lease, its claim the release delay later.
+        holder.kill();
+        let died = std::time::Instant::now();
+        let (mut dropped, mut claimed) = (None, None);
+        while claimed.is_none() {
+            assert!(died.elapsed() < Duration::from_secs(20), "node {next} did not take {address} within 20 s");
+            if dropped.is_none() && !fleet.node(4).maps_virtual(address) {
+                dropped = Some(died.elapsed());
+            }
+            if registered(&waiting) {
+                claimed = Some(died.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (dropped, claimed) = (dropped.expect("dropped before the claim"), claimed.expect("claimed"));
+        assert!(
+            claimed >= dropped + Duration::from_secs(2),
+            "the watching agent dropped node {previous}'s mapping {dropped:?} after it died and node {next} \
+             claimed {address} {claimed:?} after: the quarantine must separate them"
+        );
+        eprintln!(
+            "handover {previous} -> {next}: mapping dropped after {dropped:?}, address reissued after {claimed:?}"
+        );
+        wait_for_mapping(fleet.node(4), address, &fleet.node(next).real());
+        assert_eq!(fleet.claims("churn").values().next().map(String::as_str), Some(format!("node{next}").as_str()));
+        holder = waiting;
+    }
+    drop((holder, watcher));
+}
+
+#[test]
+fn a_claim_released_before_its_mapping_expires_is_refused() {
+    let fleet = Fleet::new(1);
+    let binary = rewrite_tests::cli::rewrite_binary();
+    let pins = fleet.node(1).pins.path().to_str().expect("utf-8").to_owned();
+    let out = fleet
+        .node(1)
+        .netns
+        .command(binary.to_str().expect("utf-8"))
+        .args(["--pin-dir", &pins, "agent", "--etcd", "http://10.210.0.1:2379", "--prefix", PREFIX])
+        .args(["--node", "n1", "--node-real", "10.210.0.11", "--pool", "p"])
+        .args(["--expire-after", "10m", "--release-claim-after", "5m"])
+        .output()
+        .expect("run the agent");
+    assert!(!out.status.success(), "the agent must refuse to start");
+    let message = stderr_of(&out);
+    assert!(
+        message.contains("--release-claim-after") && message.contains("before its mapping leaves the table"),
+        "{message}"
+    );
 }

@@ -125,6 +125,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
                 store.watch_endpoints = etcd_watch;
                 store
             });
+            if let Some(node) = node.options() {
+                node.check().map_err(|why| anyhow::anyhow!("--release-claim-after: {why}"))?;
+            }
             let fleet = fleet.map(|store| rewrite_user::fleet::FleetSettings {
                 store,
                 node: node.options(),

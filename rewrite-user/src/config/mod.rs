@@ -30,6 +30,7 @@
 //! pool = "overlay"
 //! lease_ttl_seconds = 10           # optional
 //! expire_after = "lease"           # optional: lease, never, or a grace period (90s, 10m)
+//! release_claim_after = "never"    # optional: give a gone node's VIRTUAL back after (1h)
 //!
 //! [bounce]                         # optional: bounce mode; without it, apply leaves
 //!                                  # the bounce services as they are
@@ -354,6 +355,7 @@ id = "es-data-1"
 real = ["192.0.2.5", "2001:db8::5"]
 pool = "overlay"
 expire_after = "10m"
+release_claim_after = "1h"
 "#;
         let config = parse(Path::new("test.toml"), text).expect("a valid config");
         let written = render(&config);
@@ -370,6 +372,12 @@ expire_after = "10m"
         assert_eq!(node.reals.len(), 2);
         assert_eq!(node.lease_ttl, Duration::from_secs(10));
         assert_eq!(node.expiry, MappingExpiry::After(Duration::from_secs(600)));
+        assert_eq!(node.release_claim_after, Some(Duration::from_secs(3600)));
+        let early = text.replace("release_claim_after = \"1h\"", "release_claim_after = \"5m\"");
+        let found = problems(&early);
+        let line = early.lines().position(|line| line.starts_with("release_claim_after")).expect("the line") + 1;
+        assert_eq!(found.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [line], "{found:?}");
+        assert!(found[0].1.contains("before its mapping leaves the table"), "{found:?}");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub(crate) struct RawNode {
     pool: Spanned<String>,
     lease_ttl_seconds: Option<Spanned<u64>>,
     expire_after: Option<Spanned<String>>,
+    release_claim_after: Option<Spanned<String>>,
 }
 
 pub(crate) fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Vec<Problem>) -> Option<FleetSettings> {
@@ -99,7 +100,24 @@ pub(crate) fn fleet_settings(raw: &RawFleet, locate: &Locator, problems: &mut Ve
                 MappingExpiry::WithLease
             }),
         };
-        NodeOptions { id: node.id.get_ref().clone(), reals, pool: node.pool.get_ref().clone(), lease_ttl, expiry }
+        let release_claim_after = node.release_claim_after.as_ref().and_then(|text| {
+            crate::fleet::options::parse_release(text.get_ref()).unwrap_or_else(|message| {
+                problems.push(locate.problem(text.span().start, message));
+                None
+            })
+        });
+        let options = NodeOptions {
+            id: node.id.get_ref().clone(),
+            reals,
+            pool: node.pool.get_ref().clone(),
+            lease_ttl,
+            expiry,
+            release_claim_after,
+        };
+        if let (Err(message), Some(text)) = (options.check(), &node.release_claim_after) {
+            problems.push(locate.problem(text.span().start, message));
+        }
+        options
     });
     (problems.len() == before).then_some(FleetSettings { store, node, retry_max, zone })
 }
@@ -137,12 +155,16 @@ pub(crate) fn render_fleet(fleet: &FleetSettings) -> String {
             MappingExpiry::After(grace) => format!("{}s", grace.as_secs()),
         };
         out.push_str(&format!(
-            "\n[fleet.node]\nid = {}\nreal = {}\npool = {}\nlease_ttl_seconds = {}\nexpire_after = {}\n",
+            "\n[fleet.node]\nid = {}\nreal = {}\npool = {}\nlease_ttl_seconds = {}\nexpire_after = {}\n\
+             release_claim_after = {}\n",
             quoted(&node.id),
             list(node.reals.iter().map(ToString::to_string).collect()),
             quoted(&node.pool),
             node.lease_ttl.as_secs(),
-            quoted(&expire_after)
+            quoted(&expire_after),
+            quoted(
+                &node.release_claim_after.map_or_else(|| "never".to_owned(), |after| format!("{}s", after.as_secs()))
+            )
         ));
     }
     out

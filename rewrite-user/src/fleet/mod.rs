@@ -21,7 +21,8 @@
 //! PREFIX/pools/POOL              {"prefixes": ["100.64.0.0/24", "fd00:64::/120"]}
 //! PREFIX/claims/POOL/ADDRESS     {"node": "node-a", "real": "192.0.2.5"}: ADDRESS of POOL is
 //!                                node-a's, for good (no lease), so a node that restarts
-//!                                gets the same VIRTUAL back
+//!                                gets the same VIRTUAL back; or, with a release delay, held
+//!                                by a lease that outlives the node's by that delay
 //! PREFIX/holders/POOL/NODE/ADDRESS  the same claim, indexed by node (written and removed
 //!                                with it), so a registering node reads its own claims only
 //! PREFIX/nodes/NODE              {"real": [...], "virtual": [...], "pool": "..."}: held by
@@ -46,6 +47,7 @@ pub use self::{
     error::{FleetError, REQUEST_TIMEOUT, describe},
     layout::{Layout, SCHEMA_VERSION, check_name},
     options::{FleetSettings, MappingExpiry, NodeOptions, StoreOptions},
+    register::Leases,
     schema::{
         Entries, FleetMapping, PoolView, Snapshot, StoredClaim, StoredMapping, StoredNode, StoredPool, decode_mapping,
     },

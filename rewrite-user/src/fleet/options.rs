@@ -117,4 +117,52 @@ pub struct NodeOptions {
     pub pool: String,
     pub lease_ttl: Duration,
     pub expiry: MappingExpiry,
+    /// How long after its lease lapses a gone node's VIRTUAL goes back to the pool
+    /// (`None`: never, the claim is the node id's for good).
+    pub release_claim_after: Option<Duration>,
+}
+
+impl NodeOptions {
+    /// Refuses a claim that would be released while the node's mapping may still be in
+    /// the table: the address would be handed out while agents still map it to the old
+    /// node. The time between the mapping leaving the table and the claim going back to
+    /// the pool is the quarantine in which every agent removes the mapping.
+    pub fn check(&self) -> Result<(), String> {
+        let Some(release) = self.release_claim_after else { return Ok(()) };
+        match self.expiry {
+            MappingExpiry::Never => Err("a claim cannot be released while the node's mapping never expires \
+                 (expire-after never): its address would be handed out while every agent still maps it"
+                .into()),
+            MappingExpiry::After(grace) if release <= grace => Err(format!(
+                "the claim would be released {}s after the node is gone, before its mapping leaves the table \
+                 ({}s): release it later than the mapping expires",
+                release.as_secs(),
+                grace.as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// When a gone node's claim goes back to the pool, as `--release-claim-after` takes it:
+/// `never` or a duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimRelease(pub Option<Duration>);
+
+impl std::str::FromStr for ClaimRelease {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_release(text).map(Self)
+    }
+}
+
+/// `never` or a duration, as `--release-claim-after` takes it.
+pub fn parse_release(text: &str) -> Result<Option<Duration>, String> {
+    if text == "never" {
+        return Ok(None);
+    }
+    parse_duration(text)
+        .map(Some)
+        .ok_or_else(|| format!("{text:?} is not `never` or a duration such as 90s, 10m or 2h"))
 }

@@ -30,27 +30,34 @@ use crate::fleet::{
 /// each, below etcd's default of 128 operations per transaction).
 const CANDIDATES_PER_READ: usize = 32;
 
+/// The leases a registration writes its keys with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leases {
+    /// Holds the node record: it exists while the agent lives.
+    pub node: i64,
+    /// Holds the node's mappings, if they expire (see `MappingExpiry`).
+    pub mappings: Option<i64>,
+    /// Holds the node's claims and their index, if they go back to the pool.
+    pub claims: Option<i64>,
+}
+
 /// What registration reads of the node and its pool, at one revision.
 struct NodeView {
     /// The record's mod revision (0 without a record), for the commit to check.
     record_revision: i64,
     prefixes: Vec<Prefix>,
-    /// The addresses this node holds in the pool, with the REAL each was claimed for.
-    held: Vec<(IpAddr, StoredClaim)>,
+    /// The addresses this node holds in the pool, with the REAL each was claimed for and
+    /// the revision its claim was written at (the claim and its holder key are always
+    /// written together, so they share it).
+    held: Vec<(IpAddr, StoredClaim, i64)>,
 }
 
 impl Store {
     /// Registers `node`: claims (or finds again) a VIRTUAL address of the pool for each
     /// REAL, and writes the claims, the mappings and the node record, all in one
-    /// transaction, so two nodes never claim the same address. `node_lease` holds the
-    /// node record; `mapping_lease` (if any) holds the mappings. Returns (REAL, VIRTUAL)
-    /// pairs.
-    pub async fn register(
-        &mut self,
-        node: &NodeOptions,
-        node_lease: i64,
-        mapping_lease: Option<i64>,
-    ) -> Result<Vec<(IpAddr, IpAddr)>, FleetError> {
+    /// transaction, so two nodes never claim the same address, with `leases`. Returns
+    /// (REAL, VIRTUAL) pairs.
+    pub async fn register(&mut self, node: &NodeOptions, leases: Leases) -> Result<Vec<(IpAddr, IpAddr)>, FleetError> {
         check_name("node", &node.id)?;
         check_name("pool", &node.pool)?;
         for attempt in 0..ATTEMPTS {
@@ -68,14 +75,14 @@ impl Store {
                 let ours = view
                     .held
                     .iter()
-                    .filter(|(address, _)| {
+                    .filter(|(address, _, _)| {
                         address.is_ipv4() == real.is_ipv4()
                             && contains(&view.prefixes, *address)
                             && !reused.contains(address)
                     })
-                    .min_by_key(|(_, claim)| claim.real != real);
+                    .min_by_key(|(_, claim, _)| claim.real != real);
                 let virtual_addr = match ours {
-                    Some((address, _)) => {
+                    Some((address, _, _)) => {
                         reused.insert(*address);
                         *address
                     }
@@ -88,7 +95,7 @@ impl Store {
                 };
                 pairs.push((real, virtual_addr));
             }
-            if self.commit_registration(node, &view, &pairs, &new_claims, node_lease, mapping_lease).await? {
+            if self.commit_registration(node, &view, &pairs, &new_claims, leases).await? {
                 return Ok(pairs);
             }
             // Another writer took an address first, or another agent registered this id:
@@ -149,7 +156,7 @@ impl Store {
                 let address: IpAddr =
                     key[holders.len()..].parse().map_err(|_| bad("the key does not end in an address".into()))?;
                 let claim: StoredClaim = serde_json::from_slice(kv.value()).map_err(|error| bad(error.to_string()))?;
-                Ok((address, claim))
+                Ok((address, claim, kv.mod_revision()))
             })
             .collect::<Result<Vec<_>, FleetError>>()?;
         Ok(NodeView { record_revision, prefixes, held })
@@ -204,8 +211,7 @@ impl Store {
         view: &NodeView,
         pairs: &[(IpAddr, IpAddr)],
         new_claims: &BTreeSet<IpAddr>,
-        node_lease: i64,
-        mapping_lease: Option<i64>,
+        leases: Leases,
     ) -> Result<bool, FleetError> {
         // Two agents registering one id at once: only the first commits.
         let mut compares =
@@ -214,24 +220,27 @@ impl Store {
         for (real, virtual_addr) in pairs {
             let claim = serde_json::to_vec(&StoredClaim { node: node.id.clone(), real: *real }).unwrap_or_default();
             let holder = self.layout.holder(&node.pool, &node.id, *virtual_addr);
+            let claim_key = self.layout.claim(&node.pool, *virtual_addr);
             if new_claims.contains(virtual_addr) {
                 // The address must still be unclaimed, and nobody's VIRTUAL, at commit.
-                let claim_key = self.layout.claim(&node.pool, *virtual_addr);
                 compares.push(Compare::version(claim_key.clone(), CompareOp::Equal, 0));
                 compares.push(Compare::version(self.layout.mapping(&virtual_addr.to_string()), CompareOp::Equal, 0));
-                operations.push(TxnOp::put(claim_key, claim.clone(), None));
-                operations.push(TxnOp::put(holder, claim, None));
-            } else if view.held.iter().any(|(address, held)| address == virtual_addr && held.real != *real) {
-                // The claim follows the node to its new REAL.
-                operations.push(TxnOp::put(self.layout.claim(&node.pool, *virtual_addr), claim.clone(), None));
-                operations.push(TxnOp::put(holder, claim, None));
+            } else {
+                // A claim this node holds must still be the one it read (released, it
+                // may be someone else's by now); it is written again for its REAL and
+                // its lease, which moves it to this registration's lease.
+                let written = view.held.iter().find(|(address, _, _)| address == virtual_addr).map_or(0, |held| held.2);
+                compares.push(Compare::mod_revision(claim_key.clone(), CompareOp::Equal, written));
             }
+            let claim_options = leases.claims.map(|lease| PutOptions::new().with_lease(lease));
+            operations.push(TxnOp::put(claim_key, claim.clone(), claim_options.clone()));
+            operations.push(TxnOp::put(holder, claim, claim_options));
             let mapping = FleetMapping::new(
                 MappingSpec::Address { virtual_addr: *virtual_addr, real_addr: *real },
                 Some(node.id.clone()),
                 Some(node.id.clone()),
             );
-            let options = mapping_lease.map(|lease| PutOptions::new().with_lease(lease));
+            let options = leases.mappings.map(|lease| PutOptions::new().with_lease(lease));
             let value = serde_json::to_vec(&mapping.stored()).unwrap_or_default();
             operations.push(TxnOp::put(self.layout.mapping(&virtual_addr.to_string()), value, options));
         }
@@ -243,7 +252,7 @@ impl Store {
         operations.push(TxnOp::put(
             self.layout.node(&node.id),
             serde_json::to_vec(&record).unwrap_or_default(),
-            Some(PutOptions::new().with_lease(node_lease)),
+            Some(PutOptions::new().with_lease(leases.node)),
         ));
         self.commit_unchecked(compares, operations).await
     }

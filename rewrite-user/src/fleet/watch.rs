@@ -14,7 +14,7 @@ use etcd_client::EventType;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fleet::{
-    Entries, FleetError, FleetMapping, MappingExpiry, NodeOptions, REQUEST_TIMEOUT, Store, StoreOptions,
+    Entries, FleetError, FleetMapping, Leases, MappingExpiry, NodeOptions, REQUEST_TIMEOUT, Store, StoreOptions,
     decode_mapping, describe,
 };
 
@@ -167,11 +167,19 @@ async fn register_and_renew(
             MappingExpiry::After(grace) => Some(store.grant(node.lease_ttl + grace).await?),
             MappingExpiry::Never => None,
         };
-        let pairs = store.register(node, node_lease, mapping_lease).await?;
+        // A claim that goes back to the pool is held by a lease that outlives the node's
+        // by the release delay, renewed with it: never released while the node lives.
+        let claim_lease = match node.release_claim_after {
+            Some(after) => Some(store.grant(node.lease_ttl + after).await?),
+            None => None,
+        };
+        let pairs =
+            store.register(node, Leases { node: node_lease, mappings: mapping_lease, claims: claim_lease }).await?;
         let _ = updates.send(Update::Registered { pairs });
         backoff.reset();
         let mut leases = vec![node_lease];
         leases.extend(mapping_lease.filter(|lease| *lease != node_lease));
+        leases.extend(claim_lease);
         // The keep-alive streams open at the first renewal, which retries a failure.
         let mut renewers: Vec<Renewer> = leases.into_iter().map(Renewer::new).collect();
         // Renew three times per TTL, so that one lost renewal does not lose the lease;

@@ -159,6 +159,7 @@ pub fn simulate(args: &[String]) {
                 pool: POOL.to_owned(),
                 lease_ttl: LEASE_TTL,
                 expiry: MappingExpiry::WithLease,
+                release_claim_after: None,
             };
             let watch = follow.then(|| watch_options.clone());
             tokio::spawn(run_node(options.clone(), watch, index, node, expected, events.clone()));
