@@ -350,6 +350,33 @@ fn two_agents_racing_for_the_last_free_address_one_wins() {
     assert!(!fleet.node(winner_node).maps_virtual("100.64.2.7"), "{}", fleet.node(winner_node).map_list());
 }
 
+/// Runs `work` with a connection to a fresh etcd (in a hub without nodes).
+fn with_store(work: impl AsyncFnOnce(&StoreOptions, Store) + Send) {
+    let fleet = Fleet::new(0);
+    let options =
+        StoreOptions::new(vec![format!("http://127.0.0.1:{}", rewrite_tests::fleet::ETCD_PORT)], PREFIX.into());
+    fleet.hub.run(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(async {
+            let store = Store::connect(&options).await.expect("connect to the test etcd");
+            work(&options, store).await;
+        });
+    });
+}
+
+/// A node of `pool` with `reals`, a 30-second lease, its mappings going with it and its
+/// claims kept for good.
+fn node_options(id: &str, reals: &[&str], pool: &str) -> NodeOptions {
+    NodeOptions {
+        id: id.into(),
+        reals: reals.iter().map(|real| real.parse().expect("an address")).collect(),
+        pool: pool.into(),
+        lease_ttl: Duration::from_secs(30),
+        expiry: MappingExpiry::WithLease,
+        release_claim_after: None,
+    }
+}
+
 /// Registers `node` on a fresh connection with leases of its own.
 async fn register(options: &StoreOptions, node: NodeOptions) -> Result<Vec<(IpAddr, IpAddr)>, FleetError> {
     let mut store = Store::connect(options).await?;
@@ -359,37 +386,24 @@ async fn register(options: &StoreOptions, node: NodeOptions) -> Result<Vec<(IpAd
 
 #[test]
 fn concurrent_registrations_never_claim_one_address_twice() {
-    let fleet = Fleet::new(0);
-    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
-    fleet.hub.run(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        runtime.block_on(async {
-            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
-            let node = |id: String, real: &str| NodeOptions {
-                id,
-                reals: vec![real.parse().expect("an address")],
-                pool: String::new(),
-                lease_ttl: Duration::from_secs(30),
-                expiry: MappingExpiry::WithLease,
-                release_claim_after: None,
-            };
-            for round in 0..20u8 {
-                let pool = format!("race{round}");
-                store.pool_add(&pool, &[format!("100.65.{round}.1/32")]).await.expect("add a pool");
-                let a = NodeOptions { pool: pool.clone(), ..node(format!("a{round}"), &format!("10.211.1.{round}")) };
-                let b = NodeOptions { pool: pool.clone(), ..node(format!("b{round}"), &format!("10.211.2.{round}")) };
-                let (first, second) = tokio::join!(register(&options, a), register(&options, b));
-                let won = [&first, &second].iter().filter(|result| result.is_ok()).count();
-                assert_eq!(won, 1, "round {round}: exactly one must win: {first:?} {second:?}");
-                let lost = if first.is_ok() { &second } else { &first };
-                assert!(matches!(lost, Err(FleetError::PoolExhausted { .. })), "round {round}: {lost:?}");
-                let claimed = store.pools().await.expect("list pools");
-                let claims = &claimed.iter().find(|view| view.name == pool).expect("the pool").claims;
-                assert_eq!(claims.len(), 1, "round {round}: {claims:?}");
-            }
-            let snapshot = store.snapshot().await.expect("read the table");
-            assert_eq!(snapshot.entries.len(), 20, "one mapping per round");
-        });
+    with_store(async |options: &StoreOptions, mut store: Store| {
+        let node = |id: String, real: &str| node_options(&id, &[real], "");
+        for round in 0..20u8 {
+            let pool = format!("race{round}");
+            store.pool_add(&pool, &[format!("100.65.{round}.1/32")]).await.expect("add a pool");
+            let a = NodeOptions { pool: pool.clone(), ..node(format!("a{round}"), &format!("10.211.1.{round}")) };
+            let b = NodeOptions { pool: pool.clone(), ..node(format!("b{round}"), &format!("10.211.2.{round}")) };
+            let (first, second) = tokio::join!(register(options, a), register(options, b));
+            let won = [&first, &second].iter().filter(|result| result.is_ok()).count();
+            assert_eq!(won, 1, "round {round}: exactly one must win: {first:?} {second:?}");
+            let lost = if first.is_ok() { &second } else { &first };
+            assert!(matches!(lost, Err(FleetError::PoolExhausted { .. })), "round {round}: {lost:?}");
+            let claimed = store.pools().await.expect("list pools");
+            let claims = &claimed.iter().find(|view| view.name == pool).expect("the pool").claims;
+            assert_eq!(claims.len(), 1, "round {round}: {claims:?}");
+        }
+        let snapshot = store.snapshot().await.expect("read the table");
+        assert_eq!(snapshot.entries.len(), 20, "one mapping per round");
     });
 }
 
@@ -399,50 +413,34 @@ fn concurrent_registrations_never_claim_one_address_twice() {
 /// moves with its VIRTUAL to the new REAL (a node whose private address changed).
 #[test]
 fn a_live_node_id_cannot_be_taken_by_another_machine() {
-    let fleet = Fleet::new(0);
-    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
-    fleet.hub.run(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        runtime.block_on(async {
-            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
-            store.pool_add("ids", &["100.66.0.0/29".to_owned()]).await.expect("add a pool");
-            let node = |reals: &[&str]| NodeOptions {
-                id: "es-1".into(),
-                reals: reals.iter().map(|real| real.parse().expect("an address")).collect(),
-                pool: "ids".into(),
-                lease_ttl: Duration::from_secs(30),
-                expiry: MappingExpiry::WithLease,
-                release_claim_after: None,
-            };
-            let first_lease = store.grant(Duration::from_secs(30)).await.expect("a lease");
-            let first = store
-                .register(
-                    &node(&["10.212.0.1"]),
-                    Leases { node: first_lease, mappings: Some(first_lease), claims: None },
-                )
-                .await;
-            let first = first.expect("the first machine registers");
-            let mapped = |snapshot: &rewrite_user::fleet::Snapshot| format!("{:?}", snapshot.entries);
-            let before = mapped(&store.snapshot().await.expect("read the table"));
+    with_store(async |options: &StoreOptions, mut store: Store| {
+        store.pool_add("ids", &["100.66.0.0/29".to_owned()]).await.expect("add a pool");
+        let node = |reals: &[&str]| node_options("es-1", reals, "ids");
+        let first_lease = store.grant(Duration::from_secs(30)).await.expect("a lease");
+        let first = store
+            .register(&node(&["10.212.0.1"]), Leases { node: first_lease, mappings: Some(first_lease), claims: None })
+            .await;
+        let first = first.expect("the first machine registers");
+        let mapped = |snapshot: &rewrite_user::fleet::Snapshot| format!("{:?}", snapshot.entries);
+        let before = mapped(&store.snapshot().await.expect("read the table"));
 
-            let clone = register(&options, node(&["10.212.0.99"])).await;
-            match &clone {
-                Err(error @ FleetError::NodeIdInUse { .. }) => {
-                    let text = error.to_string();
-                    assert!(text.contains("10.212.0.1") && text.contains("10.212.0.99"), "names both: {text}");
-                }
-                other => panic!("a second machine with a live node's id must be refused, got {other:?}"),
+        let clone = register(options, node(&["10.212.0.99"])).await;
+        match &clone {
+            Err(error @ FleetError::NodeIdInUse { .. }) => {
+                let text = error.to_string();
+                assert!(text.contains("10.212.0.1") && text.contains("10.212.0.99"), "names both: {text}");
             }
-            assert_eq!(mapped(&store.snapshot().await.expect("read the table")), before, "the refusal changed nothing");
+            other => panic!("a second machine with a live node's id must be refused, got {other:?}"),
+        }
+        assert_eq!(mapped(&store.snapshot().await.expect("read the table")), before, "the refusal changed nothing");
 
-            let restarted = register(&options, node(&["10.212.0.1"])).await.expect("the same machine restarts");
-            assert_eq!(restarted, first, "a restart keeps its VIRTUAL");
+        let restarted = register(options, node(&["10.212.0.1"])).await.expect("the same machine restarts");
+        assert_eq!(restarted, first, "a restart keeps its VIRTUAL");
 
-            // The first registration lapses (here: revoked); the id may move.
-            store.client().lease_revoke(first_lease).await.expect("revoke the first lease");
-            let moved = loop_until_registered(&options, node(&["10.212.0.99"])).await;
-            assert_eq!(moved[0].1, first[0].1, "the VIRTUAL follows the node to its new REAL: {moved:?} {first:?}");
-        });
+        // The first registration lapses (here: revoked); the id may move.
+        store.client().lease_revoke(first_lease).await.expect("revoke the first lease");
+        let moved = loop_until_registered(options, node(&["10.212.0.99"])).await;
+        assert_eq!(moved[0].1, first[0].1, "the VIRTUAL follows the node to its new REAL: {moved:?} {first:?}");
     });
 }
 
@@ -465,26 +463,13 @@ async fn loop_until_registered(options: &StoreOptions, node: NodeOptions) -> Vec
 /// across a restart.
 #[test]
 fn a_node_with_two_reals_of_a_family_keeps_both_virtuals() {
-    let fleet = Fleet::new(0);
-    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
-    fleet.hub.run(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        runtime.block_on(async {
-            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
-            store.pool_add("two", &["100.66.1.0/29".to_owned()]).await.expect("add a pool");
-            let node = NodeOptions {
-                id: "gluster-1".into(),
-                reals: vec!["10.213.0.1".parse().expect("an address"), "10.213.0.2".parse().expect("an address")],
-                pool: "two".into(),
-                lease_ttl: Duration::from_secs(30),
-                expiry: MappingExpiry::WithLease,
-                release_claim_after: None,
-            };
-            let first = register(&options, node.clone()).await.expect("register");
-            assert_ne!(first[0].1, first[1].1, "one VIRTUAL per REAL: {first:?}");
-            let again = register(&options, node).await.expect("register again");
-            assert_eq!(again, first, "each REAL keeps its VIRTUAL");
-        });
+    with_store(async |options: &StoreOptions, mut store: Store| {
+        store.pool_add("two", &["100.66.1.0/29".to_owned()]).await.expect("add a pool");
+        let node = node_options("gluster-1", &["10.213.0.1", "10.213.0.2"], "two");
+        let first = register(options, node.clone()).await.expect("register");
+        assert_ne!(first[0].1, first[1].1, "one VIRTUAL per REAL: {first:?}");
+        let again = register(options, node).await.expect("register again");
+        assert_eq!(again, first, "each REAL keeps its VIRTUAL");
     });
 }
 
@@ -791,52 +776,39 @@ fn an_agent_follows_the_table_through_a_grpc_proxy_and_registers_with_etcd() {
 /// node has claimed it.
 #[test]
 fn a_released_address_is_no_longer_its_old_holders() {
-    let fleet = Fleet::new(0);
-    let options = StoreOptions::new(vec!["http://127.0.0.1:2379".into()], PREFIX.into());
-    fleet.hub.run(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-        runtime.block_on(async {
-            let mut store = Store::connect(&options).await.expect("connect to the test etcd");
-            store.pool_add("solo", &["100.64.9.1/32".into()]).await.expect("add a one-address pool");
-            let node = |id: &str, real: &str| NodeOptions {
-                id: id.into(),
-                reals: vec![real.parse().expect("an address")],
-                pool: "solo".into(),
-                lease_ttl: Duration::from_secs(30),
-                expiry: MappingExpiry::WithLease,
-                release_claim_after: None,
-            };
-            let only: IpAddr = "100.64.9.1".parse().expect("an address");
-            let lease_a = store.grant(Duration::from_secs(30)).await.expect("a lease");
-            let pairs = store
-                .register(&node("a", "10.212.0.1"), Leases { node: lease_a, mappings: Some(lease_a), claims: None })
-                .await
-                .expect("a registers");
-            assert_eq!(pairs[0].1, only);
-            // The operator frees the address of a node that is gone.
-            let released = store.pool_release("solo", only).await.expect("release the claim");
-            assert_eq!(released.node, "a");
-            store.client().lease_revoke(lease_a).await.expect("node a's lease ends");
-            let pairs = register(&options, node("b", "10.212.0.2")).await.expect("b takes the freed address");
-            assert_eq!(pairs[0].1, only);
-            let again = register(&options, node("a", "10.212.0.1")).await;
-            assert!(
-                matches!(again, Err(FleetError::PoolExhausted { .. })),
-                "a must not find {only} as its own once released and claimed by b: {again:?}"
-            );
-            let pools = store.pools().await.expect("list the pools");
-            let claims = &pools.iter().find(|pool| pool.name == "solo").expect("the pool").claims;
-            assert_eq!(claims.get(&only).map(|claim| claim.node.as_str()), Some("b"), "{claims:?}");
-            // Deleting the pool takes every claim and its index with it.
-            assert_eq!(store.pool_delete("solo").await.expect("delete the pool"), 1, "one claim released");
-            let holders = store.layout().holders("solo", "b");
-            let left = store
-                .client()
-                .get(holders.clone(), Some(etcd_client::GetOptions::new().with_prefix()))
-                .await
-                .expect("read the index");
-            assert_eq!(left.count(), 0, "no holder key outlives its pool");
-        });
+    with_store(async |options: &StoreOptions, mut store: Store| {
+        store.pool_add("solo", &["100.64.9.1/32".into()]).await.expect("add a one-address pool");
+        let node = |id: &str, real: &str| node_options(id, &[real], "solo");
+        let only: IpAddr = "100.64.9.1".parse().expect("an address");
+        let lease_a = store.grant(Duration::from_secs(30)).await.expect("a lease");
+        let pairs = store
+            .register(&node("a", "10.212.0.1"), Leases { node: lease_a, mappings: Some(lease_a), claims: None })
+            .await
+            .expect("a registers");
+        assert_eq!(pairs[0].1, only);
+        // The operator frees the address of a node that is gone.
+        let released = store.pool_release("solo", only).await.expect("release the claim");
+        assert_eq!(released.node, "a");
+        store.client().lease_revoke(lease_a).await.expect("node a's lease ends");
+        let pairs = register(options, node("b", "10.212.0.2")).await.expect("b takes the freed address");
+        assert_eq!(pairs[0].1, only);
+        let again = register(options, node("a", "10.212.0.1")).await;
+        assert!(
+            matches!(again, Err(FleetError::PoolExhausted { .. })),
+            "a must not find {only} as its own once released and claimed by b: {again:?}"
+        );
+        let pools = store.pools().await.expect("list the pools");
+        let claims = &pools.iter().find(|pool| pool.name == "solo").expect("the pool").claims;
+        assert_eq!(claims.get(&only).map(|claim| claim.node.as_str()), Some("b"), "{claims:?}");
+        // Deleting the pool takes every claim and its index with it.
+        assert_eq!(store.pool_delete("solo").await.expect("delete the pool"), 1, "one claim released");
+        let holders = store.layout().holders("solo", "b");
+        let left = store
+            .client()
+            .get(holders.clone(), Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .expect("read the index");
+        assert_eq!(left.count(), 0, "no holder key outlives its pool");
     });
 }
 

@@ -102,10 +102,10 @@ enum Task {
     },
     /// Benchmark rewrite against plain routing, iptables (nft and legacy) and an
     /// nftables map, and the programs' per-packet cost; writes docs/benchmarks.md with
-    /// CSVs and SVG plots in docs/benchmarks/. Then the fleet (docs/fleet-benchmarks.md)
-    /// bounce mode against socat and iptables NAT (docs/bounce-benchmarks.md), and the
-    /// gatekeeper against iptables and ipset (docs/gate-benchmarks.md). Takes about 40
-    /// minutes on 2 cores.
+    /// CSVs and SVG plots in docs/benchmarks/. Then the fleet (docs/fleet-benchmarks.md,
+    /// with its scale figure: up to 8,000 simulated nodes), bounce mode against socat and
+    /// iptables NAT (docs/bounce-benchmarks.md), and the gatekeeper against iptables and
+    /// ipset (docs/gate-benchmarks.md). Takes about 55 minutes on 2 cores.
     Bench {
         /// Tiny tables and short runs, in under 5 minutes: proves the harness works.
         /// Writes to target/bench-quick/ and leaves docs/ alone.
