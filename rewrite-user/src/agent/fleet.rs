@@ -43,13 +43,7 @@ impl Dataplane {
         match update {
             Update::Snapshot { revision, entries, reason } => {
                 let started = Instant::now();
-                let zone = self.zone.clone();
-                self.fleet = Some(
-                    entries
-                        .into_iter()
-                        .map(|(key, entry)| (key, entry.map(|mapping| mapping.in_zone(zone.as_deref()))))
-                        .collect(),
-                );
+                self.fleet = Some(entries.into_iter().map(|(key, entry)| (key, self.in_zone(entry))).collect());
                 self.full_sync(reason, revision, started);
                 self.record_fleet_status();
             }
@@ -84,6 +78,12 @@ impl Dataplane {
         }
     }
 
+    /// A fleet entry as this node's zone applies it: from here on, a mapping with a
+    /// REAL per zone is the one of this zone.
+    fn in_zone(&self, entry: Result<FleetMapping, String>) -> Result<FleetMapping, String> {
+        entry.map(|mapping| mapping.in_zone(self.zone.as_deref()))
+    }
+
     pub(super) fn full_sync(&mut self, reason: &'static str, revision: i64, started: Instant) {
         self.fleet_status(|fleet| {
             fleet.connected = true;
@@ -115,12 +115,8 @@ impl Dataplane {
     /// never keep a mapping the table no longer has). Refused keys are tried again after
     /// every change, since a change can free what they need.
     pub(super) fn apply_changes(&mut self, revision: i64, changes: Vec<KeyChange>) {
-        // From here on a mapping is what this node's zone applies.
-        let zone = self.zone.clone();
-        let changes: Vec<KeyChange> = changes
-            .into_iter()
-            .map(|(key, entry)| (key, entry.map(|entry| entry.map(|mapping| mapping.in_zone(zone.as_deref())))))
-            .collect();
+        let changes: Vec<KeyChange> =
+            changes.into_iter().map(|(key, entry)| (key, entry.map(|entry| self.in_zone(entry)))).collect();
         let Some(fleet) = self.fleet.as_mut() else { return };
         for (key, entry) in &changes {
             match entry {

@@ -55,6 +55,19 @@ pub(crate) fn candidates(prefixes: &[Prefix], real: IpAddr, seed: u64) -> impl I
     })
 }
 
+/// A claim key under `prefix` (`claims/POOL/` or a node's `holders/POOL/NODE/`): the
+/// address its name ends in, and the claim it holds.
+pub(crate) fn decode_claim(prefix: &str, kv: &etcd_client::KeyValue) -> Result<(IpAddr, StoredClaim), FleetError> {
+    let key = String::from_utf8_lossy(kv.key()).into_owned();
+    let bad = |why: String| FleetError::BadEntry { key: key.clone(), why };
+    let address: IpAddr = key
+        .get(prefix.len()..)
+        .and_then(|name| name.parse().ok())
+        .ok_or_else(|| bad("the key does not end in an address".into()))?;
+    let claim = serde_json::from_slice(kv.value()).map_err(|error| bad(error.to_string()))?;
+    Ok((address, claim))
+}
+
 pub(crate) fn contains(prefixes: &[Prefix], addr: IpAddr) -> bool {
     prefixes.iter().any(|prefix| prefix.contains(addr))
 }
@@ -87,16 +100,7 @@ impl Store {
     ) -> Result<BTreeMap<IpAddr, StoredClaim>, FleetError> {
         let claims_prefix = self.layout.claims(pool);
         let (_, kvs) = self.read_range(&claims_prefix, revision).await?;
-        kvs.iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let bad = |why: String| FleetError::BadEntry { key: key.clone(), why };
-                let address: IpAddr =
-                    key[claims_prefix.len()..].parse().map_err(|_| bad("the key does not end in an address".into()))?;
-                let claim = serde_json::from_slice(kv.value()).map_err(|error| bad(error.to_string()))?;
-                Ok((address, claim))
-            })
-            .collect()
+        kvs.iter().map(|kv| decode_claim(&claims_prefix, kv)).collect()
     }
 
     pub async fn pool_add(&mut self, pool: &str, prefixes: &[String]) -> Result<(), FleetError> {

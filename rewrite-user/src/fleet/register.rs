@@ -21,7 +21,7 @@ use crate::fleet::{
     error::{FleetError, timed},
     layout::{check_name, range_end},
     options::NodeOptions,
-    pool::{candidates, contains, family, parse_pool_prefix},
+    pool::{candidates, contains, decode_claim, family, parse_pool_prefix},
     schema::{FleetMapping, StoredClaim, StoredNode, StoredPool},
     store::{ATTEMPTS, Store},
 };
@@ -150,14 +150,7 @@ impl Store {
         let held = held
             .kvs()
             .iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let bad = |why: String| FleetError::BadEntry { key: key.clone(), why };
-                let address: IpAddr =
-                    key[holders.len()..].parse().map_err(|_| bad("the key does not end in an address".into()))?;
-                let claim: StoredClaim = serde_json::from_slice(kv.value()).map_err(|error| bad(error.to_string()))?;
-                Ok((address, claim, kv.mod_revision()))
-            })
+            .map(|kv| decode_claim(&holders, kv).map(|(address, claim)| (address, claim, kv.mod_revision())))
             .collect::<Result<Vec<_>, FleetError>>()?;
         Ok(NodeView { record_revision, prefixes, held })
     }

@@ -175,15 +175,11 @@ impl Store {
         &mut self,
         snapshot: &Snapshot,
         compares: Vec<Compare>,
-        mut operations: Vec<TxnOp>,
+        operations: Vec<TxnOp>,
     ) -> Result<bool, FleetError> {
         let mut when = vec![Compare::mod_revision(self.layout.generation(), CompareOp::Equal, snapshot.generation)];
         when.extend(compares);
-        operations.push(TxnOp::put(self.layout.schema(), SCHEMA_VERSION, None));
-        operations.push(TxnOp::put(self.layout.generation(), snapshot.revision.to_string(), None));
-        let txn = Txn::new().when(when).and_then(operations);
-        let response = timed("committing a change", self.client.txn(txn)).await?;
-        Ok(response.succeeded())
+        self.commit_unchecked(when, operations).await
     }
 
     /// Commits `operations` if `compares` hold, whatever the generation (a registration
@@ -195,10 +191,11 @@ impl Store {
         compares: Vec<Compare>,
         mut operations: Vec<TxnOp>,
     ) -> Result<bool, FleetError> {
+        // Only the generation key's revision counts; its value says nothing.
         operations.push(TxnOp::put(self.layout.schema(), SCHEMA_VERSION, None));
-        operations.push(TxnOp::put(self.layout.generation(), "registration", None));
+        operations.push(TxnOp::put(self.layout.generation(), "", None));
         let txn = Txn::new().when(compares).and_then(operations);
-        let response = timed("committing a registration", self.client.txn(txn)).await?;
+        let response = timed("committing a change", self.client.txn(txn)).await?;
         Ok(response.succeeded())
     }
 

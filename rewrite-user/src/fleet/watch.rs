@@ -14,8 +14,8 @@ use etcd_client::EventType;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fleet::{
-    Entries, FleetError, FleetMapping, Leases, MappingExpiry, NodeOptions, REQUEST_TIMEOUT, Store, StoreOptions,
-    decode_mapping, describe,
+    Entries, FleetError, FleetMapping, Leases, MappingExpiry, NodeOptions, Store, StoreOptions, decode_mapping,
+    describe,
 };
 
 /// One fleet mapping key that changed: its new mapping (or why it is not one), or
@@ -231,9 +231,9 @@ impl Renewer {
         Self { lease, stream: None, last_renewed: std::time::Instant::now() }
     }
 
-    async fn open(&mut self, store: &mut Store) -> Result<(), FleetError> {
+    async fn open(&mut self, store: &mut Store, timeout: Duration) -> Result<(), FleetError> {
         let what = "renewing the registration lease";
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, store.client().lease_keep_alive(self.lease))
+        let stream = tokio::time::timeout(timeout, store.client().lease_keep_alive(self.lease))
             .await
             .map_err(|_| FleetError::Timeout { what: what.into() })?
             .map_err(|error| FleetError::Request { what: what.into(), cause: describe(&error) })?;
@@ -245,12 +245,12 @@ impl Renewer {
     /// error if the renewal could not be made (the stream is opened again next time).
     async fn renew(&mut self, store: &mut Store, timeout: Duration) -> Result<(), FleetError> {
         if self.stream.is_none() {
-            self.open(store).await?;
+            self.open(store, timeout).await?;
         }
         let Some((keeper, responses)) = self.stream.as_mut() else { return Err(FleetError::WatchEnded) };
         let what = "renewing the registration lease";
-        // Bounded by the renewal period: a renewal stuck on a dead connection must not
-        // outlast the lease it renews.
+        // Bounded by the renewal period (as is opening the stream): a renewal stuck on a
+        // dead connection must not outlast the lease it renews.
         let renewed = tokio::time::timeout(timeout, async {
             keeper.keep_alive().await?;
             responses.message().await
