@@ -52,5 +52,6 @@ pub mod protocol;
 pub mod reference;
 #[cfg(any(test, feature = "user"))]
 pub mod spec;
+pub mod trace;
 #[cfg(any(test, feature = "user"))]
 pub mod validate;

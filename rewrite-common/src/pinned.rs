@@ -22,6 +22,7 @@ use crate::{
         MAP_PORT_FORWARD, MAP_PORT_REVERSE, MAP_PREFIX_FORWARD, MAP_PREFIX_REVERSE, MAP_TABLES_IN_USE, PrefixEntry,
         TablesInUse,
     },
+    trace::{MAP_TRACE_BUDGET, MAP_TRACE_CONTROL, MAP_TRACE_LEASE, MAP_TRACE_RING, TraceBudget, TraceControl},
 };
 
 /// The two objects rewrite-ebpf builds.
@@ -120,7 +121,7 @@ const INDEX: usize = size_of::<u32>();
 
 /// Every map of both objects. (`BOUNCE_XDP` belongs to the rewrite object, whose XDP
 /// program tail-calls through it; the bounce object's program is put in it by its pin.)
-pub const MAPS: [MapSpec; 27] = [
+pub const MAPS: [MapSpec; 31] = [
     pinned(MAP_ADDR_FORWARD, Object::Rewrite, MapType::Hash, size_of::<Addr>(), size_of::<AddressEntry>()),
     pinned(MAP_ADDR_REVERSE, Object::Rewrite, MapType::Hash, size_of::<Addr>(), size_of::<AddressEntry>()),
     pinned(MAP_PORT_FORWARD, Object::Rewrite, MapType::Hash, size_of::<Endpoint>(), size_of::<EndpointEntry>()),
@@ -139,6 +140,10 @@ pub const MAPS: [MapSpec; 27] = [
     pinned(MAP_GATE_LOG, Object::Rewrite, MapType::RingBuf, 0, 0),
     pinned(MAP_GATE_LOG_LEASE, Object::Rewrite, MapType::Array, INDEX, size_of::<u64>()),
     private("GATE_SAMPLED_AT", Object::Rewrite, MapType::PerCpuArray, size_of::<u64>()),
+    pinned(MAP_TRACE_LEASE, Object::Rewrite, MapType::Array, INDEX, size_of::<u64>()),
+    pinned(MAP_TRACE_CONTROL, Object::Rewrite, MapType::Array, INDEX, size_of::<TraceControl>()),
+    pinned(MAP_TRACE_RING, Object::Rewrite, MapType::RingBuf, 0, 0),
+    pinned(MAP_TRACE_BUDGET, Object::Rewrite, MapType::PerCpuArray, INDEX, size_of::<TraceBudget>()),
     private("SCRATCH", Object::Rewrite, MapType::PerCpuArray, 0),
     pinned(MAP_BOUNCE_SERVICES, Object::Bounce, MapType::Hash, size_of::<Endpoint>(), size_of::<BounceService>()),
     pinned(MAP_BOUNCE_FLOWS, Object::Bounce, MapType::LruHash, size_of::<FlowTuple>(), size_of::<FlowEntry>()),

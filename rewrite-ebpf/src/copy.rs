@@ -28,3 +28,14 @@ pub unsafe fn copy_addr(target: &mut Addr, source: *const Addr) {
         unsafe { core::ptr::write_volatile(to.add(word), core::ptr::read_volatile(from.add(word))) };
     }
 }
+
+#[allow(dead_code, reason = "the rewrite object uses it; the bounce object does not")]
+/// Writes the zero address to `target`, a word at a time.
+#[inline(always)]
+pub fn clear_addr(target: &mut Addr) {
+    let to = core::ptr::from_mut(target).cast::<u32>();
+    for word in 0..4 {
+        // SAFETY: `Addr` is 16 bytes aligned to 4: four aligned words.
+        unsafe { core::ptr::write_volatile(to.add(word), 0) };
+    }
+}

@@ -34,9 +34,11 @@ use rewrite_common::{
         port_slot,
     },
     maps::{Addr, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, PrefixKey},
+    trace::{GATE_JUDGED_BASE, GATE_NOT_JUDGED},
 };
 
 use crate::{
+    copy::set,
     gate_maps::{GATE_ALLOW, GATE_LOG, GATE_LOG_LEASE, GATE_PORTS, GATE_SAMPLED_AT, GATE_SETTINGS, count_gate},
     maps::{AddressFilter, address_table, lpm_lookup, prefix_entry, tables_in_use},
     packet::Packet,
@@ -48,34 +50,60 @@ use crate::{
     per_cpu,
 };
 
-/// Whether the gate drops the packet. `record` holds the rewrite parser's result when
+/// What the gate did with a packet: judged it or not, under which counter, and whether
+/// it dropped it.
+#[derive(Clone, Copy)]
+struct Verdict(u32);
+
+impl Verdict {
+    const NOT_JUDGED: Self = Self(GATE_NOT_JUDGED as u32);
+    const DROP: u32 = 0x100;
+
+    #[inline(always)]
+    fn judged(counter: u32, dropped: bool) -> Self {
+        Self((counter + GATE_JUDGED_BASE as u32) | if dropped { Self::DROP } else { 0 })
+    }
+}
+
+/// Whether the gate drops the packet; what it did goes to `record.gate` (a
+/// `rewrite_common::trace::TraceRecord::gate`), in map memory rather than in the
+/// returned value, so that the verifier does not walk the rest of the program once
+/// per counter. `record` holds the rewrite parser's result when
 /// `parsed` (else [`locate`] writes the source address into it); `prefix_key` is working
 /// memory for the source's prefix lookups.
 #[inline(always)]
 pub fn drops<P: Packet>(packet: &P, record: &mut IpPacket, parsed: bool, prefix_key: &mut PrefixKey) -> bool {
+    let verdict = judge(packet, record, parsed, prefix_key);
+    // The mask makes the conversion infallible; the compiler drops the check.
+    set(&mut record.gate, u8::try_from(verdict.0 & 0xff).unwrap_or(GATE_NOT_JUDGED));
+    verdict.0 & Verdict::DROP != 0
+}
+
+#[inline(always)]
+fn judge<P: Packet>(packet: &P, record: &mut IpPacket, parsed: bool, prefix_key: &mut PrefixKey) -> Verdict {
     let settings: GateSettings = match GATE_SETTINGS.get(0) {
         Some(settings) if settings.mode != MODE_OFF => *settings,
-        _ => return false,
+        _ => return Verdict::NOT_JUDGED,
     };
     let (protocol, port) = if parsed {
         // Parsed whole: its ports, or none (ICMP, a later fragment).
         if !record.has_ports() {
-            return false;
+            return Verdict::NOT_JUDGED;
         }
         (record.protocol, u16::from_be_bytes(record.dst_port))
     } else {
         match locate(packet, record) {
             Located::Ports { protocol, port } => (protocol, port),
-            Located::NotPorts => return false,
+            Located::NotPorts => return Verdict::NOT_JUDGED,
             Located::Unjudgeable(why) => return act(decide_unjudgeable(&settings, why), &record.src, 0, 0),
         }
     };
     let parsed = &*record;
-    let Some(slot) = port_slot(protocol, port) else { return false };
+    let Some(slot) = port_slot(protocol, port) else { return Verdict::NOT_JUDGED };
     let class = effective_class(&settings, protocol, port, GATE_PORTS.get(slot).copied().unwrap_or(PORT_OPEN));
     // Most packets go to open ports: they cost no source lookup.
     if class == PORT_OPEN {
-        return false;
+        return Verdict::NOT_JUDGED;
     }
     act(decide(&settings, class, source(&parsed.src, prefix_key)), &parsed.src, port, protocol)
 }
@@ -83,9 +111,9 @@ pub fn drops<P: Packet>(packet: &P, record: &mut IpPacket, parsed: bool, prefix_
 /// Counts a decision, samples what was (or would have been) denied, and says whether
 /// the packet is dropped.
 #[inline(always)]
-fn act(decision: Decision, src: &Addr, port: u16, protocol: u8) -> bool {
+fn act(decision: Decision, src: &Addr, port: u16, protocol: u8) -> Verdict {
     match decision {
-        Decision::Ignore => false,
+        Decision::Ignore => Verdict::NOT_JUDGED,
         Decision::Pass(counter) => {
             count_gate(counter);
             if counter == GATE_WOULD_DROP
@@ -94,12 +122,12 @@ fn act(decision: Decision, src: &Addr, port: u16, protocol: u8) -> bool {
             {
                 sample(src, port, protocol, false);
             }
-            false
+            Verdict::judged(counter, false)
         }
         Decision::Drop(counter) => {
             count_gate(counter);
             sample(src, port, protocol, true);
-            true
+            Verdict::judged(counter, true)
         }
     }
 }

@@ -25,19 +25,25 @@ mod parsed;
 mod per_cpu;
 mod quoted;
 mod rewrite;
+mod trace;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use rewrite_common::counters::{EGRESS, HELPER_ERROR, INGRESS};
+use rewrite_common::{
+    counters::{EGRESS, HELPER_ERROR, INGRESS},
+    trace::{GATE_NOT_JUDGED, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP},
+};
 
 use crate::{
+    copy::set,
     maps::{count, scratch, tables_in_use, tail_call_bounce, tail_call_icmp_errors},
     packet::{TcPacket, XdpPacket},
     parse::parse,
     rewrite::{rewrite_icmp_error, rewrite_packet},
+    trace::{Seen, trace},
 };
 
 /// Ingress on devices whose packets come from a wire: runs before the skb exists.
@@ -57,10 +63,12 @@ fn rewrite_xdp(ctx: &XdpContext) -> u32 {
     let Some(scratch) = scratch() else { return xdp_action::XDP_PASS };
     let parsed = parse(&packet, &mut scratch.outer);
     if gate::drops(&packet, &mut scratch.outer, parsed.is_ok(), &mut scratch.lookup.prefix_key) {
+        trace(&packet, scratch, HOOK_XDP, Seen::GATE_DROPPED);
         return xdp_action::XDP_DROP;
     }
     if let Err(outcome) = parsed {
         count(INGRESS, outcome);
+        trace(&packet, scratch, HOOK_XDP, Seen::refused(outcome));
         return xdp_action::XDP_PASS;
     }
     // ICMP errors are left to the TC program beside XDP, which counts them: a quoted
@@ -68,6 +76,9 @@ fn rewrite_xdp(ctx: &XdpContext) -> u32 {
     if scratch.outer.quoted == 0 {
         let outcome = rewrite_packet::<_, INGRESS>(&mut packet, scratch, &tables_in_use());
         count(INGRESS, outcome);
+        trace(&packet, scratch, HOOK_XDP, Seen::rewrite(outcome));
+    } else {
+        trace(&packet, scratch, HOOK_XDP, Seen::LEFT_TO_TC);
     }
     xdp_action::XDP_PASS
 }
@@ -92,24 +103,34 @@ pub fn rewrite_tc_egress(mut ctx: TcContext) -> i32 {
 fn rewrite_tc<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
     let Some(scratch) = scratch() else { return TC_ACT_UNSPEC };
     let mut packet = TcPacket::new(ctx);
+    let hook = if DIRECTION == INGRESS { HOOK_TC_INGRESS } else { HOOK_TC_EGRESS };
     let parsed = parse(&packet, &mut scratch.outer);
     // The gate runs once per packet: in TC only where TC is the ingress program.
     if DIRECTION == INGRESS && gate::drops(&packet, &mut scratch.outer, parsed.is_ok(), &mut scratch.lookup.prefix_key)
     {
+        trace(&packet, scratch, hook, Seen::GATE_DROPPED);
         return TC_ACT_SHOT;
+    }
+    if DIRECTION == EGRESS {
+        // The gate does not look at egress; for a trace record.
+        set(&mut scratch.outer.gate, GATE_NOT_JUDGED);
     }
     if let Err(outcome) = parsed {
         count(DIRECTION, outcome);
+        trace(&packet, scratch, hook, Seen::refused(outcome));
         return TC_ACT_UNSPEC;
     }
     if scratch.outer.quoted != 0 {
+        // The ICMP-error program traces the packet itself.
         tail_call_icmp_errors(packet.context(), DIRECTION);
         // Only reached when the slot is empty, which `attach` never leaves it.
         count(DIRECTION, HELPER_ERROR);
+        trace(&packet, scratch, hook, Seen::refused(HELPER_ERROR));
         return TC_ACT_UNSPEC;
     }
     let outcome = rewrite_packet::<_, DIRECTION>(&mut packet, scratch, &tables_in_use());
     count(DIRECTION, outcome);
+    trace(&packet, scratch, hook, Seen::rewrite(outcome));
     TC_ACT_UNSPEC
 }
 
@@ -133,6 +154,8 @@ fn icmp_errors<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
     let mut packet = TcPacket::new(ctx);
     if let Some(outcome) = rewrite_icmp_error::<_, DIRECTION>(&mut packet, scratch, &tables_in_use()) {
         count(DIRECTION, outcome);
+        let hook = if DIRECTION == INGRESS { HOOK_TC_INGRESS } else { HOOK_TC_EGRESS };
+        trace(&packet, scratch, hook, Seen::rewrite(outcome));
     }
     TC_ACT_UNSPEC
 }

@@ -17,6 +17,7 @@ use rewrite_common::{
         Addr, AddressEntry, BPF_F_NO_PREALLOC, Counts, DEFAULT_MAX_MAPPINGS, Endpoint, EndpointEntry,
         MAX_PREFIX_MAPPINGS, PrefixEntry, PrefixKey, TablesInUse,
     },
+    trace::Tuple,
 };
 
 use crate::{atomic::atomic_add, parsed::IpPacket, per_cpu};
@@ -141,7 +142,14 @@ pub struct Scratch {
     pub outer: IpPacket,
     /// The packet an ICMP error quotes.
     pub quoted: IpPacket,
+    /// The packet's lookups, and those of the packet an ICMP error quotes: apart, so
+    /// that a trace record shows what the error itself became.
     pub lookup: Lookup,
+    pub quoted_lookup: Lookup,
+    /// The packet as it leaves, and what the program made of it (`trace::Seen`), for a
+    /// trace record (written only while tracing).
+    pub after: Tuple,
+    pub seen: u32,
 }
 
 /// The lookup keys of one packet (or quote) and what each of its sides becomes.

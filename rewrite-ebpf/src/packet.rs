@@ -21,6 +21,10 @@ pub trait Packet {
     /// Length of the whole packet in bytes.
     fn len(&self) -> usize;
 
+    /// The index of the interface the program runs on (for `trace`).
+    #[allow(dead_code, reason = "the rewrite object uses it; the bounce object does not")]
+    fn ifindex(&self) -> u32;
+
     /// Reads a `T` (a plain byte-array header) at `offset`, or `None` if the packet is
     /// shorter than `offset + size_of::<T>()`.
     fn read<T: Copy>(&self, offset: usize) -> Option<T>;
@@ -180,6 +184,12 @@ impl Packet for XdpPacket<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.ctx.data_end() - self.ctx.data()
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the program's context, valid for its run.
+        unsafe { (*self.ctx.ctx).ingress_ifindex }
     }
 
     #[inline(always)]
@@ -359,6 +369,12 @@ impl Packet for TcPacket<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.ctx.len() as usize
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the program's context, valid for its run.
+        unsafe { (*self.ctx.skb.skb).ifindex }
     }
 
     #[inline(always)]

@@ -20,6 +20,13 @@ use network_types::{
 use rewrite_common::{
     counters::{MALFORMED, UNSUPPORTED},
     maps::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
+    trace::{
+        REASON_BAD_IP_LENGTH, REASON_BAD_IP_VERSION, REASON_BAD_IPV4_HEADER_LENGTH, REASON_BAD_TCP_DATA_OFFSET,
+        REASON_BAD_UDP_LENGTH, REASON_HEADERS_TOO_DEEP, REASON_IPV6_ROUTING_OR_AUTH, REASON_NEIGHBOUR_DISCOVERY,
+        REASON_NOT_IP, REASON_OTHER_PROTOCOL, REASON_SHORT_ETHERNET, REASON_SHORT_EXTENSION_HEADER,
+        REASON_SHORT_ICMP_HEADER, REASON_SHORT_IP_HEADER, REASON_SHORT_TCP_HEADER, REASON_SHORT_UDP_HEADER,
+        REASON_TRANSPORT_TOO_DEEP,
+    },
 };
 
 use crate::{copy::set, packet::Packet, parsed::IpPacket};
@@ -69,6 +76,16 @@ const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
 /// ICMPv6: destination unreachable, packet too big, time exceeded, parameter problem.
 const ICMPV6_ERRORS: [u8; 4] = [1, 2, 3, 4];
 
+/// Notes why the packet is refused (`rewrite_common::trace::REASON_*`) in `out`, and
+/// returns the outcome to count. The reason goes to map memory, not into the returned
+/// value: a different constant per refusal would walk the verifier through everything
+/// after parsing once per reason.
+#[inline(always)]
+fn refuse(out: &mut IpPacket, outcome: u32, reason: u8) -> u32 {
+    set(&mut out.reason, reason);
+    outcome
+}
+
 /// Offsets are below `MAX_L4_OFFSET` plus a header (checked), or a datagram's end,
 /// which is capped: they fit a u16.
 #[inline(always)]
@@ -78,21 +95,23 @@ pub fn short(offset: usize) -> u16 {
 }
 
 /// Parses an Ethernet frame carrying IPv4 or IPv6 into `out`, or returns the outcome
-/// counter that says why the packet is left alone (`MALFORMED` or `UNSUPPORTED`).
+/// counter that says why the packet is left alone (`MALFORMED` or `UNSUPPORTED`), with
+/// the reason `trace` shows in `out.reason`.
 #[inline(always)]
 pub fn parse<P: Packet>(packet: &P, out: &mut IpPacket) -> Result<(), u32> {
     // Only the fields used are read: a header is copied byte by byte.
-    let mut ether_type = u16::from_be_bytes(packet.read(ETHER_TYPE).ok_or(MALFORMED)?);
+    let mut ether_type =
+        u16::from_be_bytes(packet.read(ETHER_TYPE).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_ETHERNET))?);
     let mut l3 = EthHdr::LEN;
     if ether_type == ETH_P_8021Q {
-        let vlan: VlanHdr = packet.read(l3).ok_or(MALFORMED)?;
+        let vlan: VlanHdr = packet.read(l3).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_ETHERNET))?;
         ether_type = u16::from_be(vlan.ether_type);
         l3 += VlanHdr::LEN;
     }
     match ether_type {
         ETH_P_IP => parse_ipv4(packet, l3, out),
         ETH_P_IPV6 => parse_ipv6(packet, l3, out),
-        _ => Err(UNSUPPORTED),
+        _ => Err(refuse(out, UNSUPPORTED, REASON_NOT_IP)),
     }
 }
 
@@ -107,22 +126,25 @@ fn claimed_length<P: Packet>(packet: &P, l3: usize, header_len: usize, claimed: 
 #[inline(always)]
 fn parse_ipv4<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<(), u32> {
     // Up to the addresses, which are read a word at a time below.
-    let ip: [u8; IPV4_SRC] = packet.read(l3).ok_or(MALFORMED)?;
+    let ip: [u8; IPV4_SRC] = packet.read(l3).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_IP_HEADER))?;
     let (version_ihl, protocol) = (ip[0], ip[9]);
     if version_ihl >> 4 != 4 {
-        return Err(MALFORMED);
+        return Err(refuse(out, MALFORMED, REASON_BAD_IP_VERSION));
     }
     let header_len = usize::from(version_ihl & 0x0f) * 4;
     // The IPv4 total length includes the header.
     let total_len = claimed_length(packet, l3, 0, usize::from(u16::from_be_bytes([ip[2], ip[3]])));
     // Trailing bytes beyond the datagram (Ethernet padding) are allowed; a length that
     // claims more than the frame holds, or less than the header, is not.
-    if header_len < Ipv4Hdr::LEN || total_len < header_len || l3 + total_len > packet.len() {
-        return Err(MALFORMED);
+    if header_len < Ipv4Hdr::LEN {
+        return Err(refuse(out, MALFORMED, REASON_BAD_IPV4_HEADER_LENGTH));
+    }
+    if total_len < header_len || l3 + total_len > packet.len() {
+        return Err(refuse(out, MALFORMED, REASON_BAD_IP_LENGTH));
     }
     let first_fragment = u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAGMENT_OFFSET == 0;
-    out.src = packet.read_addr(l3 + IPV4_SRC, false).ok_or(MALFORMED)?;
-    out.dst = packet.read_addr(l3 + IPV4_DST, false).ok_or(MALFORMED)?;
+    out.src = packet.read_addr(l3 + IPV4_SRC, false).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_IP_HEADER))?;
+    out.dst = packet.read_addr(l3 + IPV4_DST, false).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_IP_HEADER))?;
     out.src_offset = short(l3 + IPV4_SRC);
     out.dst_offset = short(l3 + IPV4_DST);
     out.ipv4_check = short(l3 + IPV4_CHECK);
@@ -134,13 +156,13 @@ fn parse_ipv4<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<()
 #[inline(always)]
 fn parse_ipv6<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<(), u32> {
     // Up to the addresses, which are read a word at a time below.
-    let ip: [u8; IPV6_SRC] = packet.read(l3).ok_or(MALFORMED)?;
+    let ip: [u8; IPV6_SRC] = packet.read(l3).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_IP_HEADER))?;
     if ip[0] >> 4 != 6 {
-        return Err(MALFORMED);
+        return Err(refuse(out, MALFORMED, REASON_BAD_IP_VERSION));
     }
     let end = l3 + claimed_length(packet, l3, Ipv6Hdr::LEN, usize::from(u16::from_be_bytes([ip[4], ip[5]])));
     if end > packet.len() {
-        return Err(MALFORMED);
+        return Err(refuse(out, MALFORMED, REASON_BAD_IP_LENGTH));
     }
     let mut next_header = ip[6];
     let mut offset = l3 + Ipv6Hdr::LEN;
@@ -148,31 +170,37 @@ fn parse_ipv6<P: Packet>(packet: &P, l3: usize, out: &mut IpPacket) -> Result<()
     for _ in 0..IPV6_MAX_EXTENSION_HEADERS {
         match next_header {
             IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS => {
-                let header: [u8; 2] = packet.read(offset).ok_or(MALFORMED)?;
+                let header: [u8; 2] =
+                    packet.read(offset).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_EXTENSION_HEADER))?;
                 next_header = header[0];
                 offset += (usize::from(header[1]) + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let header: [u8; 8] = packet.read(offset).ok_or(MALFORMED)?;
+                let header: [u8; 8] =
+                    packet.read(offset).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_EXTENSION_HEADER))?;
                 next_header = header[0];
                 first_fragment = u16::from_be_bytes([header[2], header[3]]) & IPV6_FRAGMENT_OFFSET == 0;
                 offset += 8;
             }
             // A routing header makes the destination an intermediate hop, and an
             // authentication header covers the addresses: rewriting either breaks it.
-            IPV6_ROUTING | IPV6_AUTHENTICATION => return Err(UNSUPPORTED),
+            IPV6_ROUTING | IPV6_AUTHENTICATION => return Err(refuse(out, UNSUPPORTED, REASON_IPV6_ROUTING_OR_AUTH)),
             _ => break,
         }
         if offset > MAX_L4_OFFSET || offset > end {
-            return Err(if offset > end { MALFORMED } else { UNSUPPORTED });
+            return Err(if offset > end {
+                refuse(out, MALFORMED, REASON_SHORT_EXTENSION_HEADER)
+            } else {
+                refuse(out, UNSUPPORTED, REASON_HEADERS_TOO_DEEP)
+            });
         }
         // After the fragment header of a later fragment comes payload, not headers.
         if !first_fragment {
             break;
         }
     }
-    out.src = packet.read_addr(l3 + IPV6_SRC, true).ok_or(MALFORMED)?;
-    out.dst = packet.read_addr(l3 + IPV6_DST, true).ok_or(MALFORMED)?;
+    out.src = packet.read_addr(l3 + IPV6_SRC, true).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_IP_HEADER))?;
+    out.dst = packet.read_addr(l3 + IPV6_DST, true).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_IP_HEADER))?;
     out.src_offset = short(l3 + IPV6_SRC);
     out.dst_offset = short(l3 + IPV6_DST);
     out.ipv4_check = 0;
@@ -194,19 +222,21 @@ fn transport<P: Packet>(
     ipv6: bool,
     out: &mut IpPacket,
 ) -> Result<(), u32> {
-    if l4 > MAX_L4_OFFSET {
-        return Err(UNSUPPORTED);
-    }
-    let payload_len = end - l4;
+    // Written before any refusal: a trace shows the tuple of a packet refused from here
+    // on, without stale ports.
     set(&mut out.l4_check, 0);
     set(&mut out.l4_udp, 0);
     set(&mut out.protocol, 0);
     set(&mut out.later_fragment, u8::from(!first_fragment));
-    set(&mut out.reserved, 0);
+    set(&mut out.reason, 0);
     set(&mut out.ports_offset, 0);
     set(&mut out.src_port, [0; 2]);
     set(&mut out.dst_port, [0; 2]);
     set(&mut out.quoted, 0);
+    if l4 > MAX_L4_OFFSET {
+        return Err(refuse(out, UNSUPPORTED, REASON_TRANSPORT_TOO_DEEP));
+    }
+    let payload_len = end - l4;
     match protocol {
         // A non-first fragment carries no transport header: its addresses are still
         // rewritten, and the first fragment's checksum update covers the datagram.
@@ -215,35 +245,39 @@ fn transport<P: Packet>(
         // before the transport: as above, addresses only.
         IPV6_HOP_BY_HOP | IPV6_DESTINATION_OPTIONS if ipv6 && !first_fragment => {}
         IPPROTO_TCP => {
-            let tcp: TcpHdr = packet.read(l4).ok_or(MALFORMED)?;
-            let data_offset = usize::from(tcp.doff()) * 4;
-            if data_offset < TcpHdr::LEN || data_offset > payload_len {
-                return Err(MALFORMED);
-            }
-            out.l4_check = short(l4 + TCP_CHECK);
+            let tcp: TcpHdr = packet.read(l4).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_TCP_HEADER))?;
+            // The ports before the checks: a trace shows them for a malformed segment too.
             out.protocol = protocol;
-            out.ports_offset = short(l4);
             out.src_port = tcp.source;
             out.dst_port = tcp.dest;
+            let data_offset = usize::from(tcp.doff()) * 4;
+            if data_offset < TcpHdr::LEN || data_offset > payload_len {
+                return Err(refuse(out, MALFORMED, REASON_BAD_TCP_DATA_OFFSET));
+            }
+            out.l4_check = short(l4 + TCP_CHECK);
+            out.ports_offset = short(l4);
         }
         IPPROTO_UDP => {
-            let udp: UdpHdr = packet.read(l4).ok_or(MALFORMED)?;
-            if payload_len < UdpHdr::LEN || usize::from(u16::from_be_bytes(udp.len)) < UdpHdr::LEN {
-                return Err(MALFORMED);
+            let udp: UdpHdr = packet.read(l4).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_UDP_HEADER))?;
+            out.protocol = protocol;
+            out.src_port = udp.src;
+            out.dst_port = udp.dst;
+            if payload_len < UdpHdr::LEN {
+                return Err(refuse(out, MALFORMED, REASON_SHORT_UDP_HEADER));
+            }
+            if usize::from(u16::from_be_bytes(udp.len)) < UdpHdr::LEN {
+                return Err(refuse(out, MALFORMED, REASON_BAD_UDP_LENGTH));
             }
             out.l4_check = short(l4 + UDP_CHECK);
             out.l4_udp = 1;
-            out.protocol = protocol;
             out.ports_offset = short(l4);
-            out.src_port = udp.src;
-            out.dst_port = udp.dst;
         }
         IPPROTO_ICMP if !ipv6 => {
             // Four bytes, not one: a one-byte read compiles to a bounds check the XDP
             // verifier does not accept.
-            let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
+            let header: [u8; 4] = packet.read(l4).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_ICMP_HEADER))?;
             if payload_len < usize::from(ICMP_HEADER) {
-                return Err(MALFORMED);
+                return Err(refuse(out, MALFORMED, REASON_SHORT_ICMP_HEADER));
             }
             // The ICMP checksum has no pseudo-header: address changes leave it alone.
             if ICMP_ERRORS.contains(&header[0]) {
@@ -251,12 +285,12 @@ fn transport<P: Packet>(
             }
         }
         IPPROTO_ICMPV6 if ipv6 => {
-            let header: [u8; 4] = packet.read(l4).ok_or(MALFORMED)?;
+            let header: [u8; 4] = packet.read(l4).ok_or_else(|| refuse(out, MALFORMED, REASON_SHORT_ICMP_HEADER))?;
             if payload_len < usize::from(ICMP_HEADER) {
-                return Err(MALFORMED);
+                return Err(refuse(out, MALFORMED, REASON_SHORT_ICMP_HEADER));
             }
             if (ICMPV6_ND_FIRST..=ICMPV6_ND_LAST).contains(&header[0]) {
-                return Err(UNSUPPORTED);
+                return Err(refuse(out, UNSUPPORTED, REASON_NEIGHBOUR_DISCOVERY));
             }
             out.l4_check = short(l4 + ICMP_CHECK);
             if ICMPV6_ERRORS.contains(&header[0]) {
@@ -266,7 +300,7 @@ fn transport<P: Packet>(
         // Other protocols may have pseudo-header checksums this program does not know
         // (UDP-Lite, DCCP, SCTP's CRC does not but tunnels may), so rewriting their
         // addresses could corrupt them.
-        _ => return Err(UNSUPPORTED),
+        _ => return Err(refuse(out, UNSUPPORTED, REASON_OTHER_PROTOCOL)),
     }
     Ok(())
 }

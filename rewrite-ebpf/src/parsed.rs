@@ -25,7 +25,9 @@ pub struct IpPacket {
     pub protocol: u8,
     /// 1 for a fragment other than the first: no transport header, so no ports.
     pub later_fragment: u8,
-    pub reserved: u8,
+    /// Why parsing refused the packet (`rewrite_common::trace::REASON_*`), for `trace`;
+    /// 0 when it parsed.
+    pub reason: u8,
     /// The source port's offset (the destination port follows it); 0 without ports.
     pub ports_offset: u16,
     /// The ports, big-endian as on the wire (zero without ports).
@@ -39,6 +41,9 @@ pub struct IpPacket {
     /// Where the datagram ends (at most 65,535; only ICMP errors, which are small, need
     /// it): a quote must lie inside it, since the ICMP checksum covers nothing beyond.
     pub datagram_end: u16,
+    /// What the gate did with the packet, for `trace`: see `gate::drops`.
+    pub gate: u8,
+    pub reserved: u8,
 }
 
 impl IpPacket {

@@ -58,7 +58,7 @@ pub fn rewrite_icmp_error<P: Packet, const DIRECTION: u32>(
     scratch: &mut Scratch,
     in_use: &TablesInUse,
 ) -> Option<u32> {
-    let Scratch { outer, quoted, lookup } = scratch;
+    let Scratch { outer, quoted, lookup, quoted_lookup, .. } = scratch;
     if parse(packet, outer).is_err() || outer.quoted == 0 {
         return None;
     }
@@ -70,7 +70,7 @@ pub fn rewrite_icmp_error<P: Packet, const DIRECTION: u32>(
         return Some(outcome(outer_rewritten, outer));
     }
     // Not counted against the mappings: the ICMP error is not their traffic.
-    Some(match rewrite_sides::<P, DIRECTION>(packet, quoted, lookup, in_use, DO_NOT_COUNT) {
+    Some(match rewrite_sides::<P, DIRECTION>(packet, quoted, quoted_lookup, in_use, DO_NOT_COUNT) {
         Ok(quoted_rewritten) => outcome(outer_rewritten || quoted_rewritten, outer),
         Err(outcome) => outcome,
     })

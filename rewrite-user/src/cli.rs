@@ -218,6 +218,38 @@ pub enum Command {
         #[arg(long, value_name = "N", requires = "watch")]
         count: Option<u64>,
     },
+    /// Show why packets were or were not rewritten, one line each, as they pass.
+    ///
+    /// For each packet the FILTER selects (e.g. `host 10.0.0.5 and tcp port 9300`; terms
+    /// `[src|dst] host ADDR`, `[src|dst] net PREFIX`, `[src|dst] port PORT[-PORT]`, `tcp`,
+    /// `udp`, joined by `and`; tested on the packet as it arrived and as it left): time,
+    /// interface, hook, direction, the flow before and after, the outcome (rewritten,
+    /// no_match, malformed or unsupported with the reason, fragment_unmatched, gate_dropped),
+    /// the table that matched each side and the gate's verdict. Costs nothing while no
+    /// trace runs; needs no change to a running agent. One trace at a time.
+    Trace {
+        /// Only packets on this interface.
+        #[arg(long, value_name = "IF")]
+        iface: Option<String>,
+        /// Only packets at this hook (repeat for more) [default: all three].
+        #[arg(long, value_name = "HOOK", value_parser = ["xdp", "tc-ingress", "tc-egress"])]
+        hook: Vec<String>,
+        /// Stop after this many records.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+        timeout: Option<f64>,
+        /// Records each CPU writes at most per second; the rest are counted and reported.
+        #[arg(long, value_name = "N", default_value_t = crate::trace::DEFAULT_RATE)]
+        rate: u32,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Which packets (see above); none: every packet.
+        #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = false)]
+        filter: Vec<String>,
+    },
 }
 
 pub fn parse_interval(text: &str) -> Result<f64, String> {
@@ -582,6 +614,7 @@ impl Command {
             | Self::Status { .. }
             | Self::Export
             | Self::Stats { .. }
+            | Self::Trace { .. }
             | Self::Fleet { .. }
             | Self::Check { .. }
             | Self::Completions { .. }

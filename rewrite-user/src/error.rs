@@ -111,6 +111,9 @@ pub enum Error {
     #[error(transparent)]
     Gate(#[from] crate::gate::GateError),
 
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
+
     #[error("no interface is attached here: attach rewrite to the interfaces bounce mode serves first")]
     NothingAttached,
 

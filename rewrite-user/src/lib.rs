@@ -10,6 +10,7 @@
 //!   its config section and its checks;
 //! - [`fleet`]: the etcd fleet table: schema, key layout, store, pools, registration,
 //!   watch;
+//! - [`trace`]: `rewrite trace`, the programs' per-packet records on demand;
 //! - [`config`]: the config file (every section) and `apply`;
 //! - [`agent`]: the long-running agent and its metrics;
 //! - [`cli`]: the command line's grammar (the `rewrite` binary's `commands` run it).
@@ -24,5 +25,6 @@ pub mod fleet;
 pub mod gate;
 pub mod located;
 pub mod table;
+pub mod trace;
 
 pub use error::Error;

@@ -29,9 +29,13 @@ use rewrite_common::{
     ports::PortRange,
     protocol::Protocol,
 };
+use rewrite_common::{
+    maps::Addr,
+    trace::{AddressTerm, SIDE_EITHER, TraceFilter},
+};
 use rewrite_tests::{
     packet::{IpSpec, verify_checksums},
-    programs::LoadedObject,
+    programs::{LoadedObject, TraceMaps},
 };
 use rewrite_user::table::counters::Counters;
 
@@ -228,6 +232,7 @@ fn main() {
     // skip their lookups. This is the table the netfilter comparison uses.
     let mut address_rows = Vec::new();
     let mut stages = None;
+    let mut tracing = None;
     let sizes;
     {
         let loaded = load();
@@ -259,6 +264,9 @@ fn main() {
                 paths.push(path(PROG_TC_EGRESS, &arp, Some((EGRESS, UNSUPPORTED))));
             }
             let mut cells = measure_row(&plan, &loaded, &paths);
+            if tracing.is_none() {
+                tracing = Some(trace_costs(&plan, &loaded, size, &hit, &egress_hit));
+            }
             if stages.is_none() {
                 let tc_not_ip = cells.pop().expect("the TC stage");
                 let xdp_not_ip = cells.pop().expect("the XDP stage");
@@ -340,7 +348,66 @@ fn main() {
         table.remove_prefix(inverse_prefix.virtual_net, inverse_prefix.len).expect("remove inverse prefix");
     }
     let stages = stages.expect("at least one size");
-    write_report(&plan, &address_rows, &all_rows, &breakdown(&stages, &address_rows, &all_rows, &sizes));
+    let mut sections = breakdown(&stages, &address_rows, &all_rows, &sizes);
+    sections.push_str(&tracing.expect("at least one size"));
+    write_report(&plan, &address_rows, &all_rows, &sections);
+}
+
+/// Runs per pass of the tracing paths: the ring holds about 10,000 records, so every
+/// run of a "recorded" path writes one before the ring is read.
+const TRACE_REPEAT: u32 = 4_000;
+
+/// The tracing section: the address hit of the XDP and TC egress programs with no
+/// trace reader, with one whose filter leaves the packet out, and with one that records
+/// it (no rate limit; the ring is read between runs), interleaved pass by pass.
+fn trace_costs(plan: &Plan, loaded: &LoadedObject, size: u32, xdp_hit: &[u8], tc_hit: &[u8]) -> String {
+    let mut trace = TraceMaps::open(loaded);
+    let mut nobody = TraceFilter::default();
+    nobody.addresses[0] = AddressTerm {
+        value: Addr::from(IpAddr::from(Ipv4Addr::new(192, 0, 2, 200))),
+        mask: Addr { octets: [0xff; 16] },
+        side: SIDE_EITHER,
+        reserved: [0; 3],
+    };
+    let states = [None, Some(nobody), Some(TraceFilter::default())];
+    let programs = [(PROG_XDP_INGRESS, xdp_hit), (PROG_TC_EGRESS, tc_hit)];
+    let mut samples = vec![vec![Vec::with_capacity(plan.passes); states.len()]; programs.len()];
+    for _ in 0..plan.passes {
+        for (state_index, state) in states.iter().enumerate() {
+            match state {
+                None => trace.turn_off(),
+                Some(filter) => trace.turn_on(*filter, u32::MAX),
+            }
+            for (program_index, (program, frame)) in programs.iter().enumerate() {
+                trace.records();
+                let nanos = run_once(loaded, program, frame, TRACE_REPEAT).as_secs_f64() * 1e9;
+                let recorded = trace.records().len();
+                let wanted = if state_index == 2 { TRACE_REPEAT as usize } else { 0 };
+                assert_eq!(recorded, wanted, "{program}, trace state {state_index}: every run takes the measured path");
+                samples[program_index][state_index].push(nanos);
+            }
+        }
+    }
+    trace.turn_off();
+    let median = |samples: &[f64]| {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    };
+    let mut text = format!(
+        "#### Tracing (`rewrite trace`)\n\n         The address hit at N = {size}, {TRACE_REPEAT} runs per pass, median of {} passes, the three states          interleaved: no reader (the one read of the lease), a reader whose filter leaves the packet out, and          one that records it (no rate limit; the ring is read between runs). ns per packet.\n\n         | program | trace off | on, filtered out | on, recorded | filtered out − off | recorded − off |\n         |---|---:|---:|---:|---:|---:|\n",
+        plan.passes
+    );
+    for ((program, _), samples) in programs.iter().zip(&samples) {
+        let [off, filtered, recorded] = [median(&samples[0]), median(&samples[1]), median(&samples[2])];
+        text.push_str(&format!(
+            "| {program} | {off:.0} | {filtered:.0} | {recorded:.0} | {:.0} | {:.0} |\n",
+            filtered - off,
+            recorded - off
+        ));
+    }
+    text.push('\n');
+    text
 }
 
 /// The "where the time goes" section: stage costs by difference, the figures the

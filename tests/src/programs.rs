@@ -1,12 +1,20 @@
 //! The eBPF object loaded for BPF_PROG_TEST_RUN: maps pinned in a private bpffs
 //! directory, the programs a test needs loaded into the kernel, and one way to run them.
 
+use aya::maps::{Array, MapData, RingBuf};
 use aya::{
     Ebpf,
     programs::{Program, ProgramError, TestRun as _, TestRunOptions},
 };
+use rewrite_common::trace::{
+    ALL_HOOKS, MAP_TRACE_CONTROL, MAP_TRACE_LEASE, MAP_TRACE_RING, TraceControl, TraceFilter, TraceRecord,
+};
 use rewrite_user::{
-    dataplane::{objects, pins::PinLayout},
+    dataplane::{
+        objects::{self, open_pinned},
+        pins::PinLayout,
+        ring::monotonic_ns,
+    },
     table::live::MappingTable,
 };
 
@@ -117,4 +125,61 @@ pub fn pin_foreign_hash_map(path: &std::path::Path, key_size: u32, value_size: u
     // SAFETY: `fd` is ours and closed once; the pin keeps the map.
     unsafe { libc::close(i32::try_from(fd).expect("a file descriptor")) };
     assert_eq!(pinned, 0, "BPF_OBJ_PIN {} failed: {error}", path.display());
+}
+
+/// The trace maps of a loaded object as a `rewrite trace` reader uses them: the
+/// control, the lease and the ring.
+pub struct TraceMaps {
+    control: Array<MapData, TraceControl>,
+    lease: Array<MapData, u64>,
+    ring: RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for TraceMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceMaps").finish_non_exhaustive()
+    }
+}
+
+impl TraceMaps {
+    pub fn open(object: &LoadedObject) -> Self {
+        let open = |name| open_pinned(&object.layout, name).unwrap_or_else(|error| panic!("open {name}: {error}"));
+        Self {
+            control: Array::try_from(open(MAP_TRACE_CONTROL)).expect("an array"),
+            lease: Array::try_from(open(MAP_TRACE_LEASE)).expect("an array"),
+            ring: RingBuf::try_from(open(MAP_TRACE_RING)).expect("a ring buffer"),
+        }
+    }
+
+    /// A reader on every hook that selects with `filter`, `rate` records per second per
+    /// CPU, holding the lease for a minute.
+    pub fn turn_on(&mut self, filter: TraceFilter, rate: u32) {
+        let control = TraceControl { filter, hooks: ALL_HOOKS, ifindex: 0, per_cpu_per_second: rate };
+        self.control.set(0, control, 0).expect("write the control");
+        self.set_lease(monotonic_ns() + 60_000_000_000);
+    }
+
+    /// No reader.
+    pub fn turn_off(&mut self) {
+        self.set_lease(0);
+    }
+
+    pub fn set_lease(&mut self, until: u64) {
+        self.lease.set(0, until, 0).expect("write the lease");
+    }
+
+    pub fn lease(&self) -> u64 {
+        self.lease.get(&0, 0).expect("read the lease")
+    }
+
+    /// The records in the ring, which they leave.
+    pub fn records(&mut self) -> Vec<TraceRecord> {
+        let mut records = Vec::new();
+        while let Some(item) = self.ring.next() {
+            assert_eq!(item.len(), size_of::<TraceRecord>(), "a record is written whole");
+            // SAFETY: the programs write whole records of plain integers and arrays.
+            records.push(unsafe { item.as_ptr().cast::<TraceRecord>().read_unaligned() });
+        }
+        records
+    }
 }

@@ -94,6 +94,7 @@ fn plan() -> Vec<(&'static str, Vec<&'static str>)> {
             ],
         ),
         ("tc_attach", vec![]),
+        ("trace", vec![]),
         ("agent", vec!["no_datagram_is_lost_across_agent_restart_upgrade_and_a_big_apply"]),
     ]
 }

@@ -29,6 +29,7 @@ mod bounce;
 mod fleet;
 mod gate;
 mod stats;
+mod trace;
 
 use self::stats::{DEFAULT_TOP, Reading};
 
@@ -144,6 +145,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         }
         Command::Bounce(command) => bounce::run(&pins, command)?,
         Command::Gate(command) => gate::run(&pins, command)?,
+        Command::Trace { iface, hook, count, timeout, rate, json, filter } => {
+            trace::run(&pins, trace::TraceArgs { iface, hook, count, timeout, rate, json, filter })?;
+        }
         Command::Stats { json, top, watch, interval, count } => {
             let top = top.or((!json).then_some(DEFAULT_TOP));
             let mut previous = Reading::take(&pins)?;

@@ -117,7 +117,7 @@ pub fn install_icmp_errors(ebpf: &mut Ebpf) -> Result<(), Error> {
 }
 
 /// The pinned map `name`, or [`Error::NotLoaded`] if the dataplane has none.
-pub(crate) fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
+pub fn open_pinned(pins: &PinLayout, name: &'static str) -> Result<Map, Error> {
     let path = pins.map(name);
     if !path.exists() {
         return Err(Error::NotLoaded { path });

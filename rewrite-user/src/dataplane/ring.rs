@@ -53,7 +53,21 @@ pub fn follow<T: Copy>(
     ring_map: &'static str,
     lease_map: &'static str,
     deadline: Option<Instant>,
+    sink: impl FnMut(T) -> bool,
+) -> Result<(), Error> {
+    follow_with(pins, ring_map, lease_map, deadline, sink, || Ok(true))
+}
+
+/// [`follow`], calling `tick` at least every half second (for a reader that also
+/// watches counters beside the ring, or stops on a signal): it returns whether to go
+/// on.
+pub fn follow_with<T: Copy>(
+    pins: &PinLayout,
+    ring_map: &'static str,
+    lease_map: &'static str,
+    deadline: Option<Instant>,
     mut sink: impl FnMut(T) -> bool,
+    mut tick: impl FnMut() -> Result<bool, Error>,
 ) -> Result<(), Error> {
     let mut ring: RingBuf<MapData> =
         RingBuf::try_from(open_pinned(pins, ring_map)?).map_err(|source| Error::map(ring_map, source))?;
@@ -61,6 +75,9 @@ pub fn follow<T: Copy>(
     while ring.next().is_some() {}
     loop {
         lease.renew()?;
+        if !tick()? {
+            return Ok(());
+        }
         while let Some(item) = ring.next() {
             if item.len() < size_of::<T>() {
                 continue;

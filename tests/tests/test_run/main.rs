@@ -11,6 +11,7 @@ mod ipv6;
 mod malformed;
 mod ports_and_prefixes;
 mod table;
+mod trace;
 
 use aya::maps::{HashMap, Map, MapData};
 use rewrite_common::{
