@@ -83,7 +83,8 @@ pub struct FlowTuple {
     /// Big-endian, as on the wire.
     pub src_port: [u8; 2],
     pub dst_port: [u8; 2],
-    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    /// `IPPROTO_TCP` or `IPPROTO_UDP` (in a `trace` record, 0 for a packet without
+    /// ports, whose ports are then 0).
     pub protocol: u8,
     /// Always zero, so that equal tuples hash equally.
     pub reserved: [u8; 3],

@@ -15,7 +15,7 @@
 //! All multi-byte fields are in host byte order except addresses and ports, which are as
 //! on the wire (network order); addresses are [`Addr`]s (IPv4 mapped into IPv6).
 
-use crate::maps::Addr;
+use crate::{bounce::FlowTuple, maps::Addr};
 
 /// Array of one `u64`: the reader's lease (see `maps::LOG_LEASE_NS`). Zero: no reader.
 pub const MAP_TRACE_LEASE: &str = "TRACE_LEASE";
@@ -131,7 +131,7 @@ impl TraceFilter {
     }
 
     /// Whether a packet with these addresses, ports (as on the wire) and protocol (6,
-    /// 17, or 0 without ports) satisfies every term. Fields rather than a [`Tuple`], so
+    /// 17, or 0 without ports) satisfies every term. Fields rather than a [`FlowTuple`], so
     /// that the programs test the packet where it lies before building a record.
     #[inline(always)]
     pub fn selects(&self, src: &Addr, dst: &Addr, ports: [[u8; 2]; 2], protocol: u8) -> bool {
@@ -142,7 +142,7 @@ impl TraceFilter {
     }
 
     /// [`TraceFilter::selects`] for a whole tuple.
-    pub fn selects_tuple(&self, tuple: &Tuple) -> bool {
+    pub fn selects_tuple(&self, tuple: &FlowTuple) -> bool {
         self.selects(&tuple.src, &tuple.dst, [tuple.src_port, tuple.dst_port], tuple.protocol)
     }
 }
@@ -213,21 +213,6 @@ pub struct TraceBudget {
 
 const _: () = assert!(core::mem::size_of::<TraceBudget>() == 24);
 
-/// A packet's addresses, ports and protocol. Ports are as on the wire; `protocol` is 6
-/// or 17 when the packet has ports, 0 otherwise (ports then 0).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tuple {
-    pub src: Addr,
-    pub dst: Addr,
-    pub src_port: [u8; 2],
-    pub dst_port: [u8; 2],
-    pub protocol: u8,
-    pub reserved: [u8; 3],
-}
-
-const _: () = assert!(core::mem::size_of::<Tuple>() == 40);
-
 /// Which table matched a side ([`TraceRecord::matched`]).
 pub const MATCHED_NONE: u8 = 0;
 pub const MATCHED_PORT: u8 = 1;
@@ -243,10 +228,11 @@ pub struct TraceRecord {
     pub ifindex: u32,
     /// The frame's length.
     pub len: u32,
-    /// As it arrived at the hook, and as it left (equal when nothing changed). Zero when
+    /// As it arrived at the hook, and as it left (equal when nothing changed); `protocol`
+    /// 0 (and the ports 0) for a packet without ports. Zero when
     /// [`TraceRecord::has_tuple`] is 0.
-    pub before: Tuple,
-    pub after: Tuple,
+    pub before: FlowTuple,
+    pub after: FlowTuple,
     /// One `HOOK_*`.
     pub hook: u8,
     /// `counters::REWRITTEN` ... `counters::FRAGMENT_UNMATCHED`, or `OUTCOME_*`.
@@ -334,8 +320,8 @@ mod tests {
         Addr::from_v4(octets)
     }
 
-    fn tuple(src: [u8; 4], dst: [u8; 4], ports: (u16, u16), protocol: u8) -> Tuple {
-        Tuple {
+    fn tuple(src: [u8; 4], dst: [u8; 4], ports: (u16, u16), protocol: u8) -> FlowTuple {
+        FlowTuple {
             src: v4(src),
             dst: v4(dst),
             src_port: ports.0.to_be_bytes(),

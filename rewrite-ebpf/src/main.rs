@@ -43,7 +43,7 @@ use crate::{
     packet::{TcPacket, XdpPacket},
     parse::parse,
     rewrite::{rewrite_icmp_error, rewrite_packet},
-    trace::{Seen, trace},
+    trace::{Seen, trace, trace_inline},
 };
 
 /// Ingress on devices whose packets come from a wire: runs before the skb exists.
@@ -155,7 +155,7 @@ fn icmp_errors<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
     if let Some(outcome) = rewrite_icmp_error::<_, DIRECTION>(&mut packet, scratch, &tables_in_use()) {
         count(DIRECTION, outcome);
         let hook = if DIRECTION == INGRESS { HOOK_TC_INGRESS } else { HOOK_TC_EGRESS };
-        trace(&packet, scratch, hook, Seen::rewrite(outcome));
+        trace_inline(&packet, scratch, hook, Seen::rewrite(outcome));
     }
     TC_ACT_UNSPEC
 }

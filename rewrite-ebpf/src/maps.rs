@@ -11,13 +11,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray},
 };
 use rewrite_common::{
+    bounce::FlowTuple,
     counters,
     filter::{BPF_F_MMAPABLE, FILTER_BUILT, FILTER_SLOTS, filter_bit, prefix_filter_bit},
     maps::{
         Addr, AddressEntry, BPF_F_NO_PREALLOC, Counts, DEFAULT_MAX_MAPPINGS, Endpoint, EndpointEntry,
         MAX_PREFIX_MAPPINGS, PrefixEntry, PrefixKey, TablesInUse,
     },
-    trace::Tuple,
 };
 
 use crate::{atomic::atomic_add, parsed::IpPacket, per_cpu};
@@ -148,7 +148,7 @@ pub struct Scratch {
     pub quoted_lookup: Lookup,
     /// The packet as it leaves, and what the program made of it (`trace::Seen`), for a
     /// trace record (written only while tracing).
-    pub after: Tuple,
+    pub after: FlowTuple,
     pub seen: u32,
 }
 

@@ -1,7 +1,7 @@
 //! The programs' side of `rewrite trace` (see `rewrite_common::trace`): at the end of a
 //! program's run, while a reader holds the lease, a record of the packet if it is on a
 //! hook and interface the reader asked for and passes its filter, within this CPU's
-//! budget. Without a reader a packet pays one read of the lease ([`on`]).
+//! budget. Without a reader a packet pays one read of the lease ([`trace`]).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
@@ -9,11 +9,12 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, RingBuf},
 };
 use rewrite_common::{
+    bounce::FlowTuple,
     counters::{MALFORMED, UNSUPPORTED},
     maps::Addr,
     trace::{
         OUTCOME_GATE_DROPPED, OUTCOME_LEFT_TO_TC, REASON_NONE, REASONS_WITH_ADDRESSES, TRACE_RING_BYTES,
-        TRACE_WINDOW_NS, TraceBudget, TraceControl, TraceRecord, Tuple,
+        TRACE_WINDOW_NS, TraceBudget, TraceControl, TraceRecord,
     },
 };
 
@@ -67,19 +68,50 @@ impl Seen {
 }
 
 /// Records the packet if a reader wants it. The only cost without a reader is the read
-/// of the lease, an array lookup the kernel inlines.
+/// of the lease, an array lookup the kernel inlines. The record is written out of line
+/// (a BPF-to-BPF call): inlined, its code changed how the compiler kept the per-packet
+/// path's values in registers, and cost every packet 7 ns with no reader (prog_cost).
 #[inline(always)]
 pub fn trace<P: Packet>(packet: &P, scratch: &mut Scratch, hook: u8, seen: Seen) {
-    if TRACE_LEASE.get(0).is_some_and(|until| *until != 0) {
-        // Through map memory: the record is then walked once by the verifier, not once
-        // per outcome constant of the paths that reach it.
-        set(&mut scratch.seen, seen.0);
-        record(packet, scratch, hook);
-    }
+    traced::<P, true>(packet, scratch, hook, seen);
+}
+
+/// [`trace`] with the record inlined, for the ICMP-error programs: the 5.10 verifier
+/// walks a call from them past its limit, and they run for ICMP errors only.
+#[inline(always)]
+pub fn trace_inline<P: Packet>(packet: &P, scratch: &mut Scratch, hook: u8, seen: Seen) {
+    traced::<P, false>(packet, scratch, hook, seen);
 }
 
 #[inline(always)]
-fn record<P: Packet>(packet: &P, scratch: &mut Scratch, hook: u8) {
+fn traced<P: Packet, const OUT_OF_LINE: bool>(packet: &P, scratch: &mut Scratch, hook: u8, seen: Seen) {
+    if !on() {
+        return;
+    }
+    set(&mut scratch.seen, seen.0);
+    #[expect(clippy::cast_possible_truncation, reason = "a frame's length fits 32 bits")]
+    let len = packet.len() as u32;
+    if OUT_OF_LINE {
+        record_out_of_line(scratch, hook, packet.ifindex(), len);
+    } else {
+        record(scratch, hook, packet.ifindex(), len);
+    }
+}
+
+/// Whether a reader holds the lease (or held it and is gone: see [`record`]).
+#[inline(always)]
+fn on() -> bool {
+    TRACE_LEASE.get(0).is_some_and(|until| *until != 0)
+}
+
+#[inline(never)]
+fn record_out_of_line(scratch: &mut Scratch, hook: u8, ifindex: u32, len: u32) {
+    record(scratch, hook, ifindex, len);
+}
+
+/// Writes the record, if the reader wants this packet.
+#[inline(always)]
+fn record(scratch: &mut Scratch, hook: u8, ifindex: u32, len: u32) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(lease) = TRACE_LEASE.get_ptr_mut(0) else { return };
@@ -93,7 +125,6 @@ fn record<P: Packet>(packet: &P, scratch: &mut Scratch, hook: u8) {
         }
     }
     let Some(control) = TRACE_CONTROL.get(0) else { return };
-    let ifindex = packet.ifindex();
     if control.hooks & u32::from(hook) == 0 || (control.ifindex != 0 && control.ifindex != ifindex) {
         return;
     }
@@ -134,8 +165,7 @@ fn record<P: Packet>(packet: &P, scratch: &mut Scratch, hook: u8) {
     unsafe {
         set(&mut (*record).time_ns, now);
         set(&mut (*record).ifindex, ifindex);
-        #[expect(clippy::cast_possible_truncation, reason = "a frame's length fits 32 bits")]
-        set(&mut (*record).len, packet.len() as u32);
+        set(&mut (*record).len, len);
         if has_tuple {
             write_tuple(&mut (*record).before, &outer.src, &outer.dst, outer.src_port, outer.dst_port, outer.protocol);
             write_tuple(&mut (*record).after, &after.src, &after.dst, after.src_port, after.dst_port, after.protocol);
@@ -163,7 +193,7 @@ fn matched(plan: &SidePlan, valid: bool) -> u8 {
 /// The packet's tuple as it leaves: as the rewrite planned it where the rewrite ran
 /// (the record's outcome says whether it went through), the parsed one elsewhere.
 #[inline(always)]
-fn compute_after(outer: &IpPacket, plans: &[SidePlan; 2], rewrite_ran: bool, after: &mut Tuple) {
+fn compute_after(outer: &IpPacket, plans: &[SidePlan; 2], rewrite_ran: bool, after: &mut FlowTuple) {
     let (src, dst) = (&plans[0], &plans[1]);
     let src_moved = rewrite_ran && src.matched != MATCHED_NONE;
     let dst_moved = rewrite_ran && dst.matched != MATCHED_NONE;
@@ -180,7 +210,7 @@ fn compute_after(outer: &IpPacket, plans: &[SidePlan; 2], rewrite_ran: bool, aft
 
 /// Writes a tuple field by field.
 #[inline(always)]
-fn write_tuple(tuple: &mut Tuple, src: &Addr, dst: &Addr, src_port: [u8; 2], dst_port: [u8; 2], protocol: u8) {
+fn write_tuple(tuple: &mut FlowTuple, src: &Addr, dst: &Addr, src_port: [u8; 2], dst_port: [u8; 2], protocol: u8) {
     // SAFETY: references to live addresses.
     unsafe {
         copy_addr(&mut tuple.src, src);
@@ -193,7 +223,7 @@ fn write_tuple(tuple: &mut Tuple, src: &Addr, dst: &Addr, src_port: [u8; 2], dst
 }
 
 #[inline(always)]
-fn clear_tuple(tuple: &mut Tuple) {
+fn clear_tuple(tuple: &mut FlowTuple) {
     clear_addr(&mut tuple.src);
     clear_addr(&mut tuple.dst);
     set(&mut tuple.src_port, [0; 2]);

@@ -395,7 +395,12 @@ fn trace_costs(plan: &Plan, loaded: &LoadedObject, size: u32, xdp_hit: &[u8], tc
         sorted[sorted.len() / 2]
     };
     let mut text = format!(
-        "#### Tracing (`rewrite trace`)\n\n         The address hit at N = {size}, {TRACE_REPEAT} runs per pass, median of {} passes, the three states          interleaved: no reader (the one read of the lease), a reader whose filter leaves the packet out, and          one that records it (no rate limit; the ring is read between runs). ns per packet.\n\n         | program | trace off | on, filtered out | on, recorded | filtered out − off | recorded − off |\n         |---|---:|---:|---:|---:|---:|\n",
+        "#### Tracing (`rewrite trace`)\n\n\
+         The address hit at N = {size}, {TRACE_REPEAT} runs per pass, median of {} passes, the three states \
+         interleaved: no reader (the one read of the lease), a reader whose filter leaves the packet out, and \
+         one that records it (no rate limit; the ring is read between runs). ns per packet.\n\n\
+         | program | trace off | on, filtered out | on, recorded | filtered out − off | recorded − off |\n\
+         |---|---:|---:|---:|---:|---:|\n",
         plan.passes
     );
     for ((program, _), samples) in programs.iter().zip(&samples) {

@@ -9,6 +9,7 @@ use std::{
 };
 
 use rewrite_tests::{
+    agent::{AgentProcess, ConfigFile},
     cli::{RewriteCli, rewrite_binary},
     crafted::addressed,
     hosts::{A_MAC, A_REAL, B_MAC, B_REAL, B_VIRTUAL, two_hosts},
@@ -270,4 +271,36 @@ fn the_gates_verdict_is_traced_with_its_reason() {
     assert_eq!(member["gate"], "passed_member", "{member}");
     assert_eq!(member["before"], udp(B_REAL, A_REAL), "{member}");
     assert_eq!(member["after"], udp(B_VIRTUAL, A_REAL), "{member}");
+}
+
+#[test]
+fn a_trace_beside_a_running_agent_needs_no_change_to_it() {
+    let hosts = two_hosts();
+    let rewrite = RewriteCli::new(&hosts.a);
+    let config = ConfigFile::new(
+        "trace-agent",
+        "[[interface]]\nname = \"va\"\ningress = \"tc\"\n\n[[mapping]]\nvirtual = \"10.200.0.2\"\nreal = \"10.100.0.2\"\n",
+    );
+    let agent = AgentProcess::start(&hosts.a, rewrite.pins().path(), &config, 9480);
+    let dataplane =
+        || rewrite.ok(&["status"]).lines().filter(|line| !line.starts_with("agent:")).collect::<Vec<_>>().join("\n");
+    let before = dataplane();
+    let trace =
+        Trace::start(&hosts.a, &rewrite, &["--count", "1", "--hook", "tc-egress", "host", B_VIRTUAL, "and", "udp"]);
+    let udp = udp_echo(
+        &hosts.b,
+        SocketAddr::new(ip("0.0.0.0"), 7200),
+        &hosts.a,
+        SocketAddr::new(ip(B_VIRTUAL), 7200),
+        3,
+        Duration::from_secs(2),
+    );
+    assert_eq!(udp.echoed, 3, "{udp:?}");
+    let (records, _) = trace.finish(false);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["outcome"], "rewritten", "{}", records[0]);
+    assert_eq!(records[0]["after"]["dst"], B_REAL, "{}", records[0]);
+    assert_eq!(dataplane(), before, "the trace changed nothing the agent keeps");
+    assert!(agent.scrape().is_some(), "the agent still serves:\n{}", agent.log());
+    assert!(!agent.log().contains("\"level\":\"ERROR\""), "the agent logged an error:\n{}", agent.log());
 }

@@ -211,7 +211,7 @@ fn and(addr: Addr, mask: Addr) -> Addr {
 
 #[cfg(test)]
 mod tests {
-    use rewrite_common::trace::Tuple;
+    use rewrite_common::bounce::FlowTuple;
 
     use super::*;
 
@@ -219,8 +219,8 @@ mod tests {
         parse_filter(&text.split(' ').map(str::to_owned).collect::<Vec<_>>())
     }
 
-    fn tuple(src: &str, dst: &str, ports: (u16, u16), protocol: u8) -> Tuple {
-        Tuple {
+    fn tuple(src: &str, dst: &str, ports: (u16, u16), protocol: u8) -> FlowTuple {
+        FlowTuple {
             src: Addr::from(src.parse::<IpAddr>().expect("an address")),
             dst: Addr::from(dst.parse::<IpAddr>().expect("an address")),
             src_port: ports.0.to_be_bytes(),

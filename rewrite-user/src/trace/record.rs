@@ -3,11 +3,12 @@
 use std::{collections::HashMap, fmt, net::IpAddr};
 
 use rewrite_common::{
+    bounce::FlowTuple,
     counters::{OUTCOME_NAMES, OUTCOMES},
     gate::GATE_COUNTER_NAMES,
     protocol::Protocol,
     trace::{
-        GATE_JUDGED_BASE, HOOK_TC_EGRESS, OUTCOME_GATE_DROPPED, OUTCOME_LEFT_TO_TC, REASON_NONE, TraceRecord, Tuple,
+        GATE_JUDGED_BASE, HOOK_TC_EGRESS, OUTCOME_GATE_DROPPED, OUTCOME_LEFT_TO_TC, REASON_NONE, TraceRecord,
         hook_name, matched_name, reason_name,
     },
 };
@@ -30,7 +31,7 @@ pub struct Flow {
 }
 
 impl Flow {
-    fn of(tuple: &Tuple) -> Self {
+    fn of(tuple: &FlowTuple) -> Self {
         let protocol = Protocol::from_number(tuple.protocol);
         let port = |port: [u8; 2]| protocol.map(|_| u16::from_be_bytes(port));
         Self {
@@ -201,8 +202,8 @@ mod tests {
 
     use super::*;
 
-    fn tuple(src: &str, src_port: u16, dst: &str, dst_port: u16) -> Tuple {
-        Tuple {
+    fn tuple(src: &str, src_port: u16, dst: &str, dst_port: u16) -> FlowTuple {
+        FlowTuple {
             src: Addr::from(src.parse::<IpAddr>().expect("an address")),
             dst: Addr::from(dst.parse::<IpAddr>().expect("an address")),
             src_port: src_port.to_be_bytes(),

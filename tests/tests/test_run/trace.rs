@@ -5,10 +5,11 @@
 //! with the flow before and after and the outcome (the reason of a malformed one).
 
 use rewrite_common::{
+    bounce::FlowTuple,
     maps::IPPROTO_TCP,
     trace::{
         AddressTerm, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, MATCHED_ADDRESS, MATCHED_NONE,
-        REASON_BAD_TCP_DATA_OFFSET, REASON_NONE, SIDE_EITHER, TraceFilter, Tuple,
+        REASON_BAD_TCP_DATA_OFFSET, REASON_NONE, SIDE_EITHER, TraceFilter,
     },
 };
 use std::net::IpAddr;
@@ -50,8 +51,8 @@ fn run_every_case(fixture: &Fixture) {
     }
 }
 
-fn tuple(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> Tuple {
-    Tuple {
+fn tuple(src: IpAddr, src_port: u16, dst: IpAddr, dst_port: u16) -> FlowTuple {
+    FlowTuple {
         src: Addr::from(src),
         dst: Addr::from(dst),
         src_port: src_port.to_be_bytes(),
