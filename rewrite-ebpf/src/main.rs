@@ -34,11 +34,10 @@ use aya_ebpf::{
 };
 use rewrite_common::{
     counters::{EGRESS, HELPER_ERROR, INGRESS},
-    trace::{GATE_NOT_JUDGED, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP},
+    trace::{HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP},
 };
 
 use crate::{
-    copy::set,
     maps::{count, scratch, tables_in_use, tail_call_bounce, tail_call_icmp_errors},
     packet::{TcPacket, XdpPacket},
     parse::parse,
@@ -110,10 +109,6 @@ fn rewrite_tc<const DIRECTION: u32>(ctx: &mut TcContext) -> i32 {
     {
         trace(&packet, scratch, hook, Seen::GATE_DROPPED);
         return TC_ACT_SHOT;
-    }
-    if DIRECTION == EGRESS {
-        // The gate does not look at egress; for a trace record.
-        set(&mut scratch.outer.gate, GATE_NOT_JUDGED);
     }
     if let Err(outcome) = parsed {
         count(DIRECTION, outcome);

@@ -10,11 +10,10 @@ use aya_ebpf::{
 };
 use rewrite_common::{
     bounce::FlowTuple,
-    counters::{MALFORMED, UNSUPPORTED},
     maps::Addr,
     trace::{
-        OUTCOME_GATE_DROPPED, OUTCOME_LEFT_TO_TC, REASON_NONE, REASONS_WITH_ADDRESSES, TRACE_RING_BYTES,
-        TRACE_WINDOW_NS, TraceBudget, TraceControl, TraceRecord,
+        GATE_NOT_JUDGED, HOOK_TC_EGRESS, OUTCOME_GATE_DROPPED, OUTCOME_LEFT_TO_TC, REASON_NONE, REASONS_WITH_ADDRESSES,
+        TRACE_RING_BYTES, TRACE_WINDOW_NS, TraceBudget, TraceControl, TraceRecord,
     },
 };
 
@@ -132,7 +131,9 @@ fn record(scratch: &mut Scratch, hook: u8, ifindex: u32, len: u32) {
     // SAFETY: a field of this CPU's scratch slot.
     let seen = unsafe { core::ptr::read_volatile(seen) };
     let (outcome, rewrite_ran) = (byte(seen & 0xff), seen & Seen::REWRITE_RAN != 0);
-    let reason = if outcome == byte(MALFORMED) || outcome == byte(UNSUPPORTED) { outer.reason } else { REASON_NONE };
+    // The parser writes its reason for every packet (none when it parsed): a packet the
+    // gate dropped after the parser refused it has it too, and no tuple then.
+    let reason = outer.reason;
     let has_tuple = reason == REASON_NONE || reason >= REASONS_WITH_ADDRESSES;
     if has_tuple {
         compute_after(outer, &lookup.plans, rewrite_ran, after);
@@ -178,7 +179,10 @@ fn record(scratch: &mut Scratch, hook: u8, ifindex: u32, len: u32) {
         set(&mut (*record).reason, reason);
         set(&mut (*record).has_tuple, u8::from(has_tuple));
         set(&mut (*record).matched, [matched(&lookup.plans[0], rewrite_ran), matched(&lookup.plans[1], rewrite_ran)]);
-        set(&mut (*record).gate, outer.gate);
+        // The gate judges at ingress only, and never an ICMP error (no ports); the field
+        // is written by the gate's own run, so elsewhere it may be another packet's.
+        let judged = hook != HOOK_TC_EGRESS && outer.quoted == 0;
+        set(&mut (*record).gate, if judged { outer.gate } else { GATE_NOT_JUDGED });
         set(&mut (*record).icmp_error, u8::from(outer.quoted != 0));
     }
     slot.submit(0);

@@ -259,9 +259,21 @@ fn the_gates_verdict_is_traced_with_its_reason() {
         });
         std::thread::sleep(Duration::from_millis(100));
     }
+    // From the stranger again, with a UDP length of 0: the parser refuses it, and the
+    // gate, which reads the ports itself, drops it.
+    let frame = IpSpec::udp(ip(UNKNOWN), ip(A_REAL)).with_ports(41000, 5000);
+    let l4 = frame.l4_offset();
+    let mut bytes = addressed(frame.frame(), A_MAC, B_MAC);
+    bytes[l4 + 4..l4 + 6].copy_from_slice(&[0, 0]);
+    send_raw_frame(&hosts.b, "vb", &bytes);
     let (records, _) = trace.finish(true);
     let udp = |src: &str, dst: &str| json!({ "protocol": "udp", "src": src, "src_port": 41000, "dst": dst, "dst_port": 5000 });
-    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let refused = &records[2];
+    assert_eq!(refused["outcome"], "gate_dropped", "{refused}");
+    assert_eq!(refused["gate"], "dropped", "{refused}");
+    assert_eq!(refused["reason"], "UDP length below 8", "{refused}");
+    assert_eq!(refused["before"], udp(UNKNOWN, A_REAL), "{refused}");
     let (stranger, member) = (&records[0], &records[1]);
     assert_eq!(stranger["outcome"], "gate_dropped", "{stranger}");
     assert_eq!(stranger["gate"], "dropped", "{stranger}");
