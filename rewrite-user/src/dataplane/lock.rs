@@ -53,25 +53,30 @@ impl WriteLock {
     /// Takes the write lock of `pins` for `holder` (what the lock file then names, for
     /// a writer that has to wait), waiting up to `wait` for the current holder.
     pub fn take(pins: &PinLayout, holder: &str, wait: Duration) -> Result<Self, Error> {
-        std::fs::create_dir_all(RUN_DIR).map_err(|error| Error::io("creating", RUN_DIR, error))?;
         let path = path(pins);
         let deadline = Instant::now() + wait;
         loop {
-            let file = open_lock_file(&path)?;
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(mut lock) => {
-                    lock.set_len(0).map_err(|error| Error::io("truncating", &path, error))?;
-                    writeln!(lock, "{} {holder}", std::process::id())
-                        .map_err(|error| Error::io("writing", &path, error))?;
-                    return Ok(Self { _lock: lock });
-                }
+            match try_lock(&path, holder)? {
+                Ok(lock) => return Ok(Self { _lock: lock }),
                 Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => {
-                    let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().to_owned();
-                    return Err(Error::WriterBusy { holder, lock: path, waited: wait });
-                }
+                Err(holder) => return Err(Error::WriterBusy { holder, lock: path, waited: wait }),
             }
         }
+    }
+}
+
+/// Takes the lock file at `path` (in `RUN_DIR`, created root-only) without waiting and
+/// writes "PID HOLDER" into it; or, when another process holds it, returns what that
+/// one wrote there.
+pub(crate) fn try_lock(path: &Path, holder: &str) -> Result<Result<Flock<File>, String>, Error> {
+    std::fs::create_dir_all(RUN_DIR).map_err(|error| Error::io("creating", RUN_DIR, error))?;
+    match Flock::lock(open_lock_file(path)?, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0).map_err(|error| Error::io("truncating", path, error))?;
+            writeln!(lock, "{} {holder}", std::process::id()).map_err(|error| Error::io("writing", path, error))?;
+            Ok(Ok(lock))
+        }
+        Err(_) => Ok(Err(std::fs::read_to_string(path).unwrap_or_default().trim().to_owned())),
     }
 }
 

@@ -78,13 +78,14 @@ impl PinLayout {
     }
 
     /// Removes every record about this pin directory (`down`, and tests cleaning up):
-    /// the versions, the agent's lock file and fleet state, the write lock, and which
-    /// clsact qdiscs rewrite added.
+    /// the versions, the agent's lock file and fleet state, the write and trace locks,
+    /// and which clsact qdiscs rewrite added.
     pub fn remove_run_records(&self) {
         self.forget_version(None);
         let _ = std::fs::remove_file(self.run_record("agent").with_extension("lock"));
         let _ = std::fs::remove_file(self.run_record("fleet").with_extension("json"));
         let _ = std::fs::remove_file(self.run_record("writer").with_extension("lock"));
+        let _ = std::fs::remove_file(self.run_record("trace").with_extension("lock"));
         let _ = std::fs::remove_dir_all(self.run_record("clsact"));
     }
 

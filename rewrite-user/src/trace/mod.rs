@@ -16,7 +16,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use rewrite_common::{
     maps::MAP_COUNTERS,
     trace::{
@@ -33,9 +33,9 @@ use crate::{
     Error,
     dataplane::{
         iface,
-        lock::open_lock_file,
+        lock::try_lock,
         objects::open_pinned,
-        pins::{PinLayout, RUN_DIR},
+        pins::PinLayout,
         ring::{self, Clock},
     },
 };
@@ -172,20 +172,10 @@ struct TraceLock {
 
 impl TraceLock {
     fn take(pins: &PinLayout) -> Result<Self, Error> {
-        std::fs::create_dir_all(RUN_DIR).map_err(|error| Error::io("creating", RUN_DIR, error))?;
         let path = pins.run_record("trace").with_extension("lock");
-        let file = open_lock_file(&path)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(mut lock) => {
-                use std::io::Write as _;
-                lock.set_len(0).map_err(|error| Error::io("truncating", &path, error))?;
-                write!(lock, "pid {}", std::process::id()).map_err(|error| Error::io("writing", &path, error))?;
-                Ok(Self { _lock: lock })
-            }
-            Err(_) => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default().trim().to_owned();
-                Err(TraceError::Busy { holder, lock: path }.into())
-            }
+        match try_lock(&path, "rewrite trace")? {
+            Ok(lock) => Ok(Self { _lock: lock }),
+            Err(holder) => Err(TraceError::Busy { holder: format!("pid {holder}"), lock: path }.into()),
         }
     }
 }
