@@ -179,11 +179,14 @@ fn record(scratch: &mut Scratch, hook: u8, ifindex: u32, len: u32) {
         set(&mut (*record).reason, reason);
         set(&mut (*record).has_tuple, u8::from(has_tuple));
         set(&mut (*record).matched, [matched(&lookup.plans[0], rewrite_ran), matched(&lookup.plans[1], rewrite_ran)]);
-        // The gate judges at ingress only, and never an ICMP error (no ports); the field
-        // is written by the gate's own run, so elsewhere it may be another packet's.
-        let judged = hook != HOOK_TC_EGRESS && outer.quoted == 0;
+        // `quoted` is written once the parser reaches the transport header, so only a
+        // packet with a tuple can be an ICMP error. The gate judges at ingress only, and
+        // never an ICMP error (no ports); the field is written by the gate's own run, so
+        // elsewhere it may be another packet's.
+        let icmp_error = has_tuple && outer.quoted != 0;
+        let judged = hook != HOOK_TC_EGRESS && !icmp_error;
         set(&mut (*record).gate, if judged { outer.gate } else { GATE_NOT_JUDGED });
-        set(&mut (*record).icmp_error, u8::from(outer.quoted != 0));
+        set(&mut (*record).icmp_error, u8::from(icmp_error));
     }
     slot.submit(0);
 }
